@@ -1,0 +1,187 @@
+"""Command line: python -m mobilenet {summary,train,evaluate,predict} …"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import checkpoint, data, train
+from .checkpoint import CheckpointError
+from .data import DataError
+from .model import STEMS
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .stats import format_table, model_stats
+
+    stats = model_stats(args.alpha, args.beta, args.resolution, args.stem, args.num_classes)
+    print(json.dumps(stats.to_dict()) if args.json else format_table(stats))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        cfg = train.load_config(args.resume)
+        if args.device:
+            cfg.device = args.device
+        out = Path(args.resume)
+        if not train.resumable(out):
+            raise train.TrainError(f"{out} has no last.pt to resume from")
+    else:
+        cfg = train.TrainConfig(
+            data=args.data, recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            alpha=args.alpha, beta=args.beta, stem=args.stem, seed=args.seed, val_size=args.val_size,
+            subset=args.subset, device=args.device or "auto", compile=args.compile, data_root=args.data_root,
+            download=not args.no_download,
+        )
+        out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-a{cfg.alpha:g}-{cfg.recipe}")
+    recipe = cfg.effective
+    if args.json:
+        on_epoch, on_step, bar = (lambda row: print(json.dumps(row), flush=True)), None, None
+    else:
+        from tqdm import tqdm
+
+        bar = tqdm(total=recipe.epochs, initial=0, unit="epoch", dynamic_ncols=True, file=sys.stderr)
+
+        def on_step(row: dict) -> None:
+            bar.set_postfix_str(
+                f"ep {row['epoch']} loss {row['train_loss']:.3f} acc {row['train_acc']:.1%} "
+                f"{row['img_per_s']:.0f} img/s ETA {train.format_duration(row['eta_s'])}"
+            )
+
+        def on_epoch(row: dict) -> None:
+            bar.n = row["epoch"]
+            bar.refresh()
+            val = f"val {row['val_acc']:.2%}" if row["val_acc"] is not None else "no validation"
+            bar.write(f"epoch {row['epoch']:>3}/{recipe.epochs}  loss {row['train_loss']:.4f}  "
+                      f"acc {row['train_acc']:.2%}  {val}  lr {row['lr']:.4g}  {row['img_per_s']:.0f} img/s")
+
+    if not args.json:
+        print(f"run folder: {out}", file=sys.stderr)
+    report = train.train(cfg, out, resume=bool(args.resume), on_epoch=on_epoch, on_step=on_step)
+    if bar is not None:
+        bar.close()
+    if report.get("status") == "stopped":
+        print(f"stopped; resume with: python -m mobilenet train --resume {out}", file=sys.stderr)
+    elif "confusion" in report:
+        from .evaluate import Evaluation, format_report
+        import torch
+
+        result = Evaluation(tuple(report["classes"]), torch.tensor(report["confusion"]), torch.empty(0), torch.empty(0))
+        if args.json:
+            print(json.dumps({"kind": "report", **{k: report[k] for k in ("accuracy", "n", "per_class", "confusion")}}))
+        else:
+            print(f"best checkpoint: {out / 'best.pt'}")
+            print(format_report(result))
+    return 0
+
+
+def resolve_checkpoint(path: str | None) -> Path:
+    """A checkpoint file, a run folder (its best.pt) or, with None, the shipped default model."""
+    if path is None:
+        from .infer import default_checkpoint
+
+        return default_checkpoint()
+    p = Path(path)
+    return p / "best.pt" if p.is_dir() else p
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_report
+    from .data import Normalization
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    model, card = checkpoint.load(ckpt)
+    if args.split == "val":
+        info = card.training
+        full = data.load(args.data, "train", card.resolution, root=args.data_root, download=not args.no_download)
+        _, dataset = train.split_train_val(full, info.get("val_size", 5000), info.get("seed", 0), info.get("subset"))
+    else:
+        dataset = data.load(args.data, "test", card.resolution, root=args.data_root, download=not args.no_download)
+    dataset = match_classes(dataset, card.classes)
+    result = evaluate(model, dataset, Normalization(card.mean, card.std), flip_tta=card.training.get("flip_tta", False))
+    print(json.dumps(result.to_dict()) if args.json else format_report(result))
+    return 0
+
+
+def match_classes(dataset: data.ImageSet, classes: tuple[str, ...]) -> data.ImageSet:
+    """Relabel a dataset's classes to the checkpoint's order, by name."""
+    unknown = sorted(set(dataset.classes) - set(classes))
+    if unknown:
+        raise DataError(
+            f"the data has classes the model does not know: {', '.join(unknown)} "
+            f"(the model knows: {', '.join(classes)})"
+        )
+    import torch
+
+    mapping = torch.tensor([classes.index(c) for c in dataset.classes])
+    return data.ImageSet(dataset.images, mapping[dataset.labels], classes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mobilenet", description="MobileNet v1 on CIFAR-10")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("summary", help="layer table, parameters and mult-adds for α, β and a stem")
+    p.add_argument("--alpha", type=float, default=1.0, help="width multiplier α (default 1.0)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--beta", type=float, help="resolution multiplier β: input side = round(base × β)")
+    size.add_argument("--resolution", type=int, help="input side in pixels")
+    p.add_argument("--stem", choices=STEMS, default="cifar", help="cifar: the seed's network; imagenet: the paper's")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    p.set_defaults(run=cmd_summary)
+
+    p = sub.add_parser("train", help="train a model into a run folder")
+    p.add_argument("--data", default="cifar10", help="'cifar10' or an image folder / .zip (default cifar10)")
+    p.add_argument("--recipe", choices=sorted(train.RECIPES), default=train.DEFAULT_RECIPE)
+    p.add_argument("--epochs", type=int, help="default: the recipe's")
+    p.add_argument("--batch-size", type=int, help="default: the recipe's")
+    p.add_argument("--lr", type=float, help="peak learning rate; default: the recipe's")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--stem", choices=STEMS, default="cifar")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-size", type=int, default=5000, help="held-out validation images (at most 20%% with --subset)")
+    p.add_argument("--subset", type=int, help="use only N training images, a seeded class-balanced sample (smoke runs)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: the GPU when there is one")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--out", help="run folder (default runs/<time>-a<α>-<recipe>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run")
+    p.add_argument("--json", action="store_true", help="one JSON line per epoch on stdout")
+    add_data_options(p)
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
+    p.add_argument("--checkpoint", help="checkpoint file or run folder (default: the shipped α=1.0 model)")
+    p.add_argument("--data", required=True, help="'cifar10' or an image folder / .zip")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="test split, or the validation split held out in training (same seed and size)")
+    p.add_argument("--json", action="store_true")
+    add_data_options(p)
+    p.set_defaults(run=cmd_evaluate)
+    return parser
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", default=str(data.DATA_ROOT), help="where CIFAR-10 and the decode cache live")
+    p.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, DataError, CheckpointError, train.TrainError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The one checkpoint format: weights + metadata in a torch zip file, read with weights_only=True.
+
+Loading never executes code: a pickled whole model (the seed's `torch.save(net)`) is refused, and
+so is a file whose weights no longer hash to the digest stored beside them or do not fit the
+architecture its metadata describes. Writes are atomic, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .model import MobileNetV1
+
+FORMAT = "mobilenet-v1-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to rebuild, feed and describe a model, kept with its weights."""
+
+    alpha: float
+    stem: str
+    resolution: int
+    classes: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    training: dict[str, Any] = field(default_factory=dict)  # epochs, recipe, accuracy, data, …
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def build(self) -> MobileNetV1:
+        return MobileNetV1(self.num_classes, self.alpha, self.stem)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        try:
+            return cls(
+                alpha=float(data["alpha"]),
+                stem=str(data["stem"]),
+                resolution=int(data["resolution"]),
+                classes=tuple(str(c) for c in data["classes"]),
+                mean=tuple(float(v) for v in data["mean"]),
+                std=tuple(float(v) for v in data["std"]),
+                training=dict(data.get("training", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint metadata is incomplete or malformed ({e})") from None
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous().reshape(-1)
+        h.update(name.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
+
+
+def atomic_torch_save(obj: Any, path: Path | str) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over path."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save(path: Path | str, model: torch.nn.Module, card: ModelCard, train_state: dict | None = None) -> None:
+    """Write weights (float32, on CPU) + card; train_state (optimizer, scheduler, RNG…) only for resuming."""
+    state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "card": card.to_dict(),
+        "state_dict": state,
+        "digest": weights_digest(state),
+    }
+    if train_state is not None:
+        payload["train_state"] = train_state
+    atomic_torch_save(payload, path)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside DDP or torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def read(path: Path | str) -> dict[str, Any]:
+    """The checked payload of a checkpoint file, loaded without executing code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path.name} is refused: it contains pickled Python objects, not just weights "
+            f"(for example a whole model saved with torch.save(net)); loading it could run code. "
+            f"({str(e).splitlines()[0][:120]})"
+        ) from None
+    except Exception as e:
+        raise CheckpointError(f"{path.name} is not a readable checkpoint ({type(e).__name__}: {e})"[:400]) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path.name} is not a MobileNet v1 checkpoint of this project")
+    if payload.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path.name} has format version {payload.get('version')}; this program reads {FORMAT_VERSION}")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path.name} holds no weights")
+    if weights_digest(state) != payload.get("digest"):
+        raise CheckpointError(f"{path.name} is damaged or was modified: its weights do not match their digest")
+    return payload
+
+
+def load(path: Path | str) -> tuple[MobileNetV1, ModelCard]:
+    """The model (eval mode, CPU) and its card."""
+    payload = read(path)
+    card = ModelCard.from_dict(payload["card"])
+    try:
+        model = card.build()
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(
+            f"{Path(path).name}: the weights do not match the architecture in its metadata "
+            f"(α={card.alpha}, stem={card.stem}, {card.num_classes} classes): {str(e).splitlines()[0][:200]}"
+        ) from None
+    return model.eval(), card

@@ -1,0 +1,269 @@
+"""Data sources → one uint8 tensor N×3×H×W, int64 labels and class names, cached on disk.
+
+Sources: "cifar10" (torchvision, under a data root), an image folder, or a .zip of one. A folder holds
+`train/` and optionally `test/`, each with one subfolder per class, or is itself a folder of class
+subfolders (then it only has a train split).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import torch
+
+from .checkpoint import atomic_torch_save
+from .intake import ImageError, load_model_input
+
+DATA_ROOT = Path(os.environ.get("MOBILENET_DATA", "data"))
+CACHE_VERSION = 1
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (or float in 0..255) N×3×H×W → normalised float."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1) * 255
+        return (images.float() - mean) / std
+
+
+CIFAR10_NORMALIZATION = Normalization((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+SEED_NORMALIZATION = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+class DataError(RuntimeError):
+    """A data source that cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: torch.Tensor  # uint8, N×3×H×W
+    labels: torch.Tensor  # int64, N
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor | slice) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index], self.classes)
+
+
+def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split keeping each class's share: (train indices, validation indices), both sorted."""
+    if not 0 <= val_size < len(labels):
+        raise DataError(f"validation size {val_size} must be between 0 and {len(labels) - 1}")
+    generator = torch.Generator().manual_seed(seed)
+    classes, counts = labels.unique(return_counts=True)
+    quotas = (counts.double() * val_size / len(labels)).floor().long()
+    # Hand the rounding remainder to the classes with the largest fractional parts, in order.
+    remainder = val_size - int(quotas.sum())
+    fractions = counts.double() * val_size / len(labels) - quotas
+    quotas[fractions.argsort(descending=True, stable=True)[:remainder]] += 1
+    val = []
+    for cls, quota in zip(classes, quotas):
+        members = (labels == cls).nonzero().flatten()
+        val.append(members[torch.randperm(len(members), generator=generator)[:quota]])
+    val_index = torch.cat(val).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[val_index] = False
+    return mask.nonzero().flatten(), val_index
+
+
+# ---- image folders and zips -------------------------------------------------------------------
+
+
+class _Tree:
+    """Image files of a folder or zip, as relative POSIX paths, readable as bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.zip = zipfile.ZipFile(path) if zipfile.is_zipfile(path) else None
+        if self.zip is not None:
+            names = [n for n in self.zip.namelist() if not n.endswith("/")]
+        elif path.is_dir():
+            names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+        else:
+            raise DataError(f"{path} is neither a folder nor a .zip file")
+        self.files = [
+            PurePosixPath(n) for n in names
+            if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith((".", "__MACOSX")) for part in PurePosixPath(n).parts)
+        ]
+        # A zip often wraps everything in one top folder: look through it.
+        self.top = PurePosixPath()
+        while (
+            len({f.parts[len(self.top.parts)] for f in self.files}) == 1
+            and all(len(f.parts) > len(self.top.parts) + 2 for f in self.files)
+            and self.files[0].parts[len(self.top.parts)] not in SPLITS
+        ):
+            self.top /= self.files[0].parts[len(self.top.parts)]
+        self.has_splits = any(f.parts[len(self.top.parts)] in SPLITS for f in self.files)
+
+    def read(self, name: PurePosixPath) -> bytes:
+        return self.zip.read(str(name)) if self.zip is not None else (self.path / name).read_bytes()
+
+    def split_files(self, split: str) -> list[tuple[PurePosixPath, str]]:
+        """(file, class name) pairs of a split, sorted; a folder without train/ and test/ is all train."""
+        depth = len(self.top.parts)
+        if self.has_splits:
+            pairs = [(f, f.parts[depth + 1]) for f in self.files if len(f.parts) == depth + 3 and f.parts[depth] == split]
+        elif split == "train":
+            pairs = [(f, f.parts[depth]) for f in self.files if len(f.parts) == depth + 2]
+        else:
+            pairs = []
+        return sorted(pairs)
+
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if self.split_files(s)]
+
+
+def _decode_chunk(args: tuple[list[bytes], int]) -> tuple[torch.Tensor, list[int]]:
+    blobs, side = args
+    images, bad = [], []
+    for i, blob in enumerate(blobs):
+        try:
+            images.append(load_model_input(blob, side))
+        except ImageError:
+            bad.append(i)
+    stacked = torch.stack(images) if images else torch.empty(0, 3, side, side, dtype=torch.uint8)
+    return stacked, bad
+
+
+def _decode_all(blobs: list[bytes], side: int, label: str) -> tuple[torch.Tensor, list[int]]:
+    """Decode in parallel on all cores with a progress bar; returns images and indices that failed."""
+    from tqdm import tqdm
+
+    chunk = 512
+    jobs = [(blobs[i:i + chunk], side) for i in range(0, len(blobs), chunk)]
+    workers = min(os.cpu_count() or 1, len(jobs)) or 1
+    parts, bad = [], []
+    with tqdm(total=len(blobs), desc=f"decoding {label}", unit="img", disable=len(blobs) < 2000) as bar:
+        if workers == 1:
+            results = map(_decode_chunk, jobs)
+            pool = None
+        else:
+            pool = ProcessPoolExecutor(workers)
+            results = pool.map(_decode_chunk, jobs)
+        try:
+            for j, (images, failed) in enumerate(results):
+                parts.append(images)
+                bad += [j * chunk + i for i in failed]
+                bar.update(len(jobs[j][0]))
+        finally:
+            if pool is not None:
+                pool.shutdown()
+    return torch.cat(parts), bad
+
+
+def _load_folder(path: Path, split: str, side: int) -> ImageSet:
+    tree = _Tree(path)
+    pairs = tree.split_files(split)
+    if not pairs:
+        found = ", ".join(tree.splits()) or "none"
+        raise DataError(
+            f"{path} has no {split} images (splits found: {found}). Expected train/<class>/<image> "
+            f"and optionally test/<class>/<image>, or <class>/<image>."
+        )
+    classes = tuple(sorted({name for _, name in pairs}))
+    images, bad = _decode_all([tree.read(f) for f, _ in pairs], side, f"{path.name}/{split}")
+    labels = torch.tensor([classes.index(name) for _, name in pairs], dtype=torch.long)
+    if bad:
+        keep = torch.ones(len(pairs), dtype=torch.bool)
+        keep[bad] = False
+        labels = labels[keep]
+        names = ", ".join(str(pairs[i][0]) for i in bad[:3])
+        print(f"warning: skipped {len(bad)} unreadable image(s) in {path}: {names}{' …' if len(bad) > 3 else ''}")
+    if len(labels) == 0:
+        raise DataError(f"no readable images in {path} ({split})")
+    return ImageSet(images, labels, classes)
+
+
+# ---- CIFAR-10 through torchvision -------------------------------------------------------------
+
+
+def _load_cifar10(root: Path, split: str, side: int, download: bool) -> ImageSet:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        dataset = CIFAR10(str(root), train=split == "train", download=download)
+    except RuntimeError as e:
+        raise DataError(
+            f"CIFAR-10 was not found in {root / 'cifar-10-batches-py'} ({e}). Allow the download "
+            f"(drop --no-download) on a machine with internet, or copy cifar-10-python.tar.gz from "
+            f"https://www.cs.toronto.edu/~kriz/cifar.html into {root} and extract it there."
+        ) from None
+    except OSError as e:
+        raise DataError(
+            f"CIFAR-10 could not be downloaded into {root} ({e}). Without internet, copy "
+            f"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html into {root} "
+            f"and extract it there, or train on an image folder or zip with --data PATH."
+        ) from None
+    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+    if side != images.shape[-1]:
+        images = torch.nn.functional.interpolate(
+            images.float(), size=(side, side), mode="bicubic", antialias=True, align_corners=False
+        ).round().clamp(0, 255).to(torch.uint8)
+    return ImageSet(images, torch.tensor(dataset.targets, dtype=torch.long), tuple(dataset.classes))
+
+
+# ---- the one entry point ----------------------------------------------------------------------
+
+
+def _cache_key(source: str, split: str, side: int) -> str:
+    if source == "cifar10":
+        return f"cifar10-{split}-{side}"
+    path = Path(source).resolve()
+    stat = path.stat()
+    identity = f"{CACHE_VERSION}|{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    if path.is_dir():  # a folder's mtime misses edits inside class folders
+        identity += "|" + "|".join(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(path.iterdir()))
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return f"{path.stem}-{split}-{side}-{digest}"
+
+
+def load(
+    source: str,
+    split: str = "train",
+    resolution: int = 32,
+    root: Path | str = DATA_ROOT,
+    download: bool = False,
+    cache: bool = True,
+) -> ImageSet:
+    """Images of one split of a source at resolution×resolution, decoded once then cached."""
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {SPLITS}, got {split!r}")
+    root = Path(root)
+    if source != "cifar10" and not Path(source).exists():
+        raise DataError(f"data source {source!r} not found: give 'cifar10' or an existing folder or .zip")
+    cache_file = root / "cache" / f"{_cache_key(source, split, resolution)}.pt"
+    if cache and cache_file.exists():
+        try:
+            saved = torch.load(cache_file, weights_only=True)
+            return ImageSet(saved["images"], saved["labels"], tuple(saved["classes"]))
+        except Exception:
+            cache_file.unlink(missing_ok=True)  # a stale or damaged cache is rebuilt, never trusted
+    if source == "cifar10":
+        data = _load_cifar10(root, split, resolution, download)
+    else:
+        data = _load_folder(Path(source), split, resolution)
+    if cache:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"images": data.images, "labels": data.labels, "classes": list(data.classes)}, cache_file)
+    return data
+
+
+def available_splits(source: str, root: Path | str = DATA_ROOT) -> list[str]:
+    if source == "cifar10":
+        return list(SPLITS)
+    return _Tree(Path(source)).splits()

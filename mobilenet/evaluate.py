@@ -1,0 +1,90 @@
+"""Accuracy, per-class accuracy, confusion matrix and most confident mistakes of a model on an ImageSet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .data import ImageSet, Normalization
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    normalization: Normalization,
+    batch_size: int = 500,
+    flip_tta: bool = False,
+) -> torch.Tensor:
+    """Softmax probabilities (N×classes, float32 on CPU) for uint8 images, optionally averaged with the flip."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalization.apply(images[start:start + batch_size].to(device, non_blocking=True))
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x).float()
+            if flip_tta:
+                logits = (logits + model(x.flip(3)).float()) / 2
+        out.append(logits.softmax(1).cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    classes: tuple[str, ...]
+    confusion: torch.Tensor  # rows: truth, columns: prediction
+    probs: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.confusion.diag().sum() / max(self.n, 1))
+
+    @property
+    def per_class(self) -> dict[str, float]:
+        totals = self.confusion.sum(1).clamp(min=1)
+        return {c: float(v) for c, v in zip(self.classes, self.confusion.diag() / totals)}
+
+    def mistakes(self, k: int = 16) -> list[tuple[int, int, int, float]]:
+        """Most confident wrong predictions: (index, truth, prediction, confidence)."""
+        confidence, predicted = self.probs.max(1)
+        wrong = (predicted != self.labels).nonzero().flatten()
+        order = wrong[confidence[wrong].argsort(descending=True)][:k]
+        return [(int(i), int(self.labels[i]), int(predicted[i]), float(confidence[i])) for i in order]
+
+    def to_dict(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "n": self.n,
+            "classes": list(self.classes),
+            "per_class": self.per_class,
+            "confusion": self.confusion.tolist(),
+        }
+
+
+def evaluate(
+    model: torch.nn.Module, data: ImageSet, normalization: Normalization, flip_tta: bool = False, batch_size: int = 500
+) -> Evaluation:
+    probs = predict_probs(model, data.images, normalization, batch_size, flip_tta)
+    k = len(data.classes)
+    predicted = probs.argmax(1) if len(probs) else torch.empty(0, dtype=torch.long)
+    confusion = torch.bincount(data.labels * k + predicted, minlength=k * k).view(k, k)
+    return Evaluation(data.classes, confusion, probs, data.labels)
+
+
+def format_report(result: Evaluation) -> str:
+    width = max(len(c) for c in result.classes)
+    lines = [f"accuracy {result.accuracy:.2%} on {result.n} images", "", "per-class accuracy:"]
+    lines += [f"  {c:<{width}}  {acc:6.2%}" for c, acc in result.per_class.items()]
+    short = [c[:5] for c in result.classes]
+    lines += ["", "confusion matrix (rows: truth, columns: prediction):", " " * (width + 2) + "".join(f"{s:>7}" for s in short)]
+    for c, row in zip(result.classes, result.confusion.tolist()):
+        lines.append(f"  {c:<{width}}" + "".join(f"{v:>7}" for v in row))
+    return "\n".join(lines)

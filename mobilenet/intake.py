@@ -1,0 +1,131 @@
+"""Untrusted bytes, files and file objects → a safe RGB image → the model's uint8 input.
+
+Every image the project reads, from a training folder or a stranger's upload, goes through
+`decode`: an allow-list of formats, byte and pixel limits checked before any pixel is decoded,
+EXIF orientation, transparency on white, and the odd modes (CMYK, 16-bit, palette) made RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from typing import BinaryIO, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+MAX_BYTES = 25 * 1024 * 1024
+MAX_PIXELS = 60_000_000  # phone photos of up to about 50 megapixels pass
+
+ImageSource = Union[bytes, bytearray, str, os.PathLike, BinaryIO, Image.Image]
+
+
+class ImageError(ValueError):
+    """An image that cannot be used, with a message fit to show to the person who sent it."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = MAX_BYTES
+    max_pixels: int = MAX_PIXELS
+
+
+def read_source(source: ImageSource, limits: Limits = Limits()) -> bytes | Image.Image:
+    """Bytes of a path or file object (at most max_bytes), or the PIL image itself."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as f:
+                data = f.read(limits.max_bytes + 1)
+        except OSError as e:
+            raise ImageError(f"cannot read {os.fspath(source)}: {e.strerror or e}") from None
+    elif hasattr(source, "read"):
+        data = source.read(limits.max_bytes + 1)
+    else:
+        raise ImageError(f"unsupported image source of type {type(source).__name__}")
+    if len(data) > limits.max_bytes:
+        raise ImageError(f"file is too large: more than {limits.max_bytes // (1024 * 1024)} MB")
+    if not data:
+        raise ImageError("file is empty")
+    return data
+
+
+def _open(data: bytes, limits: Limits) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.UnidentifiedImageError:
+        raise ImageError(
+            "not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image dimensions are too large") from None
+    except Exception as e:  # PIL raises many types for malformed headers
+        raise ImageError(f"corrupt or unreadable image ({type(e).__name__})") from None
+    width, height = img.size
+    if width < 1 or height < 1 or width * height > limits.max_pixels:
+        raise ImageError(
+            f"image is {width}×{height} pixels; at most {limits.max_pixels / 1e6:.0f} megapixels are accepted"
+        )
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        array = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if array.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(array / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode(source: ImageSource, draft_side: int | None = None, limits: Limits = Limits()) -> Image.Image:
+    """A safe, upright RGB image. draft_side lets JPEG decode at a reduced scale no smaller than that."""
+    data = read_source(source, limits)
+    if isinstance(data, Image.Image):
+        img = data
+    else:
+        img = _open(data, limits)
+    try:
+        if getattr(img, "is_animated", False):
+            img.seek(0)
+        if draft_side and img.format == "JPEG":
+            img.draft("RGB", (draft_side, draft_side))  # DCT-domain downscale, never below draft_side
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except ImageError:
+        raise
+    except Exception as e:
+        raise ImageError(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
+
+
+def fit_square(img: Image.Image, side: int) -> Image.Image:
+    """Centre-crop to a square and resize to side×side: the one resize used in training and inference."""
+    width, height = img.size
+    crop = min(width, height)
+    left, top = (width - crop) // 2, (height - crop) // 2
+    if crop == side and img.size == (side, side):
+        return img
+    return img.resize((side, side), Image.Resampling.BICUBIC, box=(left, top, left + crop, top + crop), reducing_gap=3.0)
+
+
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """3×H×W uint8 tensor of an RGB image."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def load_model_input(source: ImageSource, side: int, limits: Limits = Limits()) -> torch.Tensor:
+    """Untrusted source → 3×side×side uint8 tensor, exactly as training data is prepared."""
+    return to_uint8_tensor(fit_square(decode(source, draft_side=side, limits=limits), side))
