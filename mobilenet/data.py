@@ -226,8 +226,11 @@ def _cache_key(source: str, split: str, side: int) -> str:
     path = Path(source).resolve()
     stat = path.stat()
     identity = f"{CACHE_VERSION}|{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    if path.is_dir():  # a folder's mtime misses edits inside class folders
-        identity += "|" + "|".join(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(path.iterdir()))
+    if path.is_dir():  # a folder's own mtime misses edits inside its class folders
+        for folder, _, names in sorted(os.walk(path)):
+            for name in sorted(names):
+                st = os.stat(os.path.join(folder, name))
+                identity += f"|{folder}/{name}:{st.st_size}:{st.st_mtime_ns}"
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return f"{path.stem}-{split}-{side}-{digest}"
 

@@ -1,0 +1,156 @@
+"""Classifier: load a checkpoint once, then classify untrusted images; safe to share between threads.
+
+The model is a conv+BN-folded copy in eval mode; nothing on it changes after load, every call runs
+under torch.inference_mode (Grad-CAM aside, which takes gradients with respect to its own input only).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from . import checkpoint
+from .checkpoint import ModelCard
+from .data import Normalization
+from .intake import ImageError, ImageSource, Limits, load_model_input
+from .model import feature_sides
+
+CHECKPOINT_DIR = Path(os.environ.get("MOBILENET_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
+DEFAULT_CHECKPOINT_NAME = "mobilenet_v1_a1.0.pt"
+
+
+def default_checkpoint() -> Path:
+    path = CHECKPOINT_DIR / DEFAULT_CHECKPOINT_NAME
+    if not path.exists():
+        raise checkpoint.CheckpointError(f"the default model {path} is missing; pass --checkpoint FILE or a run folder")
+    return path
+
+
+def shipped_checkpoints() -> list[Path]:
+    return sorted(CHECKPOINT_DIR.glob("*.pt"))
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy with every Conv2d → BatchNorm2d pair folded into one conv (eval-mode inference only)."""
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        if isinstance(module, nn.Sequential) and len(module) >= 2 \
+                and isinstance(module[0], nn.Conv2d) and isinstance(module[1], nn.BatchNorm2d):
+            module[0] = fuse_conv_bn_eval(module[0], module[1])
+            module[1] = nn.Identity()
+    return folded
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    top: list[tuple[str, float]]  # (label, probability), most likely first
+    image: Image.Image  # the model-resolution RGB image the network saw
+    ms: float  # time from source to top-k
+
+    @property
+    def label(self) -> str:
+        return self.top[0][0]
+
+    @property
+    def prob(self) -> float:
+        return self.top[0][1]
+
+
+class Classifier:
+    def __init__(self, model: nn.Module, card: ModelCard, device: torch.device | str = "cpu",
+                 limits: Limits = Limits()) -> None:
+        self.card = card
+        self.device = torch.device(device)
+        self.limits = limits
+        self.normalization = Normalization(card.mean, card.std)
+        self.flip_tta = bool(card.training.get("flip_tta", False))
+        self._model = fold_batchnorm(model).to(self.device, memory_format=torch.channels_last)
+        self._cam_model = copy.deepcopy(model).eval().to(self.device)  # unfolded, for Grad-CAM's gradients
+
+    @classmethod
+    def load(cls, checkpoint_path: Path | str | None = None, device: str = "auto", limits: Limits = Limits()) -> Classifier:
+        path = Path(checkpoint_path) if checkpoint_path is not None else default_checkpoint()
+        if path.is_dir():
+            path = path / "best.pt"
+        model, card = checkpoint.load(path)
+        return cls(model, card, pick_device(device), limits)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.card.classes
+
+    def prepare(self, source: ImageSource) -> torch.Tensor:
+        """Untrusted source → 3×R×R uint8 tensor, as in training (raises ImageError)."""
+        return load_model_input(source, self.card.resolution, self.limits)
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """N×3×R×R uint8 → N×classes probabilities on the CPU."""
+        x = self.normalization.apply(images.to(self.device)).contiguous(memory_format=torch.channels_last)
+        logits = self._model(x)
+        if self.flip_tta:
+            logits = (logits + self._model(x.flip(3))) / 2
+        return logits.float().softmax(1).cpu()
+
+    def _top(self, probs: torch.Tensor, topk: int) -> list[tuple[str, float]]:
+        values, index = probs.topk(min(topk, len(self.classes)))
+        return [(self.classes[i], float(v)) for v, i in zip(values, index)]
+
+    def predict(self, source: ImageSource, topk: int = 5) -> Prediction:
+        start = time.perf_counter()
+        image = self.prepare(source)
+        probs = self.probabilities(image[None])[0]
+        return Prediction(self._top(probs, topk), to_pil(image), (time.perf_counter() - start) * 1000)
+
+    def predict_batch(self, sources: list[ImageSource], topk: int = 5) -> list[Prediction | ImageError]:
+        """One forward pass for all readable sources; an unreadable one gives its ImageError in its place."""
+        start = time.perf_counter()
+        prepared: list[torch.Tensor | ImageError] = []
+        for source in sources:
+            try:
+                prepared.append(self.prepare(source))
+            except ImageError as e:
+                prepared.append(e)
+        good = [p for p in prepared if isinstance(p, torch.Tensor)]
+        probs = iter(self.probabilities(torch.stack(good)) if good else [])
+        ms = (time.perf_counter() - start) * 1000 / max(len(sources), 1)
+        return [p if isinstance(p, ImageError) else Prediction(self._top(next(probs), topk), to_pil(p), ms) for p in prepared]
+
+    def gradcam(self, source: ImageSource, class_index: int | None = None) -> tuple[torch.Tensor, int]:
+        """Grad-CAM heatmap (R×R, 0..1) for class_index (default: the predicted class), and that class."""
+        model = self._cam_model
+        x = self.normalization.apply(self.prepare(source)[None].to(self.device))
+        sides = feature_sides(self.card.stem, self.card.resolution)[1:]
+        # The last block whose map is at least 4×4: the final 2×2 map at CIFAR size is too coarse to show anything.
+        layer = max(i for i, side in enumerate(sides) if side >= min(4, sides[0]))
+        with torch.no_grad():
+            target = model.blocks[:layer + 1](model.stem(x))
+        with torch.enable_grad():
+            target.requires_grad_(True)
+            logits = model.classifier(torch.flatten(model.pool(model.blocks[layer + 1:](target)), 1))
+            chosen = int(logits.argmax(1)) if class_index is None else class_index
+            (grad,) = torch.autograd.grad(logits[0, chosen], target)
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * target).sum(1, keepdim=True))
+        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+        cam = cam / cam.max() if cam.max() > 0 else cam
+        return cam.detach().cpu(), chosen
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray(image.permute(1, 2, 0).cpu().numpy())

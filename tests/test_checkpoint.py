@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobilenet import checkpoint
+from mobilenet.checkpoint import CheckpointError, ModelCard
+from mobilenet.model import MobileNetV1
+
+CARD = ModelCard(alpha=0.5, stem="cifar", resolution=32, classes=("a", "b", "c"), mean=(0.5, 0.5, 0.5),
+                 std=(0.25, 0.25, 0.25), training={"epochs": 3, "recipe": "fast", "val_acc": 0.5})
+
+
+def saved(tmp_path: Path) -> tuple[Path, MobileNetV1]:
+    torch.manual_seed(0)
+    model = MobileNetV1(3, 0.5)
+    path = tmp_path / "model.pt"
+    checkpoint.save(path, model, CARD)
+    return path, model
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    path, model = saved(tmp_path)
+    loaded, card = checkpoint.load(path)
+    assert card == CARD
+    assert not loaded.training
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model.eval()(x))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_pickled_whole_model_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "seed.pt"
+    torch.save(MobileNetV1(), path)  # what the seed did
+    with pytest.raises(CheckpointError, match="pickled"):
+        checkpoint.load(path)
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_code_in_a_checkpoint_never_runs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": checkpoint.FORMAT, "payload": Boom()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError):
+        checkpoint.load(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_modified_weights_are_refused(tmp_path: Path) -> None:
+    path, _ = saved(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["classifier.bias"] += 1.0
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="digest"):
+        checkpoint.load(path)
+
+
+def test_flipped_bytes_are_refused(tmp_path: Path) -> None:
+    path, _ = saved(tmp_path)
+    with zipfile.ZipFile(path) as z:
+        member = max(z.infolist(), key=lambda i: i.file_size)
+        offset = member.header_offset + 30 + len(member.filename) + len(member.extra) + member.file_size // 2
+    blob = bytearray(path.read_bytes())
+    blob[offset] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError):
+        checkpoint.load(path)
+
+
+def test_weights_that_do_not_fit_the_metadata_are_refused(tmp_path: Path) -> None:
+    path, _ = saved(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    payload["card"]["alpha"] = 1.0
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="do not match the architecture"):
+        checkpoint.load(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello", b"PK\x03\x04broken zip"])
+def test_garbage_files_are_refused(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError):
+        checkpoint.load(path)
+
+
+def test_other_torch_files_are_refused(tmp_path: Path) -> None:
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a MobileNet"):
+        checkpoint.load(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "missing.pt")
+
+
+def test_crash_mid_write_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    path, model = saved(tmp_path)
+    before = path.read_bytes()
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(path, MobileNetV1(3, 0.5), CARD)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left behind
+    checkpoint.load(path)
+
+
+def test_train_state_is_kept_for_resuming(tmp_path: Path) -> None:
+    model = MobileNetV1(3, 0.25)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    checkpoint.save(tmp_path / "last.pt", model, CARD.__class__(**{**CARD.__dict__, "alpha": 0.25}),
+                    {"optimizer": optimizer.state_dict(), "loop": {"epoch": 2}})
+    payload = checkpoint.read(tmp_path / "last.pt")
+    restored = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    restored.load_state_dict(payload["train_state"]["optimizer"])
+    assert payload["train_state"]["loop"]["epoch"] == 2

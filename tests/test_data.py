@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.datasets import CIFAR10
+
+from mobilenet import data
+from mobilenet.data import DataError, stratified_split
+
+from conftest import CLASSES, write_cifar_archive, write_folder, zip_folder
+
+
+def check_imageset(images: data.ImageSet, n: int, side: int = 32, classes=CLASSES) -> None:
+    assert images.images.dtype == torch.uint8 and images.images.shape == (n, 3, side, side)
+    assert images.labels.dtype == torch.int64 and images.labels.shape == (n,)
+    assert images.classes == classes
+
+
+def test_folder_with_splits(image_folder: Path, tmp_path: Path) -> None:
+    train = data.load(str(image_folder), "train", root=tmp_path / "root")
+    check_imageset(train, 36)
+    assert train.labels.bincount().tolist() == [12, 12, 12]
+    check_imageset(data.load(str(image_folder), "test", root=tmp_path / "root"), 36)
+    assert data.available_splits(str(image_folder)) == ["train", "test"]
+
+
+def test_bare_class_folder_has_only_train(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "bare", per_class=4, splits=("",))
+    check_imageset(data.load(str(folder), "train", root=tmp_path), 12)
+    with pytest.raises(DataError, match="no test images"):
+        data.load(str(folder), "test", root=tmp_path)
+
+
+@pytest.mark.parametrize("top", ["", "wrapped/"])
+def test_zip_of_either_layout(image_folder: Path, tmp_path: Path, top: str) -> None:
+    archive = zip_folder(image_folder, tmp_path / "images.zip", top)
+    train = data.load(str(archive), "train", root=tmp_path)
+    check_imageset(train, 36)
+    folder_train = data.load(str(image_folder), "train", root=tmp_path)
+    assert torch.equal(train.images, folder_train.images)
+
+
+def test_any_size_and_mode_is_resized_to_rgb(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for i, (mode, size) in enumerate([("L", (50, 40)), ("RGBA", (64, 64)), ("P", (20, 33)), ("CMYK", (32, 32))]):
+        folder = tmp_path / "odd" / CLASSES[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new(mode, size).save(folder / f"{i}.{'jpg' if mode == 'CMYK' else 'png'}")
+    loaded = data.load(str(tmp_path / "odd"), "train", resolution=24, root=tmp_path)
+    assert loaded.images.shape == (4, 3, 24, 24)
+
+
+def test_unreadable_images_are_skipped_with_a_warning(image_folder: Path, tmp_path: Path, capsys) -> None:
+    (image_folder / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    loaded = data.load(str(image_folder), "train", root=tmp_path)
+    assert len(loaded) == 36
+    assert "skipped 1 unreadable" in capsys.readouterr().out
+
+
+def test_cache_is_used_and_invalidated(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    first = data.load(str(image_folder), "train", root=tmp_path)
+    assert list((tmp_path / "cache").glob("*.pt"))
+    monkeypatch.setattr(data, "_load_folder", lambda *a: pytest.fail("decoded again despite the cache"))
+    assert torch.equal(data.load(str(image_folder), "train", root=tmp_path).images, first.images)
+    monkeypatch.undo()
+    write_folder(image_folder, per_class=13, splits=("train",))  # adds one image per class
+    assert len(data.load(str(image_folder), "train", root=tmp_path)) == 39
+
+
+def test_damaged_cache_is_rebuilt(image_folder: Path, tmp_path: Path) -> None:
+    data.load(str(image_folder), "train", root=tmp_path)
+    for f in (tmp_path / "cache").glob("*.pt"):
+        f.write_bytes(b"not a tensor file")
+    assert len(data.load(str(image_folder), "train", root=tmp_path)) == 36
+
+
+def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found"):
+        data.load(str(tmp_path / "nope"), root=tmp_path)
+
+
+@pytest.mark.parametrize("n,val_size", [(1000, 100), (997, 50), (30, 7)])
+def test_stratified_split(n: int, val_size: int) -> None:
+    labels = torch.arange(n) % 10
+    train_idx, val_idx = stratified_split(labels, val_size, seed=3)
+    assert len(val_idx) == val_size and len(train_idx) == n - val_size
+    assert not set(train_idx.tolist()) & set(val_idx.tolist())
+    counts = labels[val_idx].bincount(minlength=10)
+    assert counts.max() - counts.min() <= 1  # every class keeps its share
+    again = stratified_split(labels, val_size, seed=3)[1]
+    assert torch.equal(val_idx, again)
+    assert not torch.equal(val_idx, stratified_split(labels, val_size, seed=4)[1])
+
+
+@pytest.fixture
+def cifar_server(tmp_path: Path, monkeypatch):
+    """A loopback HTTP server offering a generated cifar-10-python.tar.gz, with torchvision pointed at it."""
+    serve = tmp_path / "serve"
+    serve.mkdir()
+    archive = serve / "cifar-10-python.tar.gz"
+    md5 = write_cifar_archive(archive)
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(serve))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz")
+    monkeypatch.setattr(CIFAR10, "tgz_md5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": md5["batches.meta"]})
+    yield server
+    server.shutdown()
+
+
+def test_cifar10_download_and_load(cifar_server, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    train = data.load("cifar10", "train", root=root, download=True)
+    check_imageset(train, 100, classes=data.CIFAR10_CLASSES)
+    assert (root / "cifar-10-batches-py" / "data_batch_1").exists()
+    check_imageset(data.load("cifar10", "test", root=root, download=False), 20, classes=data.CIFAR10_CLASSES)
+    resized = data.load("cifar10", "test", resolution=40, root=root, cache=False)
+    assert resized.images.shape == (20, 3, 40, 40)
+
+
+def test_cifar10_offline_error_names_the_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        data.load("cifar10", root=tmp_path, download=False)
+
+
+def test_cifar10_failed_download_says_what_to_do(cifar_server, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:1/cifar-10-python.tar.gz")  # nothing listens there
+    with pytest.raises(DataError, match="copy cifar-10-python.tar.gz"):
+        data.load("cifar10", root=tmp_path, download=True)
+
+
+def test_normalization_constants_are_metadata() -> None:
+    x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    out = data.SEED_NORMALIZATION.apply(x)
+    assert torch.allclose(out, torch.ones_like(out))
