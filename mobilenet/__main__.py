@@ -101,24 +101,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _, dataset = train.split_train_val(full, info.get("val_size", 5000), info.get("seed", 0), info.get("subset"))
     else:
         dataset = data.load(args.data, "test", card.resolution, root=args.data_root, download=not args.no_download)
-    dataset = match_classes(dataset, card.classes)
+    dataset = data.match_classes(dataset, card.classes)
     result = evaluate(model, dataset, Normalization(card.mean, card.std), flip_tta=card.training.get("flip_tta", False))
     print(json.dumps(result.to_dict()) if args.json else format_report(result))
     return 0
-
-
-def match_classes(dataset: data.ImageSet, classes: tuple[str, ...]) -> data.ImageSet:
-    """Relabel a dataset's classes to the checkpoint's order, by name."""
-    unknown = sorted(set(dataset.classes) - set(classes))
-    if unknown:
-        raise DataError(
-            f"the data has classes the model does not know: {', '.join(unknown)} "
-            f"(the model knows: {', '.join(classes)})"
-        )
-    import torch
-
-    mapping = torch.tensor([classes.index(c) for c in dataset.classes])
-    return data.ImageSet(dataset.images, mapping[dataset.labels], classes)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -270,3 +270,15 @@ def available_splits(source: str, root: Path | str = DATA_ROOT) -> list[str]:
     if source == "cifar10":
         return list(SPLITS)
     return _Tree(Path(source)).splits()
+
+
+def match_classes(dataset: ImageSet, classes: tuple[str, ...]) -> ImageSet:
+    """Relabel a dataset's classes to the checkpoint's order, by name."""
+    unknown = sorted(set(dataset.classes) - set(classes))
+    if unknown:
+        raise DataError(
+            f"the data has classes the model does not know: {', '.join(unknown)} "
+            f"(the model knows: {', '.join(classes)})"
+        )
+    mapping = torch.tensor([classes.index(c) for c in dataset.classes])
+    return ImageSet(dataset.images, mapping[dataset.labels], classes)
