@@ -162,6 +162,11 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
 
+def make_plateau(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """The seed's schedule, stepped once per epoch with the training loss."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", factor=0.5, patience=5, min_lr=1e-6)
+
+
 class StopRequest:
     """Set by SIGINT/SIGTERM: the loop finishes its step, saves and exits cleanly."""
 
@@ -306,7 +311,7 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
     torch.manual_seed(cfg.seed)
     model = MobileNetV1(len(train_set.classes), cfg.alpha, cfg.stem).to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", factor=0.5, patience=5, min_lr=1e-6)
+    plateau = make_plateau(optimizer)
     card = ModelCard(cfg.alpha, cfg.stem, cfg.resolution, train_set.classes, recipe.normalization.mean, recipe.normalization.std)
 
     steps_per_epoch = max(1, len(train_set) // recipe.batch_size)

@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobilenet import checkpoint, train
+from mobilenet.train import TrainConfig, augment, read_metrics, step_generator
+
+from conftest import write_folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return write_folder(tmp_path_factory.mktemp("data") / "images", per_class=40)
+
+
+def config(folder: Path, tmp_path: Path, **overrides) -> TrainConfig:
+    settings = dict(data=str(folder), alpha=0.25, epochs=3, batch_size=16, lr=0.05, val_size=24, device="cpu",
+                    data_root=str(tmp_path / "root"))
+    return TrainConfig(**(settings | overrides))
+
+
+def epoch_rows(run: Path) -> list[dict]:
+    return [row for row in read_metrics(run) if row["kind"] == "epoch"]
+
+
+def test_loss_falls_and_run_folder_is_complete(folder: Path, tmp_path: Path) -> None:
+    report = train.train(config(folder, tmp_path, epochs=4), tmp_path / "run")
+    rows = epoch_rows(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert report["accuracy"] > 0.6  # three easy classes; chance is 1/3
+    assert set(report) >= {"per_class", "confusion", "n"}
+    assert sum(map(sum, report["confusion"])) == report["n"] == 24
+    keys = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s", "elapsed_s", "eta_s"}
+    assert all(keys <= set(r) for r in rows)
+    assert any(r["kind"] == "step" for r in read_metrics(tmp_path / "run"))
+    run = tmp_path / "run"
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    model, card = checkpoint.load(run / "best.pt")
+    assert card.training["val_acc"] == report["accuracy"] and card.classes == ("cat", "dog", "ship")
+    assert "train_state" not in checkpoint.read(run / "best.pt")  # shipped files stay small
+
+
+def test_seed_recipe_is_the_seed() -> None:
+    seed = train.RECIPES["seed"]
+    assert (seed.batch_size, seed.lr, seed.momentum, seed.weight_decay, seed.epochs) == (64, 0.1, 0.9, 5e-4, 20)
+    assert seed.schedule == "plateau" and seed.normalization.mean == (0.5, 0.5, 0.5) and not seed.nesterov
+
+
+def test_seed_plateau_halves_lr_after_six_flat_epochs_down_to_min_lr() -> None:
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    plateau = train.make_plateau(optimizer)
+    lrs = []
+    for _ in range(200):
+        plateau.step(1.0)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[:6] == [0.1] * 6 and lrs[6] == pytest.approx(0.05)
+    assert min(lrs) == pytest.approx(1e-6)
+
+
+def test_augment_is_a_crop_and_flip_of_the_padded_image() -> None:
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = augment(images, step_generator(0, 0, 0, torch.device("cpu")), pad=2)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for original, crop in zip(padded, out):
+        windows = [original[:, y:y + 8, x:x + 8] for y in range(5) for x in range(5)]
+        assert any(torch.equal(crop, w) or torch.equal(crop, w.flip(2)) for w in windows)
+    again = augment(images, step_generator(0, 0, 0, torch.device("cpu")), pad=2)
+    assert torch.equal(out, again)
+
+
+def test_stop_then_resume_matches_an_uninterrupted_run(folder: Path, tmp_path: Path) -> None:
+    cfg = config(folder, tmp_path)
+    train.train(cfg, tmp_path / "straight")
+
+    def stop_mid_epoch_two(row: dict) -> None:
+        if row["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = train.train(cfg, tmp_path / "resumed", on_step=stop_mid_epoch_two)
+    assert stopped["status"] == "stopped"
+    assert json.loads((tmp_path / "resumed" / "status.json").read_text())["state"] == "stopped"
+    train.train(cfg, tmp_path / "resumed", resume=True)
+
+    straight = checkpoint.read(tmp_path / "straight" / "last.pt")["state_dict"]
+    resumed = checkpoint.read(tmp_path / "resumed" / "last.pt")["state_dict"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    a, b = epoch_rows(tmp_path / "straight"), epoch_rows(tmp_path / "resumed")
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        assert (x["train_loss"], x["val_acc"], x["lr"]) == pytest.approx((y["train_loss"], y["val_acc"], y["lr"]))
+
+
+def cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mobilenet", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def wait_for(predicate, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def cli_args(folder: Path, tmp_path: Path, out: Path, epochs: int) -> list[str]:
+    return ["train", "--data", str(folder), "--alpha", "0.25", "--epochs", str(epochs), "--batch-size", "8",
+            "--val-size", "24", "--device", "cpu", "--data-root", str(tmp_path / "root"), "--out", str(out), "--json"]
+
+
+def test_sigterm_saves_a_loadable_checkpoint_and_exits_0(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = cli(*cli_args(folder, tmp_path, run, 50))
+    wait_for(lambda: any(r["kind"] == "step" for r in read_metrics(run)))
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "resume with" in err
+    assert json.loads((run / "status.json").read_text())["state"] == "stopped"
+    checkpoint.load(run / "last.pt")
+
+
+def test_kill_9_then_resume_finishes_like_an_uninterrupted_run(folder: Path, tmp_path: Path) -> None:
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert cli(*cli_args(folder, tmp_path, straight, 3)).wait(timeout=300) == 0
+    proc = cli(*cli_args(folder, tmp_path, killed, 3))
+    wait_for(lambda: len(epoch_rows(killed)) >= 1 and any(r["kind"] == "step" and r["epoch"] == 2 for r in read_metrics(killed)))
+    proc.kill()
+    proc.wait()
+    resumed = cli("train", "--resume", str(killed), "--json")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert [r["epoch"] for r in epoch_rows(killed)] == [1, 2, 3]
+    a = checkpoint.read(straight / "last.pt")["state_dict"]
+    b = checkpoint.read(killed / "last.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_two_processes_gloo(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    args = cli_args(folder, tmp_path, run, 1)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mobilenet", *args],
+        capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = epoch_rows(run)
+    assert len(rows) == 1  # one writer, no duplicated rows
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    checkpoint.load(run / "best.pt")
+
+
+def test_evaluate_cli_on_a_generated_folder(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train.train(config(folder, tmp_path, epochs=2), run)
+    proc = cli("evaluate", "--checkpoint", str(run), "--data", str(folder), "--json", "--data-root", str(tmp_path / "root"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    assert 0 <= result["accuracy"] <= 1 and result["n"] == 120
+    assert set(result["per_class"]) == {"cat", "dog", "ship"}
+    assert sum(map(sum, result["confusion"])) == 120
+    proc = cli("evaluate", "--checkpoint", str(run), "--data", str(folder), "--split", "val", "--json",
+               "--data-root", str(tmp_path / "root"))
+    assert json.loads(proc.communicate(timeout=120)[0])["n"] == 24
+
+
+def test_evaluate_refuses_unknown_classes(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train.train(config(folder, tmp_path, epochs=1), run)
+    other = write_folder(tmp_path / "other", per_class=2, splits=("test",))
+    (other / "test" / "ship").rename(other / "test" / "plane")
+    proc = cli("evaluate", "--checkpoint", str(run), "--data", str(other), "--data-root", str(tmp_path / "root"))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "plane" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "/nonexistent/folder"], "not found"),
+    (["--epochs", "0"], "epochs"),
+    (["--alpha", "-1"], "alpha"),
+    (["--resume", "/nonexistent/run"], "not a run folder"),
+])
+def test_bad_arguments_are_messages(args, message, tmp_path: Path) -> None:
+    proc = cli("train", "--device", "cpu", "--data-root", str(tmp_path), *args)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and message in err and "Traceback" not in err
