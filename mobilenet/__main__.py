@@ -90,18 +90,13 @@ def resolve_checkpoint(path: str | None) -> Path:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, format_report
     from .data import Normalization
+    from .evalsets import VAL, EvalSource, load
+    from .evaluate import evaluate, format_report
 
-    ckpt = resolve_checkpoint(args.checkpoint)
-    model, card = checkpoint.load(ckpt)
-    if args.split == "val":
-        info = card.training
-        full = data.load(args.data, "train", card.resolution, root=args.data_root, download=not args.no_download)
-        _, dataset = train.split_train_val(full, info.get("val_size", 5000), info.get("seed", 0), info.get("subset"))
-    else:
-        dataset = data.load(args.data, "test", card.resolution, root=args.data_root, download=not args.no_download)
-    dataset = data.match_classes(dataset, card.classes)
+    model, card = checkpoint.load(resolve_checkpoint(args.checkpoint))
+    source = EvalSource(args.data, args.data, VAL if args.split == "val" else "test")
+    dataset = load(card, source, Path(args.data_root), download=not args.no_download)
     result = evaluate(model, dataset, Normalization(card.mean, card.std), flip_tta=card.training.get("flip_tta", False))
     print(json.dumps(result.to_dict()) if args.json else format_report(result))
     return 0

@@ -1,0 +1,99 @@
+"""The models there are to serve: shipped checkpoints and finished training runs, each with its card.
+
+A model's key is stable and safe to put in a URL: a shipped checkpoint's file stem
+(`mobilenet_v1_a1.0`) or `runs/<folder>` for a run. Cards are read through `mobilenet.checkpoint`
+(digest checked, no code executed) and remembered per file version, so listing stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from . import checkpoint, infer
+from .checkpoint import CheckpointError, ModelCard
+
+RUNS_DIR = Path(os.environ.get("MOBILENET_RUNS", "runs"))
+RUN_PREFIX = "runs/"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    key: str
+    path: Path
+    card: ModelCard
+    version: tuple[int, int]  # the file's (mtime_ns, size): a retrained best.pt is a new version
+
+    @property
+    def shipped(self) -> bool:
+        return not self.key.startswith(RUN_PREFIX)
+
+    def describe(self) -> str:
+        """One line for people: architecture, input, classes, training and accuracy."""
+        card, info = self.card, self.card.training
+        parts = [f"α={card.alpha:g}", f"{card.stem} stem", f"{card.resolution}×{card.resolution} input",
+                 f"{card.num_classes} classes"]
+        if info.get("epochs"):
+            epochs = info["epochs"]
+            parts.append(f"trained {epochs} epoch{'' if epochs == 1 else 's'} ({info.get('recipe', '?')} recipe)")
+        if info.get("val_acc") is not None:
+            parts.append(f"validation accuracy {info['val_acc']:.1%}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models: tuple[ModelEntry, ...]
+    problems: tuple[str, ...]  # files that look like models but cannot be used, with the reason
+
+    @property
+    def keys(self) -> list[str]:
+        return [m.key for m in self.models]
+
+    def get(self, key: str | None) -> ModelEntry | None:
+        return next((m for m in self.models if m.key == key), None)
+
+    @property
+    def default(self) -> ModelEntry | None:
+        """The shipped default model when there is one, else the first listed."""
+        default_key = Path(infer.DEFAULT_CHECKPOINT_NAME).stem
+        return self.get(default_key) or (self.models[0] if self.models else None)
+
+
+def finished_runs(runs_dir: Path) -> list[Path]:
+    """Run folders whose training finished and left a best.pt, sorted by name."""
+    if not runs_dir.is_dir():
+        return []
+    runs = []
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        try:
+            state = json.loads((folder / "status.json").read_text()).get("state")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if state == "finished" and (folder / "best.pt").is_file():
+            runs.append(folder)
+    return runs
+
+
+@lru_cache(maxsize=128)
+def _card(path: Path, version: tuple[int, int]) -> ModelCard:  # version: part of the cache key only
+    return ModelCard.from_dict(checkpoint.read(path)["card"])
+
+
+def list_models() -> Catalog:
+    """Shipped checkpoints (the default first) then finished runs under RUNS_DIR."""
+    shipped = sorted(infer.shipped_checkpoints(), key=lambda p: p.name != infer.DEFAULT_CHECKPOINT_NAME)
+    candidates = [(p.stem, p) for p in shipped]
+    candidates += [(f"{RUN_PREFIX}{run.name}", run / "best.pt") for run in finished_runs(RUNS_DIR)]
+    models, problems = [], []
+    for key, path in candidates:
+        try:
+            stat = path.stat()
+            version = (stat.st_mtime_ns, stat.st_size)
+            models.append(ModelEntry(key, path, _card(path, version), version))
+        except (OSError, CheckpointError) as e:
+            problems.append(f"{key}: {e}")
+    return Catalog(tuple(models), tuple(problems))

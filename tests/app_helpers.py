@@ -1,0 +1,41 @@
+"""Helpers for the app's tests: random-weight checkpoints and image bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mobilenet import checkpoint
+from mobilenet.checkpoint import ModelCard
+from mobilenet.data import CIFAR10_CLASSES
+from mobilenet.model import MobileNetV1
+
+
+def save_model(path: Path, alpha: float = 0.25, classes: tuple[str, ...] = CIFAR10_CLASSES,
+               training: dict | None = None) -> ModelCard:
+    """A random-weight checkpoint (seeded) with a complete card."""
+    torch.manual_seed(0)
+    card = ModelCard(alpha, "cifar", 32, classes, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
+                     training or {"epochs": 1, "recipe": "fast", "val_acc": 0.1})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(path, MobileNetV1(len(classes), alpha), card)
+    return card
+
+
+def save_run(runs: Path, name: str, state: str = "finished") -> Path:
+    folder = runs / name
+    save_model(folder / "best.pt", training={"epochs": 3, "recipe": "seed", "val_acc": 0.42, "data": "cifar10"})
+    (folder / "status.json").write_text(json.dumps({"state": state}))
+    return folder
+
+
+def png_bytes(width: int = 200, height: int = 150, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()

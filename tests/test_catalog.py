@@ -1,0 +1,100 @@
+"""The model catalogue (shipped checkpoints and finished runs) and the evaluation sets the app offers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from app_helpers import save_model, save_run
+from conftest import write_folder, zip_folder
+
+from mobilenet import catalog, evalsets, infer
+from mobilenet.data import DataError, load
+from mobilenet.train import split_train_val
+
+
+@pytest.fixture
+def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(infer, "CHECKPOINT_DIR", tmp_path / "checkpoints")
+    monkeypatch.setattr(catalog, "RUNS_DIR", tmp_path / "runs")
+    return tmp_path
+
+
+def test_shipped_models_come_first_with_the_default_leading_then_finished_runs(places: Path) -> None:
+    save_model(places / "checkpoints" / "mobilenet_v1_a0.25.pt")
+    save_model(places / "checkpoints" / infer.DEFAULT_CHECKPOINT_NAME)
+    save_run(places / "runs", "b-finished")
+    save_run(places / "runs", "a-running", state="running")
+    (places / "runs" / "no-status").mkdir()
+    models = catalog.list_models()
+    assert models.keys == ["mobilenet_v1_a1.0", "mobilenet_v1_a0.25", "runs/b-finished"]
+    assert models.default.key == "mobilenet_v1_a1.0" and models.problems == ()
+    run = models.get("runs/b-finished")
+    assert not run.shipped and run.path == places / "runs" / "b-finished" / "best.pt"
+    assert run.describe() == ("α=0.25, cifar stem, 32×32 input, 10 classes, trained 3 epochs (seed recipe), "
+                              "validation accuracy 42.0%")
+
+
+def test_without_the_default_the_first_model_is_chosen_and_nothing_is_none(places: Path) -> None:
+    assert catalog.list_models().default is None
+    save_run(places / "runs", "only")
+    assert catalog.list_models().default.key == "runs/only"
+
+
+def test_a_broken_checkpoint_is_reported_not_listed(places: Path) -> None:
+    (places / "checkpoints").mkdir()
+    (places / "checkpoints" / "broken.pt").write_bytes(b"not a checkpoint")
+    save_model(places / "checkpoints" / "good.pt")
+    models = catalog.list_models()
+    assert models.keys == ["good"]
+    assert len(models.problems) == 1 and models.problems[0].startswith("broken: broken.pt ")
+
+
+def test_a_retrained_checkpoint_is_read_again(places: Path) -> None:
+    path = places / "checkpoints" / "model.pt"
+    save_model(path, alpha=0.25)
+    assert catalog.list_models().get("model").card.alpha == 0.25
+    save_model(path, alpha=0.5)
+    assert catalog.list_models().get("model").card.alpha == 0.5
+
+
+def test_evaluation_sources(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    card = save_model(tmp_path / "m.pt", training={"data": str(zip_folder(write_folder(tmp_path / "trained", 6),
+                                                                          tmp_path / "trained.zip"))})
+    write_folder(root / "with-test", per_class=2)
+    write_folder(root / "classes-only", per_class=2, splits=("",))
+    (root / "cache").mkdir()
+    (root / "notes.txt").write_text("not data")
+    labels = [(s.label, s.split) for s in evalsets.sources(card, root)]
+    assert labels == [("validation split held out in training (trained.zip)", evalsets.VAL),
+                      ("classes-only: all images", "train"), ("with-test: test split", "test")]
+    (root / "cifar-10-batches-py").mkdir()
+    assert evalsets.sources(card, root)[0] == evalsets.EvalSource("CIFAR-10 test set", "cifar10", "test")
+
+
+def test_no_sources_in_a_missing_root(tmp_path: Path) -> None:
+    card = save_model(tmp_path / "m.pt")
+    assert evalsets.sources(card, tmp_path / "nowhere") == []
+    assert "No evaluation data found" in evalsets.missing_data_message(tmp_path / "nowhere")
+
+
+def test_the_held_out_split_is_the_one_training_kept_apart(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "trained", per_class=10, splits=("train",))
+    card = save_model(tmp_path / "m.pt", classes=("cat", "dog", "ship"),
+                      training={"data": str(folder), "val_size": 6, "seed": 3})
+    images = evalsets.load(card, evalsets.EvalSource("val", str(folder), evalsets.VAL), tmp_path)
+    _, expected = split_train_val(load(str(folder), "train", 32, root=tmp_path), 6, 3)
+    assert images.images.equal(expected.images) and images.labels.equal(expected.labels)
+    sample = evalsets.load(card, evalsets.EvalSource("all", str(folder), "train"), tmp_path, limit=9)
+    assert sorted(sample.labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_classes_are_matched_to_the_model_by_name(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "d", per_class=1, splits=("test",))  # cat, dog, ship
+    card = save_model(tmp_path / "m.pt", classes=("ship", "cat", "dog", "bird"))
+    images = evalsets.load(card, evalsets.EvalSource("d", str(folder), "test"), tmp_path)
+    assert images.classes == card.classes and images.labels.tolist() == [1, 2, 0]
+    with pytest.raises(DataError, match="does not know: cat, dog, ship"):
+        evalsets.load(save_model(tmp_path / "n.pt", classes=("a", "b")), evalsets.EvalSource("d", str(folder), "test"),
+                      tmp_path)
