@@ -1,0 +1,161 @@
+"""What the Streamlit pages share: cached resources, the selected model, inference and evaluation requests.
+
+Resources cached with st.cache_resource are shared by every session and never mutated after they are
+built: a Classifier (thread-safe, see mobilenet.infer) and evaluation results (frozen, tensors only read).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from . import catalog, checkpoint, data, evalsets, explore
+from .catalog import Catalog, ModelEntry
+from .data import IMAGE_SUFFIXES, ImageSet, Normalization
+from .evalsets import EvalSource
+from .evaluate import Evaluation, evaluate
+from .infer import Classifier, Prediction, pick_device
+from .intake import ImageError, decode
+from .stats import ModelStats
+from .train import device_name
+from .visual import heatmap_overlay
+
+MODEL_KEY = "model"  # the sidebar's model choice in st.session_state and in the URL
+NO_MODEL = (
+    "No model yet. Train one (`python -m mobilenet train --out runs/NAME`; a finished run appears here by itself) "
+    "or copy checkpoint files into `checkpoints/`."
+)
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
+UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
+MAX_IMAGES = 16  # per request: more are dropped with a warning
+PHOTO_SIDE = 384  # display size of an uploaded photo
+
+
+# ---- shared resources ---------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def device_label() -> str:
+    return device_name(pick_device())
+
+
+def models() -> Catalog:
+    return catalog.list_models()
+
+
+def selected_model() -> ModelEntry | None:
+    return models().get(st.session_state.get(MODEL_KEY))
+
+
+def require_model() -> ModelEntry:
+    """The model chosen in the sidebar; without one, a message saying how to get one, and the page stops."""
+    entry = selected_model()
+    if entry is None:
+        st.info(NO_MODEL)
+        st.stop()
+    return entry
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _classifier(path: Path, version: tuple[int, int]) -> Classifier:  # version: part of the cache key only
+    return Classifier.load(path, device="auto")
+
+
+def classifier(entry: ModelEntry) -> Classifier:
+    return _classifier(entry.path, entry.version)
+
+
+# ---- explorer -----------------------------------------------------------------------------------
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def stats(alpha: float, stem: str, resolution: int) -> ModelStats:
+    return explore.stats_for(alpha, stem, resolution)
+
+
+@st.cache_data(max_entries=64, show_spinner="Counting parameters and mult-adds over α…")
+def alpha_sweep(stem: str, resolution: int) -> pd.DataFrame:
+    return explore.alpha_sweep(stem, resolution)
+
+
+@st.cache_data(show_spinner=False)
+def paper_comparison() -> pd.DataFrame:
+    return explore.paper_comparison()
+
+
+# ---- inference ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    photo: Image.Image  # the decoded photo at display size
+    prediction: Prediction
+    heatmap: Image.Image | None  # Grad-CAM for the predicted class over the photo's centre square
+
+
+@dataclass(frozen=True)
+class Failure:
+    name: str
+    message: str
+
+
+def examples() -> list[Path]:
+    return sorted(p for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def fetch(url: str) -> Upload:
+    """An image from the web, through the project's guarded fetcher (raises ImageError)."""
+    from .urlfetch import fetch_url
+
+    return Upload(url.rsplit("/", 1)[-1][:80] or url[:80], fetch_url(url))
+
+
+def _display_copy(image: Image.Image) -> Image.Image:
+    scale = PHOTO_SIDE / max(image.size)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.Resampling.BICUBIC)
+
+
+def classify(clf: Classifier, uploads: list[Upload], topk: int = 5, gradcam: bool = True) -> list[Result | Failure]:
+    """Top-k for every upload in one batch; an unusable one gives a Failure with a message for people."""
+    results: list[Result | Failure] = []
+    for upload, prediction in zip(uploads, clf.predict_batch([u.data for u in uploads], topk)):
+        if isinstance(prediction, ImageError):
+            results.append(Failure(upload.name, str(prediction)))
+            continue
+        photo = _display_copy(decode(upload.data, draft_side=PHOTO_SIDE, limits=clf.limits))
+        heatmap = None
+        if gradcam:
+            cam, _ = clf.gradcam(upload.data, clf.classes.index(prediction.label))
+            heatmap = heatmap_overlay(photo, cam)
+        results.append(Result(upload.name, photo, prediction, heatmap))
+    return results
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _evaluation(path: Path, version: tuple[int, int], source: EvalSource, root: Path,
+                limit: int | None) -> tuple[Evaluation, ImageSet]:
+    model, card = checkpoint.load(path)
+    images = evalsets.load(card, source, root, limit=limit)
+    result = evaluate(model.to(pick_device()), images, Normalization(card.mean, card.std),
+                      flip_tta=card.training.get("flip_tta", False))
+    return result, images
+
+
+def evaluation(entry: ModelEntry, source: EvalSource, limit: int | None) -> tuple[Evaluation, ImageSet]:
+    """A model's results on a source and the images behind them; computed once per model version, shared."""
+    return _evaluation(entry.path, entry.version, source, data.DATA_ROOT, limit)

@@ -1,0 +1,139 @@
+"""The model explorer's numbers: layer tables, totals against α = 1 and β = 1, sweeps over α, what each
+depthwise-separable block saves, the paper's Tables 6 and 7 beside our counts, and measured latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from .infer import fold_batchnorm, pick_device
+from .model import BASE_RESOLUTION, MobileNetV1
+from .stats import ModelStats, model_stats
+from .train import device_name
+
+ALPHA_MIN, ALPHA_MAX, ALPHA_STEP = 0.25, 2.0, 0.05
+SWEEP_ALPHAS = tuple(0.25 + 0.125 * i for i in range(15))  # 0.25 … 2.0
+NUM_CLASSES = {"cifar": 10, "imagenet": 1000}  # the seed's CIFAR-10 head and the paper's ImageNet head
+# Input sides offered per stem: β from 0.25 to 2 for CIFAR, and steps of 16 that hold the paper's 128…224.
+RESOLUTIONS = {"cifar": tuple(range(8, 65, 4)), "imagenet": tuple(range(64, 449, 16))}
+
+# Howard et al. 2017: (α, resolution, ImageNet top-1 %, million mult-adds, million parameters).
+PAPER_TABLE6 = ((1.0, 224, 70.6, 569, 4.2), (0.75, 224, 68.4, 325, 2.6), (0.5, 224, 63.7, 149, 1.3),
+                (0.25, 224, 50.6, 41, 0.5))
+PAPER_TABLE7 = ((1.0, 224, 70.6, 569, 4.2), (1.0, 192, 69.1, 418, 4.2), (1.0, 160, 67.2, 290, 4.2),
+                (1.0, 128, 64.4, 186, 4.2))
+
+
+def stats_for(alpha: float, stem: str, resolution: int) -> ModelStats:
+    """The explorer's network: the seed's 10-class head on the CIFAR stem, the paper's 1000 on ImageNet's."""
+    return model_stats(alpha, resolution=resolution, stem=stem, num_classes=NUM_CLASSES[stem])
+
+
+def beta(stem: str, resolution: int) -> float:
+    return resolution / BASE_RESOLUTION[stem]
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(map(str, shape))
+
+
+def layer_table(stats: ModelStats) -> pd.DataFrame:
+    rows = []
+    for row in stats.layers:
+        conv = f"{row.kernel}×{row.kernel}, stride {row.stride}" + (", depthwise" if row.type == "depthwise" else "")
+        rows.append({
+            "layer": row.name, "type": row.type, "conv": conv if row.kernel else "",
+            "input": _shape(row.input_shape), "output": _shape(row.output_shape),
+            "params": row.params, "mult-adds": row.mult_adds, "share of mult-adds": row.mult_adds / stats.mult_adds,
+        })
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Total:
+    label: str
+    value: str
+    delta: str | None  # relative change against the baseline, e.g. "-75.3%"; None when equal
+
+
+def totals(stats: ModelStats, baseline: ModelStats) -> list[Total]:
+    """Parameters, mult-adds and weight size, each against the baseline network."""
+    def change(now: float, then: float) -> str | None:
+        return None if now == then else f"{now / then - 1:+.1%}"
+
+    return [
+        Total("parameters", f"{stats.params:,}", change(stats.params, baseline.params)),
+        Total("mult-adds per image", f"{stats.mult_adds / 1e6:,.2f} M", change(stats.mult_adds, baseline.mult_adds)),
+        Total("weights (float32)", f"{stats.weight_mb:.2f} MB", change(stats.weight_mb, baseline.weight_mb)),
+    ]
+
+
+def alpha_sweep(stem: str, resolution: int) -> pd.DataFrame:
+    rows = []
+    for alpha in SWEEP_ALPHAS:
+        stats = stats_for(alpha, stem, resolution)
+        rows.append({"alpha": alpha, "params": stats.params, "mult-adds": stats.mult_adds})
+    return pd.DataFrame(rows)
+
+
+def layer_costs(stats: ModelStats) -> pd.DataFrame:
+    """Mult-adds per layer in network order, for a bar chart coloured by layer type."""
+    return pd.DataFrame([{"order": i, "layer": row.name, "type": row.type, "mult-adds": row.mult_adds}
+                         for i, row in enumerate(stats.layers)])
+
+
+def savings_table(stats: ModelStats) -> pd.DataFrame:
+    """Per block: the depthwise-separable pair against the standard 3×3 conv it replaces."""
+    return pd.DataFrame([{"block": s.block, "depthwise separable": s.separable_mult_adds,
+                          "standard convolution": s.standard_mult_adds, "saving": s.ratio}
+                         for s in stats.separable_savings()])
+
+
+def paper_comparison() -> pd.DataFrame:
+    """The paper's Tables 6 (α) and 7 (resolution) with our counts for the same ImageNet networks."""
+    rows = []
+    for table, entries in (("Table 6", PAPER_TABLE6), ("Table 7", PAPER_TABLE7)):
+        for alpha, resolution, accuracy, mult_adds, params in entries:
+            ours = stats_for(alpha, "imagenet", resolution)
+            rows.append({
+                "table": table, "model": f"{alpha:g} MobileNet-{resolution}", "alpha": alpha, "resolution": resolution,
+                "ImageNet top-1 % (paper)": accuracy,
+                "mult-adds M (paper)": mult_adds, "mult-adds M (ours)": round(ours.mult_adds / 1e6, 1),
+                "params M (paper)": params, "params M (ours)": round(ours.params / 1e6, 2),
+            })
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Latency:
+    median_ms: float
+    best_ms: float
+    runs: int
+    device: str
+
+
+@torch.inference_mode()
+def measure_latency(alpha: float, stem: str, resolution: int, device: str = "auto", budget_s: float = 2.0,
+                    max_runs: int = 100) -> Latency:
+    """Time one image through a random-weight network (BatchNorm folded, as served) within about budget_s."""
+    dev = pick_device(device)
+    model = fold_batchnorm(MobileNetV1(NUM_CLASSES[stem], alpha, stem)).to(dev, memory_format=torch.channels_last)
+    x = torch.randn(1, 3, resolution, resolution, device=dev).contiguous(memory_format=torch.channels_last)
+
+    def once() -> float:
+        start = time.perf_counter()
+        model(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return (time.perf_counter() - start) * 1000
+
+    once()  # warm-up: allocator, kernel selection
+    deadline = time.perf_counter() + budget_s
+    times = [once()]
+    while len(times) < max_runs and (len(times) < 3 or time.perf_counter() < deadline):
+        times.append(once())
+    return Latency(statistics.median(times), min(times), len(times), device_name(dev))

@@ -1,0 +1,73 @@
+"""Pictures for people: enlarged model inputs, Grad-CAM over a photo, and labelled grids of samples and mistakes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from .data import ImageSet
+from .evaluate import Evaluation
+from .intake import fit_square
+
+CORRECT, WRONG = (0, 128, 0), (200, 0, 0)  # the seed's green and red titles
+# A perceptually ordered dark-blue → red → yellow colour map (anchors of matplotlib's "inferno").
+_INFERNO = np.array([(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21),
+                     (250, 193, 39), (252, 255, 164)], dtype=np.float32)
+
+
+def enlarge(image: Image.Image, side: int = 160) -> Image.Image:
+    """A small model input scaled up with visible pixels, as the network sees it."""
+    return image.resize((side, side), Image.Resampling.NEAREST)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values in 0..1 (any shape) → uint8 RGB of that shape plus a channel axis."""
+    position = np.clip(values, 0, 1) * (len(_INFERNO) - 1)
+    low = np.floor(position).astype(int).clip(max=len(_INFERNO) - 2)
+    weight = (position - low)[..., None]
+    return ((1 - weight) * _INFERNO[low] + weight * _INFERNO[low + 1]).round().astype(np.uint8)
+
+
+def heatmap_overlay(photo: Image.Image, cam: torch.Tensor, side: int = 256, opacity: float = 0.5) -> Image.Image:
+    """Grad-CAM (R×R, 0..1) over the photo's centre square, the part the network saw."""
+    square = fit_square(photo, side)
+    heat = F.interpolate(cam[None, None].float(), size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+    colours = Image.fromarray(colormap(heat.numpy()))
+    return Image.blend(square, colours, opacity)
+
+
+def labelled_grid(images: torch.Tensor, titles: list[str], colours: list[tuple[int, int, int]], columns: int = 8,
+                  side: int = 96, title_height: int = 18) -> Image.Image:
+    """Images (N×3×H×W uint8) in a grid, each under its title in its colour, on white."""
+    count = len(images)
+    rows = max(1, -(-count // columns))
+    font = ImageFont.load_default(size=11)
+    width = max([side + 8] + [int(font.getlength(t)) + 8 for t in titles])
+    grid = Image.new("RGB", (columns * width, rows * (side + title_height + 6)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (image, title, colour) in enumerate(zip(images, titles, colours)):
+        x, y = (i % columns) * width, (i // columns) * (side + title_height + 6)
+        draw.text((x + (width - font.getlength(title)) / 2, y + 2), title, fill=colour, font=font)
+        tile = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((side, side), Image.Resampling.NEAREST)
+        grid.paste(tile, (x + (width - side) // 2, y + title_height))
+    return grid
+
+
+def sample_grid(result: Evaluation, images: ImageSet, count: int = 64, seed: int = 0) -> Image.Image:
+    """The seed's picture: a seeded sample titled "prediction (truth)", green when right, red when wrong."""
+    index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count]
+    predicted, truth = result.probs[index].argmax(1).tolist(), images.labels[index].tolist()
+    titles = [f"{images.classes[p]} ({images.classes[t]})" for p, t in zip(predicted, truth)]
+    return labelled_grid(images.images[index], titles, [CORRECT if p == t else WRONG for p, t in zip(predicted, truth)])
+
+
+def mistakes_grid(result: Evaluation, images: ImageSet, count: int = 16) -> Image.Image | None:
+    """The most confident mistakes, titled "prediction (truth) confidence"; None when there are none."""
+    mistakes = result.mistakes(count)
+    if not mistakes:
+        return None
+    titles = [f"{images.classes[p]} ({images.classes[t]}) {c:.0%}" for _, t, p, c in mistakes]
+    index = torch.tensor([i for i, *_ in mistakes])
+    return labelled_grid(images.images[index], titles, [WRONG] * len(mistakes))

@@ -1,0 +1,114 @@
+"""The explorer's numbers, the app's pictures and its inference requests, outside Streamlit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from app_helpers import png_bytes, save_model
+from PIL import Image
+
+from mobilenet import Classifier, app_support, explore, visual
+from mobilenet.data import ImageSet
+from mobilenet.evaluate import Evaluation
+
+
+def test_totals_are_against_alpha_1_beta_1() -> None:
+    baseline = explore.stats_for(1.0, "cifar", 32)
+    same = explore.totals(baseline, baseline)
+    assert [(t.value, t.delta) for t in same] == [("3,217,226", None), ("45.16 M", None), ("12.87 MB", None)]
+    half = explore.totals(explore.stats_for(0.5, "cifar", 16), baseline)
+    assert [t.delta for t in half] == ["-74.4%", "-93.6%", "-74.4%"]
+
+
+def test_our_counts_match_the_papers_tables() -> None:
+    table = explore.paper_comparison()
+    assert len(table) == 8
+    assert (abs(table["mult-adds M (ours)"] / table["mult-adds M (paper)"] - 1) < 0.01).all()
+    assert (table["params M (ours)"].round(1) == table["params M (paper)"]).all()
+
+
+def test_every_block_saves_8_to_9_times_at_the_papers_size() -> None:
+    savings = explore.savings_table(explore.stats_for(1.0, "imagenet", 224))
+    assert len(savings) == 13
+    assert savings["saving"].between(7.8, 9).all() and savings["saving"].iloc[1:].min() > 8  # block 0: N = 64
+
+
+def test_the_layer_table_follows_the_stats() -> None:
+    stats = explore.stats_for(0.75, "cifar", 24)
+    table = explore.layer_table(stats)
+    assert table["params"].sum() == stats.params and table["mult-adds"].sum() == stats.mult_adds
+    assert table.iloc[0].to_dict() | {"share of mult-adds": 0} == {
+        "layer": "stem", "type": "stem", "conv": "3×3, stride 1", "input": "3×24×24", "output": "24×22×22",
+        "params": 3 * 9 * 24 + 48, "mult-adds": stats.layers[0].mult_adds, "share of mult-adds": 0}
+
+
+def test_alpha_sweep_spans_the_slider() -> None:
+    sweep = explore.alpha_sweep("cifar", 32)
+    assert sweep["alpha"].iloc[0] == explore.ALPHA_MIN and sweep["alpha"].iloc[-1] == explore.ALPHA_MAX
+    assert sweep.loc[sweep["alpha"] == 1.0, "params"].item() == 3_217_226
+    assert sweep["params"].is_monotonic_increasing and sweep["mult-adds"].is_monotonic_increasing
+
+
+def test_latency_is_measured_within_its_budget() -> None:
+    latency = explore.measure_latency(0.25, "cifar", 32, device="cpu", budget_s=0.2)
+    assert latency.runs >= 3 and 0 < latency.best_ms <= latency.median_ms
+    assert latency.device.startswith("CPU")
+
+
+def test_heatmap_overlay_covers_the_centre_square() -> None:
+    photo = Image.new("RGB", (400, 200), "white")
+    overlay = visual.heatmap_overlay(photo, torch.zeros(8, 8), side=100, opacity=1.0)
+    assert overlay.size == (100, 100)
+    assert overlay.getpixel((50, 50)) == tuple(visual.colormap(np.array(0.0)).tolist())
+
+
+def test_colormap_runs_dark_to_light() -> None:
+    colours = visual.colormap(np.linspace(0, 1, 5))
+    assert colours.shape == (5, 3) and colours.dtype == np.uint8
+    assert colours[0].tolist() == [0, 0, 4] and colours[-1].tolist() == [252, 255, 164]
+    assert (colours.astype(int).sum(1)[1:] > colours.astype(int).sum(1)[:-1]).all()
+
+
+def evaluation(truth: list[int], predicted: list[int], classes: tuple[str, ...] = ("cat", "dog")) -> tuple[Evaluation, ImageSet]:
+    probs = torch.nn.functional.one_hot(torch.tensor(predicted), len(classes)).float() * 0.9 + 0.05
+    labels = torch.tensor(truth)
+    images = ImageSet(torch.zeros(len(truth), 3, 4, 4, dtype=torch.uint8), labels, classes)
+    confusion = torch.bincount(labels * len(classes) + torch.tensor(predicted), minlength=len(classes) ** 2)
+    return Evaluation(classes, confusion.view(len(classes), -1), probs, labels), images
+
+
+def test_the_sample_grid_titles_right_in_green_and_wrong_in_red(monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn = {}
+    real = visual.labelled_grid
+
+    def spy(images, titles, colours, **kwargs):
+        drawn.update(titles=titles, colours=colours)
+        return real(images, titles, colours, **kwargs)
+
+    monkeypatch.setattr(visual, "labelled_grid", spy)
+    result, images = evaluation([0, 1, 1], [0, 1, 0])
+    grid = visual.sample_grid(result, images)
+    assert sorted(zip(drawn["titles"], drawn["colours"])) == [
+        ("cat (cat)", visual.CORRECT), ("cat (dog)", visual.WRONG), ("dog (dog)", visual.CORRECT)]
+    assert grid.size[1] == 96 + 18 + 6  # one row
+    visual.mistakes_grid(result, images)
+    assert drawn["titles"] == ["cat (dog) 95%"]
+    assert visual.mistakes_grid(*evaluation([0, 1], [0, 1])) is None
+
+
+def test_classify_answers_every_upload(tmp_path: Path) -> None:
+    save_model(tmp_path / "m.pt")
+    clf = Classifier.load(tmp_path / "m.pt", device="cpu")
+    uploads = [app_support.Upload("a.png", png_bytes()), app_support.Upload("b.txt", b"hello"),
+               app_support.Upload("wide.png", png_bytes(640, 100))]
+    good, bad, wide = app_support.classify(clf, uploads, topk=3)
+    assert bad == app_support.Failure("b.txt", "not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF")
+    expected = clf.predict(png_bytes(), 3).top
+    assert [label for label, _ in good.prediction.top] == [label for label, _ in expected]
+    assert [p for _, p in good.prediction.top] == pytest.approx([p for _, p in expected], abs=1e-5)
+    assert max(good.photo.size) == max(wide.photo.size) == app_support.PHOTO_SIDE
+    assert good.heatmap.size == (256, 256) and good.prediction.image.size == (32, 32)
+    assert app_support.classify(clf, uploads[:1], gradcam=False)[0].heatmap is None
