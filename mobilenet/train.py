@@ -280,8 +280,13 @@ def train(
         rank, world = 0, 1
         device = pick_device(cfg.device)
     writer = rank == 0
+    run = RunFolder(out)
     try:
-        return _train(cfg, RunFolder(out), resume, device, rank, world, writer, on_epoch, on_step)
+        return _train(cfg, run, resume, device, rank, world, writer, on_epoch, on_step)
+    except Exception as e:
+        if writer and run.path.exists():
+            run.set_status("failed", error=str(e)[:500])
+        raise
     finally:
         if distributed:
             dist.destroy_process_group()
