@@ -1,0 +1,48 @@
+"""Evaluation: accuracy, per-class accuracy, confusion matrix, labelled samples and confident mistakes."""
+
+import streamlit as st
+
+from mobilenet import app_support as app
+from mobilenet import charts, data, evalsets, visual
+from mobilenet.checkpoint import CheckpointError
+from mobilenet.data import DataError
+
+st.title("Evaluation")
+entry = app.require_model()
+sources = evalsets.sources(entry.card)
+if not sources:
+    st.warning(evalsets.missing_data_message(data.DATA_ROOT))
+    st.stop()
+
+pick, size = st.columns(2)
+source = pick.selectbox("Data", sources, format_func=lambda s: s.label)
+limit = size.radio("Images", [None, 1000, 5000], horizontal=True,
+                   format_func=lambda n: "all" if n is None else f"{n:,} (a class-balanced sample)")
+request = (entry.key, entry.version, source, limit)
+if st.button("Evaluate", type="primary", icon=":material/play_arrow:"):
+    st.session_state.evaluation_request = request
+if st.session_state.get("evaluation_request") != request:
+    st.stop()
+
+try:
+    with st.spinner(f"Evaluating {entry.key} on {source.label}…"):
+        result, images = app.evaluation(entry, source, limit)
+except (DataError, CheckpointError) as e:
+    st.error(str(e))
+    st.stop()
+
+accuracy, count = st.columns(2)
+accuracy.metric("accuracy", f"{result.accuracy:.2%}")
+count.metric("images", f"{result.n:,}")
+per_class, confusion = st.columns(2)
+per_class.altair_chart(charts.per_class(result), width="stretch")
+confusion.altair_chart(charts.confusion(result), width="stretch")
+
+st.subheader("Samples: prediction (truth)")
+st.image(visual.sample_grid(result, images))
+st.subheader("The most confident mistakes")
+mistakes = visual.mistakes_grid(result, images)
+if mistakes is None:
+    st.success("No mistakes on these images.")
+else:
+    st.image(mistakes)

@@ -1,0 +1,62 @@
+"""Model explorer: size and cost of MobileNet v1 for any α, resolution and stem; settings live in the URL."""
+
+import streamlit as st
+
+from mobilenet import app_support as app
+from mobilenet import charts, explore
+from mobilenet.model import BASE_RESOLUTION, STEMS
+
+st.title("Model explorer")
+st.caption("MobileNet v1 (Howard et al. 2017): how the width multiplier α and the resolution multiplier β "
+           "change its size and cost. The settings are in the address bar: copy it to share this view.")
+
+left, middle, right = st.columns(3)
+alpha = left.slider("Width multiplier α", explore.ALPHA_MIN, explore.ALPHA_MAX, 1.0, explore.ALPHA_STEP,
+                    key="alpha", bind="query-params", help="Every layer's channels are scaled by α.")
+stem = middle.radio("Stem", STEMS, horizontal=True, key="stem", bind="query-params",
+                    help="cifar: the seed's CIFAR-10 network (32×32 input, 10 classes). "
+                         "imagenet: the paper's network (224×224 input, 1000 classes).")
+base = BASE_RESOLUTION[stem]
+resolution = right.select_slider(f"Input resolution (β = resolution / {base})", explore.RESOLUTIONS[stem],
+                                 value=base, key="resolution", bind="query-params")
+
+stats = app.stats(alpha, stem, resolution)
+st.caption(f"α = {alpha:g}, β = {explore.beta(stem, resolution):.3g}: input {resolution}×{resolution}, "
+           f"{explore.NUM_CLASSES[stem]} classes. Changes are against α = 1, β = 1 with the same stem.")
+for column, total in zip(st.columns(3), explore.totals(stats, app.stats(1.0, stem, base))):
+    column.metric(total.label, total.value, total.delta, delta_color="inverse")
+
+st.subheader("Layers")
+st.dataframe(explore.layer_table(stats), hide_index=True, column_config={
+    "params": st.column_config.NumberColumn(format="localized"),
+    "mult-adds": st.column_config.NumberColumn(format="localized"),
+    "share of mult-adds": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+})
+
+st.subheader("Cost")
+st.altair_chart(charts.alpha_sweep(app.alpha_sweep(stem, resolution), stats))
+st.altair_chart(charts.layer_costs(explore.layer_costs(stats)), width="stretch")
+
+savings = explore.savings_table(stats)
+st.markdown(
+    r"A standard $3\times3$ convolution costs $D_K \cdot D_K \cdot M \cdot N \cdot D_F \cdot D_F$ mult-adds, a "
+    r"depthwise separable one $D_K \cdot D_K \cdot M \cdot D_F \cdot D_F + M \cdot N \cdot D_F \cdot D_F$, a ratio of "
+    r"$\frac{1}{N} + \frac{1}{D_K^2}$: with $D_K = 3$ and many output channels $N$, 8 to 9 times less "
+    f"(here {savings['saving'].min():.1f}× to {savings['saving'].max():.1f}× per block)."
+)
+st.altair_chart(charts.separable_savings(savings), width="stretch")
+
+if stem == "imagenet":
+    st.subheader("The paper's Tables 6 and 7 beside our counts")
+    comparison = app.paper_comparison()
+    st.dataframe(comparison, hide_index=True)
+    st.altair_chart(charts.paper_mult_adds(comparison))
+    st.caption("Our counts include BatchNorm, as torchinfo does; accuracy is the paper's, on ImageNet.")
+
+st.subheader("Latency")
+if st.button("Measure latency on this machine", icon=":material/timer:"):
+    with st.spinner("Timing one image through this network…"):
+        latency = explore.measure_latency(alpha, stem, resolution)
+    st.metric("latency per image (batch of 1)", f"{latency.median_ms:.2f} ms")
+    st.caption(f"Median of {latency.runs} runs on {latency.device} (best {latency.best_ms:.2f} ms), random "
+               f"weights with BatchNorm folded into the convolutions, as the app serves models.")

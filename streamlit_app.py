@@ -1,0 +1,28 @@
+"""MobileNet v1 Studio: `streamlit run streamlit_app.py`. Navigation and the shared sidebar; pages live in pages/."""
+
+import streamlit as st
+
+from mobilenet import app_support as app
+
+st.set_page_config(page_title="MobileNet v1 Studio", page_icon=":material/memory:", layout="wide")
+page = st.navigation({
+    "Learn": [st.Page("pages/explorer.py", title="Model explorer", icon=":material/account_tree:", default=True)],
+    "Use": [
+        st.Page("pages/inference.py", title="Inference", icon=":material/image_search:"),
+        st.Page("pages/evaluation.py", title="Evaluation", icon=":material/fact_check:"),
+    ],
+})
+
+with st.sidebar:
+    st.caption(f":material/memory: Running on {app.device_label()}")
+    models = app.models()
+    if models.models:
+        key = st.selectbox("Model", models.keys, index=models.keys.index(models.default.key), key=app.MODEL_KEY,
+                           bind="query-params", help="Shipped checkpoints and finished training runs")
+        st.caption(models.get(key).describe())
+    else:
+        st.caption(app.NO_MODEL)
+    for problem in models.problems:
+        st.warning(f"Skipped {problem}", icon=":material/warning:")
+
+page.run()

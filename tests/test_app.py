@@ -1,0 +1,176 @@
+"""Every page of the Streamlit app through streamlit.testing's AppTest, in-process, on random-weight models.
+
+AppTest (Streamlit 1.67) keeps only the page's own elements after switch_page: the entry script's
+sidebar is checked on the default page, the explorer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from app_helpers import png_bytes, save_model, save_run
+from conftest import write_folder
+from streamlit.testing.v1 import AppTest
+
+from mobilenet import Classifier, catalog, checkpoint, data, infer
+from mobilenet.evaluate import evaluate
+from mobilenet.app_support import NO_MODEL
+
+APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+PAGES = ("pages/explorer.py", "pages/inference.py", "pages/evaluation.py")
+
+
+@pytest.fixture(autouse=True)
+def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Empty checkpoint, runs and data folders of the test's own, and no cached results from other tests."""
+    for name in ("checkpoints", "runs", "data"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(infer, "CHECKPOINT_DIR", tmp_path / "checkpoints")
+    monkeypatch.setattr(catalog, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(data, "DATA_ROOT", tmp_path / "data")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    return tmp_path
+
+
+@pytest.fixture
+def model(places: Path) -> Path:
+    path = places / "checkpoints" / "mobilenet_v1_a0.25.pt"
+    save_model(path)
+    return path
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    if page != PAGES[0]:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_without_a_model(page: str) -> None:
+    at = open_page(page)
+    if page == "pages/explorer.py":
+        assert NO_MODEL in [c.value for c in at.sidebar.caption]  # the explorer needs no model
+        assert not at.info
+    else:
+        assert [i.value for i in at.info] == [NO_MODEL]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_with_a_model(model: Path, page: str) -> None:
+    at = open_page(page)
+    assert not at.info
+    if page == "pages/explorer.py":
+        assert at.sidebar.selectbox(key="model").value == "mobilenet_v1_a0.25"
+
+
+def test_the_sidebar_lists_shipped_models_and_finished_runs(model: Path, places: Path) -> None:
+    save_run(places / "runs", "a0.25-seed")
+    save_run(places / "runs", "still-training", state="running")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["model"] = "runs/a0.25-seed"  # a shared link chooses the model
+    at.run()
+    choice = at.sidebar.selectbox(key="model")
+    assert choice.options == ["mobilenet_v1_a0.25", "runs/a0.25-seed"]
+    assert choice.value == "runs/a0.25-seed"
+    assert "validation accuracy 42.0%" in at.sidebar.caption[1].value
+
+
+def parameters(at: AppTest) -> str:
+    return next(m.value for m in at.metric if m.label == "parameters")
+
+
+def test_the_alpha_slider_changes_the_parameter_total() -> None:
+    at = open_page("pages/explorer.py")
+    assert parameters(at) == "3,217,226"  # the seed's network
+    at.slider(key="alpha").set_value(0.5).run()
+    assert parameters(at) == "823,722"
+    assert next(m.delta for m in at.metric if m.label == "parameters") == "-74.4%"
+    at.slider(key="alpha").set_value(1.0).run()
+    assert parameters(at) == "3,217,226"
+    assert not at.exception
+
+
+def test_explorer_settings_come_from_the_url() -> None:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"alpha": "0.25", "stem": "imagenet", "resolution": "128"})
+    at.run()
+    assert not at.exception
+    assert (at.slider(key="alpha").value, at.radio(key="stem").value, at.select_slider(key="resolution").value) == (
+        0.25, "imagenet", 128)
+    assert parameters(at) == "470,072"  # the paper's 0.5 M for 0.25 MobileNet, with its 1000-class head
+    assert "Table 6" in at.dataframe[1].value["table"].tolist()  # the paper's figures beside ours
+
+
+def test_latency_is_measured_on_request() -> None:
+    at = open_page("pages/explorer.py")
+    assert not any(m.label.startswith("latency") for m in at.metric)
+    at.button[0].click().run()
+    latency = next(m.value for m in at.metric if m.label.startswith("latency"))
+    assert latency.endswith(" ms") and float(latency.removesuffix(" ms")) > 0
+
+
+def test_an_uploaded_image_yields_a_prediction(model: Path) -> None:
+    at = open_page("pages/inference.py")
+    image = png_bytes()
+    at.file_uploader[0].set_value(("photo.png", image, "image/png")).run()
+    assert not at.exception and not at.error
+    expected = Classifier.load(model, device="cpu").predict(image)
+    assert at.markdown[-1].value == f"**photo.png**: {expected.label} ({expected.prob:.0%})"
+    assert len(at.image) == 3  # the photo, what the network saw, Grad-CAM
+
+
+def test_a_bad_upload_shows_a_message_not_an_exception(model: Path) -> None:
+    at = open_page("pages/inference.py")
+    at.file_uploader[0].set_value([("notes.png", b"not an image at all", "image/png"),
+                                   ("cut.png", png_bytes()[:200], "image/png"),
+                                   ("photo.png", png_bytes(), "image/png")]).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert errors[0] == "**notes.png**: not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF"
+    assert errors[1].startswith("**cut.png**: ") and len(errors) == 2
+    assert at.markdown[-1].value.startswith("**photo.png**: ")  # the good one still gets its answer
+
+
+def test_the_shipped_examples_can_be_classified(model: Path) -> None:
+    at = open_page("pages/inference.py")
+    at.pills[0].set_value(["cat_1", "ship_1"]).run()
+    assert not at.exception and not at.error
+    assert [m.value.split(":")[0] for m in at.markdown[-2:]] == ["**cat_1.jpg**", "**ship_1.jpg**"]
+
+
+def test_evaluation_on_a_generated_folder(model: Path, places: Path) -> None:
+    write_folder(places / "data" / "small", per_class=4)  # cat, dog and ship; train/ and test/
+    at = open_page("pages/evaluation.py")
+    assert at.selectbox[0].value.label == "small: test split"
+    assert not at.metric  # nothing runs before the button
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["images"] == "12"
+    net, card = checkpoint.load(model)
+    images = data.match_classes(data.load(str(places / "data" / "small"), "test", 32, root=places / "data"), card.classes)
+    assert metrics["accuracy"] == f"{evaluate(net, images, data.Normalization(card.mean, card.std)).accuracy:.2%}"
+    assert len(at.image) in (1, 2)  # the 8×8 sample grid, and the mistakes unless there are none
+    at.run()  # the result stays on screen across reruns
+    assert {m.label: m.value for m in at.metric} == metrics
+
+
+def test_evaluation_without_data_says_what_to_do(model: Path) -> None:
+    at = open_page("pages/evaluation.py")
+    assert len(at.warning) == 1 and at.warning[0].value.startswith("No evaluation data found")
+    assert not at.button
+
+
+def test_evaluation_on_classes_the_model_does_not_know_is_a_message(places: Path) -> None:
+    save_model(places / "checkpoints" / "two.pt", classes=("airplane", "truck"))
+    write_folder(places / "data" / "animals", per_class=2)
+    at = open_page("pages/evaluation.py")
+    at.button[0].click().run()
+    assert not at.exception
+    assert "classes the model does not know: cat, dog, ship" in at.error[0].value
+
