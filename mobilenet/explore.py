@@ -113,7 +113,7 @@ class Latency:
     median_ms: float
     best_ms: float
     runs: int
-    device: str
+    device: str  # with the CPU's thread count
 
 
 @torch.inference_mode()
@@ -136,4 +136,6 @@ def measure_latency(alpha: float, stem: str, resolution: int, device: str = "aut
     times = [once()]
     while len(times) < max_runs and (len(times) < 3 or time.perf_counter() < deadline):
         times.append(once())
-    return Latency(statistics.median(times), min(times), len(times), device_name(dev))
+    threads = torch.get_num_threads()  # the app's Classifier may have set it to 1 for the whole process
+    device = device_name(dev) + (f", {threads} thread{'' if threads == 1 else 's'}" if dev.type == "cpu" else "")
+    return Latency(statistics.median(times), min(times), len(times), device)

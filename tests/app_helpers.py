@@ -34,8 +34,8 @@ def save_run(runs: Path, name: str, state: str = "finished") -> Path:
     return folder
 
 
-def png_bytes(width: int = 200, height: int = 150, seed: int = 0) -> bytes:
+def image_bytes(width: int = 200, height: int = 150, seed: int = 0, fmt: str = "PNG") -> bytes:
     rng = np.random.default_rng(seed)
     buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, "PNG")
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, fmt)
     return buffer.getvalue()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
-from app_helpers import png_bytes, save_model, save_run
+from app_helpers import image_bytes, save_model, save_run
 from conftest import write_folder
 from streamlit.testing.v1 import AppTest
 
@@ -116,7 +116,7 @@ def test_latency_is_measured_on_request() -> None:
 
 def test_an_uploaded_image_yields_a_prediction(model: Path) -> None:
     at = open_page("pages/inference.py")
-    image = png_bytes()
+    image = image_bytes()
     at.file_uploader[0].set_value(("photo.png", image, "image/png")).run()
     assert not at.exception and not at.error
     expected = Classifier.load(model, device="cpu").predict(image)
@@ -127,8 +127,8 @@ def test_an_uploaded_image_yields_a_prediction(model: Path) -> None:
 def test_a_bad_upload_shows_a_message_not_an_exception(model: Path) -> None:
     at = open_page("pages/inference.py")
     at.file_uploader[0].set_value([("notes.png", b"not an image at all", "image/png"),
-                                   ("cut.png", png_bytes()[:200], "image/png"),
-                                   ("photo.png", png_bytes(), "image/png")]).run()
+                                   ("cut.png", image_bytes()[:200], "image/png"),
+                                   ("photo.png", image_bytes(), "image/png")]).run()
     assert not at.exception
     errors = [e.value for e in at.error]
     assert errors[0] == "**notes.png**: not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF"
@@ -141,6 +141,15 @@ def test_the_shipped_examples_can_be_classified(model: Path) -> None:
     at.pills[0].set_value(["cat_1", "ship_1"]).run()
     assert not at.exception and not at.error
     assert [m.value.split(":")[0] for m in at.markdown[-2:]] == ["**cat_1.jpg**", "**ship_1.jpg**"]
+
+
+def test_a_camera_photo_is_classified(model: Path) -> None:
+    at = open_page("pages/inference.py")
+    assert not at.camera_input  # the camera is only asked for on request
+    at.toggle[0].set_value(True).run()
+    at.camera_input[0].set_value(("camera.jpg", image_bytes(fmt="JPEG"), "image/jpeg")).run()
+    assert not at.exception and not at.error
+    assert at.markdown[-1].value.startswith("**camera.jpg**: ")
 
 
 def test_evaluation_on_a_generated_folder(model: Path, places: Path) -> None:

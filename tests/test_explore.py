@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from app_helpers import png_bytes, save_model
+from app_helpers import image_bytes, save_model
 from PIL import Image
 
 from mobilenet import Classifier, app_support, explore, visual
@@ -55,7 +55,8 @@ def test_alpha_sweep_spans_the_slider() -> None:
 def test_latency_is_measured_within_its_budget() -> None:
     latency = explore.measure_latency(0.25, "cifar", 32, device="cpu", budget_s=0.2)
     assert latency.runs >= 3 and 0 < latency.best_ms <= latency.median_ms
-    assert latency.device.startswith("CPU")
+    assert latency.device.startswith("CPU") and latency.device.endswith(
+        f"{torch.get_num_threads()} thread{'' if torch.get_num_threads() == 1 else 's'}")
 
 
 def test_heatmap_overlay_covers_the_centre_square() -> None:
@@ -102,11 +103,11 @@ def test_the_sample_grid_titles_right_in_green_and_wrong_in_red(monkeypatch: pyt
 def test_classify_answers_every_upload(tmp_path: Path) -> None:
     save_model(tmp_path / "m.pt")
     clf = Classifier.load(tmp_path / "m.pt", device="cpu")
-    uploads = [app_support.Upload("a.png", png_bytes()), app_support.Upload("b.txt", b"hello"),
-               app_support.Upload("wide.png", png_bytes(640, 100))]
+    uploads = [app_support.Upload("a.png", image_bytes()), app_support.Upload("b.txt", b"hello"),
+               app_support.Upload("wide.png", image_bytes(640, 100))]
     good, bad, wide = app_support.classify(clf, uploads, topk=3)
     assert bad == app_support.Failure("b.txt", "not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF")
-    expected = clf.predict(png_bytes(), 3).top
+    expected = clf.predict(image_bytes(), 3).top
     assert [label for label, _ in good.prediction.top] == [label for label, _ in expected]
     assert [p for _, p in good.prediction.top] == pytest.approx([p for _, p in expected], abs=1e-5)
     assert max(good.photo.size) == max(wide.photo.size) == app_support.PHOTO_SIDE
