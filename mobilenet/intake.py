@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass
 from typing import BinaryIO, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, JpegImagePlugin
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_BYTES = 25 * 1024 * 1024
@@ -57,58 +56,68 @@ def read_source(source: ImageSource, limits: Limits = Limits()) -> bytes | Image
     return data
 
 
-def _open(data: bytes, limits: Limits) -> Image.Image:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.UnidentifiedImageError:
-        raise ImageError(
-            "not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF"
-        ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("image dimensions are too large") from None
-    except Exception as e:  # PIL raises many types for malformed headers
-        raise ImageError(f"corrupt or unreadable image ({type(e).__name__})") from None
-    width, height = img.size
+def _check_size(size: tuple[int, int], limits: Limits) -> None:
+    width, height = size
     if width < 1 or height < 1 or width * height > limits.max_pixels:
         raise ImageError(
             f"image is {width}×{height} pixels; at most {limits.max_pixels / 1e6:.0f} megapixels are accepted"
         )
+
+
+def _open(data: bytes, limits: Limits) -> Image.Image:
+    """Identify the format and read the header only: nothing is decoded before the size is checked."""
+    try:
+        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.UnidentifiedImageError:
+        raise ImageError("not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF") from None
+    except Image.DecompressionBombError:
+        raise ImageError("image dimensions are too large") from None
+    _check_size(img.size, limits)
     return img
 
 
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16- and 32-bit grayscale → L, scaled rather than clipped: 16-bit from its full range, 32-bit from its own."""
+    if img.mode.startswith("I;16"):
+        lo, hi = 0, 65535
+        img = img.convert("I")
+    else:
+        lo, hi = img.getextrema()
+    scale = 255 / (hi - lo) if hi > lo else 0.0
+    return img.point(lambda v: v * scale + (0.5 - lo * scale)).convert("L")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        array = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if array.max(initial=0) > 255 else 255.0
-        img = Image.fromarray(np.clip(array / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
-    if has_alpha:
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        img = _to_8bit(img)
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def decode(source: ImageSource, draft_side: int | None = None, limits: Limits = Limits()) -> Image.Image:
-    """A safe, upright RGB image. draft_side lets JPEG decode at a reduced scale no smaller than that."""
+    """A safe, upright RGB image, first frame of an animation.
+
+    draft_side lets a JPEG decode at a reduced scale (1/2 to 1/8) whose sides stay at least draft_side:
+    a 12-megapixel photo needed at 32×32 decodes as 0.2 megapixels.
+    """
     data = read_source(source, limits)
-    if isinstance(data, Image.Image):
-        img = data
-    else:
-        img = _open(data, limits)
     try:
-        if getattr(img, "is_animated", False):
-            img.seek(0)
-        if draft_side and img.format == "JPEG":
-            img.draft("RGB", (draft_side, draft_side))  # DCT-domain downscale, never below draft_side
-        img = ImageOps.exif_transpose(img)
+        if isinstance(data, Image.Image):
+            _check_size(data.size, limits)
+            img = ImageOps.exif_transpose(data)  # a copy: the caller's image is left as it was
+        else:
+            img = _open(data, limits)
+            if draft_side and isinstance(img, JpegImagePlugin.JpegImageFile):
+                img.draft("RGB", (draft_side, draft_side))
+            ImageOps.exif_transpose(img, in_place=True)  # decodes (the first frame) and turns it upright
         return _to_rgb(img)
     except ImageError:
         raise
-    except Exception as e:
-        raise ImageError(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
+    except Exception as e:  # PIL raises many types for malformed or truncated data
+        raise ImageError(f"corrupt or truncated image ({type(e).__name__}: {e})"[:300]) from None
 
 
 def fit_square(img: Image.Image, side: int) -> Image.Image:
@@ -118,7 +127,8 @@ def fit_square(img: Image.Image, side: int) -> Image.Image:
     left, top = (width - crop) // 2, (height - crop) // 2
     if crop == side and img.size == (side, side):
         return img
-    return img.resize((side, side), Image.Resampling.BICUBIC, box=(left, top, left + crop, top + crop), reducing_gap=3.0)
+    box = (left, top, left + crop, top + crop)
+    return img.resize((side, side), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
 def to_uint8_tensor(img: Image.Image) -> torch.Tensor:

@@ -1,0 +1,269 @@
+"""Image intake: odd and hostile images, generated here, are made usable or refused with a clear message."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from inference_helpers import png
+from PIL import Image
+
+from mobilenet.intake import ImageError, Limits, decode, load_model_input
+
+RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
+
+
+def encode(img: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def solid(color: tuple, size: tuple[int, int] = (8, 8), mode: str = "RGB") -> Image.Image:
+    return Image.new(mode, size, color)
+
+
+def animated(fmt: str, **options) -> bytes:
+    return encode(solid(RED, (16, 16)), fmt, save_all=True, append_images=[solid(BLUE, (16, 16))], duration=100,
+                  **options)
+
+
+def palette_with_transparency(fmt: str) -> bytes:
+    img = Image.new("P", (8, 8), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    img.paste(1, (4, 0, 8, 8))  # right half red, left half index 0, which is transparent
+    return encode(img, fmt, transparency=0)
+
+
+def jpeg_with_size(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header claims width×height."""
+    data = bytearray(encode(solid(RED, (16, 16)), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def gif_with_size(width: int, height: int) -> bytes:
+    data = bytearray(encode(solid(RED, (16, 16)), "GIF"))
+    data[6:10] = struct.pack("<HH", width, height)  # logical screen
+    descriptor = data.index(b"\x2c")
+    data[descriptor + 5:descriptor + 9] = struct.pack("<HH", width, height)  # the first frame
+    return bytes(data)
+
+
+def bmp_with_size(width: int, height: int) -> bytes:
+    data = bytearray(encode(solid(RED, (16, 16)), "BMP"))
+    data[18:26] = struct.pack("<ii", width, height)
+    return bytes(data)
+
+
+def gray16(fmt: str) -> bytes:
+    return encode(Image.fromarray(np.array([[0, 257 * 100, 65535]], dtype=np.uint16)), fmt)
+
+
+def rgb16_png(alpha: bool) -> bytes:
+    pixel = (0x8000, 0xFFFF, 0x0000) + ((0,) if alpha else ())
+    return png(1, 1, 16, 6 if alpha else 2, b"\0" + struct.pack(f">{len(pixel)}H", *pixel))
+
+
+def truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def corrupt_png() -> bytes:
+    data = bytearray(encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)), "PNG"))
+    data[60:80] = bytes(20)
+    return bytes(data)
+
+
+def cmyk(fmt: str) -> bytes:
+    return encode(solid((0, 255, 255, 0), (16, 16), "CMYK"), fmt)  # no cyan, full magenta and yellow: red
+
+
+def noise_jpeg(size: tuple[int, int]) -> bytes:
+    return encode(Image.fromarray(np.random.default_rng(1).integers(0, 255, (size[1], size[0], 3), np.uint8)), "JPEG")
+
+
+def pixels(img: Image.Image) -> list[tuple[int, int, int]]:
+    return [tuple(int(v) for v in p) for p in np.asarray(img).reshape(-1, 3)]
+
+
+def close(a: tuple, b: tuple, tolerance: int = 2) -> bool:
+    return all(abs(x - y) <= tolerance for x, y in zip(a, b))
+
+
+def all_close(color: tuple, tolerance: int = 2) -> Callable[[Image.Image], bool]:
+    return lambda img: all(close(p, color, tolerance) for p in pixels(img))
+
+
+# (name, bytes, check on the decoded RGB image)
+ACCEPTED = [
+    ("1x1 png", lambda: encode(solid(RED, (1, 1)), "PNG"), all_close(RED, 0)),
+    ("1x1 jpeg", lambda: encode(solid(RED, (1, 1)), "JPEG"), all_close(RED, 4)),
+    ("1x1 gif", lambda: encode(solid(RED, (1, 1)), "GIF"), all_close(RED, 0)),
+    ("bmp", lambda: encode(solid(BLUE), "BMP"), all_close(BLUE, 0)),
+    ("webp", lambda: encode(solid(GREEN), "WEBP", lossless=True), all_close(GREEN, 0)),
+    ("tiff", lambda: encode(solid(GREEN), "TIFF"), all_close(GREEN, 0)),
+    ("wide 10000x1", lambda: encode(solid(RED, (10000, 1)), "PNG"), lambda img: img.size == (10000, 1)),
+    ("tall 1x10000", lambda: encode(solid(RED, (1, 10000)), "PNG"), lambda img: img.size == (1, 10000)),
+    ("wide jpeg 4000x8", lambda: encode(solid(RED, (4000, 8)), "JPEG"), lambda img: img.height == 8),
+    ("rgba half transparent", lambda: encode(solid((255, 0, 0, 128), mode="RGBA"), "PNG"),
+     all_close((255, 127, 127), 1)),
+    ("rgba fully transparent black", lambda: encode(solid((0, 0, 0, 0), mode="RGBA"), "PNG"), all_close(WHITE, 0)),
+    ("rgba webp", lambda: encode(solid((0, 0, 0, 0), mode="RGBA"), "WEBP", lossless=True), all_close(WHITE, 0)),
+    ("LA transparent", lambda: encode(solid((0, 0), mode="LA"), "PNG"), all_close(WHITE, 0)),
+    ("LA opaque", lambda: encode(solid((0, 255), mode="LA"), "PNG"), all_close(BLACK, 0)),
+    ("palette png with transparency", lambda: palette_with_transparency("PNG"),
+     lambda img: img.getpixel((1, 1)) == WHITE and img.getpixel((6, 1)) == RED),
+    ("palette gif with transparency", lambda: palette_with_transparency("GIF"),
+     lambda img: img.getpixel((1, 1)) == WHITE and img.getpixel((6, 1)) == RED),
+    ("animated gif", lambda: animated("GIF"), all_close(RED, 0)),
+    ("animated png", lambda: animated("PNG"), all_close(RED, 0)),
+    ("animated webp", lambda: animated("WEBP", lossless=True), all_close(RED, 0)),
+    ("cmyk jpeg", lambda: cmyk("JPEG"), all_close(RED, 6)),
+    ("cmyk tiff", lambda: cmyk("TIFF"), all_close(RED, 0)),
+    ("16-bit gray png", lambda: gray16("PNG"), lambda img: pixels(img) == [(0, 0, 0), (100, 100, 100), WHITE]),
+    ("16-bit gray tiff", lambda: gray16("TIFF"), lambda img: pixels(img) == [(0, 0, 0), (100, 100, 100), WHITE]),
+    ("16-bit rgb png", lambda: rgb16_png(alpha=False), lambda img: pixels(img) == [(128, 255, 0)]),
+    ("16-bit rgba png transparent", lambda: rgb16_png(alpha=True), all_close(WHITE, 0)),
+    ("32-bit float tiff", lambda: encode(Image.fromarray(np.array([[-1.0, 0.0, 1.0]], np.float32)), "TIFF"),
+     lambda img: pixels(img) == [(0, 0, 0), (128, 128, 128), WHITE]),
+    ("grayscale jpeg", lambda: encode(solid(90, mode="L"), "JPEG"), all_close((90, 90, 90), 1)),
+    ("1-bit png", lambda: encode(Image.new("1", (8, 8), 1), "PNG"), all_close(WHITE, 0)),
+]
+
+# (name, bytes, words the message must contain)
+REFUSED = [
+    ("empty", lambda: b"", "empty"),
+    ("text", lambda: b"just some words\n", "not a supported image"),
+    ("html", lambda: b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>", "not a supported image"),
+    ("svg", lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10"/></svg>',
+     "not a supported image"),
+    ("pdf", lambda: b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", "not a supported image"),
+    ("eps", lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "not a supported image"),
+    ("ico", lambda: encode(solid(RED, (16, 16)), "ICO"), "not a supported image"),
+    ("random bytes", lambda: np.random.default_rng(2).integers(0, 255, 4096, np.uint8).tobytes(),
+     "not a supported image"),
+    ("truncated jpeg", lambda: truncated(noise_jpeg((64, 64))), "truncated"),
+    ("truncated png", lambda: truncated(encode(solid(RED, (64, 64)), "PNG")), "truncated"),
+    ("png signature only", lambda: b"\x89PNG\r\n\x1a\n", "not a supported image"),
+    ("corrupt png", corrupt_png, "corrupt"),
+    ("png bomb 9000x9000", lambda: png(9000, 9000), "megapixels"),
+    ("png bomb 10000x10000", lambda: png(10000, 10000), "megapixels"),
+    ("png bomb 100000x100000", lambda: png(100_000, 100_000), "too large"),
+    ("jpeg claiming 65000x65000", lambda: jpeg_with_size(65000, 65000), "too large"),
+    ("jpeg claiming 9000x9000", lambda: jpeg_with_size(9000, 9000), "megapixels"),
+    ("gif claiming 65535x65535", lambda: gif_with_size(65535, 65535), "too large"),
+    ("bmp claiming 30000x30000", lambda: bmp_with_size(30000, 30000), "too large"),
+]
+
+
+@pytest.mark.parametrize("name,make,check", ACCEPTED, ids=[case[0] for case in ACCEPTED])
+def test_odd_images_are_made_rgb(name: str, make: Callable[[], bytes], check: Callable[[Image.Image], bool]) -> None:
+    img = decode(make())
+    assert img.mode == "RGB"
+    assert check(img), pixels(img)[:8]
+    assert load_model_input(make(), 32).shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("name,make,words", REFUSED, ids=[case[0] for case in REFUSED])
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_hostile_images_are_refused_clearly(name: str, make: Callable[[], bytes], words: str) -> None:
+    data = make()
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match=words):
+        load_model_input(data, 32)
+    assert time.perf_counter() - start < 1.0  # refused from the header: nothing big was decoded
+
+
+def quadrants(size: tuple[int, int] = (64, 48)) -> Image.Image:
+    img = Image.new("RGB", size)
+    w, h = size
+    for (x, y), color in zip([(0, 0), (1, 0), (0, 1), (1, 1)], [RED, GREEN, BLUE, WHITE]):
+        img.paste(color, (x * w // 2, y * h // 2, (x + 1) * w // 2, (y + 1) * h // 2))
+    return img
+
+
+# EXIF orientation → where a displayed pixel (x, y) comes from in the stored w×h image, per the EXIF spec.
+STORED_POSITION = {
+    1: lambda x, y, w, h: (x, y),
+    2: lambda x, y, w, h: (w - 1 - x, y),
+    3: lambda x, y, w, h: (w - 1 - x, h - 1 - y),
+    4: lambda x, y, w, h: (x, h - 1 - y),
+    5: lambda x, y, w, h: (y, x),
+    6: lambda x, y, w, h: (y, h - 1 - x),
+    7: lambda x, y, w, h: (w - 1 - y, h - 1 - x),
+    8: lambda x, y, w, h: (w - 1 - y, x),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_POSITION))
+def test_exif_orientation_is_applied(orientation: int) -> None:
+    stored = quadrants()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    shown = decode(encode(stored, "JPEG", quality=95, exif=exif.tobytes()))
+    w, h = stored.size
+    assert shown.size == ((h, w) if orientation >= 5 else (w, h))
+    for x in (shown.width // 4, shown.width * 3 // 4):
+        for y in (shown.height // 4, shown.height * 3 // 4):
+            expected = stored.getpixel(STORED_POSITION[orientation](x, y, w, h))
+            assert close(shown.getpixel((x, y)), expected, 12), (orientation, x, y)
+
+
+def test_every_kind_of_source_gives_the_same_input(tmp_path: Path) -> None:
+    data = encode(quadrants(), "PNG")
+    path = tmp_path / "photo.png"
+    path.write_bytes(data)
+    expected = load_model_input(data, 32)
+    for source in (bytearray(data), memoryview(data), path, str(path), io.BytesIO(data), Image.open(io.BytesIO(data))):
+        assert load_model_input(source, 32).equal(expected)
+
+
+def test_a_pil_image_is_not_modified() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img = Image.open(io.BytesIO(encode(quadrants(), "JPEG", exif=exif.tobytes())))
+    assert decode(img).size == (48, 64)
+    assert img.size == (64, 48) and img.getexif()[0x0112] == 6
+
+
+def test_the_centre_square_is_what_the_model_sees() -> None:
+    img = Image.new("RGB", (96, 32), RED)
+    img.paste(GREEN, (32, 0, 64, 32))
+    x = load_model_input(encode(img, "PNG"), 32)
+    assert x.shape == (3, 32, 32) and x.dtype.is_floating_point is False
+    assert (x[1] == 255).all() and (x[0] == 0).all()
+
+
+def test_a_phone_photo_is_accepted_and_decoded_small() -> None:
+    data = encode(solid((10, 120, 200), (8000, 6000)), "JPEG", quality=80)  # 48 megapixels
+    img = decode(data, draft_side=32)
+    assert img.size == (1000, 750)  # 1/8 scale in the DCT: never 48 megapixels in memory
+    assert close(img.getpixel((500, 375)), (10, 120, 200), 4)
+    assert decode(data).size == (8000, 6000)
+
+
+@pytest.mark.parametrize("source,words", [
+    (b"x" * 2000, "too large"),
+    ("/nonexistent/photo.jpg", "cannot read"),
+    (42, "unsupported image source"),
+])
+def test_unreadable_sources(source, words: str, tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match=words):
+        decode(source, limits=Limits(max_bytes=1000))
+
+
+def test_a_folder_is_not_an_image(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="cannot read"):
+        decode(tmp_path)
+
+
+def test_pixel_limit_applies_to_pil_images_too() -> None:
+    with pytest.raises(ImageError, match="megapixels"):
+        decode(solid(RED, (100, 100)), limits=Limits(max_pixels=5000))
