@@ -1,0 +1,259 @@
+"""The URL fetcher: an SSRF matrix against loopback canaries that must see no connection, pinning, limits."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from inference_helpers import SLOW_BODY, SLOW_HEADERS, Server, endless, image_bytes, redirect, send
+
+from mobilenet import urlfetch
+from mobilenet.intake import ImageError
+from mobilenet.urlfetch import URLError, fetch_url, is_public_address
+
+IMAGE = image_bytes(0)
+PRETEND_PUBLIC = ipaddress.IPv4Address("127.0.0.2")  # a loopback address these tests treat as on the internet
+
+
+@pytest.fixture(autouse=True)
+def default_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(urlfetch.ALLOW_PRIVATE_ENV, raising=False)
+
+
+@pytest.fixture
+def canary() -> Iterator[Server]:
+    server = Server("127.0.0.1", {"/": lambda h: send(h, 200, IMAGE)})
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def canary6() -> Iterator[Server | None]:
+    try:
+        server = Server("::1", {"/": lambda h: send(h, 200, IMAGE)})
+    except OSError:  # no IPv6 loopback here
+        yield None
+        return
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def public(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """A server on 127.0.0.2, which the address check is told to count as public."""
+    real = urlfetch.is_public_address
+    monkeypatch.setattr(urlfetch, "is_public_address", lambda ip: ip == PRETEND_PUBLIC or real(ip))
+    server = Server(str(PRETEND_PUBLIC), {"/img": lambda h: send(h, 200, IMAGE)})
+    yield server
+    server.close()
+
+
+def resolver(monkeypatch: pytest.MonkeyPatch, *answers: list[str]) -> list[str]:
+    """Replace DNS: the first lookup gets answers[0], later ones answers[1] (a rebinding DNS server)."""
+    calls: list[str] = []
+
+    def resolve(host: str, port: int) -> list:
+        calls.append(host)
+        return [ipaddress.ip_address(a) for a in answers[min(len(calls), len(answers)) - 1]]
+
+    monkeypatch.setattr(urlfetch, "resolve", resolve)
+    return calls
+
+
+SSRF = [
+    # loopback by name and by number, in every spelling
+    "http://127.0.0.1:{port}/", "http://localhost:{port}/", "http://LocalHost:{port}/", "http://localhost.:{port}/",
+    "http://127.1:{port}/", "http://2130706433:{port}/", "http://0x7f000001:{port}/", "http://0x7f.0.0.1:{port}/",
+    "http://0177.0.0.1:{port}/", "http://017700000001:{port}/", "http://127.000.000.001:{port}/",
+    "http://127.0.0.1.:{port}/", "http://１２７.０.０.１:{port}/", "http://0.0.0.0:{port}/", "http://0:{port}/",
+    # IPv6, IPv4-mapped, -compatible, 6to4, NAT64, zones
+    "http://[::1]:{port6}/", "http://[0:0:0:0:0:0:0:1]:{port6}/", "http://[::ffff:127.0.0.1]:{port}/",
+    "http://[::ffff:7f00:1]:{port}/", "http://[::127.0.0.1]:{port}/", "http://[2002:7f00:1::1]:{port}/",
+    "http://[64:ff9b::127.0.0.1]:{port}/", "http://[fe80::1%25lo]:{port6}/", "http://[::]:{port6}/",
+    # user names, backslashes, whitespace, missing hosts
+    "http://images.example.com@127.0.0.1:{port}/", "http://127.0.0.1:{port}@images.example.com/",
+    "http://127.0.0.1:{port}\\@images.example.com/", "http://127.0.0.1:{port}/\r\nX: y", " http://127.0.0.1:{port}/",
+    "http:/127.0.0.1:{port}/", "http:127.0.0.1:{port}/", "//127.0.0.1:{port}/", "127.0.0.1:{port}/",
+    "http://%31%32%37.0.0.1:{port}/", "http://[::1:{port}/",
+    # other schemes
+    "ftp://127.0.0.1:{port}/", "file:///etc/passwd", "file://localhost/etc/passwd", "gopher://127.0.0.1:{port}/_GET",
+    "dict://127.0.0.1:{port}/", "data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)",
+    # cloud metadata, private, CGNAT, multicast, reserved and documentation ranges
+    "http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/latest/meta-data/", "http://100.100.100.200/",
+    "http://100.64.0.1/", "http://10.0.0.1/", "http://172.16.0.1/", "http://192.168.0.1/", "http://192.0.0.170/",
+    "http://198.18.0.1/", "http://224.0.0.1/", "http://240.0.0.1/", "http://255.255.255.255/", "http://[fc00::1]/",
+    "http://[fec0::1]/", "http://[ff02::1]/", "http://[2001:db8::1]/", "http://[2001::1]/",
+]
+
+
+@pytest.mark.parametrize("template", SSRF)
+def test_ssrf_matrix_is_refused_before_any_connection(template: str, canary: Server, canary6: Server | None) -> None:
+    url = template.format(port=canary.port, port6=canary6.port if canary6 else canary.port)
+    start = time.perf_counter()
+    with pytest.raises(URLError):
+        fetch_url(url, connect_timeout=1, read_timeout=1)
+    assert time.perf_counter() - start < 1
+    assert not canary.visited
+    assert canary6 is None or not canary6.visited
+
+
+@pytest.mark.parametrize("location", [
+    "http://127.0.0.1:{port}/", "http://localhost:{port}/", "http://[::1]:{port}/", "http://2130706433:{port}/",
+    "http://[::ffff:127.0.0.1]:{port}/", "http://169.254.169.254/", "file:///etc/passwd", "ftp://127.0.0.1:{port}/",
+])
+def test_redirects_into_private_space_are_refused(location: str, public: Server, canary: Server) -> None:
+    public.routes["/go"] = redirect(location.format(port=canary.port))
+    with pytest.raises(URLError):
+        fetch_url(public.url("/go"))
+    assert [path for path, _ in public.requests] == ["/go"]
+    assert not canary.visited
+
+
+def test_a_redirect_chain_is_checked_at_every_hop(public: Server, canary: Server) -> None:
+    public.routes.update({"/a": redirect("/b"), "/b": redirect(public.url("/c")), "/c": redirect(canary.url())})
+    with pytest.raises(URLError, match="not a public internet address"):
+        fetch_url(public.url("/a"))
+    assert [path for path, _ in public.requests] == ["/a", "/b", "/c"]
+    assert not canary.visited
+
+
+def test_at_most_three_redirects(public: Server) -> None:
+    public.routes.update({f"/{i}": redirect(f"/{i + 1}") for i in range(4)} | {"/4": public.routes["/img"]})
+    assert fetch_url(public.url("/1")) == IMAGE
+    with pytest.raises(URLError, match="too many redirects"):
+        fetch_url(public.url("/0"))
+    assert [path for path, _ in public.requests] == ["/1", "/2", "/3", "/4", "/0", "/1", "/2", "/3"]
+
+
+def test_a_name_that_resolves_to_a_private_address_is_refused(monkeypatch: pytest.MonkeyPatch, canary: Server,
+                                                              public: Server) -> None:
+    resolver(monkeypatch, ["127.0.0.1"])
+    with pytest.raises(URLError, match="images.example.com points to 127.0.0.1"):
+        fetch_url(f"http://images.example.com:{canary.port}/")
+    resolver(monkeypatch, [str(PRETEND_PUBLIC), "127.0.0.1"])  # one private address among public ones is enough
+    with pytest.raises(URLError, match="not a public internet address"):
+        fetch_url(f"http://images.example.com:{canary.port}/")
+    assert not canary.visited
+
+
+def test_the_connection_goes_to_the_checked_address(monkeypatch: pytest.MonkeyPatch, public: Server) -> None:
+    """DNS rebinding: the second answer points at the canary, but there is no second lookup."""
+    canary = Server("127.0.0.1", port=public.port)
+    try:
+        calls = resolver(monkeypatch, [str(PRETEND_PUBLIC)], ["127.0.0.1"])
+        assert fetch_url(f"http://rebind.example:{public.port}/img") == IMAGE
+        assert calls == ["rebind.example"]
+        assert not canary.visited
+        assert public.requests[0][1]["Host"] == f"rebind.example:{public.port}"
+    finally:
+        canary.close()
+
+
+def test_the_private_setting_allows_loopback_for_a_trusted_install(monkeypatch: pytest.MonkeyPatch,
+                                                                   canary: Server) -> None:
+    assert fetch_url(canary.url(), allow_private=True) == IMAGE
+    monkeypatch.setenv(urlfetch.ALLOW_PRIVATE_ENV, "1")
+    assert fetch_url(canary.url(host="localhost")) == IMAGE
+    with pytest.raises(URLError):
+        fetch_url(canary.url(), allow_private=False)  # an explicit False wins over the setting
+    assert len(canary.requests) == 2
+
+
+@pytest.fixture
+def loopback() -> Iterator[Server]:
+    server = Server("127.0.0.1")
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("route,words", [
+    (lambda h: send(h, 200, b"x" * 5000), "larger than"),
+    (endless, "larger than"),
+    (lambda h: send(h, 200, b"<html></html>", "text/html"), "text/html, not an image"),
+    (lambda h: send(h, 200, IMAGE, ""), "without a content type"),
+    (lambda h: send(h, 200, IMAGE, headers={"Content-Encoding": "gzip"}), "compressed"),
+    (lambda h: send(h, 404, b"gone", "text/plain"), "answered 404"),
+    (lambda h: send(h, 302), "without saying where"),
+    (SLOW_BODY, "too slow"),
+    (SLOW_HEADERS, "too slow"),
+])
+def test_bad_answers_are_refused_quickly(route, words: str, loopback: Server) -> None:
+    loopback.routes["/x"] = route
+    start = time.perf_counter()
+    with pytest.raises(URLError, match=words):
+        fetch_url(loopback.url("/x"), allow_private=True, max_bytes=4096, read_timeout=0.5)
+    assert time.perf_counter() - start < 2
+
+
+def test_an_octet_stream_is_accepted_and_errors_are_image_errors(loopback: Server) -> None:
+    loopback.routes["/x"] = lambda h: send(h, 200, IMAGE, "application/octet-stream")
+    assert fetch_url(loopback.url("/x"), allow_private=True) == IMAGE
+    assert issubclass(URLError, ImageError)
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111",
+                                     "::ffff:8.8.8.8", "2002:808:808::1", "64:ff9b::8.8.8.8"])
+def test_public_addresses(address: str) -> None:
+    assert is_public_address(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "127.255.255.254", "0.0.0.0", "10.1.2.3", "172.31.0.1", "192.168.1.1", "169.254.169.254",
+    "100.64.0.1", "100.127.255.254", "192.0.0.8", "192.0.2.1", "198.51.100.1", "203.0.113.1", "198.18.0.1",
+    "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255",
+    "::", "::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "::127.0.0.1", "::8.8.8.8",
+    "2002:7f00:1::1", "2002:a9fe:a9fe::1", "64:ff9b::10.0.0.1", "64:ff9b:1::8.8.8.8", "2001::1",
+    "2001:db8::1", "fc00::1", "fd00:ec2::254", "fe80::1", "fec0::1", "ff02::1", "100::1",
+])
+def test_private_and_special_addresses(address: str) -> None:
+    assert not is_public_address(ipaddress.ip_address(address))
+
+
+# ---- TLS: SNI and the certificate check use the name, while the connection goes to the checked address ----
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, public: Server) -> Iterator[tuple[Server, Path, list[str]]]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=tls.example", "-addext", "subjectAltName=DNS:tls.example", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    names: list[str] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: names.append(name)
+    server = Server(str(PRETEND_PUBLIC), {"/img": lambda h: send(h, 200, IMAGE)})
+    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+    yield server, cert, names
+    server.close()
+
+
+def test_tls_is_verified_against_the_host_name(monkeypatch: pytest.MonkeyPatch, tls_server) -> None:
+    server, cert, names = tls_server
+    resolver(monkeypatch, [str(PRETEND_PUBLIC)])
+    with pytest.raises(URLError, match="certificate of tls.example is not valid"):
+        fetch_url(f"https://tls.example:{server.port}/img")  # self-signed: not trusted
+    monkeypatch.setattr(urlfetch, "_tls_context", lambda: ssl.create_default_context(cafile=str(cert)))
+    assert fetch_url(f"https://tls.example:{server.port}/img") == IMAGE
+    assert names == ["tls.example", "tls.example"]
+    assert server.requests[0][1]["Host"] == f"tls.example:{server.port}"
+    with pytest.raises(URLError, match="certificate"):  # the same server by address: the name does not match
+        fetch_url(f"https://{PRETEND_PUBLIC}:{server.port}/img")
+
+
+def test_unresolvable_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(host: str, port: int) -> list:
+        raise socket.gaierror("no such host")
+
+    monkeypatch.setattr(urlfetch, "resolve", fail)
+    with pytest.raises(URLError, match="cannot find the host nowhere.example"):
+        fetch_url("http://nowhere.example/x.png")
