@@ -18,8 +18,8 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from . import checkpoint
-from .checkpoint import ModelCard
+from .checkpoint import CheckpointError, ModelCard
+from .checkpoint import load as load_checkpoint
 from .data import Normalization
 from .intake import ImageError, ImageSource, Limits, load_model_input
 from .model import feature_sides
@@ -31,7 +31,7 @@ DEFAULT_CHECKPOINT_NAME = "mobilenet_v1_a1.0.pt"
 def default_checkpoint() -> Path:
     path = CHECKPOINT_DIR / DEFAULT_CHECKPOINT_NAME
     if not path.exists():
-        raise checkpoint.CheckpointError(f"the default model {path} is missing; pass --checkpoint FILE or a run folder")
+        raise CheckpointError(f"the default model {path} is missing; pass --checkpoint FILE or a run folder")
     return path
 
 
@@ -81,14 +81,27 @@ class Classifier:
         self.flip_tta = bool(card.training.get("flip_tta", False))
         self._model = fold_batchnorm(model).to(self.device, memory_format=torch.channels_last)
         self._cam_model = copy.deepcopy(model).eval().to(self.device)  # unfolded, for Grad-CAM's gradients
+        for module in (self._model, self._cam_model):
+            module.requires_grad_(False)
 
     @classmethod
-    def load(cls, checkpoint_path: Path | str | None = None, device: str = "auto", limits: Limits = Limits()) -> Classifier:
-        path = Path(checkpoint_path) if checkpoint_path is not None else default_checkpoint()
+    def load(cls, checkpoint: Path | str | None = None, device: str = "auto", limits: Limits = Limits(),
+             threads: int | None = 1) -> Classifier:
+        """A checkpoint file or run folder (its best.pt); None: the shipped default model.
+
+        threads sets torch's intra-op threads for the whole process when running on the CPU (None leaves
+        it alone). One 32×32 image is too small to split across cores: with the cores busy, threads
+        waiting on each other turned a 4 ms forward pass into 50 to 1000 ms. Concurrent requests, each on
+        its own thread, use the cores instead.
+        """
+        path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
         if path.is_dir():
             path = path / "best.pt"
-        model, card = checkpoint.load(path)
-        return cls(model, card, pick_device(device), limits)
+        model, card = load_checkpoint(path)
+        classifier = cls(model, card, pick_device(device), limits)
+        if threads is not None and classifier.device.type == "cpu":
+            torch.set_num_threads(threads)
+        return classifier
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -101,11 +114,13 @@ class Classifier:
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """N×3×R×R uint8 → N×classes probabilities on the CPU."""
-        x = self.normalization.apply(images.to(self.device)).contiguous(memory_format=torch.channels_last)
-        logits = self._model(x)
+        x = self.normalization.apply(images.to(self.device))
+        if self.flip_tta:  # one pass over both views is faster than two passes
+            x = torch.cat([x, x.flip(3)])
+        logits = self._model(x.contiguous(memory_format=torch.channels_last)).float()
         if self.flip_tta:
-            logits = (logits + self._model(x.flip(3))) / 2
-        return logits.float().softmax(1).cpu()
+            logits = (logits[:len(images)] + logits[len(images):]) / 2
+        return logits.softmax(1).cpu()
 
     def _top(self, probs: torch.Tensor, topk: int) -> list[tuple[str, float]]:
         values, index = probs.topk(min(topk, len(self.classes)))
@@ -129,7 +144,8 @@ class Classifier:
         good = [p for p in prepared if isinstance(p, torch.Tensor)]
         probs = iter(self.probabilities(torch.stack(good)) if good else [])
         ms = (time.perf_counter() - start) * 1000 / max(len(sources), 1)
-        return [p if isinstance(p, ImageError) else Prediction(self._top(next(probs), topk), to_pil(p), ms) for p in prepared]
+        return [p if isinstance(p, ImageError) else Prediction(self._top(next(probs), topk), to_pil(p), ms)
+                for p in prepared]
 
     def gradcam(self, source: ImageSource, class_index: int | None = None) -> tuple[torch.Tensor, int]:
         """Grad-CAM heatmap (R×R, 0..1) for class_index (default: the predicted class), and that class."""
