@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import checkpoint, data, train
@@ -102,6 +104,49 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")  # any scheme: the fetcher refuses all but http(s) with a message
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .infer import Classifier
+    from .intake import ImageError
+    from .urlfetch import fetch_url
+
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # intake refuses those images with its own message
+    clf = Classifier.load(args.checkpoint)
+    results: list[dict] = []
+    for source in args.inputs:
+        try:
+            prediction = clf.predict(fetch_url(source) if URL.match(source) else source, args.topk)
+            results.append({"source": source, "top": [{"label": label, "prob": prob} for label, prob in prediction.top],
+                            "ms": round(prediction.ms, 2)})
+        except ImageError as e:
+            results.append({"source": source, "error": str(e)})
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for result in results:
+            print_prediction(result)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def print_prediction(result: dict) -> None:
+    if "error" in result:
+        print(f"error: {result['source']}: {result['error']}", file=sys.stderr)
+        return
+    print(f"{result['source']}  ({result['ms']:.1f} ms)")
+    for row in result["top"]:
+        print(f"  {row['label']:<16} {row['prob']:7.2%}")
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mobilenet", description="MobileNet v1 on CIFAR-10")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     add_data_options(p)
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files and URLs")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, or http(s) URL")
+    p.add_argument("--checkpoint", help="checkpoint file or run folder (default: the shipped α=1.0 model)")
+    p.add_argument("--topk", type=positive_int, default=5, help="how many classes to show (default 5)")
+    p.add_argument("--json", action="store_true", help="a JSON list, one object per input")
+    p.set_defaults(run=cmd_predict)
     return parser
 
 
