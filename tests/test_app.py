@@ -183,3 +183,23 @@ def test_evaluation_on_classes_the_model_does_not_know_is_a_message(places: Path
     assert not at.exception
     assert "classes the model does not know: cat, dog, ship" in at.error[0].value
 
+
+def test_an_image_url_is_fetched_and_classified(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobilenet import urlfetch
+
+    fetched = []
+    monkeypatch.setattr(urlfetch, "fetch_url", lambda url: fetched.append(url) or image_bytes())
+    at = open_page("pages/inference.py")
+    at.text_input[0].input("https://example.org/pictures/cat.png").run()
+    assert not at.exception and not at.error
+    assert fetched == ["https://example.org/pictures/cat.png"]
+    assert at.markdown[-1].value.startswith("**cat.png**: ")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/cat.png", "file:///etc/passwd", "not a url"])
+def test_a_refused_url_is_a_message(model: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MOBILENET_ALLOW_PRIVATE_URLS", raising=False)
+    at = open_page("pages/inference.py")
+    at.text_input[0].input(url).run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.error[0].value.startswith(f"**{url}**: ")
