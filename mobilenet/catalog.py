@@ -27,10 +27,6 @@ class ModelEntry:
     card: ModelCard
     version: tuple[int, int]  # the file's (mtime_ns, size): a retrained best.pt is a new version
 
-    @property
-    def shipped(self) -> bool:
-        return not self.key.startswith(RUN_PREFIX)
-
     def describe(self) -> str:
         """One line for people: architecture, input, classes, training and accuracy."""
         card, info = self.card, self.card.training

@@ -30,7 +30,7 @@ def test_shipped_models_come_first_with_the_default_leading_then_finished_runs(p
     assert models.keys == ["mobilenet_v1_a1.0", "mobilenet_v1_a0.25", "runs/b-finished"]
     assert models.default.key == "mobilenet_v1_a1.0" and models.problems == ()
     run = models.get("runs/b-finished")
-    assert not run.shipped and run.path == places / "runs" / "b-finished" / "best.pt"
+    assert run.path == places / "runs" / "b-finished" / "best.pt"
     assert run.describe() == ("α=0.25, cifar stem, 32×32 input, 10 classes, trained 3 epochs (seed recipe), "
                               "validation accuracy 42.0%")
 
