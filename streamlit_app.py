@@ -11,6 +11,7 @@ page = st.navigation({
         st.Page("pages/inference.py", title="Inference", icon=":material/image_search:"),
         st.Page("pages/evaluation.py", title="Evaluation", icon=":material/fact_check:"),
     ],
+    "Train": [st.Page("pages/training.py", title="Training", icon=":material/model_training:")],
 })
 
 with st.sidebar:

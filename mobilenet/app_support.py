@@ -6,6 +6,9 @@ built: a Classifier (thread-safe, see mobilenet.infer) and evaluation results (f
 
 from __future__ import annotations
 
+import hmac
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +18,14 @@ from PIL import Image
 
 from . import catalog, checkpoint, data, evalsets, explore
 from .catalog import Catalog, ModelEntry
-from .data import IMAGE_SUFFIXES, ImageSet, Normalization
+from .data import IMAGE_SUFFIXES, DataError, ImageSet, Normalization
 from .evalsets import EvalSource
 from .evaluate import Evaluation, evaluate
 from .infer import Classifier, Prediction, pick_device
 from .intake import ImageError, decode
+from .jobs import JobManager
 from .stats import ModelStats
-from .train import device_name
+from .train import TrainConfig, device_name
 from .visual import heatmap_overlay
 
 MODEL_KEY = "model"  # the sidebar's model choice in st.session_state and in the URL
@@ -159,3 +163,64 @@ def _evaluation(path: Path, version: tuple[int, int], source: EvalSource, root: 
 def evaluation(entry: ModelEntry, source: EvalSource, limit: int | None) -> tuple[Evaluation, ImageSet]:
     """A model's results on a source and the images behind them; computed once per model version, shared."""
     return _evaluation(entry.path, entry.version, source, data.DATA_ROOT, limit)
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+MAX_EPOCHS = 200
+ADMIN_ENV = "MOBILENET_ADMIN_PASSWORD"
+
+
+def job_manager() -> JobManager:
+    return JobManager(catalog.RUNS_DIR)
+
+
+def new_run_config(**settings) -> TrainConfig:
+    """A training configuration with the app's data root (raises ValueError for bad settings)."""
+    return TrainConfig(data_root=str(data.DATA_ROOT), **settings)
+
+
+def admin_password() -> str | None:
+    """The configured admin password (environment first, then the Streamlit secret), or None for local use."""
+    if os.environ.get(ADMIN_ENV):
+        return os.environ[ADMIN_ENV]
+    try:
+        return st.secrets.get("admin_password") or None
+    except FileNotFoundError:  # no secrets file at all
+        return None
+
+
+def is_admin(given: str) -> bool:
+    """Constant-time check; a wrong guess costs a second, so guessing through the page is slow."""
+    expected = admin_password()
+    if expected is None:
+        return True
+    if hmac.compare_digest(given.encode(), expected.encode()):
+        return True
+    time.sleep(1.0)
+    return False
+
+
+def data_problem(source: str) -> str | None:
+    """Why a training source cannot be used, said for people, or None. CIFAR-10 is checked by the job itself."""
+    if source == "cifar10":
+        return None
+    if not source:
+        return "Enter the path of an image folder or .zip on the server."
+    try:
+        splits = data.available_splits(source)
+    except (DataError, OSError) as e:
+        return str(e)
+    if "train" not in splits:
+        return (f"{source} has no training images: expected train/<class>/<image> (and optionally "
+                f"test/<class>/<image>), or <class>/<image>.")
+    return None
+
+
+def runs_table(runs: list) -> pd.DataFrame:
+    """Past runs for people, newest first."""
+    return pd.DataFrame([{
+        "run": r.name, "state": r.state, "epochs": f"{r.epoch}/{r.epochs}",
+        "best validation accuracy": r.best_val_acc, "α": r.config.get("alpha"), "recipe": r.config.get("recipe"),
+        "data": Path(str(r.config.get("data", ""))).name or r.config.get("data"),
+    } for r in runs])

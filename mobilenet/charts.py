@@ -94,3 +94,30 @@ def confusion(result: Evaluation) -> alt.LayerChart:
         color=alt.condition(alt.datum.images > threshold, alt.value("white"), alt.value("black")),
     )
     return (cells + labels).properties(title="confusion matrix (rows: truth, columns: prediction)", height=400)
+
+
+def training_curves(rows: list[dict]) -> alt.HConcatChart:
+    """Loss, accuracy and learning rate against the step: steps as thin lines, epochs as points."""
+    long = []
+    for row in rows:
+        kind = row["kind"]
+        for measure, split in (("loss", "train"), ("loss", "val"), ("accuracy", "train"), ("accuracy", "val")):
+            value = row.get(f"{split}_{'acc' if measure == 'accuracy' else 'loss'}")
+            if value is not None and (kind == "epoch" or split == "train"):
+                long.append({"step": row["step"], "epoch": row["epoch"], "measure": measure, "value": value,
+                             "series": f"{split} ({'epochs' if kind == 'epoch' else 'steps'})"})
+        long.append({"step": row["step"], "epoch": row["epoch"], "measure": "learning rate", "value": row["lr"],
+                     "series": "lr"})
+    frame = pd.DataFrame(long)
+    charts = []
+    for measure in ("loss", "accuracy", "learning rate"):
+        part = alt.Chart(frame[frame["measure"] == measure]).encode(
+            x=alt.X("step:Q"), y=alt.Y("value:Q", title=measure, axis=alt.Axis(format="%" if measure == "accuracy" else "~g")),
+            color=alt.Color("series:N", legend=alt.Legend(orient="bottom", title=None)),
+            tooltip=["epoch:Q", "step:Q", "series:N", alt.Tooltip("value:Q", format=".4g")],
+        )
+        lines = part.transform_filter(alt.datum.series != "train (epochs)").transform_filter(
+            alt.datum.series != "val (epochs)").mark_line(strokeWidth=1)
+        points = part.transform_filter("indexof(datum.series, 'epochs') >= 0").mark_line(point=True)
+        charts.append((lines + points).properties(title=measure, width=240, height=200))
+    return alt.hconcat(*charts)

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import torch
+from PIL import Image
 
 from .checkpoint import atomic_torch_save
-from .intake import ImageError, load_model_input
+from .intake import ImageError, fit_square, load_model_input, to_uint8_tensor
 
 DATA_ROOT = Path(os.environ.get("MOBILENET_DATA", "data"))
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when decoding or resizing changes, so old caches are rebuilt
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
@@ -88,6 +89,8 @@ class _Tree:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        if not path.exists():
+            raise DataError(f"{path} not found: give an existing image folder or .zip file")
         self.zip = zipfile.ZipFile(path) if zipfile.is_zipfile(path) else None
         if self.zip is not None:
             names = [n for n in self.zip.namelist() if not n.endswith("/")]
@@ -209,11 +212,10 @@ def _load_cifar10(root: Path, split: str, side: int, download: bool) -> ImageSet
             f"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html into {root} "
             f"and extract it there, or train on an image folder or zip with --data PATH."
         ) from None
-    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
-    if side != images.shape[-1]:
-        images = torch.nn.functional.interpolate(
-            images.float(), size=(side, side), mode="bicubic", antialias=True, align_corners=False
-        ).round().clamp(0, 255).to(torch.uint8)
+    if side == dataset.data.shape[1]:
+        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+    else:  # the same PIL resize as every other image, in training and inference
+        images = torch.stack([to_uint8_tensor(fit_square(Image.fromarray(a), side)) for a in dataset.data])
     return ImageSet(images, torch.tensor(dataset.targets, dtype=torch.long), tuple(dataset.classes))
 
 
@@ -222,7 +224,7 @@ def _load_cifar10(root: Path, split: str, side: int, download: bool) -> ImageSet
 
 def _cache_key(source: str, split: str, side: int) -> str:
     if source == "cifar10":
-        return f"cifar10-{split}-{side}"
+        return f"cifar10-{split}-{side}-v{CACHE_VERSION}"
     path = Path(source).resolve()
     stat = path.stat()
     identity = f"{CACHE_VERSION}|{path}|{stat.st_size}|{stat.st_mtime_ns}"

@@ -59,6 +59,11 @@ class Evaluation:
         order = wrong[confidence[wrong].argsort(descending=True)][:k]
         return [(int(i), int(self.labels[i]), int(predicted[i]), float(confidence[i])) for i in order]
 
+    @classmethod
+    def from_report(cls, report: dict) -> Evaluation:
+        """The counts of a saved report (no probabilities: mistakes() is empty)."""
+        return cls(tuple(report["classes"]), torch.tensor(report["confusion"]), torch.empty(0, 0), torch.empty(0))
+
     def to_dict(self) -> dict:
         return {
             "accuracy": self.accuracy,

@@ -18,9 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .catalog import RUNS_DIR
 from .train import RunFolder, TrainConfig, read_metrics
-
-RUNS_DIR = Path(os.environ.get("MOBILENET_RUNS", "runs"))
 
 
 class JobError(RuntimeError):
@@ -37,6 +36,21 @@ class RunInfo:
     best_val_acc: float | None
     config: dict
     updated: float
+
+    @property
+    def report(self) -> dict | None:
+        """The finished run's report.json (accuracy, per-class, confusion), if there is one."""
+        try:
+            return json.loads(RunFolder(self.path).report.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    @property
+    def error(self) -> str | None:
+        try:
+            return json.loads(RunFolder(self.path).status.read_text()).get("error")
+        except (OSError, json.JSONDecodeError):
+            return None
 
     @property
     def resumable(self) -> bool:

@@ -241,14 +241,14 @@ def read_metrics(run: Path | str) -> list[dict]:
 
 
 def split_train_val(full: ImageSet, val_size: int, seed: int, subset: int | None = None) -> tuple[ImageSet, ImageSet]:
-    """The training images and the seeded validation split held out of them.
+    """The training images and the seeded validation split held out of them (at most 20% of the images).
 
-    With subset, only that many images are used (a seeded, class-balanced sample, since image folders
-    are sorted by class), and validation takes at most 20% of them.
+    With subset, only that many images are used: a seeded, class-balanced sample, since image folders
+    are sorted by class.
     """
     if subset and subset < len(full):
         full = full.subset(stratified_split(full.labels, subset, seed + 1)[1])
-        val_size = min(val_size, len(full) // 5)
+    val_size = min(val_size, len(full) // 5)
     train_idx, val_idx = stratified_split(full.labels, val_size, seed)
     return full.subset(train_idx), full.subset(val_idx)
 

@@ -1,0 +1,102 @@
+"""Training: one background job per server, streamed live to every visitor; start, stop and resume behind the admin gate."""
+
+import streamlit as st
+
+from mobilenet import app_support as app
+from mobilenet import charts
+from mobilenet.evaluate import Evaluation
+from mobilenet.jobs import JobError
+from mobilenet.train import DEFAULT_RECIPE, RECIPES, format_duration, read_metrics
+
+st.title("Training")
+manager = app.job_manager()
+
+allowed = app.admin_password() is None or st.session_state.get("admin", False)
+if not allowed:
+    password = st.text_input("Admin password", type="password", help="Starting, stopping and resuming need it; watching does not.")
+    if password and app.is_admin(password):
+        st.session_state["admin"] = allowed = True
+    elif password:
+        st.error("Wrong password.")
+
+with st.form("train"):
+    left, right = st.columns(2)
+    source = left.radio("Data", ["CIFAR-10 (downloads once)", "Folder or zip on the server"], horizontal=True)
+    folder = left.text_input("Data folder", placeholder="/path/to/images or /path/to/images.zip",
+                             help="train/<class>/<image> and optionally test/<class>/<image>, or <class>/<image>")
+    recipe = left.selectbox("Recipe", list(RECIPES), index=list(RECIPES).index(DEFAULT_RECIPE),
+                            help="fast: this project's recipe; seed: the blog post's, exactly")
+    batch_size = left.number_input("Batch size", 8, 2048, RECIPES[DEFAULT_RECIPE].batch_size, step=8)
+    alpha = right.slider("α", 0.25, 2.0, 1.0, 0.05, help="width multiplier")
+    beta = right.slider("β", 0.5, 2.0, 1.0, 0.125, help="resolution multiplier: input side round(32 × β)")
+    epochs = right.number_input("Epochs", 1, app.MAX_EPOCHS, RECIPES[DEFAULT_RECIPE].epochs)
+    lr = right.number_input("Learning rate", 0.0001, 5.0, RECIPES[DEFAULT_RECIPE].lr, format="%.4f")
+    start = st.form_submit_button("Start", type="primary", disabled=not allowed)
+
+if start and allowed:
+    data = "cifar10" if source.startswith("CIFAR") else folder.strip()
+    problem = app.data_problem(data)
+    try:
+        if problem:
+            st.error(problem)
+        else:
+            cfg = app.new_run_config(data=data, recipe=recipe, epochs=int(epochs), batch_size=int(batch_size),
+                                     lr=float(lr), alpha=float(alpha), beta=float(beta))
+            st.success(f"Started {manager.start(cfg).name}.")
+    except (JobError, ValueError) as e:
+        st.error(str(e))
+
+
+@st.fragment(run_every=1.0)
+def live() -> None:
+    job = manager.active()
+    runs = manager.runs()
+    running = next((r for r in runs if job and str(r.path.resolve()) == job.get("run")), None)
+    if running is not None:
+        rows = read_metrics(running.path)
+        last = rows[-1] if rows else None
+        if last:
+            done = last["elapsed_s"] / max(1e-9, last["elapsed_s"] + (last["eta_s"] or 0))
+            st.progress(min(done, 1.0), text=f"{running.name}: epoch {last['epoch']}/{running.epochs}, "
+                        f"{last['img_per_s']:.0f} img/s, ETA {format_duration(last['eta_s'])}")
+            st.altair_chart(charts.training_curves(rows), width="stretch")
+        else:
+            st.progress(0.0, text=f"{running.name}: loading data…")
+        if st.button("Stop", disabled=not allowed) and allowed:
+            manager.stop()
+            st.info("Asked the job to save and stop.")
+    elif job:
+        st.caption("A job is starting…")
+    else:
+        st.caption("No training job is running.")
+
+    if not runs:
+        return
+    st.subheader("Runs")
+    st.dataframe(app.runs_table(runs), hide_index=True, column_config={
+        "best validation accuracy": st.column_config.NumberColumn(format="percent")})
+    latest = runs[0]
+    if latest is not running:
+        if latest.error:
+            st.error(f"{latest.name} failed: {latest.error}")
+        if latest.report:
+            result = Evaluation.from_report(latest.report)
+            st.markdown(f"**{latest.name}**: validation accuracy {result.accuracy:.2%}; it is in the model selector now.")
+            per_class, confusion = st.columns(2)
+            per_class.altair_chart(charts.per_class(result), width="stretch")
+            confusion.altair_chart(charts.confusion(result), width="stretch")
+            best = latest.path / "best.pt"
+            st.download_button("Download its checkpoint", best.read_bytes, file_name=f"{latest.name}.pt",
+                               mime="application/octet-stream", on_click="ignore")
+    resumable = [r.name for r in runs if r.resumable]
+    if resumable and job is None:
+        chosen = st.selectbox("Stopped or interrupted run", resumable)
+        if st.button("Resume", disabled=not allowed) and allowed:
+            try:
+                manager.resume(next(r.path for r in runs if r.name == chosen))
+                st.success(f"Resumed {chosen}.")
+            except JobError as e:
+                st.error(str(e))
+
+
+live()
