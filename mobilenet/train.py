@@ -322,7 +322,7 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
     steps_per_epoch = max(1, len(train_set) // recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
     state = {"epoch": 0, "step_in_epoch": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "best_acc": -1.0,
-             "elapsed_s": 0.0, "train_s": 0.0}
+             "elapsed_s": 0.0}
     if resume:
         payload = checkpoint.read(run.last)
         model.load_state_dict(payload["state_dict"])
@@ -352,7 +352,6 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
     if writer:
         run.set_status("running", epoch=state["epoch"], epochs=recipe.epochs)
     started = time.perf_counter() - state["elapsed_s"]
-    local_batch = recipe.batch_size // world
     with StopRequest() as stop:
         while state["epoch"] < recipe.epochs:
             epoch = state["epoch"]
@@ -428,7 +427,6 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
                 val_acc = result.accuracy
             state.update(epoch=epoch + 1, step_in_epoch=0, loss_sum=0.0, correct=0, seen=0)
             state["elapsed_s"] = time.perf_counter() - started
-            state["train_s"] += epoch_train_s
             improved = val_acc is not None and val_acc > state["best_acc"]
             if improved:
                 state["best_acc"] = val_acc
@@ -439,8 +437,9 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
             if writer:
                 if improved or not run.best.exists():
                     checkpoint.save(run.best, model, replace(card, training=summary("best")))
-                save_last("running")
+                # The row before the state: a kill between them replays this epoch and rewrites its row.
                 run.append_metrics(row)
+                save_last("running")
                 run.set_status("running", epoch=epoch + 1, epochs=recipe.epochs)
                 if on_epoch:
                     on_epoch(row)
