@@ -146,6 +146,15 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .catalog import export, write_cards
+
+    card = export(Path(args.run_dir), Path(args.out), args.data_description)
+    write_cards(Path(args.out).parent)
+    print(f"{args.out}: α={card.alpha:g}, validation accuracy {card.training['val_acc']:.2%}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mobilenet", description="MobileNet v1 on CIFAR-10")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -195,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=positive_int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="a JSON list, one object per input")
     p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("export", help="ship a finished run's best model: weights only, with its card")
+    p.add_argument("run_dir", metavar="RUN", help="finished run folder")
+    p.add_argument("out", help="checkpoint file to write, e.g. checkpoints/mobilenet_v1_a1.0.pt")
+    p.add_argument("--data-description", help="the training data in words, stored in the card instead of its path")
+    p.set_defaults(run=cmd_export)
     return parser
 
 

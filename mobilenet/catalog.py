@@ -93,3 +93,62 @@ def list_models() -> Catalog:
         except (OSError, CheckpointError) as e:
             problems.append(f"{key}: {e}")
     return Catalog(tuple(models), tuple(problems))
+
+
+# ---- shipping a trained model --------------------------------------------------------------------
+
+CIFAR10_JPEG = "CIFAR-10 training split as JPEG (quality 75): cifar10-train-jpeg.zip, 50,000 images"
+
+
+def export(run: Path, out: Path, data_description: str | None = None) -> ModelCard:
+    """A finished run's best weights as a shipped checkpoint: weights only, its card completed with the
+    model's size and cost and a description of the data in words rather than a local path."""
+    from .stats import model_stats
+
+    if not (Path(run) / "report.json").exists():
+        raise CheckpointError(f"{run} is not a finished run: it has no report.json")
+    model, card = checkpoint.load(Path(run) / "best.pt")
+    stats = model_stats(card.alpha, resolution=card.resolution, stem=card.stem, num_classes=card.num_classes)
+    report = json.loads((Path(run) / "report.json").read_text())
+    training = card.training | {
+        "data": data_description or card.training.get("data"), "val_acc": report["accuracy"], "val_n": report["n"],
+        "per_class": report["per_class"], "params": stats.params, "mult_adds": stats.mult_adds,
+    }
+    shipped = ModelCard(card.alpha, card.stem, card.resolution, card.classes, card.mean, card.std, training)
+    checkpoint.save(out, model, shipped)
+    return shipped
+
+
+CARDS_START, CARDS_END = "<!-- cards: written by python -m mobilenet export -->", "<!-- /cards -->"
+
+
+def write_cards(folder: Path) -> None:
+    """Rewrite the cards section of folder/README.md from the checkpoints in the folder."""
+    readme = folder / "README.md"
+    text = readme.read_text() if readme.exists() else f"# Shipped models\n\n{CARDS_START}\n{CARDS_END}\n"
+    head, rest = text.split(CARDS_START, 1)
+    tail = rest.split(CARDS_END, 1)[1]
+    cards = [card_markdown(p.name, ModelCard.from_dict(checkpoint.read(p)["card"])) for p in sorted(folder.glob("*.pt"))]
+    readme.write_text(f"{head}{CARDS_START}\n\n" + "\n\n".join(cards) + f"\n\n{CARDS_END}{tail}")
+
+
+def card_markdown(name: str, card: ModelCard) -> str:
+    """A model card for checkpoints/README.md, from the metadata stored in the checkpoint."""
+    t = card.training
+    per_class = " · ".join(f"{c} {a:.1%}" for c, a in t.get("per_class", {}).items())
+    minutes = t.get("train_time_s", 0) / 60
+    return "\n".join([
+        f"### `{name}`",
+        "",
+        "| | |", "|---|---|",
+        f"| architecture | MobileNet v1, α = {card.alpha:g}, {card.stem} stem, {card.resolution}×{card.resolution} input, "
+        f"{card.num_classes} classes |",
+        f"| size and cost | {t.get('params', 0):,} parameters, {t.get('mult_adds', 0) / 1e6:.2f} M mult-adds per image |",
+        f"| data | {t.get('data')} |",
+        f"| validation accuracy | {t.get('val_acc', 0):.2%} on {t.get('val_n', '?')} held-out images "
+        f"(seeded, stratified; seed {t.get('seed')}){' with flip TTA' if t.get('flip_tta') else ''} |",
+        f"| per-class accuracy | {per_class} |",
+        f"| training | {t.get('epochs')} epochs, recipe `{t.get('recipe')}` (batch {t.get('batch_size')}, peak lr "
+        f"{t.get('lr')}), {minutes:.0f} min on {t.get('device')} |",
+        f"| normalisation | mean {card.mean}, std {card.std} |",
+    ])
