@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+import streamlit as st
 import torch
 from PIL import Image
 
-from mobilenet import checkpoint
+from mobilenet import catalog, checkpoint, data, infer
 from mobilenet.checkpoint import ModelCard
 from mobilenet.data import CIFAR10_CLASSES
 from mobilenet.model import MobileNetV1
@@ -39,3 +41,15 @@ def image_bytes(width: int = 200, height: int = 150, seed: int = 0, fmt: str = "
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, fmt)
     return buffer.getvalue()
+
+
+def isolate_app(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Empty checkpoint, runs and data folders of the test's own, and no cached results from other tests."""
+    for name in ("checkpoints", "runs", "data"):
+        (root / name).mkdir()
+    monkeypatch.setattr(infer, "CHECKPOINT_DIR", root / "checkpoints")
+    monkeypatch.setattr(catalog, "RUNS_DIR", root / "runs")
+    monkeypatch.setattr(data, "DATA_ROOT", root / "data")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    return root

@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import streamlit as st
-from app_helpers import image_bytes, save_model, save_run
+from app_helpers import image_bytes, isolate_app, save_model, save_run
 from conftest import write_folder
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import Classifier, catalog, checkpoint, data, infer
+from mobilenet import Classifier, checkpoint, data
 from mobilenet.evaluate import evaluate
 from mobilenet.app_support import NO_MODEL
 
@@ -24,15 +23,7 @@ PAGES = ("pages/explorer.py", "pages/inference.py", "pages/evaluation.py")
 
 @pytest.fixture(autouse=True)
 def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Empty checkpoint, runs and data folders of the test's own, and no cached results from other tests."""
-    for name in ("checkpoints", "runs", "data"):
-        (tmp_path / name).mkdir()
-    monkeypatch.setattr(infer, "CHECKPOINT_DIR", tmp_path / "checkpoints")
-    monkeypatch.setattr(catalog, "RUNS_DIR", tmp_path / "runs")
-    monkeypatch.setattr(data, "DATA_ROOT", tmp_path / "data")
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    return tmp_path
+    return isolate_app(tmp_path, monkeypatch)
 
 
 @pytest.fixture

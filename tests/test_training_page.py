@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
-import streamlit as st
+from app_helpers import isolate_app
 from conftest import write_folder
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import catalog, data, infer
+from mobilenet import catalog
 from mobilenet.jobs import JobManager
 
 PAGE = Path(__file__).resolve().parent.parent / "pages" / "training.py"
@@ -18,14 +18,8 @@ PAGE = Path(__file__).resolve().parent.parent / "pages" / "training.py"
 
 @pytest.fixture(autouse=True)
 def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in ("checkpoints", "runs", "data"):
-        (tmp_path / name).mkdir()
-    monkeypatch.setattr(infer, "CHECKPOINT_DIR", tmp_path / "checkpoints")
-    monkeypatch.setattr(catalog, "RUNS_DIR", tmp_path / "runs")
-    monkeypatch.setattr(data, "DATA_ROOT", tmp_path / "data")
     monkeypatch.delenv("MOBILENET_ADMIN_PASSWORD", raising=False)
-    st.cache_resource.clear()
-    yield tmp_path
+    yield isolate_app(tmp_path, monkeypatch)
     JobManager(tmp_path / "runs").stop()  # never leave a job behind
 
 
