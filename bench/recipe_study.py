@@ -1,0 +1,52 @@
+"""Validation accuracy per epoch of two or more finished runs: a markdown table and an Altair chart (HTML).
+
+    .venv/bin/python bench/recipe_study.py runs/study-a0.5-seed runs/study-a0.5-fast --out bench/results/recipe_study.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mobilenet.train import read_metrics  # noqa: E402
+
+
+def label(run: Path) -> str:
+    config = json.loads((run / "config.json").read_text())
+    return f"{config['recipe']} (α={config['alpha']:g})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/recipe_study.html"))
+    args = parser.parse_args()
+    frame = pd.DataFrame([
+        {"recipe": label(run), "epoch": row["epoch"], "validation accuracy": row["val_acc"],
+         "minutes": row["elapsed_s"] / 60}
+        for run in args.runs for row in read_metrics(run) if row["kind"] == "epoch"
+    ])
+    table = frame.pivot(index="epoch", columns="recipe", values="validation accuracy")
+    print("| epoch | " + " | ".join(table.columns) + " |\n|---:|" + "---:|" * len(table.columns))
+    for epoch, values in table.iterrows():
+        print(f"| {epoch} | " + " | ".join(f"{v:.2%}" if pd.notna(v) else "" for v in values) + " |")
+    chart = alt.Chart(frame).mark_line(point=True).encode(
+        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
+        y=alt.Y("validation accuracy:Q", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False)),
+        color="recipe:N",
+        tooltip=["recipe:N", "epoch:Q", alt.Tooltip("validation accuracy:Q", format=".2%"),
+                 alt.Tooltip("minutes:Q", format=".1f")],
+    ).properties(title="validation accuracy per epoch: seed recipe against the default", width=600, height=360)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    chart.save(str(args.out))
+    print(f"\nchart: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
