@@ -1,4 +1,8 @@
-"""MobileNet v1 Studio: `streamlit run streamlit_app.py`. Navigation and the shared sidebar; pages live in pages/."""
+"""MobileNet v1 Studio: `streamlit run streamlit_app.py`. Navigation and the shared sidebar.
+
+The pages live in app_pages/, not pages/: a fresh server runs a link to a page in pages/ as a page of its own,
+without this script's navigation and sidebar, until someone opens the root page.
+"""
 
 import streamlit as st
 
@@ -6,12 +10,12 @@ from mobilenet import app_support as app
 
 st.set_page_config(page_title="MobileNet v1 Studio", page_icon=":material/memory:", layout="wide")
 page = st.navigation({
-    "Learn": [st.Page("pages/explorer.py", title="Model explorer", icon=":material/account_tree:", default=True)],
+    "Learn": [st.Page("app_pages/explorer.py", title="Model explorer", icon=":material/account_tree:", default=True)],
     "Use": [
-        st.Page("pages/inference.py", title="Inference", icon=":material/image_search:"),
-        st.Page("pages/evaluation.py", title="Evaluation", icon=":material/fact_check:"),
+        st.Page("app_pages/inference.py", title="Inference", icon=":material/image_search:"),
+        st.Page("app_pages/evaluation.py", title="Evaluation", icon=":material/fact_check:"),
     ],
-    "Train": [st.Page("pages/training.py", title="Training", icon=":material/model_training:")],
+    "Train": [st.Page("app_pages/training.py", title="Training", icon=":material/model_training:")],
 })
 
 with st.sidebar:

@@ -18,7 +18,7 @@ from mobilenet.evaluate import evaluate
 from mobilenet.app_support import NO_MODEL
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
-PAGES = ("pages/explorer.py", "pages/inference.py", "pages/evaluation.py")
+PAGES = ("app_pages/explorer.py", "app_pages/inference.py", "app_pages/evaluation.py")
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +44,7 @@ def open_page(page: str) -> AppTest:
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_without_a_model(page: str) -> None:
     at = open_page(page)
-    if page == "pages/explorer.py":
+    if page == "app_pages/explorer.py":
         assert NO_MODEL in [c.value for c in at.sidebar.caption]  # the explorer needs no model
         assert not at.info
     else:
@@ -55,7 +55,7 @@ def test_every_page_renders_without_a_model(page: str) -> None:
 def test_every_page_renders_with_a_model(model: Path, page: str) -> None:
     at = open_page(page)
     assert not at.info
-    if page == "pages/explorer.py":
+    if page == "app_pages/explorer.py":
         assert at.sidebar.selectbox(key="model").value == "mobilenet_v1_a0.25"
 
 
@@ -76,7 +76,7 @@ def parameters(at: AppTest) -> str:
 
 
 def test_the_alpha_slider_changes_the_parameter_total() -> None:
-    at = open_page("pages/explorer.py")
+    at = open_page("app_pages/explorer.py")
     assert parameters(at) == "3,217,226"  # the seed's network
     at.slider(key="alpha").set_value(0.5).run()
     assert parameters(at) == "823,722"
@@ -98,7 +98,7 @@ def test_explorer_settings_come_from_the_url() -> None:
 
 
 def test_latency_is_measured_on_request() -> None:
-    at = open_page("pages/explorer.py")
+    at = open_page("app_pages/explorer.py")
     assert not any(m.label.startswith("latency") for m in at.metric)
     at.button[0].click().run()
     latency = next(m.value for m in at.metric if m.label.startswith("latency"))
@@ -106,7 +106,7 @@ def test_latency_is_measured_on_request() -> None:
 
 
 def test_an_uploaded_image_yields_a_prediction(model: Path) -> None:
-    at = open_page("pages/inference.py")
+    at = open_page("app_pages/inference.py")
     image = image_bytes()
     at.file_uploader[0].set_value(("photo.png", image, "image/png")).run()
     assert not at.exception and not at.error
@@ -116,7 +116,7 @@ def test_an_uploaded_image_yields_a_prediction(model: Path) -> None:
 
 
 def test_a_bad_upload_shows_a_message_not_an_exception(model: Path) -> None:
-    at = open_page("pages/inference.py")
+    at = open_page("app_pages/inference.py")
     at.file_uploader[0].set_value([("notes.png", b"not an image at all", "image/png"),
                                    ("cut.png", image_bytes()[:200], "image/png"),
                                    ("photo.png", image_bytes(), "image/png")]).run()
@@ -128,14 +128,14 @@ def test_a_bad_upload_shows_a_message_not_an_exception(model: Path) -> None:
 
 
 def test_the_shipped_examples_can_be_classified(model: Path) -> None:
-    at = open_page("pages/inference.py")
+    at = open_page("app_pages/inference.py")
     at.pills[0].set_value(["cat_1", "ship_1"]).run()
     assert not at.exception and not at.error
     assert [m.value.split(":")[0] for m in at.markdown[-2:]] == ["**cat_1.jpg**", "**ship_1.jpg**"]
 
 
 def test_a_camera_photo_is_classified(model: Path) -> None:
-    at = open_page("pages/inference.py")
+    at = open_page("app_pages/inference.py")
     assert not at.camera_input  # the camera is only asked for on request
     at.toggle[0].set_value(True).run()
     at.camera_input[0].set_value(("camera.jpg", image_bytes(fmt="JPEG"), "image/jpeg")).run()
@@ -145,7 +145,7 @@ def test_a_camera_photo_is_classified(model: Path) -> None:
 
 def test_evaluation_on_a_generated_folder(model: Path, places: Path) -> None:
     write_folder(places / "data" / "small", per_class=4)  # cat, dog and ship; train/ and test/
-    at = open_page("pages/evaluation.py")
+    at = open_page("app_pages/evaluation.py")
     assert at.selectbox[0].value.label == "small: test split"
     assert not at.metric  # nothing runs before the button
     at.button[0].click().run()
@@ -161,7 +161,7 @@ def test_evaluation_on_a_generated_folder(model: Path, places: Path) -> None:
 
 
 def test_evaluation_without_data_says_what_to_do(model: Path) -> None:
-    at = open_page("pages/evaluation.py")
+    at = open_page("app_pages/evaluation.py")
     assert len(at.warning) == 1 and at.warning[0].value.startswith("No evaluation data found")
     assert not at.button
 
@@ -169,7 +169,7 @@ def test_evaluation_without_data_says_what_to_do(model: Path) -> None:
 def test_evaluation_on_classes_the_model_does_not_know_is_a_message(places: Path) -> None:
     save_model(places / "checkpoints" / "two.pt", classes=("airplane", "truck"))
     write_folder(places / "data" / "animals", per_class=2)
-    at = open_page("pages/evaluation.py")
+    at = open_page("app_pages/evaluation.py")
     at.button[0].click().run()
     assert not at.exception
     assert "classes the model does not know: cat, dog, ship" in at.error[0].value
@@ -180,7 +180,7 @@ def test_an_image_url_is_fetched_and_classified(model: Path, monkeypatch: pytest
 
     fetched = []
     monkeypatch.setattr(urlfetch, "fetch_url", lambda url: fetched.append(url) or image_bytes())
-    at = open_page("pages/inference.py")
+    at = open_page("app_pages/inference.py")
     at.text_input[0].input("https://example.org/pictures/cat.png").run()
     assert not at.exception and not at.error
     assert fetched == ["https://example.org/pictures/cat.png"]
@@ -190,7 +190,7 @@ def test_an_image_url_is_fetched_and_classified(model: Path, monkeypatch: pytest
 @pytest.mark.parametrize("url", ["http://127.0.0.1/cat.png", "file:///etc/passwd", "not a url"])
 def test_a_refused_url_is_a_message(model: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MOBILENET_ALLOW_PRIVATE_URLS", raising=False)
-    at = open_page("pages/inference.py")
+    at = open_page("app_pages/inference.py")
     at.text_input[0].input(url).run()
     assert not at.exception
     assert len(at.error) == 1 and at.error[0].value.startswith(f"**{url}**: ")

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from mobilenet import catalog
 from mobilenet.jobs import JobManager
 
-PAGE = Path(__file__).resolve().parent.parent / "pages" / "training.py"
+PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "training.py"
 
 
 @pytest.fixture(autouse=True)
