@@ -17,7 +17,7 @@ st.caption(f"{entry.key} tells apart {', '.join(clf.classes)}. Every image is ce
 files, other = st.columns(2)
 uploaded = files.file_uploader("Upload images", type=app.UPLOAD_TYPES, accept_multiple_files=True)
 examples = {path.stem: path for path in app.examples()}
-chosen = other.pills("Or try an example", list(examples), selection_mode="multi")
+chosen = other.pills("Or try an example", list(examples), selection_mode="multi", wrap=True)
 url = other.text_input("Or paste an image URL", placeholder="https://…")
 photo = other.camera_input("Photo") if other.toggle("Take a photo with the camera") else None
 topk, show_cam = st.columns(2)

@@ -68,11 +68,14 @@ def top_k(top: list[tuple[str, float]]) -> alt.Chart:
         x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
         y=alt.Y("class:N", sort="-x", title=None),
         tooltip=["class:N", alt.Tooltip("probability:Q", format=".1%")],
-    ).properties(height=28 * len(top) + 20)
+    ).properties(height=alt.Step(28))  # a row per class: no label is dropped for lack of room
 
 
 def per_class(result: Evaluation) -> alt.Chart:
-    frame = pd.DataFrame(list(result.per_class.items()), columns=["class", "accuracy"])
+    """Accuracy of the classes that had images: a class absent from the data has no accuracy, not 0%."""
+    present = (result.confusion.sum(1) > 0).tolist()
+    frame = pd.DataFrame([item for item, shown in zip(result.per_class.items(), present) if shown],
+                         columns=["class", "accuracy"])
     return alt.Chart(frame).mark_bar().encode(
         x=alt.X("class:N", sort=None, title=None),
         y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
