@@ -1,0 +1,371 @@
+"""End to end: the app under `streamlit run` on a loopback port, driven in headless Chromium as a user would.
+
+Needs Debian's Chromium at /usr/bin/chromium (`apt-get install chromium chromium-driver`) and Playwright for
+Python (requirements-dev.txt), which drives that browser and downloads none. Without Chromium these tests are
+skipped, except under CI (the CI variable set), where that is an error. The server gets its own folders: a
+random-weight model, generated images, an empty runs folder. Screenshots of every page go to artifacts/e2e/.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from app_helpers import image_bytes, save_model
+from conftest import CLASSES, write_folder
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+from mobilenet import Classifier, explore
+from mobilenet.app_support import MAX_EPOCHS
+from mobilenet.data import CIFAR10_CLASSES
+from mobilenet.jobs import JobManager
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "artifacts" / "e2e"
+TIMEOUT_MS = 60_000  # the machine may be busy: every wait is for a condition, this only bounds it
+WINDOW = {"width": 1400, "height": 1000}
+# The app has finished its run: connected, and the script (or a fragment) is not running.
+IDLE = "[data-testid='stApp'][data-test-connection-state='CONNECTED'][data-test-script-state='notRunning']"
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        pytest.fail(f"the end-to-end tests need Chromium at {CHROMIUM}; .ci/run installs it", pytrace=False)
+    pytest.skip(f"the end-to-end tests need Chromium at {CHROMIUM}: apt-get install chromium chromium-driver",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.e2e
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+# ---- the server and the browser -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    root: Path  # checkpoints/, runs/, data/ and the server's log
+    password: str
+
+    @property
+    def model(self) -> Path:
+        return self.root / "checkpoints" / "mobilenet_v1_a1.0.pt"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "data" / "shapes"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "server.log"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never through a proxy
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with opener.open(f"{url}/_stcore/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"streamlit was not healthy after {timeout:.0f} s:\n{log.read_text()}")
+        time.sleep(0.2)  # nothing to wait on but the port
+
+
+def stop_training(runs: Path, timeout: float = 60) -> None:
+    """Stop any job a test started: ask it to save and stop, and kill it if it does not."""
+    manager = JobManager(runs)
+    manager.stop()
+    deadline = time.monotonic() + timeout
+    while (job := manager.active()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if job and job.get("pid"):
+        os.kill(int(job["pid"]), signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("e2e")
+    served = Server(f"http://127.0.0.1:{free_port()}", root, secrets.token_urlsafe(12))
+    save_model(served.model, alpha=1.0)  # random weights under the shipped default's name
+    write_folder(served.images, per_class=40)  # cat, dog and ship; train/ and test/
+    served.runs.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBILENET_")} | {
+        "MOBILENET_CHECKPOINTS": str(root / "checkpoints"), "MOBILENET_RUNS": str(served.runs),
+        "MOBILENET_DATA": str(root / "data"), "MOBILENET_ADMIN_PASSWORD": served.password}
+    port = served.url.rsplit(":", 1)[1]
+    with open(served.log, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+             "--server.port", port, "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+             "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until_healthy(served.url, process, served.log)
+        yield served
+    finally:
+        stop_training(served.runs)
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser session: its own cookies, so its own Streamlit session."""
+    context = browser.new_context(viewport=WINDOW)
+    context.set_default_timeout(TIMEOUT_MS)
+    yield context.new_page()
+    context.close()
+
+
+@dataclass
+class Canary:
+    """An image server on loopback: what a URL to a private address would reach if the app fetched it."""
+    port: int
+    hits: list[str]  # the paths it was asked for
+
+
+@pytest.fixture
+def canary() -> Iterator[Canary]:
+    image = image_bytes()
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(image)))
+            self.end_headers()
+            self.wfile.write(image)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        yield Canary(httpd.server_address[1], hits)
+        httpd.shutdown()
+
+
+# ---- what a user sees -----------------------------------------------------------------------------
+
+
+def settle(page: Page) -> None:
+    """Wait until the app has finished running the script."""
+    page.wait_for_selector(IDLE)
+
+
+def open_app(page: Page, server: Server, path: str = "") -> None:
+    page.goto(f"{server.url}/{path}")
+    settle(page)
+
+
+def main(page: Page) -> Locator:
+    """The page's own content (the header's running indicator has a Stop button too)."""
+    return page.get_by_test_id("stMainBlockContainer")
+
+
+def assert_no_error_box(page: Page, server: Server) -> None:
+    boxes = page.locator("[data-testid='stException'], [data-testid='stAlertContentError']")
+    assert boxes.count() == 0, f"error boxes: {boxes.all_inner_texts()}\nserver log:\n{server.log.read_text()[-4000:]}"
+
+
+def readable_texts(chart: Locator) -> list[str]:
+    """The texts a chart draws and does not hide (Vega hides overlapping axis labels with opacity 0)."""
+    chart.locator("svg").wait_for()
+    return chart.evaluate(
+        "c => [...c.querySelectorAll('text')].filter(t => getComputedStyle(t).opacity !== '0').map(t => t.textContent)")
+
+
+def screenshot(page: Page, name: str) -> None:
+    """The whole page: Streamlit scrolls inside its main area, so the window is made as tall as the page."""
+    scroller = page.get_by_test_id("stMain")
+
+    def fit_window() -> None:
+        page.set_viewport_size({"width": WINDOW["width"], "height": max(WINDOW["height"],
+                                                                        scroller.evaluate("m => m.scrollHeight"))})
+
+    fit_window()
+    page.wait_for_function("""() => [...document.images].every(i => i.complete)
+        && [...document.querySelectorAll('[data-testid=stVegaLiteChart]')].every(c => c.querySelector('svg'))""")
+    fit_window()  # loaded images may have made the page taller
+    path = ARTIFACTS / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=path)
+    page.set_viewport_size(WINDOW)
+
+
+# ---- the tests ------------------------------------------------------------------------------------
+
+# Title and link of every page; the explorer, the default, is at the root. It comes last: opening it runs the
+# entry script, so the deep links before it are the first visits of a freshly started server.
+PAGES = {"Inference": "inference", "Evaluation": "evaluation", "Training": "training", "Model explorer": ""}
+NAV_ORDER = ["Model explorer", "Inference", "Evaluation", "Training"]  # as the sidebar lists them
+
+
+@pytest.mark.parametrize("title", PAGES)
+def test_every_page_opens_from_its_link_without_an_error(page: Page, server: Server, title: str) -> None:
+    open_app(page, server, PAGES[title])
+    expect(page.locator("h1")).to_have_text(title)
+    assert_no_error_box(page, server)
+    # The whole app around it: its navigation and the sidebar's model choice.
+    links = page.get_by_test_id("stSidebarNav").get_by_role("link")
+    expect(links).to_have_text([re.compile(f"{re.escape(t)}$") for t in NAV_ORDER])  # after each icon's name
+    expect(page.get_by_test_id("stSidebar").get_by_role("combobox", name="Model")).to_have_value("mobilenet_v1_a1.0")
+    screenshot(page, PAGES[title] or "explorer")
+
+
+def test_the_sidebar_leads_to_every_page(page: Page, server: Server) -> None:
+    open_app(page, server)
+    for title in NAV_ORDER:
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+        expect(page.locator("h1")).to_have_text(title)
+        settle(page)
+        assert_no_error_box(page, server)
+
+
+def test_the_alpha_slider_changes_the_parameter_total(page: Page, server: Server) -> None:
+    open_app(page, server)
+    total = page.get_by_test_id("stMetric").filter(has_text="parameters").get_by_test_id("stMetricValue")
+    expect(total).to_have_text(f"{explore.stats_for(1.0, 'cifar', 32).params:,}")
+    page.get_by_role("slider", name="Width multiplier α").focus()
+    page.keyboard.press("ArrowLeft")  # one step down
+    expect(total).to_have_text(f"{explore.stats_for(0.95, 'cifar', 32).params:,}")
+    expect(page).to_have_url(re.compile(r"[?&]alpha=0\.95(&|$)"))  # the view can be shared as a link
+    settle(page)
+    assert_no_error_box(page, server)
+
+
+def test_an_uploaded_image_gets_a_label_and_a_probability_chart(page: Page, server: Server, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes())
+    expected = Classifier.load(server.model, device="cpu", threads=None).predict(photo.read_bytes(), topk=5)
+    open_app(page, server, "inference")
+    expect(page.get_by_role("button", name="truck_2")).to_be_in_viewport()  # every example can be seen
+    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(photo)
+    answer = main(page).get_by_test_id("stMarkdown").filter(has_text="photo.png:")
+    expect(answer).to_have_text(f"photo.png: {expected.label} ({expected.prob:.0%})")
+    settle(page)
+    assert_no_error_box(page, server)
+    charts = main(page).get_by_test_id("stVegaLiteChart")
+    expect(charts).to_have_count(1)
+    shown = readable_texts(charts)
+    assert [label for label, _ in expected.top if label not in shown] == []  # every bar is named
+    expect(main(page).get_by_test_id("stImage")).to_have_count(3)  # the photo, what the network saw, Grad-CAM
+    screenshot(page, "inference-prediction")
+
+
+def test_a_url_to_a_private_address_is_refused(page: Page, server: Server, canary: Canary) -> None:
+    open_app(page, server, "inference")
+    box = page.get_by_role("textbox", name="Or paste an image URL")
+    for url in (f"http://127.0.0.1:{canary.port}/cat.png", f"http://localhost:{canary.port}/cat.png"):
+        box.fill(url)
+        box.press("Enter")
+        error = main(page).get_by_test_id("stAlertContentError")
+        expect(error).to_contain_text(url)
+        expect(error).to_contain_text("is not a public internet address; such URLs are refused")
+        settle(page)
+        expect(main(page).get_by_test_id("stVegaLiteChart")).to_have_count(0)  # no prediction
+        expect(main(page).get_by_test_id("stImage")).to_have_count(0)
+    assert canary.hits == []  # the app never connected to it
+    screenshot(page, "inference-refused-url")
+
+
+def test_evaluation_shows_accuracy_for_the_classes_in_the_data(page: Page, server: Server) -> None:
+    open_app(page, server, "evaluation")
+    main(page).get_by_role("button", name="Evaluate").click()
+    images = page.get_by_test_id("stMetric").filter(has_text="images").get_by_test_id("stMetricValue")
+    expect(images).to_have_text(str(40 * len(CLASSES)))
+    settle(page)
+    assert_no_error_box(page, server)
+    per_class = main(page).get_by_test_id("stVegaLiteChart").first
+    assert set(readable_texts(per_class)) & set(CIFAR10_CLASSES) == set(CLASSES)  # the others had no images
+    screenshot(page, "evaluation-results")
+
+
+# The live chart's drawn shapes, from its element: they change exactly when its data does.
+SHAPES = "c => [...c.querySelectorAll('path')].map(p => p.getAttribute('d')).join('|')"
+LIVE_CHART = "[data-testid=stMainBlockContainer] [data-testid=stVegaLiteChart]"
+
+
+def test_training_starts_behind_the_password_updates_live_and_stops(page: Page, server: Server) -> None:
+    manager = JobManager(server.runs)
+    open_app(page, server, "training")
+    start = main(page).get_by_role("button", name="Start")
+    expect(start).to_be_disabled()
+    password = page.get_by_label("Admin password", exact=True)
+    password.fill(server.password)
+    password.press("Enter")
+    expect(start).to_be_enabled()
+
+    page.get_by_text("Folder or zip on the server").click()
+    page.get_by_label("Data folder", exact=True).fill(str(server.images))
+    page.get_by_role("slider", name="α").focus()
+    page.keyboard.press("Home")  # the smallest α, 0.25
+    page.get_by_label("Batch size", exact=True).fill("8")
+    page.get_by_label("Epochs", exact=True).fill(str(MAX_EPOCHS))  # still running when Stop is pressed
+    start.click()
+    expect(main(page).get_by_test_id("stAlertContentSuccess")).to_contain_text("Started ")
+
+    progress = main(page).get_by_test_id("stProgress")
+    expect(progress).to_contain_text("img/s", timeout=2 * TIMEOUT_MS)  # the job has read the data and trains
+    [run] = manager.runs()
+    assert (run.config["alpha"], run.config["batch_size"], run.config["epochs"]) == (0.25, 8, MAX_EPOCHS)
+    assert Path(run.config["data"]).resolve() == server.images.resolve()
+    before = page.locator(LIVE_CHART).evaluate(SHAPES)
+    page.wait_for_function(f"before => {{ const c = document.querySelector('{LIVE_CHART}'); "
+                           f"return c !== null && ({SHAPES})(c) !== before; }}", arg=before)  # redrawn with new rows
+    screenshot(page, "training-running")
+
+    main(page).get_by_role("button", name="Stop", exact=True).click()
+    expect(main(page).get_by_text("No training job is running.")).to_be_visible()
+    [run] = manager.runs()
+    assert run.state == "stopped" and run.epoch < run.epochs
+    expect(main(page).get_by_role("button", name="Resume")).to_be_visible()
+    settle(page)
+    assert_no_error_box(page, server)
+    screenshot(page, "training-stopped")
