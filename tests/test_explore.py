@@ -102,7 +102,7 @@ def test_the_sample_grid_titles_right_in_green_and_wrong_in_red(monkeypatch: pyt
 
 def test_classify_answers_every_upload(tmp_path: Path) -> None:
     save_model(tmp_path / "m.pt")
-    clf = Classifier.load(tmp_path / "m.pt", device="cpu")
+    clf = Classifier.load(tmp_path / "m.pt", device="cpu", threads=None)  # leave torch's threads alone
     uploads = [app_support.Upload("a.png", image_bytes()), app_support.Upload("b.txt", b"hello"),
                app_support.Upload("wide.png", image_bytes(640, 100))]
     good, bad, wide = app_support.classify(clf, uploads, topk=3)
