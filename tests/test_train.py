@@ -33,11 +33,11 @@ def epoch_rows(run: Path) -> list[dict]:
 
 
 def test_loss_falls_and_run_folder_is_complete(folder: Path, tmp_path: Path) -> None:
-    report = train.train(config(folder, tmp_path, epochs=4), tmp_path / "run")
+    report = train.train(config(folder, tmp_path, epochs=8), tmp_path / "run")
     rows = epoch_rows(tmp_path / "run")
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in rows] == list(range(1, 9))
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-    assert report["accuracy"] > 0.6  # three easy classes; chance is 1/3
+    assert report["accuracy"] >= 0.9  # three easy classes; chance is 1/3
     assert set(report) >= {"per_class", "confusion", "n"}
     assert sum(map(sum, report["confusion"])) == report["n"] == 24
     keys = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s", "elapsed_s", "eta_s"}
