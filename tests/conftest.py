@@ -10,9 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 CLASSES = ("cat", "dog", "ship")
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """Classifier.load sets torch's threads for the process on CPU: no test leaves that to the next."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def class_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
