@@ -14,11 +14,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import torch
 from PIL import Image
 
 from .checkpoint import atomic_torch_save
-from .intake import ImageError, fit_square, load_model_input, to_uint8_tensor
+from .intake import ImageError, fit_square, load_model_array, to_uint8_array
 
 DATA_ROOT = Path(os.environ.get("MOBILENET_DATA", "data"))
 CACHE_VERSION = 2  # bump when decoding or resizing changes, so old caches are rebuilt
@@ -131,15 +132,16 @@ class _Tree:
         return [s for s in SPLITS if self.split_files(s)]
 
 
-def _decode_chunk(args: tuple[list[bytes], int]) -> tuple[torch.Tensor, list[int]]:
+def _decode_chunk(args: tuple[list[bytes], int]) -> tuple[np.ndarray, list[int]]:
+    # numpy and PIL only: a forked worker that ran torch's OpenMP code after its parent had could deadlock.
     blobs, side = args
     images, bad = [], []
     for i, blob in enumerate(blobs):
         try:
-            images.append(load_model_input(blob, side))
+            images.append(load_model_array(blob, side))
         except ImageError:
             bad.append(i)
-    stacked = torch.stack(images) if images else torch.empty(0, 3, side, side, dtype=torch.uint8)
+    stacked = np.stack(images) if images else np.empty((0, 3, side, side), dtype=np.uint8)
     return stacked, bad
 
 
@@ -160,7 +162,7 @@ def _decode_all(blobs: list[bytes], side: int, label: str) -> tuple[torch.Tensor
             results = pool.map(_decode_chunk, jobs)
         try:
             for j, (images, failed) in enumerate(results):
-                parts.append(images)
+                parts.append(torch.from_numpy(images))
                 bad += [j * chunk + i for i in failed]
                 bar.update(len(jobs[j][0]))
         finally:
@@ -215,7 +217,7 @@ def _load_cifar10(root: Path, split: str, side: int, download: bool) -> ImageSet
     if side == dataset.data.shape[1]:
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
     else:  # the same PIL resize as every other image, in training and inference
-        images = torch.stack([to_uint8_tensor(fit_square(Image.fromarray(a), side)) for a in dataset.data])
+        images = torch.from_numpy(np.stack([to_uint8_array(fit_square(Image.fromarray(a), side)) for a in dataset.data]))
     return ImageSet(images, torch.tensor(dataset.targets, dtype=torch.long), tuple(dataset.classes))
 
 

@@ -131,11 +131,16 @@ def fit_square(img: Image.Image, side: int) -> Image.Image:
     return img.resize((side, side), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
-def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    """3×H×W uint8 tensor of an RGB image."""
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+def to_uint8_array(img: Image.Image) -> np.ndarray:
+    """3×H×W uint8 array of an RGB image (numpy only: safe in forked decode workers)."""
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def load_model_array(source: ImageSource, side: int, limits: Limits = Limits()) -> np.ndarray:
+    """Untrusted source → 3×side×side uint8 array, exactly as training data is prepared."""
+    return to_uint8_array(fit_square(decode(source, draft_side=side, limits=limits), side))
 
 
 def load_model_input(source: ImageSource, side: int, limits: Limits = Limits()) -> torch.Tensor:
     """Untrusted source → 3×side×side uint8 tensor, exactly as training data is prepared."""
-    return to_uint8_tensor(fit_square(decode(source, draft_side=side, limits=limits), side))
+    return torch.from_numpy(load_model_array(source, side, limits))

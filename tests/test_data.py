@@ -144,3 +144,18 @@ def test_normalization_constants_are_metadata() -> None:
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     out = data.SEED_NORMALIZATION.apply(x)
     assert torch.allclose(out, torch.ones_like(out))
+
+
+def test_parallel_decode_after_torch_has_run_parallel_code(tmp_path: Path) -> None:
+    """Forked decode workers must not touch torch's OpenMP pool, which the parent has already started."""
+    import subprocess
+    import sys
+
+    write_folder(tmp_path / "many", per_class=200, splits=("train",))  # 600 images: two chunks, two workers
+    script = (
+        "import torch, sys; from mobilenet import data\n"
+        "torch.nn.functional.conv2d(torch.randn(64, 64, 64, 64), torch.randn(64, 64, 3, 3))\n"
+        f"print(len(data.load({str(tmp_path / 'many')!r}, root={str(tmp_path / 'root')!r})))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "600", result.stderr[-500:]
