@@ -1,0 +1,59 @@
+"""The models that ship in checkpoints/: they load, carry the card they claim, and recognise the
+training images shipped beside them (checkpoints/examples/, picked at random from the training part
+of the split, never from validation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mobilenet import Classifier, checkpoint
+from mobilenet.data import CIFAR10_CLASSES
+from mobilenet.stats import model_stats
+
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+SHIPPED = {"mobilenet_v1_a1.0.pt": 1.0, "mobilenet_v1_a0.5.pt": 0.5, "mobilenet_v1_a0.25.pt": 0.25}
+EXAMPLES = sorted((CHECKPOINTS / "examples").glob("*.jpg"))
+
+pytestmark = pytest.mark.skipif(not (CHECKPOINTS / "mobilenet_v1_a1.0.pt").exists(),
+                                reason="the trained models have not shipped yet (issue 4)")
+
+
+def test_the_default_and_smaller_models_ship() -> None:
+    assert sorted(p.name for p in CHECKPOINTS.glob("*.pt")) == sorted(SHIPPED)
+    assert len(EXAMPLES) == 30
+
+
+@pytest.mark.parametrize("name,alpha", SHIPPED.items())
+def test_shipped_model_card(name: str, alpha: float) -> None:
+    path = CHECKPOINTS / name
+    payload = checkpoint.read(path)
+    assert "train_state" not in payload  # weights only
+    assert path.stat().st_size < 14e6
+    model, card = checkpoint.load(path)
+    assert card.alpha == alpha and card.stem == "cifar" and card.resolution == 32
+    assert card.classes == CIFAR10_CLASSES
+    t = card.training
+    stats = model_stats(alpha)
+    assert (t["params"], t["mult_adds"]) == (stats.params, stats.mult_adds)
+    assert sum(p.numel() for p in model.parameters()) == stats.params
+    assert "JPEG" in t["data"] and t["recipe"] == "fast" and t["epochs"] >= 10
+    assert set(t["per_class"]) == set(CIFAR10_CLASSES)
+    assert t["train_time_s"] > 0 and t["device"]
+    if alpha == 1.0:
+        assert t["val_acc"] >= 0.90
+    assert f"`{name}`" in (CHECKPOINTS / "README.md").read_text()
+    assert f"{t['val_acc']:.2%}" in (CHECKPOINTS / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_recognises_its_examples(name: str) -> None:
+    clf = Classifier.load(CHECKPOINTS / name, device="cpu")
+    results = clf.predict_batch(EXAMPLES)
+    correct = [r.label == p.name.split("_")[0] for r, p in zip(results, EXAMPLES)]
+    assert sum(correct) / len(correct) >= 0.9, [p.name for p, ok in zip(EXAMPLES, correct) if not ok]
+
+
+def test_default_model_is_used_without_being_told() -> None:
+    assert Classifier.load(device="cpu").card == checkpoint.load(CHECKPOINTS / "mobilenet_v1_a1.0.pt")[1]
