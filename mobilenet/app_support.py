@@ -19,13 +19,14 @@ from PIL import Image
 from . import catalog, checkpoint, data, evalsets, explore
 from .catalog import Catalog, ModelEntry
 from .data import IMAGE_SUFFIXES, DataError, ImageSet, Normalization
+from .device import device_name, pick_device
 from .evalsets import EvalSource
 from .evaluate import Evaluation, evaluate
-from .infer import Classifier, Prediction, pick_device
+from .infer import Classifier, Prediction
 from .intake import ImageError, decode
 from .jobs import JobManager
 from .stats import ModelStats
-from .train import TrainConfig, device_name
+from .train import TrainConfig
 from .visual import heatmap_overlay
 
 MODEL_KEY = "model"  # the sidebar's model choice in st.session_state and in the URL

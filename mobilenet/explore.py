@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from .infer import fold_batchnorm, pick_device
+from .device import device_name, pick_device
+from .infer import fold_batchnorm
 from .model import BASE_RESOLUTION, MobileNetV1
 from .stats import ModelStats, model_stats
-from .train import device_name
 
 ALPHA_MIN, ALPHA_MAX, ALPHA_STEP = 0.25, 2.0, 0.05
 SWEEP_ALPHAS = tuple(0.25 + 0.125 * i for i in range(15))  # 0.25 … 2.0

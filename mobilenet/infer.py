@@ -21,6 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .checkpoint import CheckpointError, ModelCard
 from .checkpoint import load as load_checkpoint
 from .data import Normalization
+from .device import pick_device
 from .intake import ImageError, ImageSource, Limits, load_model_input
 from .model import feature_sides
 
@@ -48,12 +49,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             module[0] = fuse_conv_bn_eval(module[0], module[1])
             module[1] = nn.Identity()
     return folded
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass(frozen=True)

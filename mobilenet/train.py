@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from . import checkpoint
 from .checkpoint import ModelCard
 from .data import CIFAR10_NORMALIZATION, DATA_ROOT, SEED_NORMALIZATION, ImageSet, Normalization, load, stratified_split
+from .device import device_name, pick_device
 from .evaluate import evaluate
 from .model import MobileNetV1, input_resolution
 
@@ -114,14 +115,6 @@ class TrainError(RuntimeError):
 
 
 # ---- pieces of the loop ------------------------------------------------------------------------
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
-    return torch.device(name)
 
 
 def step_generator(seed: int, epoch: int, step: int, device: torch.device) -> torch.Generator:
@@ -464,20 +457,6 @@ def _stop_agreed(stop: StopRequest, world: int, device: torch.device) -> bool:
     flag = torch.tensor([1.0 if stop.requested else 0.0], device=device)
     dist.all_reduce(flag)
     return flag.item() > 0
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"CPU ({model}, {os.cpu_count()} cores)"
 
 
 def load_config(run: Path | str) -> TrainConfig:

@@ -1,0 +1,29 @@
+"""Which device to run on, and its name for people."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto": the GPU when there is one, else the CPU; asking for CUDA without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but no CUDA GPU is available; use cpu or auto")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"CPU ({model}, {os.cpu_count()} cores)"
