@@ -41,31 +41,38 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-a{cfg.alpha:g}-{cfg.recipe}")
     recipe = cfg.effective
+    bars: list = []  # the progress bar, made at the first step so errors before training print alone
     if args.json:
-        on_epoch, on_step, bar = (lambda row: print(json.dumps(row), flush=True)), None, None
+        on_epoch, on_step = (lambda row: print(json.dumps(row), flush=True)), None
     else:
         from tqdm import tqdm
 
-        bar = tqdm(total=recipe.epochs, initial=0, unit="epoch", dynamic_ncols=True, file=sys.stderr)
+        def bar(row: dict):
+            if not bars:
+                bars.append(tqdm(total=recipe.epochs, initial=row["epoch"] - 1, unit="epoch", dynamic_ncols=True,
+                                 file=sys.stderr))
+            return bars[0]
 
         def on_step(row: dict) -> None:
-            bar.set_postfix_str(
+            bar(row).set_postfix_str(
                 f"ep {row['epoch']} loss {row['train_loss']:.3f} acc {row['train_acc']:.1%} "
                 f"{row['img_per_s']:.0f} img/s ETA {train.format_duration(row['eta_s'])}"
             )
 
         def on_epoch(row: dict) -> None:
-            bar.n = row["epoch"]
-            bar.refresh()
+            progress = bar(row)
+            progress.n = row["epoch"]
+            progress.refresh()
             val = f"val {row['val_acc']:.2%}" if row["val_acc"] is not None else "no validation"
-            bar.write(f"epoch {row['epoch']:>3}/{recipe.epochs}  loss {row['train_loss']:.4f}  "
-                      f"acc {row['train_acc']:.2%}  {val}  lr {row['lr']:.4g}  {row['img_per_s']:.0f} img/s")
+            progress.write(f"epoch {row['epoch']:>3}/{recipe.epochs}  loss {row['train_loss']:.4f}  "
+                           f"acc {row['train_acc']:.2%}  {val}  lr {row['lr']:.4g}  {row['img_per_s']:.0f} img/s")
 
-    if not args.json:
         print(f"run folder: {out}", file=sys.stderr)
-    report = train.train(cfg, out, resume=bool(args.resume), on_epoch=on_epoch, on_step=on_step)
-    if bar is not None:
-        bar.close()
+    try:
+        report = train.train(cfg, out, resume=bool(args.resume), on_epoch=on_epoch, on_step=on_step)
+    finally:
+        for progress in bars:
+            progress.close()
     if report.get("status") == "stopped":
         print(f"stopped; resume with: python -m mobilenet train --resume {out}", file=sys.stderr)
     elif "confusion" in report:
