@@ -1,9 +1,11 @@
 """Training throughput, side by side in one run on one machine:
 
-(a) this project's trainer (train.train on the JPEG zip, img/s as it records it: training steps only),
+(a) this project's trainer (train.train on the JPEG zip, img/s as it records it for its second epoch: training
+    steps only, warm, so one-off start-up and torch.compile's compiling are not counted),
 (b) the seed's pipeline re-implemented faithfully: ImageFolder over the JPEGs, PIL RandomCrop + flip +
     ToTensor + Normalize, DataLoader(num_workers=2), batch 64, SGD, NCHW model,
-(c) the compute ceiling: the same model and batch on in-memory random tensors, channels_last.
+(c) the compute ceiling: the same model and batch on in-memory random tensors, channels_last
+    (also under bf16 autocast, to see whether the CPU's bf16 support would lift it).
 
     .venv/bin/python bench/bench_train.py [--zip ../shared/data/cifar10-train-jpeg.zip] [--steps 60]
 """
@@ -67,20 +69,21 @@ def seed_pipeline(folder: Path, batch: int, steps: int) -> float:
     return time_steps(batches(), MobileNetV1(), steps)
 
 
-def ceiling(batch: int, steps: int) -> float:
+def ceiling(batch: int, steps: int, bf16: bool = False) -> float:
     torch.manual_seed(0)
     model = MobileNetV1().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
-    return time_steps(iter(lambda: (x, y), None), model, steps)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return time_steps(iter(lambda: (x, y), None), model, steps)
 
 
-def trainer(zip_path: Path, batch: int, steps: int, work: Path) -> float:
-    out = work / f"run-{batch}"
-    cfg = train.TrainConfig(data=str(zip_path), epochs=1, batch_size=batch, subset=batch * steps + 1000, val_size=1000,
-                            device="cpu", data_root=str(work / "root"))
+def trainer(zip_path: Path, batch: int, steps: int, work: Path, compile: bool = False) -> float:
+    out = work / f"run-{batch}-{compile}"
+    cfg = train.TrainConfig(data=str(zip_path), epochs=2, batch_size=batch, subset=batch * steps + 1000, val_size=1000,
+                            device="cpu", data_root=str(work / "root"), compile=compile)
     train.train(cfg, out)
-    return next(r["img_per_s"] for r in read_metrics(out) if r["kind"] == "epoch")
+    return [r["img_per_s"] for r in read_metrics(out) if r["kind"] == "epoch"][-1]
 
 
 def main() -> None:
@@ -100,15 +103,17 @@ def main() -> None:
             ("(c) ceiling: same model on in-memory random tensors, channels_last", 64, ceiling(64, args.steps)),
             ("(a) this trainer, default batch", 128, trainer(zip_path, 128, args.steps, work)),
             ("(c) ceiling, default batch", 128, ceiling(128, args.steps)),
+            ("(a) this trainer, default batch, --compile", 128, trainer(zip_path, 128, args.steps, work, compile=True)),
+            ("(c) ceiling, default batch, bf16 autocast", 128, ceiling(128, args.steps, bf16=True)),
         ]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print("| pipeline | batch | train img/s |\n|---|---:|---:|")
     for name, batch, speed in rows:
         print(f"| {name} | {batch} | {speed:.0f} |")
-    seed, ours64, ceil64, ours128, ceil128 = (r[2] for r in rows)
-    print(f"\ntrainer / seed at batch 64: {ours64 / seed:.2f}×; trainer / ceiling: {ours64 / ceil64:.0%} (batch 64), "
-          f"{ours128 / ceil128:.0%} (batch 128)")
+    seed, ours64, ceil64, ours128, ceil128, *_ = (r[2] for r in rows)
+    print(f"\ntrainer / seed: {ours64 / seed:.2f}× (batch 64), {ours128 / seed:.2f}× (batch 128); "
+          f"trainer / ceiling: {ours64 / ceil64:.0%} (batch 64), {ours128 / ceil128:.0%} (batch 128)")
 
 
 if __name__ == "__main__":

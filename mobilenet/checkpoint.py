@@ -83,6 +83,7 @@ def atomic_torch_save(obj: Any, path: Path | str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide the file from a web server's user
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())

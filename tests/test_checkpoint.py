@@ -31,6 +31,7 @@ def test_round_trip(tmp_path: Path) -> None:
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(x), model.eval()(x))
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by a server running as another user
 
 
 def test_pickled_whole_model_is_refused(tmp_path: Path) -> None:
