@@ -4,8 +4,8 @@
     steps only, warm, so one-off start-up and torch.compile's compiling are not counted),
 (b) the seed's pipeline re-implemented faithfully: ImageFolder over the JPEGs, PIL RandomCrop + flip +
     ToTensor + Normalize, DataLoader(num_workers=2), batch 64, SGD, NCHW model,
-(c) the compute ceiling: the same model and batch on in-memory random tensors, channels_last
-    (also under bf16 autocast, to see whether the CPU's bf16 support would lift it).
+(c) the compute ceiling: the same model and batch on in-memory random tensors, channels_last (also in
+    the seed's NCHW layout, and under bf16 autocast to see whether the CPU's bf16 support would lift it).
 
     .venv/bin/python bench/bench_train.py [--zip ../shared/data/cifar10-train-jpeg.zip] [--steps 60]
 """
@@ -69,10 +69,10 @@ def seed_pipeline(folder: Path, batch: int, steps: int) -> float:
     return time_steps(batches(), MobileNetV1(), steps)
 
 
-def ceiling(batch: int, steps: int, bf16: bool = False) -> float:
+def ceiling(batch: int, steps: int, bf16: bool = False, layout: torch.memory_format = torch.channels_last) -> float:
     torch.manual_seed(0)
-    model = MobileNetV1().to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    model = MobileNetV1().to(memory_format=layout)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=layout)
     y = torch.randint(0, 10, (batch,))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         return time_steps(iter(lambda: (x, y), None), model, steps)
@@ -101,6 +101,7 @@ def main() -> None:
              seed_pipeline(work / "jpeg" / "train", 64, args.steps)),
             ("(a) this trainer: uint8 tensor + batched crop/flip, channels_last", 64, trainer(zip_path, 64, args.steps, work)),
             ("(c) ceiling: same model on in-memory random tensors, channels_last", 64, ceiling(64, args.steps)),
+            ("(c) ceiling, NCHW as the seed", 64, ceiling(64, args.steps, layout=torch.contiguous_format)),
             ("(a) this trainer, default batch", 128, trainer(zip_path, 128, args.steps, work)),
             ("(c) ceiling, default batch", 128, ceiling(128, args.steps)),
             ("(a) this trainer, default batch, --compile", 128, trainer(zip_path, 128, args.steps, work, compile=True)),
@@ -111,7 +112,7 @@ def main() -> None:
     print("| pipeline | batch | train img/s |\n|---|---:|---:|")
     for name, batch, speed in rows:
         print(f"| {name} | {batch} | {speed:.0f} |")
-    seed, ours64, ceil64, ours128, ceil128, *_ = (r[2] for r in rows)
+    seed, ours64, ceil64, _, ours128, ceil128, *_ = (r[2] for r in rows)
     print(f"\ntrainer / seed: {ours64 / seed:.2f}× (batch 64), {ours128 / seed:.2f}× (batch 128); "
           f"trainer / ceiling: {ours64 / ceil64:.0%} (batch 64), {ours128 / ceil128:.0%} (batch 128)")
 

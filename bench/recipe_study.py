@@ -1,6 +1,6 @@
 """Validation accuracy per epoch of two or more finished runs: a markdown table and an Altair chart (HTML).
 
-    .venv/bin/python bench/recipe_study.py runs/study-a0.5-seed runs/study-a0.5-fast --out bench/results/recipe_study.html
+    .venv/bin/python bench/recipe_study.py runs/study-a0.25-seed runs/a0.25-fast --out bench/results/recipe_study.html
 """
 
 from __future__ import annotations
