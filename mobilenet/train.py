@@ -298,13 +298,8 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
             run.write_json(run.config, asdict(cfg))
             run.metrics.unlink(missing_ok=True)
         run.set_status("loading")
-    if world > 1 and rank != 0:
-        dist.barrier()  # let rank 0 decode and cache the data first
-    train_set, val_set = load_splits(cfg)
-    if world > 1 and rank == 0:
-        dist.barrier()
-    images, labels = train_set.images.to(device), train_set.labels.to(device)
-    val_set = ImageSet(val_set.images.to(device), val_set.labels.to(device), val_set.classes)
+    train_set, val_set = _load_on_device(cfg, device, rank, world)
+    images, labels = train_set.images, train_set.labels
 
     torch.manual_seed(cfg.seed)
     model = MobileNetV1(len(train_set.classes), cfg.alpha, cfg.stem).to(device, memory_format=torch.channels_last)
@@ -325,9 +320,7 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
         if writer:
             run.truncate_metrics(state["epoch"] * steps_per_epoch + state["step_in_epoch"], state["epoch"])
 
-    train_model = model
-    if cfg.compile:
-        train_model = torch.compile(model)
+    train_model = torch.compile(model) if cfg.compile else model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -365,17 +358,7 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
                 if recipe.schedule == "onecycle":
                     for group in optimizer.param_groups:
                         group["lr"] = onecycle_lr(recipe, global_step, total_steps, steps_per_epoch)
-                try:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                        logits = train_model(x)
-                        loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                except torch.OutOfMemoryError:
-                    raise TrainError(
-                        f"out of memory at batch size {recipe.batch_size}; try a smaller --batch-size"
-                    ) from None
+                loss, logits = _sgd_step(train_model, optimizer, x, y, recipe, device)
                 window += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(), torch.tensor(len(y), device=device)])
                 state["step_in_epoch"] += 1
                 now = time.perf_counter()
@@ -413,11 +396,7 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
             train_loss, train_acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
             if recipe.schedule == "plateau":
                 plateau.step(train_loss)
-            result = evaluate(model, val_set, recipe.normalization, flip_tta=recipe.flip_tta) if len(val_set) else None
-            val_loss = val_acc = None
-            if result is not None:
-                val_loss = F.nll_loss(result.probs.clamp_min(1e-12).log(), result.labels.cpu()).item()
-                val_acc = result.accuracy
+            val_loss, val_acc = _validate(model, val_set, recipe)
             state.update(epoch=epoch + 1, step_in_epoch=0, loss_sum=0.0, correct=0, seen=0)
             state["elapsed_s"] = time.perf_counter() - started
             improved = val_acc is not None and val_acc > state["best_acc"]
@@ -448,6 +427,38 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
         save_last("finished")
         run.set_status("finished", epoch=state["epoch"], epochs=recipe.epochs)
     return report
+
+
+def _load_on_device(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> tuple[ImageSet, ImageSet]:
+    if world > 1 and rank != 0:
+        dist.barrier()  # let rank 0 decode and cache the data first
+    train_set, val_set = load_splits(cfg)
+    if world > 1 and rank == 0:
+        dist.barrier()
+    return tuple(ImageSet(s.images.to(device), s.labels.to(device), s.classes) for s in (train_set, val_set))
+
+
+def _sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              recipe: Recipe, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step (bf16 autocast on CUDA); returns the loss and the logits."""
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    except torch.OutOfMemoryError:
+        raise TrainError(f"out of memory at batch size {recipe.batch_size}; try a smaller --batch-size") from None
+    return loss, logits
+
+
+def _validate(model: torch.nn.Module, val_set: ImageSet, recipe: Recipe) -> tuple[float | None, float | None]:
+    """Validation loss and accuracy; (None, None) without a validation split."""
+    if not len(val_set):
+        return None, None
+    result = evaluate(model, val_set, recipe.normalization, flip_tta=recipe.flip_tta)
+    return F.nll_loss(result.probs.clamp_min(1e-12).log(), result.labels.cpu()).item(), result.accuracy
 
 
 def _stop_agreed(stop: StopRequest, world: int, device: torch.device) -> bool:
