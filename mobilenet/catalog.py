@@ -128,8 +128,15 @@ def write_cards(folder: Path) -> None:
     text = readme.read_text() if readme.exists() else f"# Shipped models\n\n{CARDS_START}\n{CARDS_END}\n"
     head, rest = text.split(CARDS_START, 1)
     tail = rest.split(CARDS_END, 1)[1]
-    cards = [card_markdown(p.name, ModelCard.from_dict(checkpoint.read(p)["card"])) for p in sorted(folder.glob("*.pt"))]
-    readme.write_text(f"{head}{CARDS_START}\n\n" + "\n\n".join(cards) + f"\n\n{CARDS_END}{tail}")
+    shipped = [(p.name, ModelCard.from_dict(checkpoint.read(p)["card"])) for p in folder.glob("*.pt")]
+    shipped.sort(key=lambda item: (-item[1].alpha, item[0]))  # the widest, the default, first
+    overview = ["| model | α | parameters | mult-adds per image | validation accuracy |", "|---|---:|---:|---:|---:|"]
+    for name, card in shipped:
+        t = card.training
+        overview.append(f"| `{name}` | {card.alpha:g} | {t.get('params', 0):,} | {t.get('mult_adds', 0) / 1e6:.2f} M "
+                        f"| {t.get('val_acc', 0):.2%} |")
+    sections = ["\n".join(overview)] + [card_markdown(name, card) for name, card in shipped]
+    readme.write_text(f"{head}{CARDS_START}\n\n" + "\n\n".join(sections) + f"\n\n{CARDS_END}{tail}")
 
 
 def card_markdown(name: str, card: ModelCard) -> str:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from app_helpers import save_model, save_run
 from conftest import write_folder, zip_folder
 
-from mobilenet import catalog, evalsets, infer
-from mobilenet.data import DataError, load
+from mobilenet import catalog, checkpoint, evalsets, infer
+from mobilenet.checkpoint import CheckpointError, ModelCard
+from mobilenet.data import CIFAR10_CLASSES, DataError, load
+from mobilenet.stats import model_stats
 from mobilenet.train import split_train_val
 
 
@@ -98,3 +101,50 @@ def test_classes_are_matched_to_the_model_by_name(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not know: cat, dog, ship"):
         evalsets.load(save_model(tmp_path / "n.pt", classes=("a", "b")), evalsets.EvalSource("d", str(folder), "test"),
                       tmp_path)
+
+
+def finished_run(runs: Path, name: str, alpha: float, accuracy: float) -> Path:
+    folder = save_run(runs, name)
+    save_model(folder / "best.pt", alpha=alpha, training={"epochs": 12, "recipe": "fast", "val_acc": 0.0,
+                                                          "data": "/home/someone/cifar.zip", "flip_tta": True,
+                                                          "seed": 0})
+    per_class = {c: accuracy for c in CIFAR10_CLASSES}
+    (folder / "report.json").write_text(json.dumps({"accuracy": accuracy, "n": 5000, "per_class": per_class}))
+    return folder
+
+
+def test_export_ships_weights_and_a_complete_card_and_rewrites_the_cards(tmp_path: Path) -> None:
+    shipped = tmp_path / "checkpoints"
+    shipped.mkdir()
+    (shipped / "README.md").write_text(
+        f"# Models\n\nIntro kept.\n\n{catalog.CARDS_START}\nstale\n{catalog.CARDS_END}\n\nEnd kept.\n")
+    for alpha, accuracy in ((0.25, 0.8125), (1.0, 0.875)):
+        run = finished_run(tmp_path / "runs", f"a{alpha}", alpha, accuracy)
+        card = catalog.export(run, shipped / f"mobilenet_v1_a{alpha}.pt", data_description="JPEG CIFAR-10")
+
+    payload = checkpoint.read(shipped / "mobilenet_v1_a1.0.pt")
+    assert "train_state" not in payload
+    stats = model_stats(1.0)
+    t = card.training
+    assert (t["params"], t["mult_adds"]) == (stats.params, stats.mult_adds)
+    assert (t["val_acc"], t["val_n"], t["data"], t["epochs"]) == (0.875, 5000, "JPEG CIFAR-10", 12)
+    assert ModelCard.from_dict(payload["card"]) == card
+
+    catalog.write_cards(shipped)
+    readme = (shipped / "README.md").read_text()
+    assert readme.startswith("# Models\n\nIntro kept.") and readme.endswith("End kept.\n") and "stale" not in readme
+    assert readme.count(catalog.CARDS_START) == 1 and readme.count(catalog.CARDS_END) == 1
+    overview = [line for line in readme.splitlines() if line.startswith("| `")]
+    assert overview == ["| `mobilenet_v1_a1.0.pt` | 1 | 3,217,226 | 45.16 M | 87.50% |",
+                        f"| `mobilenet_v1_a0.25.pt` | 0.25 | {model_stats(0.25).params:,} | "
+                        f"{model_stats(0.25).mult_adds / 1e6:.2f} M | 81.25% |"]
+    assert readme.index("### `mobilenet_v1_a1.0.pt`") < readme.index("### `mobilenet_v1_a0.25.pt`")
+    assert "| validation accuracy | 87.50% on 5000 held-out images (seeded, stratified; seed 0) with flip TTA |" \
+        in readme
+
+
+def test_export_refuses_an_unfinished_run(tmp_path: Path) -> None:
+    run = save_run(tmp_path / "runs", "still-training", state="running")
+    with pytest.raises(CheckpointError, match="not a finished run"):
+        catalog.export(run, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
