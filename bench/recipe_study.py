@@ -1,4 +1,4 @@
-"""Validation accuracy per epoch of two or more finished runs: a markdown table and an Altair chart (HTML).
+"""Validation accuracy per epoch of one or more runs: a markdown table and an Altair chart (HTML).
 
     .venv/bin/python bench/recipe_study.py runs/study-a0.25-seed runs/a0.25-fast --out bench/results/recipe_study.html
 """
@@ -26,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("bench/results/recipe_study.html"))
+    parser.add_argument("--title", default="validation accuracy per epoch: seed recipe against the default")
     args = parser.parse_args()
     frame = pd.DataFrame([
         {"recipe": label(run), "epoch": row["epoch"], "validation accuracy": row["val_acc"],
@@ -42,7 +43,7 @@ def main() -> None:
         color="recipe:N",
         tooltip=["recipe:N", "epoch:Q", alt.Tooltip("validation accuracy:Q", format=".2%"),
                  alt.Tooltip("minutes:Q", format=".1f")],
-    ).properties(title="validation accuracy per epoch: seed recipe against the default", width=600, height=360)
+    ).properties(title=args.title, width=600, height=360)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     chart.save(str(args.out))
     print(f"\nchart: {args.out}")
