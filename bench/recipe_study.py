@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -14,12 +13,13 @@ import altair as alt
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mobilenet.train import read_metrics  # noqa: E402
+from mobilenet.train import load_config, read_metrics  # noqa: E402
 
 
 def label(run: Path) -> str:
-    config = json.loads((run / "config.json").read_text())
-    return f"{config['recipe']} (α={config['alpha']:g})"
+    config = load_config(run)
+    recipe = config.effective
+    return f"{config.recipe}, α={config.alpha:g}, {recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.lr:g}"
 
 
 def main() -> None:
