@@ -80,9 +80,8 @@ def _card(path: Path, version: tuple[int, int]) -> ModelCard:  # version: part o
 
 
 def list_models() -> Catalog:
-    """Shipped checkpoints (the default first) then finished runs under RUNS_DIR."""
-    shipped = sorted(infer.shipped_checkpoints(), key=lambda p: p.name != infer.DEFAULT_CHECKPOINT_NAME)
-    candidates = [(p.stem, p) for p in shipped]
+    """Shipped checkpoints (the default first, then the widest) then finished runs under RUNS_DIR."""
+    candidates = [(p.stem, p) for p in infer.shipped_checkpoints()]
     candidates += [(f"{RUN_PREFIX}{run.name}", run / "best.pt") for run in finished_runs(RUNS_DIR)]
     models, problems = [], []
     for key, path in candidates:
@@ -92,12 +91,12 @@ def list_models() -> Catalog:
             models.append(ModelEntry(key, path, _card(path, version), version))
         except (OSError, CheckpointError) as e:
             problems.append(f"{key}: {e}")
-    return Catalog(tuple(models), tuple(problems))
+    shipped = [m for m in models if not m.key.startswith(RUN_PREFIX)]
+    shipped.sort(key=lambda m: (m.path.name != infer.DEFAULT_CHECKPOINT_NAME, -m.card.alpha, m.key))
+    return Catalog(tuple(shipped + models[len(shipped):]), tuple(problems))
 
 
 # ---- shipping a trained model --------------------------------------------------------------------
-
-CIFAR10_JPEG = "CIFAR-10 training split as JPEG (quality 75): cifar10-train-jpeg.zip, 50,000 images"
 
 
 def export(run: Path, out: Path, data_description: str | None = None) -> ModelCard:

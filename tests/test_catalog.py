@@ -25,12 +25,13 @@ def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_shipped_models_come_first_with_the_default_leading_then_finished_runs(places: Path) -> None:
     save_model(places / "checkpoints" / "mobilenet_v1_a0.25.pt")
-    save_model(places / "checkpoints" / infer.DEFAULT_CHECKPOINT_NAME)
+    save_model(places / "checkpoints" / "mobilenet_v1_a0.5.pt", alpha=0.5)
+    save_model(places / "checkpoints" / infer.DEFAULT_CHECKPOINT_NAME, alpha=0.125)  # the default even if narrower
     save_run(places / "runs", "b-finished")
     save_run(places / "runs", "a-running", state="running")
     (places / "runs" / "no-status").mkdir()
     models = catalog.list_models()
-    assert models.keys == ["mobilenet_v1_a1.0", "mobilenet_v1_a0.25", "runs/b-finished"]
+    assert models.keys == ["mobilenet_v1_a1.0", "mobilenet_v1_a0.5", "mobilenet_v1_a0.25", "runs/b-finished"]
     assert models.default.key == "mobilenet_v1_a1.0" and models.problems == ()
     run = models.get("runs/b-finished")
     assert run.path == places / "runs" / "b-finished" / "best.pt"
