@@ -29,19 +29,19 @@ def main() -> None:
     parser.add_argument("--title", default="validation accuracy per epoch: seed recipe against the default")
     args = parser.parse_args()
     frame = pd.DataFrame([
-        {"recipe": label(run), "epoch": row["epoch"], "validation accuracy": row["val_acc"],
+        {"run": label(run), "epoch": row["epoch"], "validation accuracy": row["val_acc"],
          "minutes": row["elapsed_s"] / 60}
         for run in args.runs for row in read_metrics(run) if row["kind"] == "epoch"
     ])
-    table = frame.pivot(index="epoch", columns="recipe", values="validation accuracy")
+    table = frame.pivot(index="epoch", columns="run", values="validation accuracy")
     print("| epoch | " + " | ".join(table.columns) + " |\n|---:|" + "---:|" * len(table.columns))
     for epoch, values in table.iterrows():
         print(f"| {epoch} | " + " | ".join(f"{v:.2%}" if pd.notna(v) else "" for v in values) + " |")
     chart = alt.Chart(frame).mark_line(point=True).encode(
         x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
         y=alt.Y("validation accuracy:Q", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False)),
-        color="recipe:N",
-        tooltip=["recipe:N", "epoch:Q", alt.Tooltip("validation accuracy:Q", format=".2%"),
+        color="run:N",
+        tooltip=["run:N", "epoch:Q", alt.Tooltip("validation accuracy:Q", format=".2%"),
                  alt.Tooltip("minutes:Q", format=".1f")],
     ).properties(title=args.title, width=600, height=360)
     args.out.parent.mkdir(parents=True, exist_ok=True)
