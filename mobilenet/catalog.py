@@ -79,6 +79,11 @@ def _card(path: Path, version: tuple[int, int]) -> ModelCard:  # version: part o
     return ModelCard.from_dict(checkpoint.read(path)["card"])
 
 
+def shipped_order(name: str, card: ModelCard) -> tuple:
+    """How shipped models are listed, in the app and in checkpoints/README.md: the default, then the widest."""
+    return name != infer.DEFAULT_CHECKPOINT_NAME, -card.alpha, name
+
+
 def list_models() -> Catalog:
     """Shipped checkpoints (the default first, then the widest) then finished runs under RUNS_DIR."""
     candidates = [(p.stem, p) for p in infer.shipped_checkpoints()]
@@ -92,7 +97,7 @@ def list_models() -> Catalog:
         except (OSError, CheckpointError) as e:
             problems.append(f"{key}: {e}")
     shipped = [m for m in models if not m.key.startswith(RUN_PREFIX)]
-    shipped.sort(key=lambda m: (m.path.name != infer.DEFAULT_CHECKPOINT_NAME, -m.card.alpha, m.key))
+    shipped.sort(key=lambda m: shipped_order(m.path.name, m.card))
     return Catalog(tuple(shipped + models[len(shipped):]), tuple(problems))
 
 
@@ -128,7 +133,7 @@ def write_cards(folder: Path) -> None:
     head, rest = text.split(CARDS_START, 1)
     tail = rest.split(CARDS_END, 1)[1]
     shipped = [(p.name, ModelCard.from_dict(checkpoint.read(p)["card"])) for p in folder.glob("*.pt")]
-    shipped.sort(key=lambda item: (-item[1].alpha, item[0]))  # the widest, the default, first
+    shipped.sort(key=lambda item: shipped_order(*item))
     overview = ["| model | α | parameters | mult-adds per image | validation accuracy |", "|---|---:|---:|---:|---:|"]
     for name, card in shipped:
         t = card.training
