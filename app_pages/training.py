@@ -1,4 +1,6 @@
-"""Training: one background job per server, streamed live to every visitor; start, stop and resume behind the admin gate."""
+"""Training: one background job per server, streamed live to every visitor.
+
+Starting, stopping and resuming sit behind the admin gate."""
 
 import streamlit as st
 
@@ -13,7 +15,8 @@ manager = app.job_manager()
 
 allowed = app.admin_password() is None or st.session_state.get("admin", False)
 if not allowed:
-    password = st.text_input("Admin password", type="password", help="Starting, stopping and resuming need it; watching does not.")
+    password = st.text_input("Admin password", type="password",
+                             help="Starting, stopping and resuming need it; watching does not.")
     if password and app.is_admin(password):
         st.session_state["admin"] = allowed = True
     elif password:
@@ -81,7 +84,8 @@ def live() -> None:
             st.error(f"{latest.name} failed: {latest.error}")
         if latest.report:
             result = Evaluation.from_report(latest.report)
-            st.markdown(f"**{latest.name}**: validation accuracy {result.accuracy:.2%}; it is in the model selector now.")
+            st.markdown(f"**{latest.name}**: validation accuracy {result.accuracy:.2%}; "
+                        "it is in the model selector now.")
             per_class, confusion = st.columns(2)
             per_class.altair_chart(charts.per_class(result), width="stretch")
             confusion.altair_chart(charts.confusion(result), width="stretch")

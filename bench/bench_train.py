@@ -59,7 +59,8 @@ def seed_pipeline(folder: Path, batch: int, steps: int) -> float:
         transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
         transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     ])
-    loader = torch.utils.data.DataLoader(datasets.ImageFolder(folder, transform), batch_size=batch, shuffle=True, num_workers=2)
+    loader = torch.utils.data.DataLoader(datasets.ImageFolder(folder, transform), batch_size=batch, shuffle=True,
+                                         num_workers=2)
 
     def batches():
         while True:
@@ -99,7 +100,8 @@ def main() -> None:
         rows = [
             ("(b) seed pipeline: ImageFolder + PIL transforms + DataLoader(2 workers), NCHW", 64,
              seed_pipeline(work / "jpeg" / "train", 64, args.steps)),
-            ("(a) this trainer: uint8 tensor + batched crop/flip, channels_last", 64, trainer(zip_path, 64, args.steps, work)),
+            ("(a) this trainer: uint8 tensor + batched crop/flip, channels_last", 64,
+             trainer(zip_path, 64, args.steps, work)),
             ("(c) ceiling: same model on in-memory random tensors, channels_last", 64, ceiling(64, args.steps)),
             ("(c) ceiling, NCHW as the seed", 64, ceiling(64, args.steps, layout=torch.contiguous_format)),
             ("(a) this trainer, default batch", 128, trainer(zip_path, 128, args.steps, work)),

@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=1.0)
     p.add_argument("--stem", choices=STEMS, default="cifar")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-size", type=int, default=5000, help="held-out validation images (default 5000; at most 20%% of the data)")
+    p.add_argument("--val-size", type=int, default=5000,
+                   help="held-out validation images (default 5000; at most 20%% of the data)")
     p.add_argument("--subset", type=int, help="use only N training images, a seeded class-balanced sample (smoke runs)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: the GPU when there is one")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")

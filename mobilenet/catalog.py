@@ -152,9 +152,11 @@ def card_markdown(name: str, card: ModelCard) -> str:
         f"### `{name}`",
         "",
         "| | |", "|---|---|",
-        f"| architecture | MobileNet v1, α = {card.alpha:g}, {card.stem} stem, {card.resolution}×{card.resolution} input, "
+        f"| architecture | MobileNet v1, α = {card.alpha:g}, {card.stem} stem, "
+        f"{card.resolution}×{card.resolution} input, "
         f"{card.num_classes} classes |",
-        f"| size and cost | {t.get('params', 0):,} parameters, {t.get('mult_adds', 0) / 1e6:.2f} M mult-adds per image |",
+        f"| size and cost | {t.get('params', 0):,} parameters, "
+        f"{t.get('mult_adds', 0) / 1e6:.2f} M mult-adds per image |",
         f"| data | {t.get('data')} |",
         f"| validation accuracy | {t.get('val_acc', 0):.2%} on {t.get('val_n', '?')} held-out images "
         f"(seeded, stratified; seed {t.get('seed')}){' with flip TTA' if t.get('flip_tta') else ''} |",

@@ -23,7 +23,8 @@ def alpha_sweep(sweep: pd.DataFrame, stats: ModelStats) -> alt.HConcatChart:
         point = alt.Chart(pd.DataFrame([{"alpha": stats.alpha, measure: value}])).mark_point(
             color="red", size=120, filled=True).encode(x="alpha:Q", y=f"{measure}:Q",
                                                       tooltip=["alpha:Q", alt.Tooltip(f"{measure}:Q", format=",")])
-        charts.append((base.mark_line() + base.mark_circle() + point).properties(title=f"{measure} against α", width=260))
+        layers = base.mark_line() + base.mark_circle() + point
+        charts.append(layers.properties(title=f"{measure} against α", width=260))
     return alt.hconcat(*charts)
 
 
@@ -115,7 +116,8 @@ def training_curves(rows: list[dict]) -> alt.HConcatChart:
     charts = []
     for measure in ("loss", "accuracy", "learning rate"):
         part = alt.Chart(frame[frame["measure"] == measure]).encode(
-            x=alt.X("step:Q"), y=alt.Y("value:Q", title=measure, axis=alt.Axis(format="%" if measure == "accuracy" else "~g")),
+            x=alt.X("step:Q"),
+            y=alt.Y("value:Q", title=measure, axis=alt.Axis(format="%" if measure == "accuracy" else "~g")),
             color=alt.Color("series:N", legend=alt.Legend(orient="bottom", title=None)),
             tooltip=["epoch:Q", "step:Q", "series:N", alt.Tooltip("value:Q", format=".4g")],
         )

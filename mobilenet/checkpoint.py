@@ -139,7 +139,8 @@ def read(path: Path | str) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path.name} is not a MobileNet v1 checkpoint of this project")
     if payload.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path.name} has format version {payload.get('version')}; this program reads {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path.name} has format version {payload.get('version')}; this program reads {FORMAT_VERSION}")
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path.name} holds no weights")

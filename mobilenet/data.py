@@ -121,7 +121,8 @@ class _Tree:
         """(file, class name) pairs of a split, sorted; a folder without train/ and test/ is all train."""
         depth = len(self.top.parts)
         if self.has_splits:
-            pairs = [(f, f.parts[depth + 1]) for f in self.files if len(f.parts) == depth + 3 and f.parts[depth] == split]
+            pairs = [(f, f.parts[depth + 1]) for f in self.files
+                     if len(f.parts) == depth + 3 and f.parts[depth] == split]
         elif split == "train":
             pairs = [(f, f.parts[depth]) for f in self.files if len(f.parts) == depth + 2]
         else:
@@ -217,7 +218,8 @@ def _load_cifar10(root: Path, split: str, side: int, download: bool) -> ImageSet
     if side == dataset.data.shape[1]:
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
     else:  # the same PIL resize as every other image, in training and inference
-        images = torch.from_numpy(np.stack([to_uint8_array(fit_square(Image.fromarray(a), side)) for a in dataset.data]))
+        resized = [to_uint8_array(fit_square(Image.fromarray(a), side)) for a in dataset.data]
+        images = torch.from_numpy(np.stack(resized))
     return ImageSet(images, torch.tensor(dataset.targets, dtype=torch.long), tuple(dataset.classes))
 
 

@@ -89,7 +89,8 @@ def format_report(result: Evaluation) -> str:
     lines = [f"accuracy {result.accuracy:.2%} on {result.n} images", "", "per-class accuracy:"]
     lines += [f"  {c:<{width}}  {acc:6.2%}" for c, acc in result.per_class.items()]
     short = [c[:5] for c in result.classes]
-    lines += ["", "confusion matrix (rows: truth, columns: prediction):", " " * (width + 2) + "".join(f"{s:>7}" for s in short)]
+    lines += ["", "confusion matrix (rows: truth, columns: prediction):",
+              " " * (width + 2) + "".join(f"{s:>7}" for s in short)]
     for c, row in zip(result.classes, result.confusion.tolist()):
         lines.append(f"  {c:<{width}}" + "".join(f"{v:>7}" for v in row))
     return "\n".join(lines)

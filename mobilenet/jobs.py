@@ -97,7 +97,8 @@ class JobManager:
         args = ["train", "--data", data, "--recipe", cfg.recipe, "--alpha", str(cfg.alpha), "--beta", str(cfg.beta),
                 "--stem", cfg.stem, "--seed", str(cfg.seed), "--val-size", str(cfg.val_size), "--device", cfg.device,
                 "--data-root", str(Path(cfg.data_root).resolve()), "--out", str(run)]
-        for flag, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--lr", cfg.lr), ("--subset", cfg.subset)):
+        for flag, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--lr", cfg.lr),
+                            ("--subset", cfg.subset)):
             if value is not None:
                 args += [flag, str(value)]
         if not cfg.download:
@@ -119,8 +120,8 @@ class JobManager:
             run.mkdir(parents=True, exist_ok=True)
             log = open(run / "train.log", "ab")
             package_root = str(Path(__file__).resolve().parent.parent)
-            env = os.environ | {"PYTHONUNBUFFERED": "1",
-                                "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+            python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+            env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path}
             process = subprocess.Popen(
                 [self.python, "-m", "mobilenet", *args, "--json"], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, pass_fds=(fd,), start_new_session=True, env=env,

@@ -34,7 +34,8 @@ class Recipe:
     batch_size: int
     lr: float
     epochs: int
-    schedule: str  # "plateau": ReduceLROnPlateau on the training loss; "onecycle": linear warm-up then linear decay to 0
+    # "plateau": ReduceLROnPlateau on the training loss; "onecycle": linear warm-up then linear decay to 0
+    schedule: str
     weight_decay: float
     decay_norm_and_bias: bool
     nesterov: bool
@@ -305,7 +306,8 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
     model = MobileNetV1(len(train_set.classes), cfg.alpha, cfg.stem).to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe)
     plateau = make_plateau(optimizer)
-    card = ModelCard(cfg.alpha, cfg.stem, cfg.resolution, train_set.classes, recipe.normalization.mean, recipe.normalization.std)
+    card = ModelCard(cfg.alpha, cfg.stem, cfg.resolution, train_set.classes,
+                     recipe.normalization.mean, recipe.normalization.std)
 
     steps_per_epoch = max(1, len(train_set) // recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
@@ -322,7 +324,8 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
 
     train_model = torch.compile(model) if cfg.compile else model
     if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=device_ids)
 
     def save_last(status: str) -> None:
         if writer:
@@ -331,7 +334,8 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
 
     def summary(status: str) -> dict:
         return {"data": cfg.data, "recipe": cfg.recipe, "epochs": state["epoch"], "planned_epochs": recipe.epochs,
-                "batch_size": recipe.batch_size, "lr": recipe.lr, "seed": cfg.seed, "val_size": cfg.val_size, "subset": cfg.subset,
+                "batch_size": recipe.batch_size, "lr": recipe.lr, "seed": cfg.seed, "val_size": cfg.val_size,
+                "subset": cfg.subset,
                 "val_acc": state["best_acc"] if state["best_acc"] >= 0 else None, "flip_tta": recipe.flip_tta,
                 "train_time_s": round(state["elapsed_s"], 1), "device": device_name(device), "status": status}
 
@@ -359,7 +363,8 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
                     for group in optimizer.param_groups:
                         group["lr"] = onecycle_lr(recipe, global_step, total_steps, steps_per_epoch)
                 loss, logits = _sgd_step(train_model, optimizer, x, y, recipe, device)
-                window += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(), torch.tensor(len(y), device=device)])
+                hits = (logits.argmax(1) == y).sum()
+                window += torch.stack([loss.detach() * len(y), hits, torch.tensor(len(y), device=device)])
                 state["step_in_epoch"] += 1
                 now = time.perf_counter()
                 epoch_train_s += now - t0
@@ -390,7 +395,8 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
                     return {"status": "stopped", "epoch": epoch, "step": state["step_in_epoch"]}
 
             # End of epoch: totals over all ranks, validation, schedule, checkpoints.
-            totals = torch.tensor([state["loss_sum"], state["correct"], state["seen"]], device=device, dtype=torch.float64)
+            totals = torch.tensor([state["loss_sum"], state["correct"], state["seen"]],
+                                  device=device, dtype=torch.float64)
             if world > 1:
                 dist.all_reduce(totals)
             train_loss, train_acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
@@ -403,7 +409,8 @@ def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, o
             if improved:
                 state["best_acc"] = val_acc
             row = {"kind": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "train_loss": train_loss,
-                   "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
+                   "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+                   "lr": optimizer.param_groups[0]["lr"],
                    "img_per_s": epoch_images / max(epoch_train_s, 1e-9), "elapsed_s": state["elapsed_s"],
                    "eta_s": state["elapsed_s"] / (epoch + 1) * (recipe.epochs - epoch - 1)}
             if writer:

@@ -24,10 +24,12 @@ def test_summary_json() -> None:
     assert out["input_size"] == [3, 160, 160]
     assert out["params"] == sum(row["params"] for row in out["layers"])
     assert out["mult_adds"] == sum(row["mult_adds"] for row in out["layers"])
-    assert {"name", "type", "kernel", "stride", "groups", "input_shape", "output_shape", "params", "mult_adds"} <= set(out["layers"][0])
+    columns = {"name", "type", "kernel", "stride", "groups", "input_shape", "output_shape", "params", "mult_adds"}
+    assert columns <= set(out["layers"][0])
 
 
-@pytest.mark.parametrize("args,message", [(["--alpha", "0"], "alpha"), (["--resolution", "2"], "smallest that works is 3"),
+@pytest.mark.parametrize("args,message", [(["--alpha", "0"], "alpha"),
+                                          (["--resolution", "2"], "smallest that works is 3"),
                                           (["--beta", "-1"], "beta")])
 def test_summary_bad_values_are_messages_not_tracebacks(args, message) -> None:
     result = run_cli("summary", *args)

@@ -73,7 +73,8 @@ def test_colormap_runs_dark_to_light() -> None:
     assert (colours.astype(int).sum(1)[1:] > colours.astype(int).sum(1)[:-1]).all()
 
 
-def evaluation(truth: list[int], predicted: list[int], classes: tuple[str, ...] = ("cat", "dog")) -> tuple[Evaluation, ImageSet]:
+def evaluation(truth: list[int], predicted: list[int],
+               classes: tuple[str, ...] = ("cat", "dog")) -> tuple[Evaluation, ImageSet]:
     probs = torch.nn.functional.one_hot(torch.tensor(predicted), len(classes)).float() * 0.9 + 0.05
     labels = torch.tensor(truth)
     images = ImageSet(torch.zeros(len(truth), 3, 4, 4, dtype=torch.uint8), labels, classes)

@@ -33,7 +33,8 @@ def test_seed_output_shapes() -> None:
 def test_seed_layer_structure() -> None:
     model = MobileNetV1()
     stem_conv = model.stem[0]
-    assert (stem_conv.kernel_size, stem_conv.stride, stem_conv.padding, stem_conv.bias) == ((3, 3), (1, 1), (0, 0), None)
+    assert (stem_conv.kernel_size, stem_conv.stride, stem_conv.padding) == ((3, 3), (1, 1), (0, 0))
+    assert stem_conv.bias is None
     for block in model.blocks:
         dw, pw = block.depthwise[0], block.pointwise[0]
         assert dw.groups == dw.in_channels == dw.out_channels and dw.kernel_size == (3, 3) and dw.bias is None
@@ -63,7 +64,8 @@ def test_beta_sets_resolution() -> None:
     assert model_stats(1.0, beta=0.5).resolution == 16
 
 
-@pytest.mark.parametrize("stem,resolution", [("cifar", 3), ("cifar", 17), ("cifar", 64), ("imagenet", 1), ("imagenet", 97)])
+@pytest.mark.parametrize("stem,resolution",
+                         [("cifar", 3), ("cifar", 17), ("cifar", 64), ("imagenet", 1), ("imagenet", 97)])
 def test_any_valid_resolution_runs(stem: str, resolution: int) -> None:
     model = MobileNetV1(7, 0.25, stem).eval()
     assert model(torch.randn(1, 3, resolution, resolution)).shape == (1, 7)

@@ -134,7 +134,8 @@ def test_kill_9_then_resume_finishes_like_an_uninterrupted_run(folder: Path, tmp
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert cli(*cli_args(folder, tmp_path, straight, 3)).wait(timeout=300) == 0
     proc = cli(*cli_args(folder, tmp_path, killed, 3))
-    wait_for(lambda: len(epoch_rows(killed)) >= 1 and any(r["kind"] == "step" and r["epoch"] == 2 for r in read_metrics(killed)))
+    wait_for(lambda: len(epoch_rows(killed)) >= 1
+             and any(r["kind"] == "step" and r["epoch"] == 2 for r in read_metrics(killed)))
     proc.kill()
     proc.wait()
     resumed = cli("train", "--resume", str(killed), "--json")
@@ -150,7 +151,8 @@ def test_torchrun_two_processes_gloo(folder: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     args = cli_args(folder, tmp_path, run, 1)
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mobilenet", *args],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "mobilenet", *args],
         capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -163,7 +165,8 @@ def test_torchrun_two_processes_gloo(folder: Path, tmp_path: Path) -> None:
 def test_evaluate_cli_on_a_generated_folder(folder: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train.train(config(folder, tmp_path, epochs=2), run)
-    proc = cli("evaluate", "--checkpoint", str(run), "--data", str(folder), "--json", "--data-root", str(tmp_path / "root"))
+    proc = cli("evaluate", "--checkpoint", str(run), "--data", str(folder), "--json",
+               "--data-root", str(tmp_path / "root"))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     result = json.loads(out)
