@@ -15,7 +15,7 @@ from mobilenet.stats import model_stats
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 SHIPPED = {"mobilenet_v1_a1.0.pt": 1.0, "mobilenet_v1_a0.5.pt": 0.5, "mobilenet_v1_a0.25.pt": 0.25}
 # A replacement must not be worse than what ships now; the goal for α=1 is 92% (issue 4).
-VAL_ACC_FLOOR = {1.0: 0.895}
+VAL_ACC_FLOOR = {1.0: 0.90}
 EXAMPLES = sorted((CHECKPOINTS / "examples").glob("*.jpg"))
 
 
