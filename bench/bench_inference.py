@@ -5,7 +5,8 @@
 Single-image latency is bytes in, top-5 out. The seed's path (PIL open, Resize, ToTensor, Normalize,
 forward, softmax on the unfolded model) runs with torch's default threads, as in the blog post, and with
 one thread, as Classifier.load sets; contenders take turns in short blocks so that background load
-falls on all of them alike. Then batch throughput and 16 threads sharing one classifier.
+falls on all of them alike. Then batch throughput, each shipped model (latency and batch throughput by α)
+and 16 threads sharing one classifier.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mobilenet import Classifier, checkpoint  # noqa: E402
 from mobilenet.checkpoint import ModelCard  # noqa: E402
 from mobilenet.data import CIFAR10_CLASSES, SEED_NORMALIZATION  # noqa: E402
-from mobilenet.infer import CHECKPOINT_DIR, DEFAULT_CHECKPOINT_NAME  # noqa: E402
+from mobilenet.infer import CHECKPOINT_DIR, DEFAULT_CHECKPOINT_NAME, shipped_checkpoints  # noqa: E402
 from mobilenet.model import MobileNetV1  # noqa: E402
 
 
@@ -166,6 +167,19 @@ def main() -> None:
         run()
         best = min(timed(run) for _ in range(max(1, round(5 * scale))))
         print(f"| {label} | {len(batch) / best:.0f} |")
+
+    print("\n| shipped model, 32×32 PNG, 1 thread, flip TTA | params | mult-adds | p50 ms | p95 ms "
+          "| batch of 64, img/s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    shipped = {path.name: Classifier.load(path, device="cpu") for path in shipped_checkpoints()}
+    times = latencies(batch[0], {name: (1, c.predict) for name, c in shipped.items()}, max(1, round(20 * scale)),
+                      block=5)
+    for name, c in shipped.items():
+        c.predict_batch(batch)
+        best = min(timed(lambda: c.predict_batch(batch)) for _ in range(max(1, round(5 * scale))))
+        print(f"| {name} (α={c.card.alpha:g}) | {c.card.training['params']:,} "
+              f"| {c.card.training['mult_adds'] / 1e6:.2f} M | {percentile(times[name], 50):.1f} "
+              f"| {percentile(times[name], 95):.1f} | {len(batch) / best:.0f} |")
 
     print("\n| 16 threads × 100 predictions, one shared Classifier (32×32 PNG) | img/s | same as serial |")
     print("|---|---|---|")
