@@ -31,11 +31,16 @@ def colormap(values: np.ndarray) -> np.ndarray:
 
 
 def heatmap_overlay(photo: Image.Image, cam: torch.Tensor, side: int = 256, opacity: float = 0.5) -> Image.Image:
-    """Grad-CAM (R×R, 0..1) over the photo's centre square, the part the network saw."""
+    """A class activation map (R×R, 0..1) over the photo's centre square, the part the network saw.
+
+    The colours cover the photo in proportion to the map, up to `opacity` where it peaks: where the map is
+    zero the photo shows unchanged rather than darkened.
+    """
     square = fit_square(photo, side)
     heat = F.interpolate(cam[None, None].float(), size=(side, side), mode="bilinear", align_corners=False)[0, 0]
     colours = Image.fromarray(colormap(heat.numpy()))
-    return Image.blend(square, colours, opacity)
+    cover = Image.fromarray((heat.clamp(0, 1).numpy() * opacity * 255).round().astype(np.uint8), "L")
+    return Image.composite(colours, square, cover)
 
 
 def labelled_grid(images: torch.Tensor, titles: list[str], colours: list[tuple[int, int, int]], columns: int = 8,

@@ -59,11 +59,14 @@ def test_latency_is_measured_within_its_budget() -> None:
         f"{torch.get_num_threads()} thread{'' if torch.get_num_threads() == 1 else 's'}")
 
 
-def test_heatmap_overlay_covers_the_centre_square() -> None:
+def test_heatmap_overlay_covers_the_centre_square_where_the_map_is_hot() -> None:
     photo = Image.new("RGB", (400, 200), "white")
-    overlay = visual.heatmap_overlay(photo, torch.zeros(8, 8), side=100, opacity=1.0)
+    assert visual.heatmap_overlay(photo, torch.zeros(8, 8), side=100).getpixel((50, 50)) == (255, 255, 255)  # not darkened
+    overlay = visual.heatmap_overlay(photo, torch.ones(8, 8), side=100, opacity=1.0)
     assert overlay.size == (100, 100)
-    assert overlay.getpixel((50, 50)) == tuple(visual.colormap(np.array(0.0)).tolist())
+    assert overlay.getpixel((50, 50)) == tuple(visual.colormap(np.array(1.0)).tolist())
+    half = visual.heatmap_overlay(photo, torch.ones(8, 8), side=100, opacity=0.5).getpixel((50, 50))
+    assert all(min(c, 255) <= h <= 255 for c, h in zip(overlay.getpixel((50, 50)), half))  # between the two
 
 
 def test_colormap_runs_dark_to_light() -> None:
