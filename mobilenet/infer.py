@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -22,8 +21,8 @@ from .checkpoint import CheckpointError, ModelCard
 from .checkpoint import load as load_checkpoint
 from .data import Normalization
 from .device import pick_device
+from .gradcam import class_maps, target_block
 from .intake import ImageError, ImageSource, Limits, load_model_input
-from .model import feature_sides
 
 CHECKPOINT_DIR = Path(os.environ.get("MOBILENET_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
 DEFAULT_CHECKPOINT_NAME = "mobilenet_v1_a1.0.pt"
@@ -143,24 +142,13 @@ class Classifier:
                 for p in prepared]
 
     def gradcam(self, source: ImageSource, class_index: int | None = None) -> tuple[torch.Tensor, int]:
-        """Grad-CAM heatmap (R×R, 0..1) for class_index (default: the predicted class), and that class."""
-        model = self._cam_model
-        x = self.normalization.apply(self.prepare(source)[None].to(self.device))
-        sides = feature_sides(self.card.stem, self.card.resolution)[1:]
-        # The last block whose map is at least 4×4: the final 2×2 map at CIFAR size is too coarse to show anything.
-        layer = max(i for i, side in enumerate(sides) if side >= min(4, sides[0]))
-        with torch.no_grad():
-            target = model.blocks[:layer + 1](model.stem(x))
-        with torch.enable_grad():
-            target.requires_grad_(True)
-            logits = model.classifier(torch.flatten(model.pool(model.blocks[layer + 1:](target)), 1))
-            chosen = int(logits.argmax(1)) if class_index is None else class_index
-            (grad,) = torch.autograd.grad(logits[0, chosen], target)
-        weights = grad.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * target).sum(1, keepdim=True))
-        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-        cam = cam / cam.max() if cam.max() > 0 else cam
-        return cam.detach().cpu(), chosen
+        """Class activation map (R×R, 0..1; all zero when nothing in the image speaks for the class) for
+        class_index (default: the predicted class), and that class. See mobilenet.gradcam."""
+        image = self.prepare(source)[None].to(self.device)
+        chosen = int(self.probabilities(image)[0].argmax()) if class_index is None else class_index
+        x = self.normalization.apply(image)
+        block = target_block(self.card.stem, self.card.resolution)
+        return class_maps(self._cam_model, x, torch.tensor([chosen], device=self.device), block)[0], chosen
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
