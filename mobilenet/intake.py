@@ -71,7 +71,8 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
     except Image.UnidentifiedImageError:
         raise ImageError("not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF") from None
     except Image.DecompressionBombError:
-        raise ImageError("image dimensions are too large") from None
+        raise ImageError(f"image dimensions are too large: at most {limits.max_pixels / 1e6:.0f} megapixels are "
+                         f"accepted") from None
     _check_size(img.size, limits)
     return img
 
@@ -117,7 +118,10 @@ def decode(source: ImageSource, draft_side: int | None = None, limits: Limits = 
     except ImageError:
         raise
     except Exception as e:  # PIL raises many types for malformed or truncated data
-        raise ImageError(f"corrupt or truncated image ({type(e).__name__}: {e})"[:300]) from None
+        if "truncated" in str(e):
+            raise ImageError("the image file is truncated: it ends before the picture does (an interrupted "
+                             "download or copy?)") from None
+        raise ImageError("the image is corrupt: its data cannot be decoded") from None
 
 
 def fit_square(img: Image.Image, side: int) -> Image.Image:

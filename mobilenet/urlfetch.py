@@ -103,12 +103,24 @@ def _ip_literal(host: str) -> IPAddress | None:
     return None
 
 
+def with_scheme(url: str) -> str:
+    """A URL typed without a scheme, as in a browser's address bar (example.org/cat.png), as https.
+
+    Anything that names a scheme of its own (file:, data:, javascript:, ftp://) is left for check_url to refuse.
+    """
+    head = url.split("/", 1)[0]
+    if "://" in url or (":" in head and "." not in head.split(":", 1)[0]):
+        return url
+    return f"https://{url}"
+
+
 def check_url(url: str, allow_private: bool) -> Target:
     """A URL checked and resolved, ready to fetch from; URLError if it must not be."""
     if len(url) > MAX_URL_LENGTH:
         raise URLError(f"the URL is longer than {MAX_URL_LENGTH} characters")
     if any(c.isspace() or not c.isprintable() or c == "\\" for c in url):
         raise URLError("the URL contains spaces, control characters or backslashes")
+    url = with_scheme(url)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -143,7 +155,8 @@ def check_url(url: str, allow_private: bool) -> Target:
     refused = [a for a in addresses if not is_public_address(a)]
     if refused and not allow_private:
         where = "" if literal is not None else f" points to {refused[0]}, which"
-        raise URLError(f"{host}{where} is not a public internet address; such URLs are refused")
+        raise URLError(f"{host}{where} is not a public internet address; such URLs are refused (a trusted "
+                       f"local install can allow them with {ALLOW_PRIVATE_ENV}=1)")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return Target(scheme, host, port, quote(path, safe="/?:@!$&'()*+,;=%"), tuple(addresses))
 

@@ -257,3 +257,19 @@ def test_unresolvable_host(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(urlfetch, "resolve", fail)
     with pytest.raises(URLError, match="cannot find the host nowhere.example"):
         fetch_url("http://nowhere.example/x.png")
+
+
+@pytest.mark.parametrize("typed,meant", [
+    ("example.org/cat.png", "https://example.org/cat.png"), ("example.org:8080/a", "https://example.org:8080/a"),
+    ("localhost/cat.png", "https://localhost/cat.png"), ("http://example.org/a", "http://example.org/a"),
+    ("javascript:alert(1)", "javascript:alert(1)"), ("data:image/png;base64,iVBO", "data:image/png;base64,iVBO"),
+    ("file:///etc/passwd", "file:///etc/passwd"),
+])
+def test_a_url_typed_without_a_scheme_is_https(typed: str, meant: str) -> None:
+    assert urlfetch.with_scheme(typed) == meant
+
+
+def test_a_private_address_refusal_names_the_setting_that_allows_it(canary: Server) -> None:
+    with pytest.raises(URLError, match=f"allow them with {urlfetch.ALLOW_PRIVATE_ENV}=1"):
+        fetch_url(f"127.0.0.1:{canary.port}/")  # typed without a scheme: https, still refused
+    assert not canary.visited
