@@ -1,4 +1,4 @@
-"""Inference: classify uploads, a camera photo, an image URL or the shipped examples, with Grad-CAM."""
+"""Inference: classify uploads, a camera photo, an image URL or the shipped examples, with class activation maps."""
 
 import streamlit as st
 
@@ -11,40 +11,76 @@ st.title("Inference")
 entry = app.require_model()
 clf = app.classifier(entry)
 side = clf.card.resolution
+threshold = app.ood_threshold(entry)
 st.caption(f"{entry.key} tells apart {', '.join(clf.classes)}. Every image is centre-cropped and resized to "
            f"{side}×{side}, as in training.")
 
 files, other = st.columns(2)
-uploaded = files.file_uploader("Upload images", type=app.UPLOAD_TYPES, accept_multiple_files=True)
-examples = {path.stem: path for path in app.examples()}
-chosen = other.pills("Or try an example", list(examples), selection_mode="multi", wrap=True)
+returning = app.UPLOADER_KEY not in st.session_state  # Streamlit drops the uploader's state on leaving the page
+uploaded = files.file_uploader("Upload images", type=app.UPLOAD_TYPES, accept_multiple_files=True,
+                               key=app.UPLOADER_KEY)
+kept = app.keep_uploads(uploaded, returning)
+if kept and not uploaded:
+    files.caption(f"Showing {len(kept)} image(s) you uploaded before: {', '.join(u.name for u in kept)}.")
+    if files.button("Clear them", icon=":material/delete:"):
+        st.session_state.kept_uploads = []
+        st.rerun()
 url = other.text_input("Or paste an image URL", placeholder="https://…")
 photo = other.camera_input("Photo") if other.toggle("Take a photo with the camera") else None
-topk, show_cam = st.columns(2)
-k = topk.slider("Classes to show", 1, len(clf.classes), min(5, len(clf.classes)))
-gradcam = show_cam.toggle("Grad-CAM: where the network looked for its answer", value=True)
 
-uploads = [app.Upload(f.name, f.getvalue()) for f in [*uploaded, *([photo] if photo else [])]]
+examples = {path.stem: path for path in app.examples()}
+with st.expander("Or try an example (from the validation images the models never trained on)", expanded=True):
+    st.image(app.example_thumbnails(list(examples.values())), caption=list(examples))
+    chosen = st.pills("Examples", list(examples), selection_mode="multi", label_visibility="collapsed")
+
+topk, show_cam, opacity_column = st.columns(3)
+k = topk.slider("Classes to show", 1, len(clf.classes), min(5, len(clf.classes)))
+gradcam = show_cam.toggle("Class activation map: where the network found its evidence", value=True)
+opacity = opacity_column.slider("Map opacity", 0.0, 1.0, 0.6, 0.05, disabled=not gradcam)
+
+uploads = [*kept, *([app.Upload(photo.name, photo.getvalue())] if photo else [])]
 uploads += [app.Upload(path.name, path.read_bytes()) for name, path in examples.items() if name in chosen]
 if url:
     try:
         uploads.append(app.fetch(url))
     except ImageError as e:
         st.error(f"**{url}**: {e}")
-if len(uploads) > app.MAX_IMAGES:
-    st.warning(f"Only the first {app.MAX_IMAGES} of {len(uploads)} images are classified.")
-    uploads = uploads[:app.MAX_IMAGES]
+uploads, dropped = app.first_images(uploads)
+if dropped:
+    st.warning(dropped)
 
-for result in app.classify(clf, uploads, k, gradcam):
+results = app.classify(clf, uploads, k, threshold)
+for i, result in enumerate(results):
     if isinstance(result, app.Failure):
         st.error(f"**{result.name}**: {result.message}")
         continue
     prediction = result.prediction
     st.markdown(f"**{result.name}**: {prediction.label} ({prediction.prob:.0%})")
+    if result.foreign:
+        st.warning(f"Not sure: this does not look like any of the {len(clf.classes)} classes. The top class has "
+                   f"{prediction.prob:.0%}, below the {threshold:.0%} that 95% of CIFAR-10 validation images reach.",
+                   icon=":material/help:")
     shown, seen, heat, bars = st.columns([3, 2, 3, 4])
     shown.image(result.photo, caption="the photo")
     seen.image(enlarge(prediction.image), caption=f"what the network saw ({side}×{side})")
-    if result.heatmap is not None:
-        heat.image(result.heatmap, caption=f"Grad-CAM for {prediction.label}")
+    if gradcam:
+        label = heat.selectbox("Map for class", clf.classes, index=clf.classes.index(prediction.label),
+                               key=f"cam-{i}-{result.name}")
+        overlay = app.heatmap(clf, result, label, opacity)
+        if overlay is None:
+            heat.info(f"Nothing in this image speaks for {label}: its map is zero everywhere.")
+        else:
+            heat.image(overlay, caption=f"evidence for {label}")
     bars.altair_chart(charts.top_k(prediction.top), width="stretch")
-    bars.caption(f"{prediction.ms:.1f} ms per image, on {app.device_label()}")
+    bars.caption(f"{prediction.ms:.1f} ms for this image, on {app.device_label()}")
+
+if results:
+    table = app.predictions_table(results)
+    csv, json_file = st.columns(2)
+    csv.download_button("Download predictions (CSV)", table.to_csv(index=False), "predictions.csv", "text/csv",
+                        icon=":material/download:")
+    json_file.download_button("Download predictions (JSON)", app.predictions_json(results), "predictions.json",
+                              "application/json", icon=":material/download:")
+if threshold is None and results:
+    st.caption("This model has no calibrated out-of-distribution threshold (only the shipped models do), "
+               "so no answer is marked \"not sure\".")

@@ -7,6 +7,7 @@ built: a Classifier (thread-safe, see mobilenet.infer) and evaluation results (f
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from . import catalog, checkpoint, data, evalsets, explore
+from . import catalog, checkpoint, data, evalsets, explore, ood
 from .catalog import Catalog, ModelEntry
 from .data import IMAGE_SUFFIXES, DataError, ImageSet, Normalization
 from .device import device_name, pick_device
@@ -27,7 +28,7 @@ from .intake import ImageError, decode
 from .jobs import JobManager
 from .stats import ModelStats
 from .train import TrainConfig
-from .visual import heatmap_overlay
+from .visual import enlarge, heatmap_overlay
 
 MODEL_KEY = "model"  # the sidebar's model choice in st.session_state and in the URL
 NO_MODEL = (
@@ -38,6 +39,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 MAX_IMAGES = 16  # per request: more are dropped with a warning
 PHOTO_SIDE = 384  # display size of an uploaded photo
+UPLOADER_KEY = "uploader"
 
 
 # ---- shared resources ---------------------------------------------------------------------------
@@ -103,10 +105,14 @@ class Upload:
 
 @dataclass(frozen=True)
 class Result:
-    name: str
+    upload: Upload
     photo: Image.Image  # the decoded photo at display size
     prediction: Prediction
-    heatmap: Image.Image | None  # Grad-CAM for the predicted class over the photo's centre square
+    foreign: bool | None  # below the model's out-of-distribution threshold; None: the model has no threshold
+
+    @property
+    def name(self) -> str:
+        return self.upload.name
 
 
 @dataclass(frozen=True)
@@ -119,11 +125,38 @@ def examples() -> list[Path]:
     return sorted(p for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def example_thumbnails(paths: list[Path], side: int = 96) -> list[Image.Image]:
+    """The examples enlarged with visible pixels: at 32×32, a smooth enlargement would only show blur."""
+    return [enlarge(decode(path), side) for path in paths]
+
+
 def fetch(url: str) -> Upload:
     """An image from the web, through the project's guarded fetcher (raises ImageError)."""
     from .urlfetch import fetch_url
 
     return Upload(url.rsplit("/", 1)[-1][:80] or url[:80], fetch_url(url))
+
+
+def keep_uploads(files: list, returning: bool) -> list[Upload]:
+    """The uploader's files, remembered in the session: Streamlit forgets a page's uploader when the
+    visitor opens another page, so on returning the images of the last visit stand in until replaced or removed.
+    """
+    state = st.session_state
+    kept = state.get("kept_uploads", [])
+    if files:
+        kept = [Upload(f.name, f.getvalue()) for f in files]
+    elif not returning and state.get("uploader_had_files"):
+        kept = []  # the visitor removed them
+    state.kept_uploads, state.uploader_had_files = kept, bool(files)
+    return kept
+
+
+def first_images(uploads: list[Upload]) -> tuple[list[Upload], str | None]:
+    """At most MAX_IMAGES uploads, and a message naming the ones left out, if any."""
+    if len(uploads) <= MAX_IMAGES:
+        return uploads, None
+    dropped = ", ".join(u.name for u in uploads[MAX_IMAGES:])
+    return uploads[:MAX_IMAGES], f"Only the first {MAX_IMAGES} of {len(uploads)} images are classified; left out: {dropped}."
 
 
 def _display_copy(image: Image.Image) -> Image.Image:
@@ -132,20 +165,52 @@ def _display_copy(image: Image.Image) -> Image.Image:
                         Image.Resampling.BICUBIC)
 
 
-def classify(clf: Classifier, uploads: list[Upload], topk: int = 5, gradcam: bool = True) -> list[Result | Failure]:
-    """Top-k for every upload in one batch; an unusable one gives a Failure with a message for people."""
+def ood_threshold(entry: ModelEntry) -> float | None:
+    return ood.threshold(entry.path)
+
+
+def classify(clf: Classifier, uploads: list[Upload], topk: int = 5, threshold: float | None = None
+             ) -> list[Result | Failure]:
+    """Top-k for every upload, each timed on its own; an unusable one gives a Failure with a message for people."""
     results: list[Result | Failure] = []
-    for upload, prediction in zip(uploads, clf.predict_batch([u.data for u in uploads], topk)):
-        if isinstance(prediction, ImageError):
-            results.append(Failure(upload.name, str(prediction)))
+    for upload in uploads:
+        try:
+            prediction = clf.predict(upload.data, topk)
+        except ImageError as e:
+            results.append(Failure(upload.name, str(e)))
             continue
         photo = _display_copy(decode(upload.data, draft_side=PHOTO_SIDE, limits=clf.limits))
-        heatmap = None
-        if gradcam:
-            cam, _ = clf.gradcam(upload.data, clf.classes.index(prediction.label))
-            heatmap = heatmap_overlay(photo, cam)
-        results.append(Result(upload.name, photo, prediction, heatmap))
+        foreign = None if threshold is None else ood.looks_foreign(prediction.prob, threshold)
+        results.append(Result(upload, photo, prediction, foreign))
     return results
+
+
+def heatmap(clf: Classifier, result: Result, label: str, opacity: float) -> Image.Image | None:
+    """The class activation map of `label` over the photo; None when nothing in the image speaks for it."""
+    cam, _ = clf.gradcam(result.upload.data, clf.classes.index(label))
+    return heatmap_overlay(result.photo, cam, opacity=opacity) if float(cam.max()) > 0 else None
+
+
+def predictions_table(results: list[Result | Failure]) -> pd.DataFrame:
+    """One row per image and class shown, or per refused image with its reason: what the downloads hold."""
+    rows = []
+    for result in results:
+        if isinstance(result, Failure):
+            rows.append({"image": result.name, "error": result.message})
+            continue
+        for rank, (label, prob) in enumerate(result.prediction.top, 1):
+            rows.append({"image": result.name, "rank": rank, "class": label, "probability": round(prob, 6),
+                         "ms": round(result.prediction.ms, 2), "looks_foreign": result.foreign})
+    return pd.DataFrame(rows)
+
+
+def predictions_json(results: list[Result | Failure]) -> str:
+    """The command line's `predict --json` format, plus the out-of-distribution verdict."""
+    return json.dumps([
+        {"source": r.name, "error": r.message} if isinstance(r, Failure) else
+        {"source": r.name, "top": [{"label": label, "prob": prob} for label, prob in r.prediction.top],
+         "ms": r.prediction.ms, "looks_foreign": r.foreign}
+        for r in results], indent=2)
 
 
 # ---- evaluation ---------------------------------------------------------------------------------

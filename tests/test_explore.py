@@ -115,5 +115,6 @@ def test_classify_answers_every_upload(tmp_path: Path) -> None:
     assert [label for label, _ in good.prediction.top] == [label for label, _ in expected]
     assert [p for _, p in good.prediction.top] == pytest.approx([p for _, p in expected], abs=1e-5)
     assert max(good.photo.size) == max(wide.photo.size) == app_support.PHOTO_SIDE
-    assert good.heatmap.size == (256, 256) and good.prediction.image.size == (32, 32)
-    assert app_support.classify(clf, uploads[:1], gradcam=False)[0].heatmap is None
+    assert good.prediction.image.size == (32, 32) and good.foreign is None  # no threshold given
+    assert app_support.heatmap(clf, good, "cat", 0.5).size == (256, 256)
+    assert app_support.classify(clf, uploads[:1], threshold=1.01)[0].foreign is True

@@ -1,0 +1,75 @@
+"""The inference page as a visitor uses it: kept uploads, per-image times, class maps for any class, downloads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from app_helpers import image_bytes, isolate_app, save_model
+from streamlit.testing.v1 import AppTest
+
+from mobilenet import app_support
+
+APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+
+
+@pytest.fixture(autouse=True)
+def model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    isolate_app(tmp_path, monkeypatch)
+    path = tmp_path / "checkpoints" / "mobilenet_v1_a0.25.pt"
+    save_model(path)
+    return path
+
+
+def inference_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.switch_page("app_pages/inference.py").run()
+    assert not at.exception
+    return at
+
+
+def test_uploads_stay_after_visiting_another_page() -> None:
+    at = inference_page()
+    at.file_uploader[0].set_value([("a.png", image_bytes(), "image/png"), ("cut.png", image_bytes()[:300], "image/png")]).run()
+    assert [e.value for e in at.error] == [("**cut.png**: the image file is truncated: it ends before the picture does "
+                                           "(an interrupted download or copy?)")]
+    answer = at.markdown[-1].value
+    at.switch_page("app_pages/explorer.py").run()
+    at.switch_page("app_pages/inference.py").run()
+    assert not at.exception and at.markdown[-1].value == answer
+    assert any(c.value.startswith("Showing 2 image(s) you uploaded before") for c in at.caption)
+
+
+def test_every_result_has_its_own_time_a_map_for_any_class_and_downloads() -> None:
+    at = inference_page()
+    at.file_uploader[0].set_value([("a.png", image_bytes(seed=1), "image/png"),
+                                   ("b.png", image_bytes(seed=2), "image/png")]).run()
+    times = [c.value for c in at.caption if " ms for this image" in c.value]
+    assert len(times) == 2
+    at.selectbox(key="cam-1-b.png").set_value("truck").run()
+    assert not at.exception
+    captions = [img.caption for image in at.image for img in image.proto.imgs]
+    maps = [c for c in captions if c == "evidence for truck"] + [i for i in at.info if "speaks for truck" in i.value]
+    assert maps  # the map of the chosen class, or the note that nothing in the image speaks for it
+    assert [b.label for b in at.get("download_button")] == ["Download predictions (CSV)", "Download predictions (JSON)"]
+
+
+def test_the_first_16_images_and_the_names_of_the_rest() -> None:
+    uploads = [app_support.Upload(f"{i}.png", b"") for i in range(18)]
+    kept, message = app_support.first_images(uploads)
+    assert len(kept) == 16 and message.endswith("left out: 16.png, 17.png.")
+    assert app_support.first_images(uploads[:16]) == (uploads[:16], None)
+
+
+def test_predictions_download_as_the_command_line_writes_them(model: Path) -> None:
+    from mobilenet import Classifier
+
+    clf = Classifier.load(model, device="cpu", threads=None)
+    results = app_support.classify(clf, [app_support.Upload("a.png", image_bytes()),
+                                         app_support.Upload("x.txt", b"hello")], topk=2, threshold=0.99)
+    rows = json.loads(app_support.predictions_json(results))
+    assert rows[0]["source"] == "a.png" and len(rows[0]["top"]) == 2 and rows[0]["looks_foreign"] is True
+    assert rows[1] == {"source": "x.txt", "error": "not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF"}
+    table = app_support.predictions_table(results)
+    assert list(table["rank"].dropna()) == [1, 2] and table["error"].iloc[-1].startswith("not a supported")
