@@ -112,7 +112,7 @@ def test_an_uploaded_image_yields_a_prediction(model: Path) -> None:
     assert not at.exception and not at.error
     expected = Classifier.load(model, device="cpu", threads=None).predict(image)  # leave torch's threads alone
     assert at.markdown[-1].value == f"**photo.png**: {expected.label} ({expected.prob:.0%})"
-    assert len(at.image) == 3  # the photo, what the network saw, Grad-CAM
+    assert len(at.image) == 4  # the examples' thumbnails, the photo, what the network saw, the class map
 
 
 def test_a_bad_upload_shows_a_message_not_an_exception(model: Path) -> None:
