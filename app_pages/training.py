@@ -6,15 +6,18 @@ import streamlit as st
 
 from mobilenet import app_support as app
 from mobilenet import charts
-from mobilenet.evaluate import Evaluation
+from mobilenet.config import DEFAULT_RECIPE, RECIPES
+from mobilenet.display import format_duration
 from mobilenet.jobs import JobError
-from mobilenet.train import DEFAULT_RECIPE, RECIPES, format_duration, read_metrics
 
 st.title("Training")
 manager = app.job_manager()
 
-allowed = app.admin_password() is None or st.session_state.get("admin", False)
-if not allowed:
+refused = app.training_refused()
+if refused:
+    st.warning(refused)
+allowed = not refused and (app.admin_password() is None or st.session_state.get("admin", False))
+if not refused and not allowed:
     password = st.text_input("Admin password", type="password",
                              help="Starting, stopping and resuming need it; watching does not.")
     if password and app.is_admin(password):
@@ -47,22 +50,22 @@ if start and allowed:
                                      lr=float(lr), alpha=float(alpha), beta=float(beta))
             st.success(f"Started {manager.start(cfg).name}.")
     except (JobError, ValueError) as e:
-        st.error(str(e))
+        st.error(app.for_visitors(str(e)))
 
 
-@st.fragment(run_every=1.0)
+@st.fragment(run_every=app.REFRESH_S)
 def live() -> None:
-    job = manager.active()
-    runs = manager.runs()
+    snapshot = app.runs_snapshot()
+    job, runs = manager.active(), snapshot.runs
     running = next((r for r in runs if job and str(r.path.resolve()) == job.get("run")), None)
     if running is not None:
-        rows = read_metrics(running.path)
+        rows = running.folder.read_metrics()
         last = rows[-1] if rows else None
         if last:
-            done = last["elapsed_s"] / max(1e-9, last["elapsed_s"] + (last["eta_s"] or 0))
-            st.progress(min(done, 1.0), text=f"{running.name}: epoch {last['epoch']}/{running.epochs}, "
-                        f"{last['img_per_s']:.0f} img/s, ETA {format_duration(last['eta_s'])}")
-            st.altair_chart(charts.training_curves(rows), width="stretch")
+            done = last.elapsed_s / max(1e-9, last.elapsed_s + (last.eta_s or 0))
+            st.progress(min(done, 1.0), text=f"{running.name}: epoch {last.epoch}/{running.epochs}, "
+                        f"{last.img_per_s:.0f} img/s, ETA {format_duration(last.eta_s)}")
+            st.vega_lite_chart(app.training_chart(running), width="stretch")
         else:
             st.progress(0.0, text=f"{running.name}: loading data…")
         if st.button("Stop", disabled=not allowed) and allowed:
@@ -73,6 +76,8 @@ def live() -> None:
     else:
         st.caption("No training job is running.")
 
+    for name in snapshot.skipped:
+        st.warning(f"{name} is left out: it holds no readable run.")
     if not runs:
         return
     st.subheader("Runs")
@@ -81,17 +86,17 @@ def live() -> None:
     latest = runs[0]
     if latest is not running:
         if latest.error:
-            st.error(f"{latest.name} failed: {latest.error}")
-        if latest.report:
-            result = Evaluation.from_report(latest.report)
+            st.error(f"{latest.name} failed: {app.for_visitors(latest.error)}")
+        result = app.report_of(latest)
+        if result:
             st.markdown(f"**{latest.name}**: validation accuracy {result.accuracy:.2%}; "
                         "it is in the model selector now.")
             per_class, confusion = st.columns(2)
             per_class.altair_chart(charts.per_class(result), width="stretch")
             confusion.altair_chart(charts.confusion(result), width="stretch")
-            best = latest.path / "best.pt"
-            st.download_button("Download its checkpoint", best.read_bytes, file_name=f"{latest.name}.pt",
-                               mime="application/octet-stream", on_click="ignore")
+            if app.downloadable(latest.folder.best):
+                st.download_button("Download its checkpoint", latest.folder.best.read_bytes,
+                                   file_name=f"{latest.name}.pt", mime="application/octet-stream", on_click="ignore")
     resumable = [r.name for r in runs if r.resumable]
     if resumable and job is None:
         chosen = st.selectbox("Stopped or interrupted run", resumable)
@@ -100,7 +105,7 @@ def live() -> None:
                 manager.resume(next(r.path for r in runs if r.name == chosen))
                 st.success(f"Resumed {chosen}.")
             except JobError as e:
-                st.error(str(e))
+                st.error(app.for_visitors(str(e)))
 
 
 live()

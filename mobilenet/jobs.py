@@ -1,25 +1,37 @@
 """The app's background training job: at most one per runs folder, independent of any browser session.
 
-A job is the trainer's CLI in its own process. Exclusivity is an flock on `<runs>/.job.lock`: the
-manager takes it, the job process inherits it, and the kernel releases it when that process ends,
-even on kill -9. So "a job is running" is exactly "the lock is held", across servers and restarts.
-A run whose status says running while no job holds the lock was interrupted and can be resumed.
+A job is the trainer's CLI in its own process group. Two locks, both flocks the kernel releases when their
+holder ends, even on kill -9:
+
+- the job slot, `<runs>/.job.lock`: the manager takes it and the job process inherits it, so "the app's
+  job is running" is exactly "the slot is held", across servers and restarts;
+- the run's writer lock (mobilenet.runs), taken by every trainer, from the app or the command line: a
+  run whose status says loading or running while nobody holds it was interrupted and can be resumed, and
+  a run whose writer is alive is never resumed or overwritten by a second writer.
+
+Neither is ever held by the job's own children (its data-decode workers), which die with it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .catalog import RUNS_DIR
-from .train import RunFolder, TrainConfig, read_metrics
+from .config import TrainConfig
+from .runs import JOB_LOCK_FD_ENV, DiskFull, RunFolder, RunState, RunStatus, disk_full, run_name
+from .settings import runs_dir
+
+log = logging.getLogger(__name__)
+NOT_SAVED = "it ended before its first epoch was saved; start it again"
 
 
 class JobError(RuntimeError):
@@ -30,36 +42,31 @@ class JobError(RuntimeError):
 class RunInfo:
     name: str
     path: Path
-    state: str  # loading, running, stopped, finished, failed, interrupted
+    state: RunState
     epoch: int
     epochs: int
     best_val_acc: float | None
     config: dict
     updated: float
+    error: str | None = None
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.path)
 
     @property
     def report(self) -> dict | None:
         """The finished run's report.json (accuracy, per-class, confusion), if there is one."""
-        try:
-            return json.loads(RunFolder(self.path).report.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-
-    @property
-    def error(self) -> str | None:
-        try:
-            return json.loads(RunFolder(self.path).status.read_text()).get("error")
-        except (OSError, json.JSONDecodeError):
-            return None
+        return self.folder.read_report()
 
     @property
     def resumable(self) -> bool:
-        return self.state in ("stopped", "interrupted", "failed") and RunFolder(self.path).last.exists()
+        return self.state in (RunState.STOPPED, RunState.INTERRUPTED, RunState.FAILED) and self.folder.resumable
 
 
 class JobManager:
-    def __init__(self, runs_dir: Path | str = RUNS_DIR, python: str = sys.executable) -> None:
-        self.runs_dir = Path(runs_dir)
+    def __init__(self, folder: Path | str | None = None, python: str = sys.executable) -> None:
+        self.runs_dir = runs_dir() if folder is None else Path(folder)
         self.python = python
         self.lock_path = self.runs_dir / ".job.lock"
         self.job_path = self.runs_dir / ".job.json"
@@ -69,7 +76,7 @@ class JobManager:
     def _try_lock(self) -> int | None:
         """An fd holding the exclusive lock, or None when a job holds it."""
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -77,99 +84,140 @@ class JobManager:
             return None
         return fd
 
+    def _slot_taken(self) -> bool:
+        """Whether a job holds the slot; a shared lock for the test, so a read-only runs folder works too."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
     def active(self) -> dict | None:
         """{"run", "pid", "started"} of the running job, or None."""
-        fd = self._try_lock()
-        if fd is not None:
-            os.close(fd)
+        if not self._slot_taken():
             return None
         try:
-            return json.loads(self.job_path.read_text())
-        except (OSError, json.JSONDecodeError):
+            job = json.loads(self.job_path.read_text())
+        except (OSError, ValueError):
+            job = None
+        if not isinstance(job, dict) or not isinstance(job.get("run"), str) or not isinstance(job.get("pid"), int):
             return {"run": "?", "pid": None, "started": None}  # being started right now
+        return job
 
     def start(self, cfg: TrainConfig, name: str | None = None) -> Path:
-        name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-a{cfg.alpha:g}-{cfg.recipe}"
-        run = (self.runs_dir / name).resolve()
-        if run.exists():
+        """Write the run's config.json, then launch the trainer on exactly that config."""
+        name = name or run_name(cfg)
+        folder = RunFolder((self.runs_dir / name).resolve())
+        if folder.path.exists():
             raise JobError(f"a run named {name} already exists")
         data = cfg.data if cfg.data == "cifar10" else str(Path(cfg.data).resolve())
-        args = ["train", "--data", data, "--recipe", cfg.recipe, "--alpha", str(cfg.alpha), "--beta", str(cfg.beta),
-                "--stem", cfg.stem, "--seed", str(cfg.seed), "--val-size", str(cfg.val_size), "--device", cfg.device,
-                "--data-root", str(Path(cfg.data_root).resolve()), "--out", str(run)]
-        for flag, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--lr", cfg.lr),
-                            ("--subset", cfg.subset)):
-            if value is not None:
-                args += [flag, str(value)]
-        if not cfg.download:
-            args.append("--no-download")
-        return self._launch(run, args)
+        return self._launch(folder, ["train", "--config", str(folder.config), "--out", str(folder.path)],
+                            replace(cfg, data=data, data_root=str(Path(cfg.data_root).resolve())))
 
     def resume(self, run: Path | str) -> Path:
-        run = Path(run)
-        if not RunFolder(run).last.exists():
-            raise JobError(f"{run.name} has no saved state to resume from")
-        return self._launch(run, ["train", "--resume", str(run.resolve())])
+        folder = RunFolder(run)
+        if folder.writer_alive:
+            raise JobError(f"{folder.name} is being trained by another process")
+        if not folder.resumable:
+            raise JobError(f"{folder.name} has no saved state to resume from")
+        return self._launch(folder, ["train", "--resume", str(folder.path.resolve())])
 
-    def _launch(self, run: Path, args: list[str]) -> Path:
-        fd = self._try_lock()
+    def _launch(self, folder: RunFolder, args: list[str], cfg: TrainConfig | None = None) -> Path:
+        run = folder.path
+        try:
+            fd = self._try_lock()
+        except OSError as e:
+            log.error("cannot take the job lock %s: %s", self.lock_path, e)
+            raise JobError("the runs folder cannot be written to; see the server log") from None
         if fd is None:
             job = self.active() or {}
             raise JobError(f"a training job is already running ({Path(str(job.get('run', '?'))).name}); stop it first")
         try:
-            run.mkdir(parents=True, exist_ok=True)
-            log = open(run / "train.log", "ab")
-            package_root = str(Path(__file__).resolve().parent.parent)
-            python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-            env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path}
-            process = subprocess.Popen(
-                [self.python, "-m", "mobilenet", *args, "--json"], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, pass_fds=(fd,), start_new_session=True, env=env,
-            )
-            log.close()
-            tmp = self.job_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"run": str(run.resolve()), "pid": process.pid, "started": time.time()}))
-            os.replace(tmp, self.job_path)
+            process = self._spawn(folder, args, cfg, fd)
+            try:
+                folder.write_json(self.job_path, {"run": str(run.resolve()), "pid": process.pid,
+                                                  "started": time.time()})
+            except OSError as e:  # the job runs all the same; the page shows it as starting
+                log.error("cannot record the job in %s: %s", self.job_path, e)
         finally:
             os.close(fd)  # the job process keeps the lock until it ends
         return run
 
+    def _spawn(self, folder: RunFolder, args: list[str], cfg: TrainConfig | None, fd: int) -> subprocess.Popen:
+        """The job's process, handed the slot lock; a new run that cannot be written leaves nothing behind."""
+        try:
+            if cfg is not None:
+                folder.write_config(cfg)
+            with open(folder.log, "ab") as output:
+                package_root = str(Path(__file__).resolve().parent.parent)
+                python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+                env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, JOB_LOCK_FD_ENV: str(fd)}
+                return subprocess.Popen(
+                    [self.python, "-m", "mobilenet", *args, "--json"], stdout=output, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, pass_fds=(fd,), start_new_session=True, env=env,
+                )
+        except OSError as e:
+            log.error("cannot start a job in %s: %s", folder.path, e)
+            if cfg is not None and not folder.started:
+                shutil.rmtree(folder.path, ignore_errors=True)
+            raise JobError("the disk is full" if isinstance(e, DiskFull) or disk_full(e)
+                           else "the run could not be written; see the server log") from None
+
     def stop(self) -> bool:
-        """Ask the running job to save and stop (SIGTERM); False when none runs."""
+        """Ask the running job to save and stop: SIGTERM to its whole process group; False when none runs.
+
+        The trainer saves and exits; while it loads data, it and its decode workers simply end.
+        """
         job = self.active()
         if not job or not job.get("pid"):
             return False
         try:
-            os.kill(int(job["pid"]), signal.SIGTERM)
+            os.killpg(int(job["pid"]), signal.SIGTERM)  # the job leads its own session and process group
         except ProcessLookupError:
             return False
         return True
 
     # -- runs --------------------------------------------------------------------------------------
 
-    def run_info(self, run: Path | str) -> RunInfo:
+    def run_info(self, run: Path | str, job: dict | None = None) -> RunInfo:
+        """What a run folder says, checked against who writes it; ValueError for a folder that is no run."""
         folder = RunFolder(run)
-        try:
-            status = json.loads(folder.status.read_text())
-        except (OSError, json.JSONDecodeError):
-            status = {"state": "loading", "updated": 0}
-        try:
-            config = json.loads(folder.config.read_text())
-        except (OSError, json.JSONDecodeError):
-            config = {}
-        state = status.get("state", "loading")
-        if state in ("loading", "running"):
-            job = self.active()
-            if not job or Path(str(job.get("run"))).resolve() != folder.path.resolve():
-                state = "interrupted"
-        epochs = [r for r in read_metrics(folder.path) if r.get("kind") == "epoch"]
-        accs = [r["val_acc"] for r in epochs if r.get("val_acc") is not None]
-        return RunInfo(folder.path.name, folder.path, state, status.get("epoch", len(epochs)), status.get("epochs", 0),
-                       max(accs) if accs else None, config, status.get("updated", 0))
+        status = folder.read_status() or RunStatus(RunState.LOADING)
+        config = folder.read_config().to_dict()
+        state, error = status.state, status.error
+        if state.live and not folder.writer_alive:
+            job = job if job is not None else self.active()
+            starting = job is not None and job.get("run") in ("?", str(folder.path.resolve()))
+            state = state if starting else RunState.INTERRUPTED
+        if state in (RunState.INTERRUPTED, RunState.STOPPED) and not folder.resumable:
+            state, error = RunState.FAILED, NOT_SAVED
+        epochs = [r for r in folder.read_metrics() if r.kind == "epoch"]
+        accs = [r.val_acc for r in epochs if r.val_acc is not None]
+        return RunInfo(folder.name, folder.path, state, status.epoch or len(epochs), status.epochs,
+                       max(accs) if accs else None, config, status.updated, error)
 
     def runs(self) -> list[RunInfo]:
-        """All runs, newest first."""
-        if not self.runs_dir.exists():
-            return []
-        folders = [p for p in self.runs_dir.iterdir() if p.is_dir() and RunFolder(p).config.exists()]
-        return sorted((self.run_info(p) for p in folders), key=lambda r: r.updated, reverse=True)
+        """All readable runs, newest first."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[RunInfo], list[str]]:
+        """All readable runs, newest first, and the names of folders skipped because they hold no readable run."""
+        try:
+            folders = sorted(p for p in self.runs_dir.iterdir() if p.is_dir() and RunFolder(p).config.exists())
+        except OSError:
+            return [], []
+        job = self.active()
+        runs, skipped = [], []
+        for path in folders:
+            try:
+                runs.append(self.run_info(path, job))
+            except (ValueError, OSError) as e:
+                log.warning("skipping run folder %s: %s", path, e)
+                skipped.append(path.name)
+        return sorted(runs, key=lambda r: r.updated, reverse=True), skipped

@@ -1,0 +1,361 @@
+"""A training run's folder: its files, its state, its name, and reading what the trainer wrote.
+
+    config.json    the TrainConfig (mobilenet.config)
+    metrics.jsonl  one MetricsRow per line: "step" rows about once a second, an "epoch" row per epoch
+    status.json    RunStatus: state, pid of the writer, epoch, epochs, error
+    last.pt        the latest state, for resuming; best.pt the best model so far; report.json at the end
+    .writer.lock   flock'd by the one process writing the run (the trainer, from the CLI or an app job)
+
+Readers never trust these files: a malformed one reads as missing (or a row is skipped), never an error.
+"A live process writes this run" is exactly "its writer lock is held": the kernel releases it when the
+writer ends, even on kill -9, and no child process of the writer ever holds it (see keep_from_children).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import TrainConfig
+
+
+JOB_LOCK_FD_ENV = "MOBILENET_JOB_LOCK_FD"  # an app job's slot lock (mobilenet.jobs), inherited by the trainer
+
+
+class RunBusy(OSError):
+    """Another live process is writing this run."""
+
+
+class DiskFull(OSError):
+    """The disk filled up while writing a run; what was there before is kept."""
+
+
+_kept_from_children: set[int] = set()
+
+
+def _close_kept_fds() -> None:
+    for fd in _kept_from_children:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _kept_from_children.clear()
+
+
+os.register_at_fork(after_in_child=_close_kept_fds)
+
+
+def keep_from_children(fd: int) -> None:
+    """No child ever holds fd (nor a lock on it): closed on exec, and at once in every forked child.
+
+    Forked data-decode workers would otherwise keep a dead trainer's locks for as long as they live.
+    """
+    os.set_inheritable(fd, False)
+    _kept_from_children.add(fd)
+
+
+def release_kept(fd: int) -> None:
+    _kept_from_children.discard(fd)
+    os.close(fd)
+
+
+def disk_full(error: BaseException) -> bool:
+    """ENOSPC, also as torch's zip writer reports it ("unexpected pos" once the disk refused a write)."""
+    return isinstance(error, DiskFull) or (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) \
+        or "unexpected pos" in str(error)
+
+
+class RunState(str, Enum):
+    LOADING = "loading"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    FINISHED = "finished"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # said to be loading or running, but no process writes it any more
+
+    @property
+    def live(self) -> bool:
+        return self in (RunState.LOADING, RunState.RUNNING)
+
+
+@dataclass(frozen=True)
+class MetricsRow:
+    kind: str  # "step" or "epoch"
+    epoch: int  # 1-based: the epoch this row belongs to
+    step: int  # optimizer steps done so far
+    train_loss: float
+    train_acc: float
+    lr: float
+    img_per_s: float
+    elapsed_s: float
+    eta_s: float | None
+    val_loss: float | None = None
+    val_acc: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Any) -> MetricsRow:
+        """ValueError for anything that is not a well-formed row."""
+        if not isinstance(values, dict) or values.get("kind") not in ("step", "epoch"):
+            raise ValueError("not a metrics row")
+        row = {}
+        for f in fields(cls):
+            value = values.get(f.name)
+            if f.name == "kind":
+                row[f.name] = value
+            elif value is None and "None" in str(f.type):
+                row[f.name] = None
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                row[f.name] = int(value) if f.type == "int" else float(value)
+            else:
+                raise ValueError(f"metrics row field {f.name} is {value!r}")
+        return cls(**row)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    state: RunState
+    pid: int | None = None
+    updated: float = 0.0
+    epoch: int = 0
+    epochs: int = 0
+    error: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: Any) -> RunStatus:
+        """ValueError for anything that is not a status."""
+        if not isinstance(values, dict):
+            raise ValueError("not a status object")
+        state = RunState(values.get("state"))
+        number = (int, float)
+        pid, updated = values.get("pid"), values.get("updated", 0.0)
+        epoch, epochs, error = values.get("epoch", 0), values.get("epochs", 0), values.get("error")
+        if not (pid is None or isinstance(pid, int)) or not isinstance(updated, number) \
+                or not isinstance(epoch, int) or not isinstance(epochs, int) \
+                or not (error is None or isinstance(error, str)):
+            raise ValueError("malformed status")
+        return cls(state, pid, float(updated), epoch, epochs, error)
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """A new run's folder name: when it started, α and the recipe."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-a{cfg.alpha:g}-{cfg.recipe}"
+
+
+class RunFolder:
+    """The files of one run; only the writing process (rank 0) writes them."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.metrics = self.path / "metrics.jsonl"
+        self.status = self.path / "status.json"
+        self.report = self.path / "report.json"
+        self.last = self.path / "last.pt"
+        self.best = self.path / "best.pt"
+        self.log = self.path / "train.log"
+        self.lock = self.path / ".writer.lock"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # ---- writing -------------------------------------------------------------------------------
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the run's writer lock (RunBusy when a live process holds it), after clearing a dead writer's debris.
+
+        A trainer started by the app also keeps the app's job lock, which it inherited, from its children.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunBusy(f"{self.name} is being written by another live process") from None
+        keep_from_children(fd)
+        inherited = os.environ.pop(JOB_LOCK_FD_ENV, "")
+        if inherited.isdigit():
+            try:
+                keep_from_children(int(inherited))
+            except OSError:  # not open in this process after all
+                pass
+        for debris in self.path.glob(".*.tmp"):  # temporary files of saves a kill interrupted
+            debris.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            release_kept(fd)
+
+    @property
+    def writer_alive(self) -> bool:
+        """A live process holds the writer lock (readers never create or write anything)."""
+        try:
+            fd = os.open(self.lock, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def write_json(self, path: Path, obj: Any) -> None:
+        """Atomically, or not at all: on failure (a full disk) the old file stays and no temporary is left."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text(json.dumps(obj, indent=2))
+            os.replace(tmp, path)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            if disk_full(e):
+                raise DiskFull(f"disk full while writing {self.name}/{path.name}") from None
+            raise
+
+    def write_config(self, cfg: TrainConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.write_json(self.config, cfg.to_dict())
+
+    def set_status(self, state: RunState, epoch: int = 0, epochs: int = 0, error: str | None = None) -> None:
+        status = {"state": state.value, "pid": os.getpid(), "updated": time.time(), "epoch": epoch, "epochs": epochs}
+        self.write_json(self.status, status | ({"error": error} if error else {}))
+
+    def clear(self) -> None:
+        """Remove what a previous run left (only ever asked for explicitly: see train's overwrite)."""
+        for path in (self.metrics, self.last, self.best, self.report, self.status):
+            path.unlink(missing_ok=True)
+
+    def append_metrics(self, row: MetricsRow) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(row.to_dict()) + "\n")
+            f.flush()
+
+    def truncate_metrics(self, step: int, epoch: int) -> None:
+        """Keep the rows up to the saved state, so a resumed run never repeats or skips an epoch.
+
+        A half-written last line (a kill mid-write) is dropped, as the readers skip it.
+        """
+        if not self.metrics.exists():
+            return
+        keep = [r for r in self.read_metrics() if (r.epoch <= epoch if r.kind == "epoch" else r.step <= step)]
+        tmp = self.metrics.with_name(f".{self.metrics.name}.tmp")
+        try:
+            tmp.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in keep))
+            os.replace(tmp, self.metrics)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def _json(self, path: Path) -> Any:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def read_config(self) -> TrainConfig:
+        """The run's TrainConfig; ValueError when the folder has none or it is malformed."""
+        if not self.config.exists():
+            raise ValueError(f"{self.name} is not a run folder: it has no config.json")
+        values = self._json(self.config)
+        try:
+            return TrainConfig.from_dict(values)
+        except ValueError as e:
+            raise ValueError(f"{self.name}/config.json: {e}") from None
+
+    def read_status(self) -> RunStatus | None:
+        """The status the writer left, or None when there is none or it is malformed."""
+        try:
+            return RunStatus.from_dict(self._json(self.status))
+        except ValueError:
+            return None
+
+    def read_report(self) -> dict | None:
+        report = self._json(self.report)
+        return report if isinstance(report, dict) else None
+
+    def read_metrics(self) -> list[MetricsRow]:
+        """metrics.jsonl rows, skipping malformed ones (a partly written last line among them).
+
+        Read incrementally: only the bytes appended since the last read, in any thread of this process.
+        """
+        return _metrics_logs.read(self.metrics)
+
+    @property
+    def resumable(self) -> bool:
+        """Has what resuming needs (whether it should be resumed is its state's business)."""
+        return self.config.is_file() and self.last.is_file()
+
+    @property
+    def started(self) -> bool:
+        """Training has written into this folder (a folder with only config.json has not started)."""
+        return any(p.exists() for p in (self.metrics, self.last, self.best, self.report))
+
+
+def read_metrics(run: Path | str) -> list[MetricsRow]:
+    return RunFolder(run).read_metrics()
+
+
+def _parse_rows(text: bytes) -> list[MetricsRow]:
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(MetricsRow.from_dict(json.loads(line)))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError among them
+            continue
+    return rows
+
+
+class _MetricsLogs:
+    """The rows of recently read metrics files and how far each was read, shared by the threads of a process.
+
+    A file is re-read from the start when it was replaced (a new inode: a resume truncates it) or shrank.
+    Only whole lines are kept; a last line without its newline is parsed on each read until it has one.
+    """
+
+    def __init__(self, files: int = 64) -> None:
+        self._lock = threading.Lock()
+        self._files: OrderedDict[Path, tuple[int, int, tuple[MetricsRow, ...]]] = OrderedDict()
+        self._max = files
+
+    def read(self, path: Path) -> list[MetricsRow]:
+        try:
+            with open(path, "rb") as f:
+                stat = os.fstat(f.fileno())
+                inode, size = stat.st_ino, stat.st_size
+                with self._lock:
+                    known, offset, rows = self._files.get(path, (inode, 0, ()))
+                    if known != inode or size < offset:
+                        offset, rows = 0, ()
+                    f.seek(offset)
+                    new = f.read(size - offset)
+                    whole = new.rfind(b"\n") + 1
+                    rows += tuple(_parse_rows(new[:whole]))
+                    self._files[path] = (inode, offset + whole, rows)
+                    self._files.move_to_end(path)
+                    while len(self._files) > self._max:
+                        self._files.popitem(last=False)
+        except OSError:
+            return []
+        return [*rows, *_parse_rows(new[whole:])]
+
+
+_metrics_logs = _MetricsLogs()

@@ -1,0 +1,160 @@
+"""The run folder: incremental metrics, the writer lock, debris, a full disk, refusing to overwrite a run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mobilenet import jobs
+from mobilenet.config import TrainConfig
+from mobilenet.jobs import JobError, JobManager
+from mobilenet.runs import DiskFull, MetricsRow, RunBusy, RunFolder
+from mobilenet.train import train
+
+from conftest import write_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def row(step: int, kind: str = "step", epoch: int = 1) -> MetricsRow:
+    return MetricsRow(kind, epoch, step, 1.0, 0.5, 0.1, 100.0, float(step), 10.0,
+                      *((0.9, 0.6) if kind == "epoch" else ()))
+
+
+def line(r: MetricsRow) -> str:
+    return json.dumps(r.to_dict()) + "\n"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return write_folder(tmp_path_factory.mktemp("data") / "images", per_class=20)
+
+
+def tiny(images: Path, tmp_path: Path, epochs: int = 1) -> TrainConfig:
+    return TrainConfig(data=str(images), alpha=0.25, epochs=epochs, batch_size=8, val_size=12, device="cpu",
+                       data_root=str(tmp_path / "root"))
+
+
+def test_metrics_are_read_incrementally_whole_lines_only(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    text = line(row(1)) + "1\n[]\n" + json.dumps(row(2).to_dict() | {"val_acc": "high"}) + "\n" + line(row(3))
+    folder.metrics.write_text(text)
+    assert [r.step for r in folder.read_metrics()] == [1, 3]  # the malformed rows are skipped
+    half = line(row(4, "epoch"))
+    with open(folder.metrics, "a") as f:
+        f.write(half[:20])  # a writer in the middle of a line
+    assert [r.step for r in folder.read_metrics()] == [1, 3]
+    with open(folder.metrics, "a") as f:
+        f.write(half[20:])
+    assert [(r.kind, r.step) for r in folder.read_metrics()] == [("step", 1), ("step", 3), ("epoch", 4)]
+    folder.truncate_metrics(step=1, epoch=0)  # a resume replaces the file: it is read again from the start
+    assert [r.step for r in folder.read_metrics()] == [1]
+
+
+def test_truncate_drops_a_half_written_last_line(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.metrics.write_text(line(row(1)) + line(row(2, "epoch")) + '{"kind": "step", "epo')
+    folder.truncate_metrics(step=2, epoch=1)
+    assert folder.metrics.read_text() == line(row(1)) + line(row(2, "epoch"))
+
+
+def test_a_half_written_last_line_never_blocks_resume(images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny(images, tmp_path, epochs=2), out)
+    folder = RunFolder(out)
+    with open(folder.metrics, "a") as f:
+        f.write('{"kind": "step", "epoch": 3, "step": 9')  # killed mid-write
+    report = train(tiny(images, tmp_path, epochs=2), out, resume=True)
+    assert report["status"] == "finished"
+    lines = folder.metrics.read_text().splitlines()
+    assert all(json.loads(text) for text in lines)
+    assert [r.epoch for r in folder.read_metrics() if r.kind == "epoch"] == [1, 2]
+
+
+def test_one_writer_at_a_time_and_a_dead_writers_debris_is_cleared(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    debris = folder.path / ".last.pt.x1y2z3.tmp"
+    debris.write_bytes(b"half a checkpoint")
+    assert not folder.writer_alive
+    with folder.writing():
+        assert folder.writer_alive and not debris.exists()
+        with pytest.raises(RunBusy, match="another live process"):
+            with RunFolder(folder.path).writing():
+                pass
+    assert not folder.writer_alive
+
+
+def test_forked_children_never_hold_the_writer_lock(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path / "run")
+    with folder.writing():
+        child = os.fork()
+        if child == 0:  # a decode worker, say, that outlives the writer
+            time.sleep(10)
+            os._exit(0)
+    try:
+        deadline = time.time() + 5  # the child closes its copy as soon as it first runs
+        while folder.writer_alive and time.time() < deadline:
+            time.sleep(0.05)
+        assert not folder.writer_alive
+        assert os.waitpid(child, os.WNOHANG) == (0, 0)  # the child still lives, without the lock
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+
+
+def test_a_full_disk_keeps_the_old_file_and_leaves_no_debris(tmp_path: Path, monkeypatch) -> None:
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.write_json(folder.status, {"state": "running"})
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    with pytest.raises(DiskFull, match="disk full"):
+        folder.write_json(folder.status, {"state": "failed"})
+    monkeypatch.undo()
+    assert json.loads(folder.status.read_text()) == {"state": "running"}
+    assert sorted(p.name for p in folder.path.iterdir()) == ["status.json"]
+
+
+def test_starting_a_job_on_a_full_disk_says_so_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    manager = JobManager(tmp_path / "runs")
+    with pytest.raises(JobError, match="disk is full"):
+        manager.start(TrainConfig(data="cifar10", device="cpu", data_root=str(tmp_path)), name="full")
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [".job.lock"]
+    assert manager.active() is None
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mobilenet", "train", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+def test_cli_refuses_a_finished_run_unless_told_to_overwrite(images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "done"
+    train(tiny(images, tmp_path), out)
+    best = RunFolder(out).best.read_bytes()
+    options = ["--data", str(images), "--alpha", "0.25", "--epochs", "1", "--batch-size", "8", "--val-size", "12",
+               "--device", "cpu", "--data-root", str(tmp_path / "root"), "--seed", "1"]
+    refused = cli(*options, "--out", str(out))
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr
+    assert RunFolder(out).best.read_bytes() == best and RunFolder(out).report.exists()
+    done = cli(*options, "--out", str(out), "--overwrite", "--json")
+    assert done.returncode == 0, done.stderr
+    assert RunFolder(out).best.read_bytes() != best  # another seed's model
+    assert jobs.JobManager(tmp_path).run_info(out).state == "finished"
