@@ -1,0 +1,293 @@
+"""Engines: the ONNX graph against torch, the shipped int8 models against fp32, refusing files that are not ours,
+choosing an engine, the torch-only fallback, and the app on each engine."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from app_helpers import isolate_app
+from conftest import write_folder
+from inference_helpers import random_model, save_random_checkpoint
+from onnx import helper
+from streamlit.testing.v1 import AppTest
+
+from mobilenet import Classifier, checkpoint, engines, onnx_export
+from mobilenet.__main__ import main
+from mobilenet.checkpoint import ModelCard, weights_digest
+from mobilenet.engines import NEEDS_ONNXRUNTIME, EngineError, OnnxEngine, choose, int8_file
+from mobilenet.infer import fold_batchnorm
+from mobilenet.onnx_export import OnnxError, export_onnx, graph, stamp
+
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+SHIPPED = sorted(CHECKPOINTS.glob("*.pt"))
+EXAMPLES = sorted((CHECKPOINTS / "examples").glob("*.jpg"))
+APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+
+
+def views(card: ModelCard, n: int = 6) -> torch.Tensor:
+    images = torch.randint(0, 256, (n, 3, card.resolution, card.resolution), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    return card.inference.views(images)
+
+
+@pytest.mark.parametrize("source", ["random", "shipped α=0.25", "shipped α=1.0"])
+def test_the_onnx_graph_computes_what_torch_does(source: str) -> None:
+    if source == "random":
+        model = random_model(0.5)
+        card = ModelCard(0.5, "cifar", 32, tuple("abcdefghij"), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tta="flip")
+    else:
+        model, card = checkpoint.load(CHECKPOINTS / f"mobilenet_v1_a{source.split('=')[1]}.pt")
+    folded = fold_batchnorm(model)
+    x = views(card)
+    expected = folded(x).detach()
+    got = OnnxEngine(graph(folded, card).SerializeToString(), "onnx")(x)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
+
+
+def test_the_imagenet_stem_exports_too() -> None:
+    torch.manual_seed(0)
+    card = ModelCard(0.25, "imagenet", 64, tuple("abc"), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    folded = fold_batchnorm(card.build().eval())
+    x = views(card, 2)
+    assert torch.allclose(OnnxEngine(graph(folded, card).SerializeToString(), "onnx")(x), folded(x), atol=1e-4)
+
+
+def test_an_unfolded_model_is_not_exported() -> None:
+    card = ModelCard(0.25, "cifar", 32, tuple("abc"), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    with pytest.raises(ValueError, match="fold the batch norms"):
+        graph(card.build(), card)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_model_has_an_int8_model_within_half_a_point(path: Path) -> None:
+    assert int8_file(path).is_file() and int8_file(path).stat().st_size < 4e6
+    model, card = checkpoint.load(path)
+    int8 = onnx_export.read(int8_file(path), card, weights_digest(model.state_dict()))
+    q = int8.quantization
+    assert int8.precision == "int8" and q.images == card.data.val_size
+    assert q.fp32_accuracy == pytest.approx(card.training["val_acc"], abs=0.001)  # the same graph, the same images
+    assert q.loss <= onnx_export.MAX_INT8_LOSS
+    assert {n.op_type for n in onnx.load_model(int8_file(path)).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_int8_agrees_with_fp32_on_the_shipped_examples(path: Path) -> None:
+    int8 = Classifier.load(path, device="cpu", engine="int8")
+    fp32 = Classifier.load(path, device="cpu", engine="torch")
+    assert (int8.engine, fp32.engine) == ("int8", "torch")
+    pairs = list(zip(int8.predict_batch(EXAMPLES), fp32.predict_batch(EXAMPLES)))
+    agree = sum(a.label == b.label for a, b in pairs)
+    assert agree / len(pairs) >= 0.97, agree
+    a, b = pairs[0]  # the same Prediction: top-k in order, the image seen, a time
+    assert type(a) is type(b) and len(a.top) == len(b.top) == 5 and a.image.size == b.image.size
+    assert a.prob == pytest.approx(b.prob, abs=0.05)
+
+
+def test_fp32_onnx_gives_the_torch_probabilities() -> None:
+    path = CHECKPOINTS / "mobilenet_v1_a0.25.pt"
+    onnx_clf, torch_clf = (Classifier.load(path, device="cpu", engine=e) for e in ("onnx", "torch"))
+    images = torch.stack([onnx_clf.prepare(p) for p in EXAMPLES[:8]])
+    assert torch.allclose(onnx_clf.probabilities(images), torch_clf.probabilities(images), atol=1e-5)
+
+
+def test_one_int8_classifier_shared_by_threads_answers_as_serially() -> None:
+    clf = Classifier.load(CHECKPOINTS / "mobilenet_v1_a0.25.pt", device="cpu", engine="int8")
+    serial = [clf.predict(p).top for p in EXAMPLES]
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(lambda i: clf.predict(EXAMPLES[i % len(EXAMPLES)]).top, range(8 * 20)))
+    assert threaded == [serial[i % len(EXAMPLES)] for i in range(8 * 20)]
+
+
+# ---- refusing files that are not ours -----------------------------------------------------------
+
+
+@pytest.fixture
+def shipped_copy(tmp_path: Path) -> Path:
+    """The α=0.25 model and its int8 file in a folder of the test's own."""
+    path = tmp_path / "mobilenet_v1_a0.25.pt"
+    shutil.copy(CHECKPOINTS / path.name, path)
+    shutil.copy(int8_file(CHECKPOINTS / path.name), int8_file(path))
+    return path
+
+
+def refusal(path: Path) -> str:
+    with pytest.raises(OnnxError) as e:
+        Classifier.load(path, device="cpu", engine="int8")
+    return str(e.value)
+
+
+def test_a_tampered_int8_file_is_refused(shipped_copy: Path) -> None:
+    model = onnx.load_model(int8_file(shipped_copy))
+    weights = max(model.graph.initializer, key=lambda t: len(t.raw_data))  # the largest layer's int8 weights
+    weights.raw_data = bytes([weights.raw_data[0] ^ 1]) + weights.raw_data[1:]
+    int8_file(shipped_copy).write_bytes(model.SerializeToString())
+    assert "damaged or was modified" in refusal(shipped_copy)
+
+
+def test_changed_accuracy_figures_are_refused(shipped_copy: Path) -> None:
+    model = onnx.load_model(int8_file(shipped_copy))
+    meta = {p.key: p.value for p in model.metadata_props}
+    better = meta["quantization"].replace('"int8_accuracy": 0.', '"int8_accuracy": 1.')
+    helper.set_model_props(model, meta | {"quantization": better})
+    int8_file(shipped_copy).write_bytes(model.SerializeToString())
+    assert "damaged or was modified" in refusal(shipped_copy)
+
+
+def test_foreign_files_are_refused(shipped_copy: Path) -> None:
+    int8_file(shipped_copy).write_bytes(b"#!/bin/sh\necho not a model\n")
+    assert "is not an ONNX model" in refusal(shipped_copy)
+
+    model, card = checkpoint.load(shipped_copy)
+    plain = graph(fold_batchnorm(model), card)  # the right network, but not stamped as ours
+    int8_file(shipped_copy).write_bytes(plain.SerializeToString())
+    assert "not an ONNX model of this project" in refusal(shipped_copy)
+
+    shutil.copy(int8_file(CHECKPOINTS / "mobilenet_v1_a0.5.pt"), int8_file(shipped_copy))  # another model's
+    assert "made from other weights" in refusal(shipped_copy)
+
+
+def stamped_with(shipped: Path, change) -> None:
+    """Write an int8 file beside `shipped`, correctly stamped as ours, with `change` applied to its graph."""
+    model, card = checkpoint.load(shipped)
+    proto = graph(fold_batchnorm(model), card)
+    change(proto)
+    int8_file(shipped).write_bytes(stamp(proto, "int8", card, weights_digest(model.state_dict())).SerializeToString())
+
+
+def test_custom_operators_and_outside_data_are_refused_even_when_stamped(shipped_copy: Path) -> None:
+    def custom(proto: onnx.ModelProto) -> None:
+        proto.graph.node[1].op_type, proto.graph.node[1].domain = "RunShell", "com.example"
+        proto.opset_import.append(helper.make_opsetid("com.example", 1))
+
+    stamped_with(shipped_copy, custom)
+    assert "outside the standard ONNX set" in refusal(shipped_copy)
+
+    stamped_with(shipped_copy, lambda proto: setattr(proto.graph.node[1], "op_type", "Loop"))
+    assert "operators a MobileNet v1 does not need (Loop)" in refusal(shipped_copy)
+
+    def outside(proto: onnx.ModelProto) -> None:
+        tensor = proto.graph.initializer[0]
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value="../../etc/passwd")
+
+    stamped_with(shipped_copy, outside)
+    assert "reads tensors from files outside itself" in refusal(shipped_copy)
+
+
+# ---- choosing an engine -------------------------------------------------------------------------
+
+
+def test_auto_picks_int8_on_the_cpu_when_the_file_is_there(shipped_copy: Path) -> None:
+    assert Classifier.load(shipped_copy, device="cpu").engine == "int8"
+    assert choose("auto", shipped_copy, torch.device("cuda")) == "torch"  # the GPU: torch, without needing one here
+    with pytest.raises(EngineError, match="runs on the CPU"):
+        choose("int8", shipped_copy, torch.device("cuda"))
+    int8_file(shipped_copy).unlink()
+    assert Classifier.load(shipped_copy, device="cpu").engine == "torch"
+    with pytest.raises(EngineError, match="has no int8 model beside it"):
+        Classifier.load(shipped_copy, device="cpu", engine="int8")
+    assert Classifier.load(shipped_copy, device="cpu", engine="onnx").engine == "onnx"  # fp32 needs no file
+    with pytest.raises(ValueError, match="engine must be one of"):
+        choose("tensorrt", shipped_copy, torch.device("cpu"))
+
+
+@pytest.fixture
+def without_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if only torch were installed: importing onnxruntime fails."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+
+
+def test_without_onnxruntime_torch_answers_and_says_why(shipped_copy: Path, without_onnxruntime: None,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    assert not engines.onnxruntime_available()
+    assert Classifier.load(shipped_copy, device="cpu").engine == "torch"
+    with pytest.raises(EngineError, match="needs ONNX Runtime"):
+        Classifier.load(shipped_copy, device="cpu", engine="int8")
+    assert main(["predict", "--checkpoint", str(shipped_copy), str(EXAMPLES[0])]) == 0
+    err = capsys.readouterr().err
+    assert err.strip() == f"note: {NEEDS_ONNXRUNTIME}"
+    assert main(["predict", "--engine", "int8", "--checkpoint", str(shipped_copy), str(EXAMPLES[0])]) == 2
+    assert NEEDS_ONNXRUNTIME in capsys.readouterr().err
+
+
+def test_predict_names_its_engine_choice(shipped_copy: Path, capsys: pytest.CaptureFixture) -> None:
+    for engine in ("torch", "onnx", "int8"):
+        assert main(["predict", "--engine", engine, "--checkpoint", str(shipped_copy), str(EXAMPLES[0]), "--json"]) == 0
+        assert EXAMPLES[0].name.split("_")[0] in capsys.readouterr().out
+
+
+# ---- export -------------------------------------------------------------------------------------
+
+
+def test_export_measures_int8_on_the_validation_split_and_refuses_a_loss(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write_folder(tmp_path / "images", per_class=20, splits=("",))
+    path = save_random_checkpoint(tmp_path / "model.pt")
+    model, card = checkpoint.load(path)
+    card = replace(card, classes=("cat", "dog", "ship"), data=checkpoint.TrainingData(str(folder), None, 12, 3))
+    model.classifier = torch.nn.Linear(model.classifier.in_features, 3)
+    checkpoint.save(path, model, card)
+    exported = export_onnx(path, str(folder), root=tmp_path / "data", fp32_file=True, calibration_images=16)
+    q = exported.quantization
+    assert q.images == 12 and q.calibration_images == 16 and q.calibration_seed == 3
+    assert path.with_suffix(".onnx").is_file()
+    assert Classifier.load(path, device="cpu").engine == "int8"
+
+    int8_file(path).unlink()
+    monkeypatch.setattr(onnx_export, "MAX_INT8_LOSS", -1.0)  # any int8 model now "loses" too much
+    with pytest.raises(OnnxError, match="the int8 model is not shipped"):
+        export_onnx(path, str(folder), root=tmp_path / "data", calibration_images=16)
+    assert not int8_file(path).exists()
+
+
+# ---- the app on each engine ---------------------------------------------------------------------
+
+
+def test_the_app_says_which_engine_answers_and_switches_to_fp32(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    places = isolate_app(tmp_path, monkeypatch)
+    shutil.copy(CHECKPOINTS / "mobilenet_v1_a0.25.pt", places / "checkpoints")
+    shutil.copy(int8_file(CHECKPOINTS / "mobilenet_v1_a0.25.pt"), places / "checkpoints")
+    write_folder(places / "data" / "pets", per_class=4)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    assert "Answers with ONNX Runtime, int8" in captions and "int8 82.84%, fp32 82.94%" in captions
+    at.sidebar.get("segmented_control")[0].set_value("fp32").run()
+    assert "Answers with ONNX Runtime, fp32" in " ".join(c.value for c in at.sidebar.caption)
+    at.sidebar.get("segmented_control")[0].set_value("int8").run()
+    at.switch_page("app_pages/evaluation.py").run()
+    at.button[0].click().run()
+    at.toggle[0].set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert list(table["engine"]) == ["ONNX Runtime, int8", "ONNX Runtime, fp32"]
+    assert "answers differ between int8 and fp32" in " ".join(c.value for c in at.caption)
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["precision"] = "fp32"
+    at.run()
+    assert "Answers with ONNX Runtime, fp32" in " ".join(c.value for c in at.sidebar.caption)
+    at.switch_page("app_pages/inference.py").run()
+    assert not at.exception and not at.error
+
+
+def test_the_app_works_with_torch_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       without_onnxruntime: None) -> None:
+    places = isolate_app(tmp_path, monkeypatch)
+    shutil.copy(CHECKPOINTS / "mobilenet_v1_a0.25.pt", places / "checkpoints")
+    shutil.copy(int8_file(CHECKPOINTS / "mobilenet_v1_a0.25.pt"), places / "checkpoints")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    captions = [c.value for c in at.sidebar.caption]
+    assert any("Answers with PyTorch, fp32" in c for c in captions) and NEEDS_ONNXRUNTIME in captions
+    assert not at.sidebar.get("segmented_control")
+    at.switch_page("app_pages/inference.py").run()
+    assert not at.exception and not at.error
