@@ -24,7 +24,14 @@ with st.sidebar:
     if models.models:
         key = st.selectbox("Model", models.keys, index=models.keys.index(models.default.key), key=app.MODEL_KEY,
                            bind="query-params", help="Shipped checkpoints and finished training runs")
-        st.caption(models.get(key).describe())
+        entry = models.get(key)
+        st.caption(entry.describe())
+        if app.has_int8(entry):
+            st.segmented_control("Precision", app.PRECISIONS, default="int8", key=app.PRECISION_KEY,
+                                 help="int8 answers several times faster; switch to fp32 to compare")
+        st.caption(app.engine_caption(entry))
+        if note := app.engine_note(entry):
+            st.caption(note)
     else:
         st.caption(app.NO_MODEL)
     for problem in models.problems:

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from mobilenet import app_support as app
-from mobilenet import charts, data, evalsets, visual
+from mobilenet import charts, evalsets, settings, visual
 from mobilenet.checkpoint import CheckpointError
 from mobilenet.data import DataError
 
@@ -11,7 +11,7 @@ st.title("Evaluation")
 entry = app.require_model()
 sources = evalsets.sources(entry.card)
 if not sources:
-    st.warning(evalsets.missing_data_message(data.DATA_ROOT))
+    st.warning(evalsets.missing_data_message(settings.data_root()))
     st.stop()
 
 pick, size = st.columns(2)
@@ -34,6 +34,11 @@ except (DataError, CheckpointError) as e:
 accuracy, count = st.columns(2)
 accuracy.metric("accuracy", f"{result.accuracy:.2%}")
 count.metric("images", f"{result.n:,}")
+if app.has_int8(entry) and st.toggle("Compare int8 with fp32 on these images"):
+    with st.spinner("Evaluating in int8 and in fp32…"):
+        table, differ = app.precision_comparison(entry, source, limit)
+    st.dataframe(table, hide_index=True)
+    st.caption(f"{differ:,} of {result.n:,} answers differ between int8 and fp32.")
 per_class, confusion = st.columns(2)
 per_class.altair_chart(charts.per_class(result), width="stretch")
 confusion.altair_chart(charts.confusion(result), width="stretch")

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mobilenet import Classifier, checkpoint  # noqa: E402
 from mobilenet.checkpoint import ModelCard  # noqa: E402
-from mobilenet.data import CIFAR10_CLASSES, SEED_NORMALIZATION  # noqa: E402
-from mobilenet.infer import CHECKPOINT_DIR, DEFAULT_CHECKPOINT_NAME, shipped_checkpoints  # noqa: E402
+from mobilenet.data import CIFAR10_CLASSES  # noqa: E402
+from mobilenet.tta import SEED_NORMALIZATION  # noqa: E402
+from mobilenet.catalog import default_checkpoint, shipped_checkpoints  # noqa: E402
 from mobilenet.model import MobileNetV1  # noqa: E402
 
 
@@ -59,7 +61,7 @@ def weights(path: str | None, folder: Path) -> Path:
     """The given or shipped checkpoint; else random α=1.0 weights (speed does not depend on their values)."""
     if path:
         return Path(path)
-    shipped = CHECKPOINT_DIR / DEFAULT_CHECKPOINT_NAME
+    shipped = default_checkpoint()
     if shipped.exists():
         return shipped
     torch.manual_seed(0)
@@ -125,10 +127,8 @@ def main() -> None:
         path = weights(args.checkpoint, Path(tmp))
         model, card = checkpoint.load(path)
         clf = Classifier.load(path, device="cpu")  # sets torch to one thread
-        tta_card = ModelCard(card.alpha, card.stem, card.resolution, card.classes, card.mean, card.std,
-                             {**card.training, "flip_tta": not clf.flip_tta})
-        other = Classifier(model, tta_card, "cpu")
-    with_tta, without_tta = (clf, other) if clf.flip_tta else (other, clf)
+        other = Classifier(model, replace(card, tta="none" if card.tta == "flip" else "flip"), "cpu")
+    with_tta, without_tta = (clf, other) if card.tta == "flip" else (other, clf)
     seed = seed_predictor(model, card)
     print(f"Weights: {path.name} (α={card.alpha:g}, {card.resolution}×{card.resolution})\n")
 

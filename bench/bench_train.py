@@ -27,7 +27,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mobilenet import train  # noqa: E402
 from mobilenet.model import MobileNetV1  # noqa: E402
-from mobilenet.train import read_metrics  # noqa: E402
+from mobilenet.config import TrainConfig  # noqa: E402
+from mobilenet.runs import RunFolder  # noqa: E402
 
 
 def sgd(model: torch.nn.Module) -> torch.optim.SGD:
@@ -81,10 +82,10 @@ def ceiling(batch: int, steps: int, bf16: bool = False, layout: torch.memory_for
 
 def trainer(zip_path: Path, batch: int, steps: int, work: Path, compile: bool = False) -> float:
     out = work / f"run-{batch}-{compile}"
-    cfg = train.TrainConfig(data=str(zip_path), epochs=2, batch_size=batch, subset=batch * steps + 1000, val_size=1000,
-                            device="cpu", data_root=str(work / "root"), compile=compile)
+    cfg = TrainConfig(data=str(zip_path), epochs=2, batch_size=batch, subset=batch * steps + 1000, val_size=1000,
+                      device="cpu", data_root=str(work / "root"), compile=compile)
     train.train(cfg, out)
-    return [r["img_per_s"] for r in read_metrics(out) if r["kind"] == "epoch"][-1]
+    return [r.img_per_s for r in RunFolder(out).read_metrics() if r.kind == "epoch"][-1]
 
 
 def main() -> None:

@@ -13,11 +13,11 @@ import altair as alt
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mobilenet.train import load_config, read_metrics  # noqa: E402
+from mobilenet.runs import RunFolder  # noqa: E402
 
 
 def label(run: Path) -> str:
-    config = load_config(run)
+    config = RunFolder(run).read_config()
     recipe = config.effective
     return f"{config.recipe}, α={config.alpha:g}, {recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.lr:g}"
 
@@ -29,9 +29,8 @@ def main() -> None:
     parser.add_argument("--title", default="validation accuracy per epoch: seed recipe against the default")
     args = parser.parse_args()
     frame = pd.DataFrame([
-        {"run": label(run), "epoch": row["epoch"], "validation accuracy": row["val_acc"],
-         "minutes": row["elapsed_s"] / 60}
-        for run in args.runs for row in read_metrics(run) if row["kind"] == "epoch"
+        {"run": label(run), "epoch": row.epoch, "validation accuracy": row.val_acc, "minutes": row.elapsed_s / 60}
+        for run in args.runs for row in RunFolder(run).read_metrics() if row.kind == "epoch"
     ])
     table = frame.pivot(index="epoch", columns="run", values="validation accuracy")
     print("| epoch | " + " | ".join(table.columns) + " |\n|---:|" + "---:|" * len(table.columns))

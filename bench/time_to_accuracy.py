@@ -15,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mobilenet import checkpoint  # noqa: E402
-from mobilenet.train import format_duration, read_metrics  # noqa: E402
+from mobilenet.display import format_duration  # noqa: E402
+from mobilenet.runs import RunFolder  # noqa: E402
 
 
 def main() -> None:
@@ -26,16 +27,17 @@ def main() -> None:
     print(f"| run | device | epochs | median epoch | best validation | time to {args.target:.0%} |")
     print("|---|---|---:|---:|---:|---:|")
     for run in args.runs:
-        epochs = [r for r in read_metrics(run) if r["kind"] == "epoch"]
+        folder = RunFolder(run)
+        epochs = [r for r in folder.read_metrics() if r.kind == "epoch"]
         if not epochs:
             print(f"| {run.name} | | 0 | | | |")
             continue
-        ends = [0.0] + [r["elapsed_s"] for r in epochs]
+        ends = [0.0] + [r.elapsed_s for r in epochs]
         median = statistics.median(b - a for a, b in zip(ends, ends[1:]))
-        reached = next((r for r in epochs if (r["val_acc"] or 0) >= args.target), None)
-        when = f"{format_duration(reached['elapsed_s'])} (epoch {reached['epoch']})" if reached else "not reached"
-        best = max(r["val_acc"] or 0 for r in epochs)
-        device = checkpoint.read(run / "best.pt")["card"]["training"]["device"]
+        reached = next((r for r in epochs if (r.val_acc or 0) >= args.target), None)
+        when = f"{format_duration(reached.elapsed_s)} (epoch {reached.epoch})" if reached else "not reached"
+        best = max(r.val_acc or 0 for r in epochs)
+        device = checkpoint.read(folder.best)["card"]["training"]["device"]
         print(f"| {run.name} | {device} | {len(epochs)} | {median:.1f} s | {best:.2%} | {when} |")
 
 

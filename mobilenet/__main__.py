@@ -6,14 +6,21 @@ import argparse
 import json
 import re
 import sys
-import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import checkpoint, data, train
+from . import settings, train
 from .checkpoint import CheckpointError
+from .config import TRAIN_OPTIONS, TrainConfig, add_arguments
+from .runs import MetricsRow, RunFolder, run_name
 from .data import DataError
+from .display import format_duration
 from .model import STEMS
+
+if TYPE_CHECKING:
+    from .infer import Classifier
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -24,52 +31,57 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+MACHINE_OPTIONS = {"device", "data_root"}  # where a run trains, not what it is: a resumed run may change them
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    given = {name: value for name, value in vars(args).items() if name in TRAIN_OPTIONS}
     if args.resume:
-        cfg = train.load_config(args.resume)
-        if args.device:
-            cfg.device = args.device
-        out = Path(args.resume)
-        if not train.resumable(out):
-            raise train.TrainError(f"{out} has no last.pt to resume from")
+        folder = RunFolder(args.resume)
+        cfg = folder.read_config()
+        if not folder.resumable:
+            raise train.TrainError(f"{folder.path} has no last.pt to resume from")
+        changed = sorted(set(given) - MACHINE_OPTIONS)
+        if changed:
+            raise ValueError(f"a resumed run keeps its settings; only --device and --data-root may change (got "
+                             f"{', '.join('--' + n.replace('_', '-') for n in changed)})")
+        cfg = replace(cfg, **given)
+        out = folder.path
     else:
-        cfg = train.TrainConfig(
-            data=args.data, recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            alpha=args.alpha, beta=args.beta, stem=args.stem, seed=args.seed, val_size=args.val_size,
-            subset=args.subset, device=args.device or "auto", compile=args.compile, data_root=args.data_root,
-            download=not args.no_download,
-        )
-        out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-a{cfg.alpha:g}-{cfg.recipe}")
+        base = RunFolder(Path(args.config).parent).read_config().to_dict() if args.config else {}
+        cfg = TrainConfig.from_dict(base | given)
+        out = Path(args.out) if args.out else settings.runs_dir() / run_name(cfg)
     recipe = cfg.effective
     bars: list = []  # the progress bar, made at the first step so errors before training print alone
     if args.json:
-        on_epoch, on_step = (lambda row: print(json.dumps(row), flush=True)), None
+        on_epoch, on_step = (lambda row: print(json.dumps(row.to_dict()), flush=True)), None
     else:
         from tqdm import tqdm
 
-        def bar(row: dict):
+        def bar(row: MetricsRow):
             if not bars:
-                bars.append(tqdm(total=recipe.epochs, initial=row["epoch"] - 1, unit="epoch", dynamic_ncols=True,
+                bars.append(tqdm(total=recipe.epochs, initial=row.epoch - 1, unit="epoch", dynamic_ncols=True,
                                  file=sys.stderr))
             return bars[0]
 
-        def on_step(row: dict) -> None:
+        def on_step(row: MetricsRow) -> None:
             bar(row).set_postfix_str(
-                f"ep {row['epoch']} loss {row['train_loss']:.3f} acc {row['train_acc']:.1%} "
-                f"{row['img_per_s']:.0f} img/s ETA {train.format_duration(row['eta_s'])}"
+                f"ep {row.epoch} loss {row.train_loss:.3f} acc {row.train_acc:.1%} "
+                f"{row.img_per_s:.0f} img/s ETA {format_duration(row.eta_s)}"
             )
 
-        def on_epoch(row: dict) -> None:
+        def on_epoch(row: MetricsRow) -> None:
             progress = bar(row)
-            progress.n = row["epoch"]
+            progress.n = row.epoch
             progress.refresh()
-            val = f"val {row['val_acc']:.2%}" if row["val_acc"] is not None else "no validation"
-            progress.write(f"epoch {row['epoch']:>3}/{recipe.epochs}  loss {row['train_loss']:.4f}  "
-                           f"acc {row['train_acc']:.2%}  {val}  lr {row['lr']:.4g}  {row['img_per_s']:.0f} img/s")
+            val = f"val {row.val_acc:.2%}" if row.val_acc is not None else "no validation"
+            progress.write(f"epoch {row.epoch:>3}/{recipe.epochs}  loss {row.train_loss:.4f}  "
+                           f"acc {row.train_acc:.2%}  {val}  lr {row.lr:.4g}  {row.img_per_s:.0f} img/s")
 
         print(f"run folder: {out}", file=sys.stderr)
     try:
-        report = train.train(cfg, out, resume=bool(args.resume), on_epoch=on_epoch, on_step=on_step)
+        report = train.train(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, on_epoch=on_epoch,
+                             on_step=on_step)
     finally:
         for progress in bars:
             progress.close()
@@ -82,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"kind": "report", **{k: report[k] for k in ("accuracy", "n", "per_class", "confusion")}}))
         else:
-            print(f"best checkpoint: {out / 'best.pt'}")
+            print(f"best checkpoint: {RunFolder(out).best}")
             print(format_report(result))
     return 0
 
@@ -90,22 +102,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 def resolve_checkpoint(path: str | None) -> Path:
     """A checkpoint file, a run folder (its best.pt) or, with None, the shipped default model."""
     if path is None:
-        from .infer import default_checkpoint
+        from .catalog import default_checkpoint
 
         return default_checkpoint()
     p = Path(path)
-    return p / "best.pt" if p.is_dir() else p
+    return RunFolder(p).best if p.is_dir() else p
+
+
+def load_classifier(args: argparse.Namespace, threads: int | None = 1) -> Classifier:
+    """The Classifier of --checkpoint on --engine; says on stderr when onnxruntime would have made it faster."""
+    from .device import pick_device
+    from .engines import fallback_note
+    from .infer import Classifier
+
+    path = resolve_checkpoint(args.checkpoint)
+    clf = Classifier.load(path, engine=args.engine, threads=threads)
+    note = fallback_note(path, pick_device()) if args.engine == "auto" else None
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return clf
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import Normalization
     from .evalsets import VAL, EvalSource, load
-    from .evaluate import evaluate, format_report
+    from .evaluate import format_report, score
 
-    model, card = checkpoint.load(resolve_checkpoint(args.checkpoint))
+    clf = load_classifier(args, threads=None)  # a batch job: all the cores
     source = EvalSource(args.data, args.data, VAL if args.split == "val" else "test")
-    dataset = load(card, source, Path(args.data_root), download=not args.no_download)
-    result = evaluate(model, dataset, Normalization(card.mean, card.std), flip_tta=card.training.get("flip_tta", False))
+    dataset = load(clf.card, source, Path(args.data_root), download=not args.no_download)
+    result = score(clf.probabilities(dataset.images), dataset)
     print(json.dumps(result.to_dict()) if args.json else format_report(result))
     return 0
 
@@ -116,12 +141,11 @@ URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")  # any scheme: the fetcher refus
 def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from .infer import Classifier
     from .intake import ImageError
     from .urlfetch import fetch_url
 
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # intake refuses those images with its own message
-    clf = Classifier.load(args.checkpoint)
+    clf = load_classifier(args)
     results: list[dict] = []
     for source in args.inputs:
         try:
@@ -154,11 +178,28 @@ def positive_int(text: str) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .catalog import export, write_cards
+    from .shipping import export, write_cards
 
     card = export(Path(args.run_dir), Path(args.out), args.data_description)
     write_cards(Path(args.out).parent)
     print(f"{args.out}: α={card.alpha:g}, validation accuracy {card.training['val_acc']:.2%}")
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .engines import NEEDS_ONNXRUNTIME, EngineError, onnxruntime_available
+    from .shipping import write_cards
+
+    if not onnxruntime_available():
+        raise EngineError(NEEDS_ONNXRUNTIME)
+    from .onnx_export import export_onnx
+
+    path = resolve_checkpoint(args.checkpoint)
+    model = export_onnx(path, args.data, Path(args.data_root), fp32_file=args.fp32)
+    write_cards(path.parent)
+    q = model.quantization
+    print(f"{model.path}: int8 validation accuracy {q.int8_accuracy:.2%} (fp32 {q.fp32_accuracy:.2%}) on "
+          f"{q.images} images, {model.path.stat().st_size / 1e6:.1f} MB")
     return 0
 
 
@@ -177,24 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_summary)
 
     p = sub.add_parser("train", help="train a model into a run folder")
-    p.add_argument("--data", default="cifar10", help="'cifar10' or an image folder / .zip (default cifar10)")
-    p.add_argument("--recipe", choices=sorted(train.RECIPES), default=train.DEFAULT_RECIPE)
-    p.add_argument("--epochs", type=int, help="default: the recipe's")
-    p.add_argument("--batch-size", type=int, help="default: the recipe's")
-    p.add_argument("--lr", type=float, help="peak learning rate; default: the recipe's")
-    p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--beta", type=float, default=1.0)
-    p.add_argument("--stem", choices=STEMS, default="cifar")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-size", type=int, default=5000,
-                   help="held-out validation images (default 5000; at most 20%% of the data)")
-    p.add_argument("--subset", type=int, help="use only N training images, a seeded class-balanced sample (smoke runs)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: the GPU when there is one")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--out", help="run folder (default runs/<time>-a<α>-<recipe>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run")
+    options = p.add_argument_group("training settings (default: the recipe's, or the --config file's)")
+    add_arguments(options, defaults=False)
+    p.add_argument("--config", metavar="FILE", help="start from a run's config.json; options given here override it")
+    p.add_argument("--out", help="run folder (default: a new folder in MOBILENET_RUNS or runs/)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its best.pt is lost)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a stopped or killed run (only --device and --data-root may change)")
     p.add_argument("--json", action="store_true", help="one JSON line per epoch on stdout")
-    add_data_options(p)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
@@ -203,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="test split, or the validation split held out in training (same seed and size)")
     p.add_argument("--json", action="store_true")
+    add_engine_option(p)
     add_data_options(p)
     p.set_defaults(run=cmd_evaluate)
 
@@ -211,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint file or run folder (default: the shipped α=1.0 model)")
     p.add_argument("--topk", type=positive_int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="a JSON list, one object per input")
+    add_engine_option(p)
     p.set_defaults(run=cmd_predict)
 
     p = sub.add_parser("export", help="ship a finished run's best model: weights only, with its card")
@@ -218,11 +251,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="checkpoint file to write, e.g. checkpoints/mobilenet_v1_a1.0.pt")
     p.add_argument("--data-description", help="the training data in words, stored in the card instead of its path")
     p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("export-onnx", help="write a shipped model's int8 ONNX model beside it, with its accuracy")
+    p.add_argument("checkpoint", help="checkpoint file, e.g. checkpoints/mobilenet_v1_a1.0.pt")
+    p.add_argument("--data", required=True, help="the data it was trained on (folder or .zip, or 'cifar10'): "
+                   "calibration uses its training part, the accuracy its validation split")
+    p.add_argument("--fp32", action="store_true", help="also write the fp32 ONNX model (NAME.onnx)")
+    add_data_options(p)
+    p.set_defaults(run=cmd_export_onnx)
     return parser
 
 
+def add_engine_option(p: argparse.ArgumentParser) -> None:
+    from .engines import ENGINES
+
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="auto (default): int8 ONNX Runtime on the CPU when the model has one, else torch")
+
+
 def add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", default=str(data.DATA_ROOT), help="where CIFAR-10 and the decode cache live")
+    p.add_argument("--data-root", default=str(settings.data_root()),
+                   help="where CIFAR-10 and the decode cache live (default: MOBILENET_DATA or data)")
     p.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
 
 

@@ -6,29 +6,39 @@ built: a Classifier (thread-safe, see mobilenet.infer) and evaluation results (f
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
+import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from . import catalog, checkpoint, data, evalsets, explore, ood
+from . import catalog, charts, checkpoint, data, engines, evalsets, explore, ood, settings
 from .catalog import Catalog, ModelEntry
-from .data import IMAGE_SUFFIXES, DataError, ImageSet, Normalization
+from .data import IMAGE_SUFFIXES, DataError, ImageSet
 from .device import device_name, pick_device
 from .evalsets import EvalSource
-from .evaluate import Evaluation, evaluate
+from .evaluate import Evaluation, score
 from .infer import Classifier, Prediction
 from .intake import ImageError, decode
-from .jobs import JobManager
+from .checkpoint import CheckpointError
+from .jobs import JobManager, RunInfo
+from .shipping import int8_model
+from .runs import RunFolder
 from .stats import ModelStats
-from .train import TrainConfig
+from .config import TrainConfig
 from .visual import enlarge, heatmap_overlay
+
+if TYPE_CHECKING:
+    from .onnx_export import Quantization  # imports onnx, which a torch-only install lacks
 
 MODEL_KEY = "model"  # the sidebar's model choice in st.session_state and in the URL
 NO_MODEL = (
@@ -67,13 +77,60 @@ def require_model() -> ModelEntry:
     return entry
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def _classifier(path: Path, version: tuple[int, int]) -> Classifier:  # version: part of the cache key only
-    return Classifier.load(path, device="auto")
+@st.cache_resource(max_entries=6, show_spinner="Loading the model…")
+def _classifier(path: Path, version: tuple[int, int], engine: str) -> Classifier:  # version: cache key only
+    return Classifier.load(path, device="auto", engine=engine)
 
 
 def classifier(entry: ModelEntry) -> Classifier:
-    return _classifier(entry.path, entry.version)
+    """The model on the engine the sidebar chose; a model file that is refused stops the page with the reason."""
+    try:
+        return _classifier(entry.path, entry.version, engine_for(entry))
+    except CheckpointError as e:
+        st.error(str(e))
+        st.stop()
+
+
+# ---- engines ------------------------------------------------------------------------------------
+
+PRECISION_KEY = "precision"  # the sidebar's choice, where the model has an int8 version: "int8" or "fp32"
+PRECISIONS = ("int8", "fp32")
+
+
+def has_int8(entry: ModelEntry) -> bool:
+    """Whether the model answers in int8 here (its int8 file, onnxruntime and the CPU), so fp32 is an option."""
+    return engines.choose("auto", entry.path, pick_device()) == "int8"
+
+
+def engine_for(entry: ModelEntry, precision: str | None = None) -> str:
+    """The engine that answers for the model: the fastest it has here, or an fp32 one when asked for."""
+    precision = precision or st.session_state.get(PRECISION_KEY, "int8")
+    if precision == "fp32":
+        return engines.fp32_choice(entry.path, pick_device())
+    return engines.choose("auto", entry.path, pick_device())
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _quantization(path: Path, version: tuple[int, int]) -> Quantization | None:  # version: cache key only
+    try:
+        model = int8_model(path, checkpoint.read(path))
+    except CheckpointError:
+        return None  # loading the int8 engine says why
+    return model.quantization if model else None
+
+
+def engine_caption(entry: ModelEntry) -> str:
+    """For the sidebar: which engine and precision answer, and what int8 costs in accuracy."""
+    text = f":material/speed: Answers with {engines.describe(engine_for(entry))}"
+    q = _quantization(entry.path, entry.version) if has_int8(entry) else None
+    if q is not None:
+        text += f". Validation accuracy: int8 {q.int8_accuracy:.2%}, fp32 {q.fp32_accuracy:.2%}"
+    return text
+
+
+def engine_note(entry: ModelEntry) -> str | None:
+    """The one-line note that the faster engine needs onnxruntime, when it is what is missing."""
+    return engines.fallback_note(entry.path, pick_device())
 
 
 # ---- explorer -----------------------------------------------------------------------------------
@@ -156,7 +213,8 @@ def first_images(uploads: list[Upload]) -> tuple[list[Upload], str | None]:
     if len(uploads) <= MAX_IMAGES:
         return uploads, None
     dropped = ", ".join(u.name for u in uploads[MAX_IMAGES:])
-    return uploads[:MAX_IMAGES], f"Only the first {MAX_IMAGES} of {len(uploads)} images are classified; left out: {dropped}."
+    return uploads[:MAX_IMAGES], (f"Only the first {MAX_IMAGES} of {len(uploads)} images are classified; "
+                                  f"left out: {dropped}.")
 
 
 def _display_copy(image: Image.Image) -> Image.Image:
@@ -216,34 +274,126 @@ def predictions_json(results: list[Result | Failure]) -> str:
 # ---- evaluation ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class EvaluationRun:
+    result: Evaluation
+    images: ImageSet
+    engine: str
+    seconds: float  # for the forward passes, the images already decoded
+
+
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _evaluation(path: Path, version: tuple[int, int], source: EvalSource, root: Path,
-                limit: int | None) -> tuple[Evaluation, ImageSet]:
-    model, card = checkpoint.load(path)
-    images = evalsets.load(card, source, root, limit=limit)
-    result = evaluate(model.to(pick_device()), images, Normalization(card.mean, card.std),
-                      flip_tta=card.training.get("flip_tta", False))
-    return result, images
+def _evaluation(path: Path, version: tuple[int, int], source: EvalSource, root: Path, limit: int | None,
+                engine: str) -> EvaluationRun:
+    clf = _classifier(path, version, engine)
+    images = evalsets.load(clf.card, source, root, limit=limit)
+    start = time.perf_counter()
+    probs = clf.probabilities(images.images)
+    return EvaluationRun(score(probs, images), images, engine, time.perf_counter() - start)
+
+
+def evaluation_run(entry: ModelEntry, source: EvalSource, limit: int | None, precision: str | None = None
+                   ) -> EvaluationRun:
+    """A model's results on a source, on the sidebar's engine; computed once per model version and engine, shared."""
+    return _evaluation(entry.path, entry.version, source, settings.data_root(), limit, engine_for(entry, precision))
 
 
 def evaluation(entry: ModelEntry, source: EvalSource, limit: int | None) -> tuple[Evaluation, ImageSet]:
-    """A model's results on a source and the images behind them; computed once per model version, shared."""
-    return _evaluation(entry.path, entry.version, source, data.DATA_ROOT, limit)
+    run = evaluation_run(entry, source, limit)
+    return run.result, run.images
+
+
+def precision_comparison(entry: ModelEntry, source: EvalSource, limit: int | None) -> tuple[pd.DataFrame, int]:
+    """int8 beside fp32 on the same images: accuracy and images per second of each, and how many answers differ."""
+    runs = [evaluation_run(entry, source, limit, precision) for precision in PRECISIONS]
+    table = pd.DataFrame([{"engine": engines.describe(run.engine), "accuracy": f"{run.result.accuracy:.2%}",
+                           "images per second": round(run.result.n / max(run.seconds, 1e-9))} for run in runs])
+    differ = int((runs[0].result.probs.argmax(1) != runs[1].result.probs.argmax(1)).sum())
+    return table, differ
 
 
 # ---- training -----------------------------------------------------------------------------------
 
 MAX_EPOCHS = 200
 ADMIN_ENV = "MOBILENET_ADMIN_PASSWORD"
+REFRESH_S = 2.0  # the live view's refresh: see BENCHMARKS.md, "Watching and uploading"
+GUESS_DELAY_S = 1.0
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+log = logging.getLogger(__name__)
+_guesses = threading.Lock()  # admin password guesses, one at a time across every session of the server
+_failed_guesses = 0
 
 
 def job_manager() -> JobManager:
-    return JobManager(catalog.RUNS_DIR)
+    return JobManager(settings.runs_dir())
 
 
-def new_run_config(**settings) -> TrainConfig:
+@dataclass(frozen=True)
+class RunsSnapshot:
+    job: dict | None
+    runs: tuple[RunInfo, ...]
+    skipped: tuple[str, ...]  # folders that hold no readable run
+
+
+@st.cache_resource(ttl=REFRESH_S, max_entries=4, show_spinner=False)
+def _runs_snapshot(runs: Path) -> RunsSnapshot:
+    manager = JobManager(runs)
+    job = manager.active()
+    found, skipped = manager.scan()
+    return RunsSnapshot(job, tuple(found), tuple(skipped))
+
+
+def runs_snapshot() -> RunsSnapshot:
+    """The job and the runs, read once per refresh for all watchers together."""
+    return _runs_snapshot(settings.runs_dir())
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _training_chart(metrics: Path, identity: tuple[int, int, int]) -> dict:  # identity: part of the cache key only
+    return charts.training_curves([r.to_dict() for r in RunFolder(metrics.parent).read_metrics()]).to_dict()
+
+
+def training_chart(run: RunInfo) -> dict:
+    """The live curves' Vega-Lite spec, built once per change of the metrics file for all watchers."""
+    return _training_chart(run.folder.metrics, _identity(run.folder.metrics))
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _loads(path: Path, identity: tuple[int, int, int]) -> bool:  # identity: part of the cache key only
+    try:
+        checkpoint.read(path)
+    except CheckpointError as e:
+        log.warning("not offering %s for download: %s", path, e)
+        return False
+    return True
+
+
+def downloadable(path: Path) -> bool:
+    """Whether a checkpoint loads, checked once per version of the file (a refused one is never served)."""
+    return _loads(path, _identity(path))
+
+
+def report_of(run: RunInfo) -> Evaluation | None:
+    """A finished run's results, or None when its report.json is missing or malformed."""
+    report = run.report
+    try:
+        return Evaluation.from_report(report) if report else None
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        log.warning("run %s has a malformed report.json: %s", run.path, e)
+        return None
+
+
+def new_run_config(**values) -> TrainConfig:
     """A training configuration with the app's data root (raises ValueError for bad settings)."""
-    return TrainConfig(data_root=str(data.DATA_ROOT), **settings)
+    return TrainConfig(**values)
 
 
 def admin_password() -> str | None:
@@ -256,15 +406,44 @@ def admin_password() -> str | None:
         return None
 
 
+def training_refused() -> str | None:
+    """Why nobody may start or stop training here: no password on a server reachable beyond loopback."""
+    if admin_password() is not None or str(st.get_option("server.address") or "") in LOOPBACK:
+        return None
+    _warn_open_server()
+    return (f"Training is switched off: this server is reachable from other machines and has no admin password. "
+            f"The host sets {ADMIN_ENV} (or listens on 127.0.0.1 only) to switch it on.")
+
+
+@functools.cache
+def _warn_open_server() -> None:
+    log.warning("training is off: the server listens beyond loopback and %s is not set", ADMIN_ENV)
+
+
 def is_admin(given: str) -> bool:
-    """Constant-time check; a wrong guess costs a second, so guessing through the page is slow."""
+    """Constant-time check. Guesses queue server-wide and a wrong one holds the queue a second, so guessing
+    through any number of sessions gets at most one try a second; every wrong guess is logged."""
+    global _failed_guesses
     expected = admin_password()
     if expected is None:
         return True
-    if hmac.compare_digest(given.encode(), expected.encode()):
-        return True
-    time.sleep(1.0)
+    with _guesses:
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            _failed_guesses = 0
+            return True
+        _failed_guesses += 1
+        log.warning("wrong admin password (%d wrong in a row)", _failed_guesses)
+        time.sleep(GUESS_DELAY_S)
     return False
+
+
+def for_visitors(message: str) -> str:
+    """A message with the server's configured folders named as visitors know them (runs/…, data/…)."""
+    folders = {settings.runs_dir(): "runs", settings.data_root(): "data", settings.checkpoint_dir(): "checkpoints"}
+    named = sorted(((str(path.resolve()), name) for path, name in folders.items()), key=lambda p: -len(p[0]))
+    for path, name in named:
+        message = message.replace(path, name)
+    return message
 
 
 def data_problem(source: str) -> str | None:
@@ -276,17 +455,18 @@ def data_problem(source: str) -> str | None:
     try:
         splits = data.available_splits(source)
     except (DataError, OSError) as e:
-        return str(e)
+        log.info("training data %s refused: %s", source, e)
+        return for_visitors(str(e))
     if "train" not in splits:
-        return (f"{source} has no training images: expected train/<class>/<image> (and optionally "
+        return (f"{for_visitors(source)} has no training images: expected train/<class>/<image> (and optionally "
                 f"test/<class>/<image>), or <class>/<image>.")
     return None
 
 
-def runs_table(runs: list) -> pd.DataFrame:
+def runs_table(runs: list[RunInfo] | tuple[RunInfo, ...]) -> pd.DataFrame:
     """Past runs for people, newest first."""
     return pd.DataFrame([{
-        "run": r.name, "state": r.state, "epochs": f"{r.epoch}/{r.epochs}",
+        "run": r.name, "state": r.state.value, "epochs": f"{r.epoch}/{r.epochs}",
         "best validation accuracy": r.best_val_acc, "α": r.config.get("alpha"), "recipe": r.config.get("recipe"),
         "data": Path(str(r.config.get("data", ""))).name or r.config.get("data"),
     } for r in runs])

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .model import MobileNetV1
+from .tta import SEED_NORMALIZATION, InferenceRecipe, Normalization
 
 FORMAT = "mobilenet-v1-checkpoint"
 FORMAT_VERSION = 1
@@ -26,6 +27,17 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Which images a model was trained on: the source, a fingerprint of it, and the validation split held out."""
+
+    source: str  # "cifar10", or the folder / .zip it was trained from
+    fingerprint: str | None  # mobilenet.data.fingerprint of the source; None when unknown
+    val_size: int = 5000
+    seed: int = 0
+    subset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -38,11 +50,28 @@ class ModelCard:
     classes: tuple[str, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    training: dict[str, Any] = field(default_factory=dict)  # epochs, recipe, accuracy, data, …
+    training: dict[str, Any] = field(default_factory=dict)  # epochs, recipe, accuracy, time, … for people
+    tta: str = "none"  # test-time augmentation the model is scored and served with (mobilenet.tta)
+    data: TrainingData | None = None
+
+    def __post_init__(self) -> None:
+        # Cards written before `tta` and `data` were fields kept them in `training`.
+        t = self.training
+        if self.tta == "none" and t.get("flip_tta"):
+            object.__setattr__(self, "tta", "flip")
+        if self.data is None and t.get("data"):
+            object.__setattr__(self, "data", TrainingData(str(t["data"]), None, int(t.get("val_size", 5000)),
+                                                          int(t.get("seed", 0)), t.get("subset")))
+        InferenceRecipe(SEED_NORMALIZATION, self.tta)  # a ValueError for an unknown mode
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def inference(self) -> InferenceRecipe:
+        """How to feed this model: its normalisation and test-time augmentation."""
+        return InferenceRecipe(Normalization(self.mean, self.std), self.tta)
 
     def build(self) -> MobileNetV1:
         return MobileNetV1(self.num_classes, self.alpha, self.stem)
@@ -53,6 +82,7 @@ class ModelCard:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         try:
+            given = data.get("data")
             return cls(
                 alpha=float(data["alpha"]),
                 stem=str(data["stem"]),
@@ -61,6 +91,8 @@ class ModelCard:
                 mean=tuple(float(v) for v in data["mean"]),
                 std=tuple(float(v) for v in data["std"]),
                 training=dict(data.get("training", {})),
+                tta=str(data.get("tta", "none")),
+                data=None if given is None else TrainingData(**given),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint metadata is incomplete or malformed ({e})") from None

@@ -7,11 +7,15 @@ subfolders (then it only has a train split).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import signal
+import sys
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -19,29 +23,15 @@ import torch
 from PIL import Image
 
 from .checkpoint import atomic_torch_save
+from .settings import data_root
 from .intake import ImageError, fit_square, load_model_array, to_uint8_array
 
-DATA_ROOT = Path(os.environ.get("MOBILENET_DATA", "data"))
 CACHE_VERSION = 2  # bump when decoding or resizing changes, so old caches are rebuilt
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
 
 
-@dataclass(frozen=True)
-class Normalization:
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def apply(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (or float in 0..255) N×3×H×W → normalised float."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1) * 255
-        return (images.float() - mean) / std
-
-
-CIFAR10_NORMALIZATION = Normalization((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-SEED_NORMALIZATION = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 class DataError(RuntimeError):
@@ -133,6 +123,19 @@ class _Tree:
         return [s for s in SPLITS if self.split_files(s)]
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Decode-worker initializer: the worker is killed when the process that forked it ends, however it ends."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a Stop to the job's process group ends its workers too
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it ended before the line above could take effect
+        os._exit(1)
+
+
 def _decode_chunk(args: tuple[list[bytes], int]) -> tuple[np.ndarray, list[int]]:
     # numpy and PIL only: a forked worker that ran torch's OpenMP code after its parent had could deadlock.
     blobs, side = args
@@ -159,7 +162,7 @@ def _decode_all(blobs: list[bytes], side: int, label: str) -> tuple[torch.Tensor
             results = map(_decode_chunk, jobs)
             pool = None
         else:
-            pool = ProcessPoolExecutor(workers)
+            pool = ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),))
             results = pool.map(_decode_chunk, jobs)
         try:
             for j, (images, failed) in enumerate(results):
@@ -245,16 +248,15 @@ def load(
     source: str,
     split: str = "train",
     resolution: int = 32,
-    root: Path | str = DATA_ROOT,
+    root: Path | str | None = None,
     download: bool = False,
     cache: bool = True,
 ) -> ImageSet:
     """Images of one split of a source at resolution×resolution, decoded once then cached."""
     if split not in SPLITS:
         raise DataError(f"split must be one of {SPLITS}, got {split!r}")
-    root = Path(root)
-    if source != "cifar10" and not Path(source).exists():
-        raise DataError(f"data source {source!r} not found: give 'cifar10' or an existing folder or .zip")
+    root = data_root() if root is None else Path(root)
+    check_source(source, root, download)
     cache_file = root / "cache" / f"{_cache_key(source, split, resolution)}.pt"
     if cache and cache_file.exists():
         try:
@@ -272,10 +274,67 @@ def load(
     return data
 
 
-def available_splits(source: str, root: Path | str = DATA_ROOT) -> list[str]:
+CIFAR10_FOLDER = "cifar-10-batches-py"
+
+
+def check_source(source: str, root: Path | str | None = None, download: bool = False) -> None:
+    """DataError unless the source can be read now (or, for CIFAR-10, downloaded when allowed)."""
+    root = data_root() if root is None else Path(root)
+    if source == "cifar10":
+        if not download and not (root / CIFAR10_FOLDER).is_dir() and not (root / "cifar-10-python.tar.gz").is_file():
+            raise DataError(
+                f"CIFAR-10 was not found in {root / CIFAR10_FOLDER} and downloading it is turned off. Allow the "
+                f"download on a machine with internet, or copy cifar-10-python.tar.gz from "
+                f"https://www.cs.toronto.edu/~kriz/cifar.html into {root} and extract it there.")
+    elif not Path(source).exists():
+        raise DataError(f"data source {source!r} not found: give 'cifar10' or an existing folder or .zip")
+
+
+def available_splits(source: str) -> list[str]:
     if source == "cifar10":
         return list(SPLITS)
     return _Tree(Path(source)).splits()
+
+
+def split_train_val(full: ImageSet, val_size: int, seed: int, subset: int | None = None) -> tuple[ImageSet, ImageSet]:
+    """The training images and the seeded validation split held out of them (at most 20% of the images).
+
+    With subset, only that many images are used: a seeded, class-balanced sample, since image folders
+    are sorted by class.
+    """
+    if subset and subset < len(full):
+        full = full.subset(stratified_split(full.labels, subset, seed + 1)[1])
+    val_size = min(val_size, len(full) // 5)
+    train_idx, val_idx = stratified_split(full.labels, val_size, seed)
+    return full.subset(train_idx), full.subset(val_idx)
+
+
+def fingerprint(source: str, root: Path | str | None = None) -> str | None:
+    """A short content hash that names a data source wherever it lies: a .zip's bytes, a folder's files.
+
+    "cifar10" is the fixed torchvision archive, so its name is its fingerprint; None when the source is missing.
+    """
+    if source == "cifar10":
+        return "cifar10"
+    path = Path(source)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _fingerprint(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=32)
+def _fingerprint(path: Path, mtime_ns: int, size: int) -> str:  # mtime_ns, size: part of the cache key only
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if file != path:
+            h.update(file.relative_to(path).as_posix().encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
 
 
 def match_classes(dataset: ImageSet, classes: tuple[str, ...]) -> ImageSet:

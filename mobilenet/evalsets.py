@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from . import data
-from .checkpoint import ModelCard
+from . import data, settings
+from .checkpoint import ModelCard, TrainingData
 from .data import DataError, ImageSet
-from .train import split_train_val
 
-CIFAR10_FOLDER = "cifar-10-batches-py"
 VAL = "val"  # the validation split held out in training, beside data.SPLITS
 
 
@@ -37,7 +35,7 @@ def missing_data_message(root: Path) -> str:
 
 
 def _source_exists(source: str, root: Path) -> bool:
-    return (root / CIFAR10_FOLDER).is_dir() if source == "cifar10" else Path(source).exists()
+    return (root / data.CIFAR10_FOLDER).is_dir() if source == "cifar10" else Path(source).exists()
 
 
 @lru_cache(maxsize=64)
@@ -50,17 +48,17 @@ def _splits(path: Path, mtime_ns: int) -> tuple[str, ...]:  # mtime_ns: part of 
 
 def sources(card: ModelCard, root: Path | None = None) -> list[EvalSource]:
     """What this model can be evaluated on, best first."""
-    root = data.DATA_ROOT if root is None else root
+    root = settings.data_root() if root is None else root
     found = []
     if _source_exists("cifar10", root):
         found.append(EvalSource("CIFAR-10 test set", "cifar10", "test"))
-    trained_on = card.training.get("data")
+    trained_on = card.data.source if card.data else None
     if trained_on and _source_exists(trained_on, root):
         name = "CIFAR-10" if trained_on == "cifar10" else Path(trained_on).name
         found.append(EvalSource(f"validation split held out in training ({name})", trained_on, VAL))
     candidates = sorted(root.iterdir()) if root.is_dir() else []
     for path in candidates:
-        if path.name.startswith(".") or path.name in ("cache", CIFAR10_FOLDER):
+        if path.name.startswith(".") or path.name in ("cache", data.CIFAR10_FOLDER):
             continue
         if not (path.is_dir() or path.suffix.lower() == ".zip"):
             continue
@@ -78,11 +76,11 @@ def load(card: ModelCard, source: EvalSource, root: Path | None = None, download
 
     With limit, a seeded class-balanced sample of that many images.
     """
-    root = data.DATA_ROOT if root is None else root
+    root = settings.data_root() if root is None else root
     if source.split == VAL:
-        info = card.training
+        split = card.data or TrainingData(source.source, None)
         full = data.load(source.source, "train", card.resolution, root=root, download=download)
-        _, images = split_train_val(full, info.get("val_size", 5000), info.get("seed", 0), info.get("subset"))
+        _, images = data.split_train_val(full, split.val_size, split.seed, split.subset)
     else:
         images = data.load(source.source, source.split, card.resolution, root=root, download=download)
     images = data.match_classes(images, card.classes)

@@ -6,29 +6,22 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import ImageSet, Normalization
+from .data import ImageSet
+from .tta import InferenceRecipe
 
 
 @torch.inference_mode()
 def predict_probs(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    normalization: Normalization,
-    batch_size: int = 500,
-    flip_tta: bool = False,
+    model: torch.nn.Module, images: torch.Tensor, recipe: InferenceRecipe, batch_size: int = 500
 ) -> torch.Tensor:
-    """Softmax probabilities (N×classes, float32 on CPU) for uint8 images, optionally averaged with the flip."""
+    """Softmax probabilities (N×classes, float32 on CPU) for uint8 images, fed as the recipe says."""
     model.eval()
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
-        x = normalization.apply(images[start:start + batch_size].to(device, non_blocking=True))
-        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x).float()
-            if flip_tta:
-                logits = (logits + model(x.flip(3)).float()) / 2
-        out.append(logits.softmax(1).cpu())
+            probs = recipe.probabilities(model, images[start:start + batch_size].to(device, non_blocking=True))
+        out.append(probs.cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
@@ -74,10 +67,12 @@ class Evaluation:
         }
 
 
-def evaluate(
-    model: torch.nn.Module, data: ImageSet, normalization: Normalization, flip_tta: bool = False, batch_size: int = 500
-) -> Evaluation:
-    probs = predict_probs(model, data.images, normalization, batch_size, flip_tta)
+def evaluate(model: torch.nn.Module, data: ImageSet, recipe: InferenceRecipe, batch_size: int = 500) -> Evaluation:
+    return score(predict_probs(model, data.images, recipe, batch_size), data)
+
+
+def score(probs: torch.Tensor, data: ImageSet) -> Evaluation:
+    """The evaluation of probabilities computed for a dataset's images (by a model or a Classifier)."""
     k = len(data.classes)
     predicted = probs.argmax(1) if len(probs) else torch.empty(0, dtype=torch.long)
     confusion = torch.bincount(data.labels * k + predicted, minlength=k * k).view(k, k)

@@ -7,7 +7,6 @@ under torch.inference_mode (Grad-CAM aside, which takes gradients with respect t
 from __future__ import annotations
 
 import copy
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,27 +16,14 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .checkpoint import CheckpointError, ModelCard
+from .checkpoint import ModelCard
 from .checkpoint import load as load_checkpoint
-from .data import Normalization
+from .catalog import default_checkpoint
 from .device import pick_device
+from .engines import Engine, TorchEngine, choose, onnx_engine
 from .gradcam import class_maps, target_block
 from .intake import ImageError, ImageSource, Limits, load_model_input
-
-CHECKPOINT_DIR = Path(os.environ.get("MOBILENET_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
-DEFAULT_CHECKPOINT_NAME = "mobilenet_v1_a1.0.pt"
-
-
-def default_checkpoint() -> Path:
-    path = CHECKPOINT_DIR / DEFAULT_CHECKPOINT_NAME
-    if not path.exists():
-        raise CheckpointError(f"the default model {path} is missing; pass --checkpoint FILE or a run folder")
-    return path
-
-
-def shipped_checkpoints() -> list[Path]:
-    return sorted(CHECKPOINT_DIR.glob("*.pt"))
-
+from .runs import RunFolder
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy with every Conv2d → BatchNorm2d pair folded into one conv (eval-mode inference only)."""
@@ -65,23 +51,30 @@ class Prediction:
         return self.top[0][1]
 
 
+BATCH = 500  # images per forward pass: the views of a larger request would take gigabytes
+
+
 class Classifier:
     def __init__(self, model: nn.Module, card: ModelCard, device: torch.device | str = "cpu",
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(), engine: Engine | None = None) -> None:
+        """engine: what runs the network (mobilenet.engines); None: the BN-folded model on the device."""
         self.card = card
         self.device = torch.device(device)
         self.limits = limits
-        self.normalization = Normalization(card.mean, card.std)
-        self.flip_tta = bool(card.training.get("flip_tta", False))
-        self._model = fold_batchnorm(model).to(self.device, memory_format=torch.channels_last)
+        self.recipe = card.inference
+        self._engine = engine or TorchEngine(
+            fold_batchnorm(model).to(self.device, memory_format=torch.channels_last).requires_grad_(False))
         self._cam_model = copy.deepcopy(model).eval().to(self.device)  # unfolded, for Grad-CAM's gradients
-        for module in (self._model, self._cam_model):
-            module.requires_grad_(False)
+        self._cam_model.requires_grad_(False)
 
     @classmethod
     def load(cls, checkpoint: Path | str | None = None, device: str = "auto", limits: Limits = Limits(),
-             threads: int | None = 1) -> Classifier:
+             threads: int | None = 1, engine: str = "auto") -> Classifier:
         """A checkpoint file or run folder (its best.pt); None: the shipped default model.
+
+        engine: "torch", "onnx" (ONNX Runtime, fp32), "int8" (ONNX Runtime, the int8 model beside the
+        checkpoint) or "auto": int8 on the CPU when that file is there and onnxruntime is installed, else
+        torch (see mobilenet.engines). Raises EngineError when the engine asked for cannot run here.
 
         threads sets torch's intra-op threads for the whole process when running on the CPU (None leaves
         it alone). One 32×32 image is too small to split across cores: with the cores busy, threads
@@ -90,9 +83,12 @@ class Classifier:
         """
         path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
         if path.is_dir():
-            path = path / "best.pt"
+            path = RunFolder(path).best
         model, card = load_checkpoint(path)
-        classifier = cls(model, card, pick_device(device), limits)
+        chosen_device = pick_device(device)
+        name = choose(engine, path, chosen_device)
+        runner = None if name == "torch" else onnx_engine(name, path, model, card, threads)
+        classifier = cls(model, card, chosen_device, limits, runner)
         if threads is not None and classifier.device.type == "cpu":
             torch.set_num_threads(threads)
         return classifier
@@ -101,20 +97,20 @@ class Classifier:
     def classes(self) -> tuple[str, ...]:
         return self.card.classes
 
+    @property
+    def engine(self) -> str:
+        """The engine that answers: "torch", "onnx" or "int8"."""
+        return self._engine.name
+
     def prepare(self, source: ImageSource) -> torch.Tensor:
         """Untrusted source → 3×R×R uint8 tensor, as in training (raises ImageError)."""
         return load_model_input(source, self.card.resolution, self.limits)
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """N×3×R×R uint8 → N×classes probabilities on the CPU."""
-        x = self.normalization.apply(images.to(self.device))
-        if self.flip_tta:  # one pass over both views is faster than two passes
-            x = torch.cat([x, x.flip(3)])
-        logits = self._model(x.contiguous(memory_format=torch.channels_last)).float()
-        if self.flip_tta:
-            logits = (logits[:len(images)] + logits[len(images):]) / 2
-        return logits.softmax(1).cpu()
+        """N×3×R×R uint8 → N×classes probabilities on the CPU, in batches of BATCH images."""
+        return torch.cat([self.recipe.probabilities(self._engine, batch.to(self.device)).cpu()
+                          for batch in images.split(BATCH)]) if len(images) else torch.empty(0, len(self.classes))
 
     def _top(self, probs: torch.Tensor, topk: int) -> list[tuple[str, float]]:
         values, index = probs.topk(min(topk, len(self.classes)))
@@ -146,7 +142,7 @@ class Classifier:
         class_index (default: the predicted class), and that class. See mobilenet.gradcam."""
         image = self.prepare(source)[None].to(self.device)
         chosen = int(self.probabilities(image)[0].argmax()) if class_index is None else class_index
-        x = self.normalization.apply(image)
+        x = self.recipe.normalization.apply(image)
         block = target_block(self.card.stem, self.card.resolution)
         return class_maps(self._cam_model, x, torch.tensor([chosen], device=self.device), block)[0], chosen
 

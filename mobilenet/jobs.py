@@ -1,6 +1,7 @@
 """The app's background training job: at most one per runs folder, independent of any browser session.
 
-A job is the trainer's CLI in its own process group. Two locks, both flocks the kernel releases when their
+A job is the trainer's CLI in its own process group, with the cores the server leaves free (settings.job_threads,
+settings.job_nice: visitors come first). Two locks, both flocks the kernel releases when their
 holder ends, even on kill -9:
 
 - the job slot, `<runs>/.job.lock`: the manager takes it and the job process inherits it, so "the app's
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .runs import JOB_LOCK_FD_ENV, DiskFull, RunFolder, RunState, RunStatus, disk_full, run_name
-from .settings import runs_dir
+from .settings import job_nice, job_threads, runs_dir
 
 log = logging.getLogger(__name__)
 NOT_SAVED = "it ended before its first epoch was saved; start it again"
@@ -157,9 +158,11 @@ class JobManager:
             with open(folder.log, "ab") as output:
                 package_root = str(Path(__file__).resolve().parent.parent)
                 python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-                env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, JOB_LOCK_FD_ENV: str(fd)}
+                env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, JOB_LOCK_FD_ENV: str(fd),
+                                    "OMP_NUM_THREADS": str(job_threads())}
+                nice = ["nice", "-n", str(job_nice())] if job_nice() and shutil.which("nice") else []
                 return subprocess.Popen(
-                    [self.python, "-m", "mobilenet", *args, "--json"], stdout=output, stderr=subprocess.STDOUT,
+                    [*nice, self.python, "-m", "mobilenet", *args, "--json"], stdout=output, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL, pass_fds=(fd,), start_new_session=True, env=env,
                 )
         except OSError as e:

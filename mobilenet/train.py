@@ -1,18 +1,18 @@
-"""The training engine: recipes, batched augmentation on the device, the loop, run folders, resume, DDP.
+"""The training engine: batched augmentation on the device, the loop, resume, DDP.
 
 The data lives as one uint8 tensor on the training device. Every random choice is a function of
 (seed, epoch, step), so a run resumed from its last checkpoint ends exactly like one that never stopped.
-A run folder holds config.json, metrics.jsonl, status.json, last.pt, best.pt and, at the end, report.json.
+What a run writes, and where, is `mobilenet.runs`; what it is configured with, `mobilenet.config`.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import copy
 import os
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -22,105 +22,34 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import checkpoint
-from .checkpoint import ModelCard
-from .data import CIFAR10_NORMALIZATION, DATA_ROOT, SEED_NORMALIZATION, ImageSet, Normalization, load, stratified_split
+from .checkpoint import ModelCard, TrainingData
+from .config import Recipe, TrainConfig
+from .data import ImageSet, check_source, fingerprint, load, split_train_val
 from .device import device_name, pick_device
 from .evaluate import evaluate
-from .model import MobileNetV1, input_resolution
-
-
-@dataclass(frozen=True)
-class Recipe:
-    batch_size: int
-    lr: float
-    epochs: int
-    # "plateau": ReduceLROnPlateau on the training loss; "onecycle": linear warm-up then linear decay to 0
-    schedule: str
-    weight_decay: float
-    decay_norm_and_bias: bool
-    nesterov: bool
-    label_smoothing: float
-    normalization: Normalization
-    flip_tta: bool
-    warmup_epochs: float = 0.0
-    momentum: float = 0.9
-
-
-RECIPES = {
-    # The seed blog post, exactly.
-    "seed": Recipe(
-        batch_size=64, lr=0.1, epochs=20, schedule="plateau", weight_decay=5e-4, decay_norm_and_bias=True,
-        nesterov=False, label_smoothing=0.0, normalization=SEED_NORMALIZATION, flip_tta=False,
-    ),
-    # Chosen by measurement, see BENCHMARKS.md.
-    "fast": Recipe(
-        batch_size=128, lr=0.2, epochs=30, schedule="onecycle", weight_decay=5e-4, decay_norm_and_bias=False,
-        nesterov=True, label_smoothing=0.1, normalization=CIFAR10_NORMALIZATION, flip_tta=True, warmup_epochs=2,
-    ),
-}
-DEFAULT_RECIPE = "fast"
-
-
-@dataclass
-class TrainConfig:
-    data: str = "cifar10"
-    recipe: str = DEFAULT_RECIPE
-    epochs: int | None = None  # None: the recipe's
-    batch_size: int | None = None
-    lr: float | None = None
-    alpha: float = 1.0
-    beta: float = 1.0
-    stem: str = "cifar"
-    seed: int = 0
-    val_size: int = 5000
-    subset: int | None = None
-    device: str = "auto"
-    compile: bool = False
-    data_root: str = str(DATA_ROOT)
-    download: bool = True
-
-    def __post_init__(self) -> None:
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        for name in ("epochs", "batch_size", "subset"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.lr is not None and not 0 < self.lr < 100:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
-        if self.val_size < 0:
-            raise ValueError(f"val-size must be 0 or more, got {self.val_size}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        MobileNetV1(10, self.alpha, self.stem)  # validates α and the stem early, on meta-free CPU
-        input_resolution(self.stem, self.beta)
-
-    @property
-    def effective(self) -> Recipe:
-        """The recipe with this run's overrides applied."""
-        base = RECIPES[self.recipe]
-        return replace(
-            base,
-            epochs=self.epochs or base.epochs,
-            batch_size=self.batch_size or base.batch_size,
-            lr=self.lr or base.lr,
-        )
-
-    @property
-    def resolution(self) -> int:
-        return input_resolution(self.stem, self.beta)
+from .model import MobileNetV1
+from .runs import DiskFull, MetricsRow, RunBusy, RunFolder, RunState, disk_full
+from .tta import InferenceRecipe
 
 
 class TrainError(RuntimeError):
     """A training failure with a message fit for the user (bad data, out of memory, …)."""
 
 
-# ---- pieces of the loop ------------------------------------------------------------------------
+# ---- random streams: each a pure function of the seed and where in training it is used ---------
+
+
+def order_generator(seed: int, epoch: int) -> torch.Generator:
+    """The shuffling of one epoch (on the CPU, so every device sees the same order)."""
+    return torch.Generator().manual_seed(seed * 10007 + epoch)
 
 
 def step_generator(seed: int, epoch: int, step: int, device: torch.device) -> torch.Generator:
-    """The random stream of one training step, so augmentation never depends on history."""
+    """The augmentation of one training step, so it never depends on history."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
+
+
+# ---- pieces of the loop ------------------------------------------------------------------------
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -137,6 +66,49 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> t
     cropped = padded[batch, channel, rows, cols]
     flip = torch.rand(n, generator=generator, device=device) < 0.5
     return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero a size×size square (clipped at the border) at a random centre of each normalised image."""
+    n, _, h, w = images.shape
+    device = images.device
+    cy = torch.randint(0, h, (n, 1, 1), generator=generator, device=device)
+    cx = torch.randint(0, w, (n, 1, 1), generator=generator, device=device)
+    rows = torch.arange(h, device=device)[None, :, None] - cy + size // 2
+    cols = torch.arange(w, device=device)[None, None, :] - cx + size // 2
+    inside = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)
+    return images * ~inside[:, None]
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights and BN statistics, with the usual warm-up.
+
+    BatchNorm running statistics are averaged like the weights (they were measured with nearby
+    weights), so the average model is evaluated as it is, without a recalibration pass.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        mine, theirs = self.model.state_dict(), model.state_dict()
+        floats = [k for k, v in mine.items() if v.is_floating_point()]
+        torch._foreach_lerp_([mine[k] for k in floats], [theirs[k].detach() for k in floats], 1 - d)
+        for k, v in mine.items():
+            if not v.is_floating_point():
+                v.copy_(theirs[k])
+
+    def state_dict(self) -> dict:
+        return {"weights": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["weights"])
+        self.updates = state["updates"]
 
 
 def onecycle_lr(recipe: Recipe, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -182,69 +154,9 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-class RunFolder:
-    """The files of one run; only the writing rank touches them."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.config = self.path / "config.json"
-        self.metrics = self.path / "metrics.jsonl"
-        self.status = self.path / "status.json"
-        self.report = self.path / "report.json"
-        self.last = self.path / "last.pt"
-        self.best = self.path / "best.pt"
-
-    def write_json(self, path: Path, obj: dict) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(obj, indent=2))
-        os.replace(tmp, path)
-
-    def set_status(self, state: str, **extra: object) -> None:
-        self.write_json(self.status, {"state": state, "pid": os.getpid(), "updated": time.time(), **extra})
-
-    def append_metrics(self, row: dict) -> None:
-        with open(self.metrics, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-
-    def truncate_metrics(self, step: int, epoch: int) -> None:
-        """Keep the rows up to the saved state, so a resumed run never repeats or skips an epoch."""
-        if not self.metrics.exists():
-            return
-        rows = [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
-        keep = [r for r in rows if (r["epoch"] <= epoch if r["kind"] == "epoch" else r["step"] <= step)]
-        tmp = self.metrics.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.metrics)
-
-
-def read_metrics(run: Path | str) -> list[dict]:
-    """metrics.jsonl rows, skipping a partly written last line."""
-    path = RunFolder(run).metrics
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
 
 
 # ---- the loop ----------------------------------------------------------------------------------
-
-
-def split_train_val(full: ImageSet, val_size: int, seed: int, subset: int | None = None) -> tuple[ImageSet, ImageSet]:
-    """The training images and the seeded validation split held out of them (at most 20% of the images).
-
-    With subset, only that many images are used: a seeded, class-balanced sample, since image folders
-    are sorted by class.
-    """
-    if subset and subset < len(full):
-        full = full.subset(stratified_split(full.labels, subset, seed + 1)[1])
-    val_size = min(val_size, len(full) // 5)
-    train_idx, val_idx = stratified_split(full.labels, val_size, seed)
-    return full.subset(train_idx), full.subset(val_idx)
 
 
 def load_splits(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
@@ -253,14 +165,34 @@ def load_splits(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
     return split_train_val(full, cfg.val_size, cfg.seed, cfg.subset)
 
 
+@dataclass
+class LoopState:
+    """Where the loop is; saved in last.pt as a whole and restored on resume."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0
+    loss_sum: float = 0.0  # this epoch's training totals so far
+    correct: int = 0
+    seen: int = 0
+    best_acc: float = -1.0
+    elapsed_s: float = 0.0
+
+
 def train(
     cfg: TrainConfig,
     out: Path | str,
     resume: bool = False,
-    on_epoch: Callable[[dict], None] | None = None,
-    on_step: Callable[[dict], None] | None = None,
+    overwrite: bool = False,
+    on_epoch: Callable[[MetricsRow], None] | None = None,
+    on_step: Callable[[MetricsRow], None] | None = None,
 ) -> dict:
-    """Train into the run folder `out` (resuming its last.pt when asked); returns the final report."""
+    """Train into the run folder `out` (resuming its last.pt when asked); returns the final report.
+
+    A folder that already holds a run is refused unless resuming it or, explicitly, overwriting it.
+    """
+    folder = RunFolder(out)
+    if not resume and folder.started and not overwrite:
+        raise TrainError(f"{folder.path} already holds a run; resume it, choose another folder, or overwrite it")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -273,167 +205,233 @@ def train(
     else:
         rank, world = 0, 1
         device = pick_device(cfg.device)
-    writer = rank == 0
-    run = RunFolder(out)
     try:
-        return _train(cfg, run, resume, device, rank, world, writer, on_epoch, on_step)
+        check_source(cfg.data, cfg.data_root, cfg.download)  # before the folder is made, when it is not there yet
+        with folder.writing() if rank == 0 else nullcontext():
+            return Training(cfg, folder, device, rank, world, on_epoch, on_step).run(resume)
+    except RunBusy:
+        raise  # the run is another live process's
     except Exception as e:
-        if writer and run.path.exists():
-            run.set_status("failed", error=str(e)[:500])
-        raise
+        if disk_full(e):
+            e = DiskFull("disk full: the last saved state is kept; free space, then resume")
+        if rank == 0 and folder.path.exists():
+            folder.set_status(RunState.FAILED, error=str(e)[:500])
+        raise e
     finally:
         if distributed:
             dist.destroy_process_group()
 
 
-def _train(cfg, run: RunFolder, resume, device, rank, world, writer, on_epoch, on_step) -> dict:
-    recipe = cfg.effective
-    if recipe.batch_size % world:
-        raise TrainError(f"batch size {recipe.batch_size} must divide evenly over {world} processes")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+class Training:
+    """One run: its data, model, optimizer and LoopState. `run` is the loop, top to bottom."""
 
-    if writer:
-        run.path.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            run.write_json(run.config, asdict(cfg))
-            run.metrics.unlink(missing_ok=True)
-        run.set_status("loading")
-    train_set, val_set = _load_on_device(cfg, device, rank, world)
-    images, labels = train_set.images, train_set.labels
+    def __init__(self, cfg: TrainConfig, folder: RunFolder, device: torch.device, rank: int, world: int,
+                 on_epoch: Callable[[MetricsRow], None] | None, on_step: Callable[[MetricsRow], None] | None) -> None:
+        self.cfg, self.recipe, self.folder = cfg, cfg.effective, folder
+        self.device, self.rank, self.world, self.writer = device, rank, world, rank == 0
+        self.on_epoch, self.on_step = on_epoch, on_step
+        self.state = LoopState()
 
-    torch.manual_seed(cfg.seed)
-    model = MobileNetV1(len(train_set.classes), cfg.alpha, cfg.stem).to(device, memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, recipe)
-    plateau = make_plateau(optimizer)
-    card = ModelCard(cfg.alpha, cfg.stem, cfg.resolution, train_set.classes,
-                     recipe.normalization.mean, recipe.normalization.std)
+    def run(self, resume: bool) -> dict:
+        cfg, recipe = self.cfg, self.recipe
+        if recipe.batch_size % self.world:
+            raise TrainError(f"batch size {recipe.batch_size} must divide evenly over {self.world} processes")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if self.writer:
+            if not resume:
+                self.folder.clear()
+                self.folder.write_config(cfg)
+            self.folder.set_status(RunState.LOADING)
+        self.train_set, self.val_set = _load_on_device(cfg, self.device, self.rank, self.world)
+        self.build_model()
+        self.steps_per_epoch = max(1, len(self.train_set) // recipe.batch_size)
+        self.total_steps = self.steps_per_epoch * recipe.epochs
+        if resume:
+            self.restore()
+        state = self.state
+        self.set_status(RunState.RUNNING)
+        self.started = time.perf_counter() - state.elapsed_s
+        with StopRequest() as stop:
+            while state.epoch < recipe.epochs:
+                order = torch.randperm(len(self.train_set), generator=order_generator(cfg.seed, state.epoch))
+                self.begin_epoch(order.to(self.device))
+                while state.step_in_epoch < self.steps_per_epoch:
+                    self.step()
+                    stopping = _stop_agreed(stop, self.world, self.device)
+                    epoch_done = state.step_in_epoch == self.steps_per_epoch
+                    if stopping or epoch_done or time.perf_counter() - self.last_log >= 1:
+                        self.log_step()
+                    if stopping:
+                        return self.stop()
+                self.end_epoch()
+        return self.finish()
 
-    steps_per_epoch = max(1, len(train_set) // recipe.batch_size)
-    total_steps = steps_per_epoch * recipe.epochs
-    state = {"epoch": 0, "step_in_epoch": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "best_acc": -1.0,
-             "elapsed_s": 0.0}
-    if resume:
-        payload = checkpoint.read(run.last)
-        model.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(payload["train_state"]["optimizer"])
-        plateau.load_state_dict(payload["train_state"]["plateau"])
-        state.update(payload["train_state"]["loop"])
-        if writer:
-            run.truncate_metrics(state["epoch"] * steps_per_epoch + state["step_in_epoch"], state["epoch"])
+    # ---- setting up ------------------------------------------------------------------------------
 
-    train_model = torch.compile(model) if cfg.compile else model
-    if world > 1:
-        device_ids = [device.index] if device.type == "cuda" else None
-        train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=device_ids)
+    def build_model(self) -> None:
+        cfg, recipe = self.cfg, self.recipe
+        torch.manual_seed(cfg.seed)
+        self.model = MobileNetV1(len(self.train_set.classes), cfg.alpha, cfg.stem).to(
+            self.device, memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model, recipe)
+        self.plateau = make_plateau(self.optimizer)
+        self.average = WeightAverage(self.model, recipe.ema) if recipe.ema else None
+        self.shipped = self.average.model if self.average else self.model  # what is validated and saved as best.pt
+        self.card = ModelCard(cfg.alpha, cfg.stem, cfg.resolution, self.train_set.classes,
+                              recipe.normalization.mean, recipe.normalization.std, tta=recipe.tta,
+                              data=TrainingData(cfg.data, fingerprint(cfg.data, cfg.data_root), cfg.val_size, cfg.seed,
+                                                cfg.subset))
+        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        if self.world > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.train_model, device_ids=device_ids)
 
-    def save_last(status: str) -> None:
-        if writer:
-            checkpoint.save(run.last, model, replace(card, training=summary(status)), {
-                "optimizer": optimizer.state_dict(), "plateau": plateau.state_dict(), "loop": dict(state)})
+    def restore(self) -> None:
+        payload = checkpoint.read(self.folder.last)
+        saved = payload["train_state"]
+        self.model.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.plateau.load_state_dict(saved["plateau"])
+        self.state = LoopState(**saved["loop"])
+        if self.average:
+            self.average.load_state_dict(saved["ema"])
+        if self.writer:
+            self.folder.truncate_metrics(self.global_step, self.state.epoch)
 
-    def summary(status: str) -> dict:
-        return {"data": cfg.data, "recipe": cfg.recipe, "epochs": state["epoch"], "planned_epochs": recipe.epochs,
-                "batch_size": recipe.batch_size, "lr": recipe.lr, "seed": cfg.seed, "val_size": cfg.val_size,
-                "subset": cfg.subset,
-                "val_acc": state["best_acc"] if state["best_acc"] >= 0 else None, "flip_tta": recipe.flip_tta,
-                "train_time_s": round(state["elapsed_s"], 1), "device": device_name(device), "status": status}
+    # ---- one step, one epoch -----------------------------------------------------------------------
 
-    if writer:
-        run.set_status("running", epoch=state["epoch"], epochs=recipe.epochs)
-    started = time.perf_counter() - state["elapsed_s"]
-    with StopRequest() as stop:
-        while state["epoch"] < recipe.epochs:
-            epoch = state["epoch"]
-            order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed * 10007 + epoch))
-            order = order.to(device)
-            model.train()
-            epoch_train_s, epoch_images = 0.0, 0
-            last_log = time.perf_counter()
-            window = torch.zeros(3, device=device)  # loss sum, correct, seen since the last step row
-            while state["step_in_epoch"] < steps_per_epoch:
-                t0 = time.perf_counter()
-                s = state["step_in_epoch"]
-                index = order[s * recipe.batch_size:(s + 1) * recipe.batch_size][rank::world]
-                g = step_generator(cfg.seed, epoch, s, device)
-                x = recipe.normalization.apply(augment(images[index], g)).contiguous(memory_format=torch.channels_last)
-                y = labels[index]
-                global_step = epoch * steps_per_epoch + s
-                if recipe.schedule == "onecycle":
-                    for group in optimizer.param_groups:
-                        group["lr"] = onecycle_lr(recipe, global_step, total_steps, steps_per_epoch)
-                loss, logits = _sgd_step(train_model, optimizer, x, y, recipe, device)
-                hits = (logits.argmax(1) == y).sum()
-                window += torch.stack([loss.detach() * len(y), hits, torch.tensor(len(y), device=device)])
-                state["step_in_epoch"] += 1
-                now = time.perf_counter()
-                epoch_train_s += now - t0
-                epoch_images += len(y) * world
-                stopping = _stop_agreed(stop, world, device)
-                if now - last_log >= 1.0 or state["step_in_epoch"] == steps_per_epoch or stopping:
-                    loss_sum, correct, seen = window.tolist()
-                    state["loss_sum"] += loss_sum
-                    state["correct"] += int(correct)
-                    state["seen"] += int(seen)
-                    window.zero_()
-                    last_log = now
-                    done = global_step + 1
-                    elapsed = now - started
-                    row = {"kind": "step", "epoch": epoch + 1, "step": done, "train_loss": loss_sum / max(seen, 1),
-                           "train_acc": correct / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
-                           "img_per_s": epoch_images / max(epoch_train_s, 1e-9), "elapsed_s": elapsed,
-                           "eta_s": elapsed / done * (total_steps - done) if done else None}
-                    if writer:
-                        run.append_metrics(row)
-                        if on_step:
-                            on_step(row)
-                if stopping:
-                    state["elapsed_s"] = time.perf_counter() - started
-                    save_last("stopped")
-                    if writer:
-                        run.set_status("stopped", epoch=state["epoch"], epochs=recipe.epochs)
-                    return {"status": "stopped", "epoch": epoch, "step": state["step_in_epoch"]}
+    @property
+    def global_step(self) -> int:
+        return self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
 
-            # End of epoch: totals over all ranks, validation, schedule, checkpoints.
-            totals = torch.tensor([state["loss_sum"], state["correct"], state["seen"]],
-                                  device=device, dtype=torch.float64)
-            if world > 1:
-                dist.all_reduce(totals)
-            train_loss, train_acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
-            if recipe.schedule == "plateau":
-                plateau.step(train_loss)
-            val_loss, val_acc = _validate(model, val_set, recipe)
-            state.update(epoch=epoch + 1, step_in_epoch=0, loss_sum=0.0, correct=0, seen=0)
-            state["elapsed_s"] = time.perf_counter() - started
-            improved = val_acc is not None and val_acc > state["best_acc"]
-            if improved:
-                state["best_acc"] = val_acc
-            row = {"kind": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "train_loss": train_loss,
-                   "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
-                   "lr": optimizer.param_groups[0]["lr"],
-                   "img_per_s": epoch_images / max(epoch_train_s, 1e-9), "elapsed_s": state["elapsed_s"],
-                   "eta_s": state["elapsed_s"] / (epoch + 1) * (recipe.epochs - epoch - 1)}
-            if writer:
-                if improved or not run.best.exists():
-                    checkpoint.save(run.best, model, replace(card, training=summary("best")))
-                # The row before the state: a kill between them replays this epoch and rewrites its row.
-                run.append_metrics(row)
-                save_last("running")
-                run.set_status("running", epoch=epoch + 1, epochs=recipe.epochs)
-                if on_epoch:
-                    on_epoch(row)
+    def begin_epoch(self, order: torch.Tensor) -> None:
+        self.order = order
+        self.model.train()
+        self.window = torch.zeros(3, device=self.device)  # loss sum, correct, seen since the last step row
+        self.epoch_images = 0
+        self.epoch_started = self.last_log = time.perf_counter()
 
-    report = {"status": "finished", "epochs": recipe.epochs, "best_val_acc": state["best_acc"]}
-    if writer:
-        best_model, best_card = checkpoint.load(run.best)
-        final = evaluate(best_model.to(device), val_set, recipe.normalization, flip_tta=recipe.flip_tta)
-        report |= final.to_dict() | {"train_time_s": state["elapsed_s"], "device": device_name(device)}
-        run.write_json(run.report, report)
-        checkpoint.save(run.best, best_model, replace(best_card, training=summary("finished") | {
-            "val_acc": final.accuracy, "per_class": final.per_class}))
-        save_last("finished")
-        run.set_status("finished", epoch=state["epoch"], epochs=recipe.epochs)
-    return report
+    def step(self) -> None:
+        cfg, recipe, state = self.cfg, self.recipe, self.state
+        s = state.step_in_epoch
+        index = self.order[s * recipe.batch_size:(s + 1) * recipe.batch_size][self.rank::self.world]
+        g = step_generator(cfg.seed, state.epoch, s, self.device)
+        x = recipe.normalization.apply(augment(self.train_set.images[index], g))
+        if recipe.cutout:
+            x = cutout(x, recipe.cutout, g)
+        y = self.train_set.labels[index]
+        if recipe.schedule == "onecycle":
+            for group in self.optimizer.param_groups:
+                group["lr"] = onecycle_lr(recipe, self.global_step, self.total_steps, self.steps_per_epoch)
+        loss, logits = _sgd_step(self.train_model, self.optimizer, x.contiguous(memory_format=torch.channels_last), y,
+                                 recipe, self.device)
+        if self.average:
+            self.average.update(self.model)
+        hits = (logits.argmax(1) == y).sum()
+        self.window += torch.stack([loss.detach() * len(y), hits, torch.tensor(len(y), device=self.device)])
+        state.step_in_epoch += 1
+        self.epoch_images += len(y) * self.world
+
+    def images_per_second(self) -> float:
+        """Training speed this epoch, from the wall clock after the device has finished its queued work."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return self.epoch_images / max(time.perf_counter() - self.epoch_started, 1e-9)
+
+    def log_step(self) -> None:
+        state = self.state
+        img_per_s = self.images_per_second()
+        loss_sum, correct, seen = self.window.tolist()
+        self.window.zero_()
+        state.loss_sum += loss_sum
+        state.correct += int(correct)
+        state.seen += int(seen)
+        self.last_log = time.perf_counter()
+        done = self.global_step
+        elapsed = self.last_log - self.started
+        row = MetricsRow("step", state.epoch + 1, done, loss_sum / max(seen, 1), correct / max(seen, 1),
+                         self.optimizer.param_groups[0]["lr"], img_per_s, elapsed,
+                         elapsed / done * (self.total_steps - done))
+        if self.writer:
+            self.folder.append_metrics(row)
+            if self.on_step:
+                self.on_step(row)
+
+    def end_epoch(self) -> None:
+        """Totals over all ranks, the schedule, validation, then best.pt, the row and last.pt."""
+        recipe, state = self.recipe, self.state
+        img_per_s = self.images_per_second()
+        totals = torch.tensor([state.loss_sum, state.correct, state.seen], device=self.device, dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(totals)
+        train_loss, train_acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+        if recipe.schedule == "plateau":
+            self.plateau.step(train_loss)
+        val_loss, val_acc = _validate(self.shipped, self.val_set, recipe)
+        state.epoch, state.step_in_epoch, state.loss_sum, state.correct, state.seen = state.epoch + 1, 0, 0.0, 0, 0
+        state.elapsed_s = time.perf_counter() - self.started
+        improved = val_acc is not None and val_acc > state.best_acc
+        if improved:
+            state.best_acc = val_acc
+        row = MetricsRow("epoch", state.epoch, self.global_step, train_loss, train_acc,
+                         self.optimizer.param_groups[0]["lr"], img_per_s, state.elapsed_s,
+                         state.elapsed_s / state.epoch * (recipe.epochs - state.epoch), val_loss, val_acc)
+        if self.writer:
+            if improved or not self.folder.best.exists():
+                card = replace(self.card, training=self.summary(RunState.RUNNING))
+                checkpoint.save(self.folder.best, self.shipped, card)
+            # The row before the state: a kill between them replays this epoch and rewrites its row.
+            self.folder.append_metrics(row)
+            self.save_last(RunState.RUNNING)
+            self.set_status(RunState.RUNNING)
+            if self.on_epoch:
+                self.on_epoch(row)
+
+    # ---- saving, stopping, finishing ---------------------------------------------------------------
+
+    def summary(self, status: RunState) -> dict:
+        """The card's account of this training."""
+        cfg, recipe, state = self.cfg, self.recipe, self.state
+        return {"data": cfg.data, "recipe": cfg.recipe, "epochs": state.epoch, "planned_epochs": recipe.epochs,
+                "batch_size": recipe.batch_size, "lr": recipe.lr, "label_smoothing": recipe.label_smoothing,
+                "weight_decay": recipe.weight_decay, "ema": recipe.ema, "cutout": recipe.cutout, "seed": cfg.seed,
+                "val_size": cfg.val_size, "subset": cfg.subset,
+                "val_acc": state.best_acc if state.best_acc >= 0 else None,
+                "train_time_s": round(state.elapsed_s, 1), "device": device_name(self.device), "status": status.value}
+
+    def set_status(self, state: RunState) -> None:
+        if self.writer:
+            self.folder.set_status(state, self.state.epoch, self.recipe.epochs)
+
+    def save_last(self, status: RunState) -> None:
+        if self.writer:
+            train_state = {"optimizer": self.optimizer.state_dict(), "plateau": self.plateau.state_dict(),
+                           "loop": asdict(self.state)}
+            if self.average:
+                train_state["ema"] = self.average.state_dict()
+            checkpoint.save(self.folder.last, self.model, replace(self.card, training=self.summary(status)),
+                            train_state)
+
+    def stop(self) -> dict:
+        self.state.elapsed_s = time.perf_counter() - self.started
+        self.save_last(RunState.STOPPED)
+        self.set_status(RunState.STOPPED)
+        return {"status": "stopped", "epoch": self.state.epoch, "step": self.state.step_in_epoch}
+
+    def finish(self) -> dict:
+        """The final report: the best model evaluated on the validation split, also written into its card."""
+        report = {"status": "finished", "epochs": self.recipe.epochs, "best_val_acc": self.state.best_acc}
+        if self.writer:
+            best_model, best_card = checkpoint.load(self.folder.best)
+            final = evaluate(best_model.to(self.device), self.val_set, best_card.inference)
+            report |= final.to_dict() | {"train_time_s": self.state.elapsed_s, "device": device_name(self.device)}
+            self.folder.write_json(self.folder.report, report)
+            checkpoint.save(self.folder.best, best_model, replace(best_card, training=self.summary(
+                RunState.FINISHED) | {"val_acc": final.accuracy, "per_class": final.per_class}))
+            self.save_last(RunState.FINISHED)
+            self.set_status(RunState.FINISHED)
+        return report
 
 
 def _load_on_device(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> tuple[ImageSet, ImageSet]:
@@ -464,7 +462,7 @@ def _validate(model: torch.nn.Module, val_set: ImageSet, recipe: Recipe) -> tupl
     """Validation loss and accuracy; (None, None) without a validation split."""
     if not len(val_set):
         return None, None
-    result = evaluate(model, val_set, recipe.normalization, flip_tta=recipe.flip_tta)
+    result = evaluate(model, val_set, InferenceRecipe(recipe.normalization, recipe.tta))
     return F.nll_loss(result.probs.clamp_min(1e-12).log(), result.labels.cpu()).item(), result.accuracy
 
 
@@ -475,23 +473,3 @@ def _stop_agreed(stop: StopRequest, world: int, device: torch.device) -> bool:
     flag = torch.tensor([1.0 if stop.requested else 0.0], device=device)
     dist.all_reduce(flag)
     return flag.item() > 0
-
-
-def load_config(run: Path | str) -> TrainConfig:
-    path = RunFolder(run).config
-    if not path.exists():
-        raise TrainError(f"{run} is not a run folder: it has no config.json")
-    return TrainConfig(**json.loads(path.read_text()))
-
-
-def resumable(run: Path | str) -> bool:
-    folder = RunFolder(run)
-    return folder.config.exists() and folder.last.exists()
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

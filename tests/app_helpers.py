@@ -12,7 +12,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from mobilenet import catalog, checkpoint, data, infer
+from mobilenet import checkpoint
 from mobilenet.checkpoint import ModelCard
 from mobilenet.data import CIFAR10_CLASSES
 from mobilenet.model import MobileNetV1
@@ -47,9 +47,9 @@ def isolate_app(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Empty checkpoint, runs and data folders of the test's own, and no cached results from other tests."""
     for name in ("checkpoints", "runs", "data"):
         (root / name).mkdir()
-    monkeypatch.setattr(infer, "CHECKPOINT_DIR", root / "checkpoints")
-    monkeypatch.setattr(catalog, "RUNS_DIR", root / "runs")
-    monkeypatch.setattr(data, "DATA_ROOT", root / "data")
+    monkeypatch.setenv("MOBILENET_CHECKPOINTS", str(root / "checkpoints"))
+    monkeypatch.setenv("MOBILENET_RUNS", str(root / "runs"))
+    monkeypatch.setenv("MOBILENET_DATA", str(root / "data"))
     st.cache_data.clear()
     st.cache_resource.clear()
     return root

@@ -19,7 +19,8 @@ from torch import nn
 
 from mobilenet import checkpoint
 from mobilenet.checkpoint import ModelCard
-from mobilenet.data import CIFAR10_CLASSES, CIFAR10_NORMALIZATION
+from mobilenet.data import CIFAR10_CLASSES
+from mobilenet.tta import CIFAR10_NORMALIZATION
 from mobilenet.model import MobileNetV1
 
 
@@ -42,7 +43,7 @@ def random_model(alpha: float = 0.25) -> MobileNetV1:
 
 def save_random_checkpoint(path: Path, alpha: float = 0.25, flip_tta: bool = True) -> Path:
     norm = CIFAR10_NORMALIZATION
-    card = ModelCard(alpha, "cifar", 32, CIFAR10_CLASSES, norm.mean, norm.std, {"flip_tta": flip_tta})
+    card = ModelCard(alpha, "cifar", 32, CIFAR10_CLASSES, norm.mean, norm.std, tta="flip" if flip_tta else "none")
     checkpoint.save(path, random_model(alpha), card)
     return path
 

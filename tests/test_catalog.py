@@ -9,24 +9,23 @@ import pytest
 from app_helpers import save_model, save_run
 from conftest import write_folder, zip_folder
 
-from mobilenet import catalog, checkpoint, evalsets, infer
+from mobilenet import catalog, checkpoint, data, evalsets, shipping
 from mobilenet.checkpoint import CheckpointError, ModelCard
 from mobilenet.data import CIFAR10_CLASSES, DataError, load
 from mobilenet.stats import model_stats
-from mobilenet.train import split_train_val
 
 
 @pytest.fixture
 def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(infer, "CHECKPOINT_DIR", tmp_path / "checkpoints")
-    monkeypatch.setattr(catalog, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setenv("MOBILENET_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("MOBILENET_RUNS", str(tmp_path / "runs"))
     return tmp_path
 
 
 def test_shipped_models_come_first_with_the_default_leading_then_finished_runs(places: Path) -> None:
     save_model(places / "checkpoints" / "mobilenet_v1_a0.25.pt")
     save_model(places / "checkpoints" / "mobilenet_v1_a0.5.pt", alpha=0.5)
-    save_model(places / "checkpoints" / infer.DEFAULT_CHECKPOINT_NAME, alpha=0.125)  # the default even if narrower
+    save_model(places / "checkpoints" / catalog.DEFAULT_CHECKPOINT_NAME, alpha=0.125)  # the default even if narrower
     save_run(places / "runs", "b-finished")
     save_run(places / "runs", "a-running", state="running")
     (places / "runs" / "no-status").mkdir()
@@ -88,7 +87,7 @@ def test_the_held_out_split_is_the_one_training_kept_apart(tmp_path: Path) -> No
     card = save_model(tmp_path / "m.pt", classes=("cat", "dog", "ship"),
                       training={"data": str(folder), "val_size": 6, "seed": 3})
     images = evalsets.load(card, evalsets.EvalSource("val", str(folder), evalsets.VAL), tmp_path)
-    _, expected = split_train_val(load(str(folder), "train", 32, root=tmp_path), 6, 3)
+    _, expected = data.split_train_val(load(str(folder), "train", 32, root=tmp_path), 6, 3)
     assert images.images.equal(expected.images) and images.labels.equal(expected.labels)
     sample = evalsets.load(card, evalsets.EvalSource("all", str(folder), "train"), tmp_path, limit=9)
     assert sorted(sample.labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
@@ -118,10 +117,10 @@ def test_export_ships_weights_and_a_complete_card_and_rewrites_the_cards(tmp_pat
     shipped = tmp_path / "checkpoints"
     shipped.mkdir()
     (shipped / "README.md").write_text(
-        f"# Models\n\nIntro kept.\n\n{catalog.CARDS_START}\nstale\n{catalog.CARDS_END}\n\nEnd kept.\n")
+        f"# Models\n\nIntro kept.\n\n{shipping.CARDS_START}\nstale\n{shipping.CARDS_END}\n\nEnd kept.\n")
     for alpha, accuracy in ((0.25, 0.8125), (1.0, 0.875)):
         run = finished_run(tmp_path / "runs", f"a{alpha}", alpha, accuracy)
-        card = catalog.export(run, shipped / f"mobilenet_v1_a{alpha}.pt", data_description="JPEG CIFAR-10")
+        card = shipping.export(run, shipped / f"mobilenet_v1_a{alpha}.pt", data_description="JPEG CIFAR-10")
 
     payload = checkpoint.read(shipped / "mobilenet_v1_a1.0.pt")
     assert "train_state" not in payload
@@ -131,10 +130,10 @@ def test_export_ships_weights_and_a_complete_card_and_rewrites_the_cards(tmp_pat
     assert (t["val_acc"], t["val_n"], t["data"], t["epochs"]) == (0.875, 5000, "JPEG CIFAR-10", 12)
     assert ModelCard.from_dict(payload["card"]) == card
 
-    catalog.write_cards(shipped)
+    shipping.write_cards(shipped)
     readme = (shipped / "README.md").read_text()
     assert readme.startswith("# Models\n\nIntro kept.") and readme.endswith("End kept.\n") and "stale" not in readme
-    assert readme.count(catalog.CARDS_START) == 1 and readme.count(catalog.CARDS_END) == 1
+    assert readme.count(shipping.CARDS_START) == 1 and readme.count(shipping.CARDS_END) == 1
     overview = [line for line in readme.splitlines() if line.startswith("| `")]
     assert overview == ["| `mobilenet_v1_a1.0.pt` | 1 | 3,217,226 | 45.16 M | 87.50% |",
                         f"| `mobilenet_v1_a0.25.pt` | 0.25 | {model_stats(0.25).params:,} | "
@@ -147,5 +146,5 @@ def test_export_ships_weights_and_a_complete_card_and_rewrites_the_cards(tmp_pat
 def test_export_refuses_an_unfinished_run(tmp_path: Path) -> None:
     run = save_run(tmp_path / "runs", "still-training", state="running")
     with pytest.raises(CheckpointError, match="not a finished run"):
-        catalog.export(run, tmp_path / "out.pt")
+        shipping.export(run, tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()

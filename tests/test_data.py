@@ -12,6 +12,7 @@ from torchvision.datasets import CIFAR10
 
 from mobilenet import data
 from mobilenet.data import DataError, stratified_split
+from mobilenet.tta import SEED_NORMALIZATION
 
 from conftest import CLASSES, write_cifar_archive, write_folder, zip_folder
 
@@ -142,7 +143,7 @@ def test_cifar10_failed_download_says_what_to_do(cifar_server, tmp_path: Path, m
 
 def test_normalization_constants_are_metadata() -> None:
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
-    out = data.SEED_NORMALIZATION.apply(x)
+    out = SEED_NORMALIZATION.apply(x)
     assert torch.allclose(out, torch.ones_like(out))
 
 

@@ -61,7 +61,8 @@ def test_latency_is_measured_within_its_budget() -> None:
 
 def test_heatmap_overlay_covers_the_centre_square_where_the_map_is_hot() -> None:
     photo = Image.new("RGB", (400, 200), "white")
-    assert visual.heatmap_overlay(photo, torch.zeros(8, 8), side=100).getpixel((50, 50)) == (255, 255, 255)  # not darkened
+    cold = visual.heatmap_overlay(photo, torch.zeros(8, 8), side=100)
+    assert cold.getpixel((50, 50)) == (255, 255, 255)  # not darkened
     overlay = visual.heatmap_overlay(photo, torch.ones(8, 8), side=100, opacity=1.0)
     assert overlay.size == (100, 100)
     assert overlay.getpixel((50, 50)) == tuple(visual.colormap(np.array(1.0)).tolist())

@@ -16,7 +16,8 @@ from mobilenet.gradcam import class_maps, target_block
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "checkpoints").glob("mobilenet_v1_a*.pt"))
-EXAMPLES = sorted((ROOT / "checkpoints" / "examples").glob("*.jpg")) + sorted((ROOT / "assets" / "examples").glob("*.jpg"))
+EXAMPLES = sorted((ROOT / "checkpoints" / "examples").glob("*.jpg")) + \
+    sorted((ROOT / "assets" / "examples").glob("*.jpg"))
 CAT = ROOT / "tests" / "data" / "photos" / "cat.png"  # a 451×300 tabby: blank for α=1 under the first Grad-CAM
 
 

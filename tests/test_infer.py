@@ -13,7 +13,7 @@ from inference_helpers import image_bytes, random_model, save_random_checkpoint
 from PIL import Image
 from torch import nn
 
-from mobilenet import Classifier, ImageError, Prediction, checkpoint, data, infer
+from mobilenet import Classifier, ImageError, Prediction, checkpoint, data
 from mobilenet.checkpoint import CheckpointError
 from mobilenet.evaluate import predict_probs
 from mobilenet.infer import fold_batchnorm
@@ -90,8 +90,8 @@ def test_preprocessing_and_outputs_match_training_and_evaluation(clf: Classifier
     seen = torch.stack([clf.prepare(blob) for blob in files.values()])
     assert seen.equal(trained_on)
     model, card = checkpoint.load(checkpoint_file)
-    expected = predict_probs(model, trained_on, clf.normalization, flip_tta=card.training["flip_tta"])
-    assert clf.flip_tta
+    expected = predict_probs(model, trained_on, card.inference)
+    assert clf.recipe.tta == "flip"
     torch.testing.assert_close(clf.probabilities(seen), expected, atol=1e-5, rtol=1e-4)
 
 
@@ -120,6 +120,6 @@ def test_load_a_run_folder_and_a_missing_default(checkpoint_file: Path, tmp_path
     run.mkdir()
     (run / "best.pt").write_bytes(checkpoint_file.read_bytes())
     assert Classifier.load(run, device="cpu", threads=None).classes == data.CIFAR10_CLASSES
-    monkeypatch.setattr(infer, "CHECKPOINT_DIR", tmp_path / "none")
+    monkeypatch.setenv("MOBILENET_CHECKPOINTS", str(tmp_path / "none"))
     with pytest.raises(CheckpointError, match="default model"):
         Classifier.load()

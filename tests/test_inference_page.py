@@ -31,7 +31,8 @@ def inference_page() -> AppTest:
 
 def test_uploads_stay_after_visiting_another_page() -> None:
     at = inference_page()
-    at.file_uploader[0].set_value([("a.png", image_bytes(), "image/png"), ("cut.png", image_bytes()[:300], "image/png")]).run()
+    uploads = [("a.png", image_bytes(), "image/png"), ("cut.png", image_bytes()[:300], "image/png")]
+    at.file_uploader[0].set_value(uploads).run()
     assert [e.value for e in at.error] == [("**cut.png**: the image file is truncated: it ends before the picture does "
                                            "(an interrupted download or copy?)")]
     answer = at.markdown[-1].value

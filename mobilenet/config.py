@@ -1,0 +1,152 @@
+"""The training configuration: recipes, and the one TrainConfig that the CLI, the app's jobs and run folders share.
+
+TrainConfig's fields are the single source of the `train` command's options (`add_arguments`), of a run
+folder's config.json and of what the app's job manager launches.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .model import STEMS, check_alpha, check_stem, input_resolution
+from .settings import data_root
+from .tta import CIFAR10_NORMALIZATION, SEED_NORMALIZATION, TTA_MODES, Normalization
+
+
+@dataclass(frozen=True)
+class Recipe:
+    batch_size: int
+    lr: float
+    epochs: int
+    # "plateau": ReduceLROnPlateau on the training loss; "onecycle": linear warm-up then linear decay to 0
+    schedule: str
+    weight_decay: float
+    decay_norm_and_bias: bool
+    nesterov: bool
+    label_smoothing: float
+    normalization: Normalization
+    tta: str  # test-time augmentation of validation and of the shipped model (see mobilenet.tta)
+    warmup_epochs: float = 0.0
+    momentum: float = 0.9
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: none); validated and shipped
+    cutout: int = 0  # side of a square erased from each training image (0: none)
+
+
+RECIPES = {
+    # The seed blog post, exactly.
+    "seed": Recipe(
+        batch_size=64, lr=0.1, epochs=20, schedule="plateau", weight_decay=5e-4, decay_norm_and_bias=True,
+        nesterov=False, label_smoothing=0.0, normalization=SEED_NORMALIZATION, tta="none",
+    ),
+    # Chosen by measurement, see BENCHMARKS.md.
+    "fast": Recipe(
+        batch_size=128, lr=0.2, epochs=30, schedule="onecycle", weight_decay=5e-4, decay_norm_and_bias=False,
+        nesterov=True, label_smoothing=0.1, normalization=CIFAR10_NORMALIZATION, tta="flip", warmup_epochs=2,
+    ),
+}
+DEFAULT_RECIPE = "fast"
+# TrainConfig fields that override the recipe's value when set (None: the recipe's)
+OVERRIDES = ("epochs", "batch_size", "lr", "label_smoothing", "weight_decay", "ema", "cutout", "tta")
+
+
+def _option(default: Any, help: str, **argparse: Any) -> Any:
+    return field(default=default, metadata={"help": help, **argparse})
+
+
+@dataclass
+class TrainConfig:
+    data: str = _option("cifar10", "'cifar10' or an image folder / .zip with train/<class>/ (default cifar10)")
+    recipe: str = _option(DEFAULT_RECIPE, "training recipe (default fast)", choices=tuple(RECIPES))
+    epochs: int | None = _option(None, "default: the recipe's")
+    batch_size: int | None = _option(None, "default: the recipe's")
+    lr: float | None = _option(None, "peak learning rate; default: the recipe's")
+    label_smoothing: float | None = _option(None, "default: the recipe's")
+    weight_decay: float | None = _option(None, "default: the recipe's")
+    ema: float | None = _option(None, "decay of a moving average of the weights, e.g. 0.999; default: the recipe's")
+    cutout: int | None = _option(None, "side of the square Cutout erases, e.g. 8; default: the recipe's")
+    tta: str | None = _option(None, "test-time augmentation for validation and the model; default: the recipe's",
+                              choices=TTA_MODES)
+    alpha: float = _option(1.0, "width multiplier α (default 1.0)")
+    beta: float = _option(1.0, "resolution multiplier β (default 1.0)")
+    stem: str = _option("cifar", "cifar: the seed's network; imagenet: the paper's", choices=STEMS)
+    seed: int = _option(0, "seed of the validation split, the initialisation and the augmentation")
+    val_size: int = _option(5000, "held-out validation images (default 5000; at most 20%% of the data; 0: none)")
+    subset: int | None = _option(None, "use only N training images, a seeded class-balanced sample (smoke runs)")
+    device: str = _option("auto", "auto (the GPU when there is one), cpu or cuda")
+    compile: bool = _option(False, "torch.compile the model")
+    data_root: str = _option("", "where CIFAR-10 and the decode cache live (default: MOBILENET_DATA or data)")
+    download: bool = _option(True, "download CIFAR-10 when it is missing")
+
+    def __post_init__(self) -> None:
+        if not self.data_root:
+            self.data_root = str(data_root())
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        for name in ("epochs", "batch_size", "subset"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.lr is not None and not 0 < self.lr < 100:
+            raise ValueError(f"lr must be above 0 and below 100, got {self.lr!r}")
+        for name in ("label_smoothing", "weight_decay", "ema"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 0 and below 1, got {value!r}")
+        if self.cutout is not None and self.cutout < 0:
+            raise ValueError(f"cutout must be 0 or more, got {self.cutout!r}")
+        if self.val_size < 0:
+            raise ValueError(f"val-size must be 0 or more, got {self.val_size}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        check_alpha(self.alpha)
+        check_stem(self.stem)
+        input_resolution(self.stem, self.beta)
+
+    @property
+    def effective(self) -> Recipe:
+        """The recipe with this run's overrides applied."""
+        overrides = {name: getattr(self, name) for name in OVERRIDES}
+        return replace(RECIPES[self.recipe], **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def resolution(self) -> int:
+        return input_resolution(self.stem, self.beta)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Any) -> TrainConfig:
+        """A config from JSON (config.json); ValueError for anything that is not one."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a training config is a JSON object, not {type(values).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise ValueError(f"malformed training config ({e})") from None
+
+
+TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
+
+
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, defaults: bool = True) -> None:
+    """One --option per TrainConfig field, with its help; without defaults, only the options given are set."""
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        meta = dict(f.metadata)
+        if f.type in ("bool", bool):
+            if f.default:
+                parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
+                                    default=f.default if defaults else argparse.SUPPRESS, help=f"do not {meta['help']}")
+            else:
+                parser.add_argument(flag, action="store_true", default=f.default if defaults else argparse.SUPPRESS,
+                                    help=meta["help"])
+            continue
+        kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
+        parser.add_argument(flag, type=kind, default=f.default if defaults else argparse.SUPPRESS, **meta)
