@@ -22,7 +22,7 @@ resolution = right.select_slider(f"Input resolution (β = resolution / {base})",
 
 stats = app.stats(alpha, stem, resolution)
 st.caption(f"α = {alpha:g}, β = {explore.beta(stem, resolution):.3g}: input {resolution}×{resolution}, "
-           f"{explore.NUM_CLASSES[stem]} classes. Changes are against α = 1, β = 1 with the same stem.")
+           f"{stats.num_classes} classes. Changes are against α = 1, β = 1 with the same stem.")
 for column, total in zip(st.columns(3), explore.totals(stats, app.stats(1.0, stem, base))):
     column.metric(total.label, total.value, total.delta, delta_color="inverse")
 

@@ -4,4 +4,5 @@ from .infer import Classifier, Prediction
 from .intake import ImageError
 from .model import MobileNetV1
 
-__all__ = ["Classifier", "ImageError", "MobileNetV1", "Prediction"]
+__version__ = "0.1.0"  # the one home of the version: pyproject.toml reads it
+__all__ = ["Classifier", "ImageError", "MobileNetV1", "Prediction", "__version__"]

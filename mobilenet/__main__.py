@@ -11,11 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import settings, train
+from . import __version__, settings, train
 from .checkpoint import CheckpointError
 from .config import TRAIN_OPTIONS, TrainConfig, add_arguments
 from .runs import MetricsRow, RunFolder, run_name
-from .data import DataError
+from .data import IMAGE_SUFFIXES, DataError
 from .display import format_duration
 from .model import STEMS
 
@@ -106,7 +106,13 @@ def resolve_checkpoint(path: str | None) -> Path:
 
         return default_checkpoint()
     p = Path(path)
-    return RunFolder(p).best if p.is_dir() else p
+    if not p.is_dir():
+        return p
+    if RunFolder(p).best.is_file():
+        return RunFolder(p).best
+    files = sorted(p.glob("*.pt"))
+    hint = f"; pass a checkpoint file instead, e.g. --checkpoint {files[0]}" if files else ""
+    raise CheckpointError(f"{p} is a folder but not a training run with a best model (it has no best.pt){hint}")
 
 
 def load_classifier(args: argparse.Namespace, threads: int | None = 1) -> Classifier:
@@ -124,11 +130,15 @@ def load_classifier(args: argparse.Namespace, threads: int | None = 1) -> Classi
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evalsets import VAL, EvalSource, load
+    from .evalsets import SEEN_NOTE, load, named
     from .evaluate import format_report, score
 
     clf = load_classifier(args, threads=None)  # a batch job: all the cores
-    source = EvalSource(args.data, args.data, VAL if args.split == "val" else "test")
+    source = named(clf.card, args.data, args.split, Path(args.data_root))
+    print(f"evaluating on {source.label}", file=sys.stderr)
+    if source.seen:
+        print(f"note: this {SEEN_NOTE} of the model: its accuracy here overstates how it does on new images; "
+              f"--split val scores the validation split it held out", file=sys.stderr)
     dataset = load(clf.card, source, Path(args.data_root), download=not args.no_download)
     result = score(clf.probabilities(dataset.images), dataset)
     print(json.dumps(result.to_dict()) if args.json else format_report(result))
@@ -147,7 +157,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # intake refuses those images with its own message
     clf = load_classifier(args)
     results: list[dict] = []
-    for source in args.inputs:
+    for source in expand_folders(args.inputs):
+        if isinstance(source, dict):  # a folder without images
+            results.append(source)
+            continue
         try:
             prediction = clf.predict(fetch_url(source) if URL.match(source) else source, args.topk)
             results.append({"source": source, "top": [{"label": label, "prob": prob} for label, prob in prediction.top],
@@ -160,6 +173,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for result in results:
             print_prediction(result)
     return 1 if any("error" in r for r in results) else 0
+
+
+def expand_folders(inputs: list[str]) -> list[str | dict]:
+    """Each folder among the inputs becomes its image files, sorted; a folder without any, an error object."""
+    expanded: list[str | dict] = []
+    for source in inputs:
+        folder = Path(source)
+        if URL.match(source) or not folder.is_dir():
+            expanded.append(source)
+            continue
+        images = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        expanded += images or [{"source": source, "error": f"a folder without images ({kinds})"}]
+    return expanded
 
 
 def print_prediction(result: dict) -> None:
@@ -186,6 +213,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record_data(args: argparse.Namespace) -> int:
+    from .shipping import record_data, write_cards
+
+    path = Path(args.checkpoint)
+    card = record_data(path, args.data)
+    write_cards(path.parent)
+    print(f"{path}: trained on {card.data.source} (fingerprint {card.data.fingerprint})")
+    return 0
+
+
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .engines import NEEDS_ONNXRUNTIME, EngineError, onnxruntime_available
     from .shipping import write_cards
@@ -205,7 +242,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mobilenet", description="MobileNet v1 on CIFAR-10")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
 
     p = sub.add_parser("summary", help="layer table, parameters and mult-adds for α, β and a stem")
     p.add_argument("--alpha", type=float, default=1.0, help="width multiplier α (default 1.0)")
@@ -213,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--beta", type=float, help="resolution multiplier β: input side = round(base × β)")
     size.add_argument("--resolution", type=int, help="input side in pixels")
     p.add_argument("--stem", choices=STEMS, default="cifar", help="cifar: the seed's network; imagenet: the paper's")
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=positive_int,
+                   help="classes of the classifier (default: the stem's, 10 for cifar and 1000 for imagenet)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     p.set_defaults(run=cmd_summary)
 
@@ -232,14 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint file or run folder (default: the shipped α=1.0 model)")
     p.add_argument("--data", required=True, help="'cifar10' or an image folder / .zip")
     p.add_argument("--split", choices=["test", "val"], default="test",
-                   help="test split, or the validation split held out in training (same seed and size)")
-    p.add_argument("--json", action="store_true")
+                   help="test: the test split, or all the images of a folder without one (as the app does); val: "
+                        "the validation split held out in training (same seed and size)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the report")
     add_engine_option(p)
     add_data_options(p)
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify image files and URLs")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, or http(s) URL")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder of images, or http(s) URL")
     p.add_argument("--checkpoint", help="checkpoint file or run folder (default: the shipped α=1.0 model)")
     p.add_argument("--topk", type=positive_int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="a JSON list, one object per input")
@@ -251,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="checkpoint file to write, e.g. checkpoints/mobilenet_v1_a1.0.pt")
     p.add_argument("--data-description", help="the training data in words, stored in the card instead of its path")
     p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("record-data", help="record in a shipped model's card the fingerprint of its training data")
+    p.add_argument("checkpoint", help="checkpoint file, e.g. checkpoints/mobilenet_v1_a1.0.pt")
+    p.add_argument("--data", required=True, help="the folder or .zip it was trained on (or 'cifar10')")
+    p.set_defaults(run=cmd_record_data)
 
     p = sub.add_parser("export-onnx", help="write a shipped model's int8 ONNX model beside it, with its accuracy")
     p.add_argument("checkpoint", help="checkpoint file, e.g. checkpoints/mobilenet_v1_a1.0.pt")

@@ -145,6 +145,13 @@ def save(path: Path | str, model: torch.nn.Module, card: ModelCard, train_state:
     atomic_torch_save(payload, path)
 
 
+def replace_card(path: Path | str, card: ModelCard) -> None:
+    """Write a new card into a checkpoint, keeping its weights and their digest as they are."""
+    payload = read(path)
+    payload["card"] = card.to_dict()
+    atomic_torch_save(payload, path)
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain model inside DDP or torch.compile wrappers."""
     model = getattr(model, "module", model)

@@ -1,7 +1,10 @@
-"""Evaluation sets: which there are under the data root, and one loaded for a model.
+"""Evaluation sets: which there are under the data root, which of them hold a model's training images, and one
+loaded for a model.
 
-A model can be evaluated on the CIFAR-10 test split, on the validation split held out of its own
-training data (same seed, size and subset as in training), or on an image folder or .zip in the data root.
+A model can be evaluated on the CIFAR-10 test split, on the validation split held out of its own training data
+(same seed, size and subset as in training), or on an image folder or .zip in the data root: its test split when
+it has one, else all its images. A source is the model's training data when its fingerprint is the one the card
+records (by file name only for cards without a fingerprint): wherever it lies and whatever it is called.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from .checkpoint import ModelCard, TrainingData
 from .data import DataError, ImageSet
 
 VAL = "val"  # the validation split held out in training, beside data.SPLITS
+ALL = "train"  # a folder without a test split: all its images
+SEEN_NOTE = "includes training images"
 
 
 @dataclass(frozen=True)
 class EvalSource:
     label: str
     source: str  # "cifar10" or a folder / .zip path
-    split: str  # "test", "train" (a folder without splits: all its images) or "val"
+    split: str  # "test", ALL or VAL
+    seen: bool = False  # holds images the model was trained on: its accuracy there says little
 
 
 def missing_data_message(root: Path) -> str:
@@ -34,8 +40,8 @@ def missing_data_message(root: Path) -> str:
     )
 
 
-def _source_exists(source: str, root: Path) -> bool:
-    return (root / data.CIFAR10_FOLDER).is_dir() if source == "cifar10" else Path(source).exists()
+def _cifar_present(root: Path) -> bool:
+    return (root / data.CIFAR10_FOLDER).is_dir()
 
 
 @lru_cache(maxsize=64)
@@ -46,28 +52,90 @@ def _splits(path: Path, mtime_ns: int) -> tuple[str, ...]:  # mtime_ns: part of 
         return ()
 
 
-def sources(card: ModelCard, root: Path | None = None) -> list[EvalSource]:
-    """What this model can be evaluated on, best first."""
-    root = settings.data_root() if root is None else root
-    found = []
-    if _source_exists("cifar10", root):
-        found.append(EvalSource("CIFAR-10 test set", "cifar10", "test"))
-    trained_on = card.data.source if card.data else None
-    if trained_on and _source_exists(trained_on, root):
-        name = "CIFAR-10" if trained_on == "cifar10" else Path(trained_on).name
-        found.append(EvalSource(f"validation split held out in training ({name})", trained_on, VAL))
-    candidates = sorted(root.iterdir()) if root.is_dir() else []
-    for path in candidates:
-        if path.name.startswith(".") or path.name in ("cache", data.CIFAR10_FOLDER):
-            continue
-        if not (path.is_dir() or path.suffix.lower() == ".zip"):
-            continue
+def evaluation_split(source: str) -> str | None:
+    """The one rule, for the app and the command line alike: a source's test split when it has one, else all its
+    images (a folder of train/<class>/ or <class>/ only); None when it holds no images."""
+    if source == "cifar10":
+        return "test"
+    path = Path(source)
+    try:
         splits = _splits(path, path.stat().st_mtime_ns)
-        if "test" in splits:
-            found.append(EvalSource(f"{path.name}: test split", str(path), "test"))
-        elif splits:
-            found.append(EvalSource(f"{path.name}: all images", str(path), "train"))
-    return found
+    except OSError:
+        return None
+    return "test" if "test" in splits else (ALL if splits else None)
+
+
+def trained_on(card: ModelCard, source: str) -> bool:
+    """Whether a source is the data the model was trained on: by fingerprint, or by name for a card without one."""
+    trained = card.data
+    if trained is None:
+        return False
+    if trained.fingerprint:
+        return data.fingerprint(source) == trained.fingerprint
+    return source == trained.source or Path(source).name == Path(trained.source).name
+
+
+def _candidates(root: Path) -> list[Path]:
+    """The image folders and .zip files in the data root (not the decode cache nor torchvision's CIFAR-10)."""
+    if not root.is_dir():
+        return []
+    skipped = ("cache", data.CIFAR10_FOLDER)
+    return [p for p in sorted(root.iterdir()) if not p.name.startswith(".") and p.name not in skipped
+            and (p.is_dir() or p.suffix.lower() == ".zip")]
+
+
+def training_source(card: ModelCard, root: Path | None = None) -> str | None:
+    """Where the model's training data is on this machine: its recorded path, or the data root's source with its
+    fingerprint; None when it is not here."""
+    root = settings.data_root() if root is None else root
+    trained = card.data
+    if trained is None:
+        return None
+    if trained.source == "cifar10":
+        return "cifar10" if _cifar_present(root) else None
+    here = [trained.source] if Path(trained.source).exists() else []
+    return next((s for s in here + [str(p) for p in _candidates(root)] if trained_on(card, s)), None)
+
+
+def describe_source(source: str) -> str:
+    return "CIFAR-10" if source == "cifar10" else Path(source).name
+
+
+def sources(card: ModelCard, root: Path | None = None) -> list[EvalSource]:
+    """What this model can be evaluated on: data it never saw first, anything holding its training images last."""
+    root = settings.data_root() if root is None else root
+    unseen, seen = [], []
+    if _cifar_present(root):
+        # CIFAR-10's test split is never trained on: the trainer holds its validation split out of train.
+        unseen.append(EvalSource("CIFAR-10 test set", "cifar10", "test"))
+    if (trained := training_source(card, root)) is not None:
+        unseen.append(EvalSource(f"validation split held out in training ({describe_source(trained)})", trained, VAL))
+    for path in _candidates(root):
+        split = evaluation_split(str(path))
+        if split == "test":
+            unseen.append(EvalSource(f"{path.name}: test split", str(path), "test"))
+        elif split == ALL:
+            if trained_on(card, str(path)):
+                seen.append(EvalSource(f"{path.name}: all images ({SEEN_NOTE})", str(path), ALL, seen=True))
+            else:
+                unseen.append(EvalSource(f"{path.name}: all images", str(path), ALL))
+    return unseen + seen
+
+
+def named(card: ModelCard, source: str, split: str, root: Path | None = None) -> EvalSource:
+    """The command line's --data and --split as a source, by the app's rule: "val" is the held-out validation
+    split; otherwise the test split, or all the images of a folder that has none."""
+    if split == VAL:
+        return EvalSource(f"validation split held out in training ({describe_source(source)})", source, VAL)
+    chosen = evaluation_split(source)
+    if chosen is None:
+        raise DataError(f"{source} holds no images: expected test/<class>/<image>, train/<class>/<image> "
+                        f"or <class>/<image>")
+    if chosen == "test":
+        return EvalSource(f"{describe_source(source)}: test split", source, "test")
+    seen = trained_on(card, source)
+    return EvalSource(f"{describe_source(source)}: all images" + (f" ({SEEN_NOTE})" if seen else ""), source, ALL,
+                      seen)
 
 
 def load(card: ModelCard, source: EvalSource, root: Path | None = None, download: bool = False,

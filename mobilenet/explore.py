@@ -12,12 +12,11 @@ import torch
 
 from .device import device_name, pick_device
 from .infer import fold_batchnorm
-from .model import BASE_RESOLUTION, MobileNetV1
+from .model import BASE_RESOLUTION, NUM_CLASSES, MobileNetV1
 from .stats import ModelStats, model_stats
 
 ALPHA_MIN, ALPHA_MAX, ALPHA_STEP = 0.25, 2.0, 0.05
 SWEEP_ALPHAS = tuple(0.25 + 0.125 * i for i in range(15))  # 0.25 … 2.0
-NUM_CLASSES = {"cifar": 10, "imagenet": 1000}  # the seed's CIFAR-10 head and the paper's ImageNet head
 # Input sides offered per stem: β from 0.25 to 2 for CIFAR, and steps of 16 that hold the paper's 128…224.
 RESOLUTIONS = {"cifar": tuple(range(8, 65, 4)), "imagenet": tuple(range(64, 449, 16))}
 
@@ -30,7 +29,7 @@ PAPER_TABLE7 = ((1.0, 224, 70.6, 569, 4.2), (1.0, 192, 69.1, 418, 4.2), (1.0, 16
 
 def stats_for(alpha: float, stem: str, resolution: int) -> ModelStats:
     """The explorer's network: the seed's 10-class head on the CIFAR stem, the paper's 1000 on ImageNet's."""
-    return model_stats(alpha, resolution=resolution, stem=stem, num_classes=NUM_CLASSES[stem])
+    return model_stats(alpha, resolution=resolution, stem=stem)
 
 
 def beta(stem: str, resolution: int) -> float:

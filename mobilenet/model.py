@@ -13,6 +13,7 @@ from torch import nn
 
 STEMS = ("cifar", "imagenet")
 BASE_RESOLUTION = {"cifar": 32, "imagenet": 224}
+NUM_CLASSES = {"cifar": 10, "imagenet": 1000}  # each stem's natural head: CIFAR-10's classes, ImageNet's
 STEM_CHANNELS = 32
 # Output channels and stride of each depthwise-separable block.
 LAYOUT: tuple[tuple[int, int], ...] = (

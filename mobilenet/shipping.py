@@ -7,9 +7,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import checkpoint
+from . import checkpoint, data
 from .catalog import shipped_order
-from .checkpoint import CheckpointError, ModelCard
+from .checkpoint import CheckpointError, ModelCard, TrainingData
+from .data import DataError
 from .engines import int8_file
 from .runs import RunFolder
 from .stats import model_stats
@@ -38,6 +39,24 @@ def export(run: Path, out: Path, data_description: str | None = None) -> ModelCa
     shipped = replace(card, data=data, training=training)
     checkpoint.save(out, model, shipped)
     return shipped
+
+
+def record_data(path: Path, source: str) -> ModelCard:
+    """Record in a shipped model's card which data it was trained on: the source by its file name and its
+    fingerprint, with the split the card already records. Only the card changes; the weights and their digest
+    stay, so the int8 model made from them still matches."""
+    card = ModelCard.from_dict(checkpoint.read(path)["card"])
+    found = data.fingerprint(source)
+    if found is None:
+        raise DataError(f"{source} does not exist")
+    split = card.data or TrainingData(source, None)
+    if split.fingerprint and split.fingerprint != found:
+        raise DataError(f"{source} is not the data {path.name} was trained on (fingerprint {found}, its card says "
+                        f"{split.fingerprint})")
+    name = source if source == "cifar10" else Path(source).name
+    recorded = replace(card, data=replace(split, source=name, fingerprint=found))
+    checkpoint.replace_card(path, recorded)
+    return recorded
 
 
 CARDS_START, CARDS_END = "<!-- cards: written by python -m mobilenet export -->", "<!-- /cards -->"
@@ -85,6 +104,7 @@ def card_markdown(name: str, card: ModelCard, int8: OnnxModel | None = None) -> 
     t = card.training
     per_class = " · ".join(f"{c} {a:.1%}" for c, a in t.get("per_class", {}).items())
     minutes = t.get("train_time_s", 0) / 60
+    fingerprint = f"; fingerprint `{card.data.fingerprint}`" if card.data and card.data.fingerprint else ""
     return "\n".join([
         f"### `{name}`",
         "",
@@ -94,7 +114,7 @@ def card_markdown(name: str, card: ModelCard, int8: OnnxModel | None = None) -> 
         f"{card.num_classes} classes |",
         f"| size and cost | {t.get('params', 0):,} parameters, "
         f"{t.get('mult_adds', 0) / 1e6:.2f} M mult-adds per image |",
-        f"| data | {t.get('data')} |",
+        f"| data | {t.get('data')}{fingerprint} |",
         f"| validation accuracy | {t.get('val_acc', 0):.2%} on {t.get('val_n', '?')} held-out images "
         f"(seeded, stratified; seed {t.get('seed')}){TTA_WORDS[card.tta]} |",
         f"| per-class accuracy | {per_class} |",

@@ -13,7 +13,7 @@ import torch
 import torchinfo
 from torch import nn
 
-from .model import MobileNetV1, check_alpha, input_resolution
+from .model import NUM_CLASSES, MobileNetV1, check_alpha, check_stem, input_resolution
 
 LAYER_TYPES = ("stem", "depthwise", "pointwise", "pool", "fc")
 # The paper's Table 2 names for the layer types.
@@ -106,8 +106,9 @@ class ModelStats:
 
 
 def _row_type(name: str, module: nn.Module) -> str:
+    """By the layer's place in the network, not its groups: at tiny α a depthwise conv has one channel and groups 1."""
     if isinstance(module, nn.Conv2d):
-        return "stem" if name.startswith("stem") else ("depthwise" if module.groups > 1 else "pointwise")
+        return "stem" if name.startswith("stem") else ("depthwise" if ".depthwise." in name else "pointwise")
     return "fc" if isinstance(module, nn.Linear) else "pool"
 
 
@@ -116,9 +117,12 @@ def model_stats(
     beta: float | None = None,
     resolution: int | None = None,
     stem: str = "cifar",
-    num_classes: int = 10,
+    num_classes: int | None = None,
 ) -> ModelStats:
+    """The network's rows and totals; num_classes defaults to the stem's natural count (10 or 1000)."""
     check_alpha(alpha)
+    check_stem(stem)
+    num_classes = NUM_CLASSES[stem] if num_classes is None else num_classes
     side = input_resolution(stem, beta, resolution)
     with torch.device("meta"):
         model = MobileNetV1(num_classes, alpha, stem)

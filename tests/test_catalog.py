@@ -10,7 +10,7 @@ from app_helpers import save_model, save_run
 from conftest import write_folder, zip_folder
 
 from mobilenet import catalog, checkpoint, data, evalsets, shipping
-from mobilenet.checkpoint import CheckpointError, ModelCard
+from mobilenet.checkpoint import CheckpointError, ModelCard, TrainingData
 from mobilenet.data import CIFAR10_CLASSES, DataError, load
 from mobilenet.stats import model_stats
 
@@ -76,6 +76,27 @@ def test_evaluation_sources(tmp_path: Path) -> None:
     assert evalsets.sources(card, root)[0] == evalsets.EvalSource("CIFAR-10 test set", "cifar10", "test")
 
 
+def test_the_training_data_is_found_by_fingerprint_and_offered_last(tmp_path: Path) -> None:
+    """A shipped card names its data by file name; the data root may hold it under any name."""
+    root = tmp_path / "data"
+    root.mkdir()
+    trained = zip_folder(write_folder(tmp_path / "trained", 6, splits=("train",)), root / "renamed.zip")
+    write_folder(root / "unrelated", per_class=2, splits=("train",))
+    card = save_model(tmp_path / "m.pt", data=TrainingData("cifar10-train-jpeg.zip", data.fingerprint(str(trained))))
+    found = evalsets.sources(card, root)
+    assert [(s.label, s.split, s.seen) for s in found] == [
+        ("validation split held out in training (renamed.zip)", evalsets.VAL, False),
+        ("unrelated: all images", "train", False),
+        (f"renamed.zip: all images ({evalsets.SEEN_NOTE})", "train", True)]
+    assert found[0].source == str(trained)
+    # A card from before fingerprints: its data by name only.
+    old = save_model(tmp_path / "old.pt", training={"data": "renamed.zip"})
+    assert [s.seen for s in evalsets.sources(old, root)] == [False, False, True]
+    # Another model never saw these images: nothing is marked.
+    other = save_model(tmp_path / "other.pt", data=TrainingData("cifar10", "cifar10"))
+    assert [s.label for s in evalsets.sources(other, root)] == ["renamed.zip: all images", "unrelated: all images"]
+
+
 def test_no_sources_in_a_missing_root(tmp_path: Path) -> None:
     card = save_model(tmp_path / "m.pt")
     assert evalsets.sources(card, tmp_path / "nowhere") == []
@@ -135,9 +156,9 @@ def test_export_ships_weights_and_a_complete_card_and_rewrites_the_cards(tmp_pat
     assert readme.startswith("# Models\n\nIntro kept.") and readme.endswith("End kept.\n") and "stale" not in readme
     assert readme.count(shipping.CARDS_START) == 1 and readme.count(shipping.CARDS_END) == 1
     overview = [line for line in readme.splitlines() if line.startswith("| `")]
-    assert overview == ["| `mobilenet_v1_a1.0.pt` | 1 | 3,217,226 | 45.16 M | 87.50% |",
+    assert overview == ["| `mobilenet_v1_a1.0.pt` | 1 | 3,217,226 | 45.16 M | 87.50% | – |",
                         f"| `mobilenet_v1_a0.25.pt` | 0.25 | {model_stats(0.25).params:,} | "
-                        f"{model_stats(0.25).mult_adds / 1e6:.2f} M | 81.25% |"]
+                        f"{model_stats(0.25).mult_adds / 1e6:.2f} M | 81.25% | – |"]
     assert readme.index("### `mobilenet_v1_a1.0.pt`") < readme.index("### `mobilenet_v1_a0.25.pt`")
     assert "| validation accuracy | 87.50% on 5000 held-out images (seeded, stratified; seed 0) with flip TTA |" \
         in readme
@@ -148,3 +169,21 @@ def test_export_refuses_an_unfinished_run(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a finished run"):
         shipping.export(run, tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_recording_the_training_data_changes_the_card_only(tmp_path: Path) -> None:
+    shipped = tmp_path / "checkpoints"
+    save_model(shipped / "m.pt", training={"data": "CIFAR-10 as JPEG: a long description", "val_size": 7, "seed": 2})
+    digest = checkpoint.read(shipped / "m.pt")["digest"]
+    source = zip_folder(write_folder(tmp_path / "trained", 2, splits=("train",)), tmp_path / "trained.zip")
+    card = shipping.record_data(shipped / "m.pt", str(source))
+    assert card.data == TrainingData("trained.zip", data.fingerprint(str(source)), val_size=7, seed=2)
+    payload = checkpoint.read(shipped / "m.pt")
+    assert payload["digest"] == digest and ModelCard.from_dict(payload["card"]) == card
+    shipping.write_cards(shipped)
+    assert f"; fingerprint `{card.data.fingerprint}`" in (shipped / "README.md").read_text()
+    other = zip_folder(write_folder(tmp_path / "other", 3, splits=("train",)), tmp_path / "other.zip")
+    with pytest.raises(DataError, match="is not the data m.pt was trained on"):
+        shipping.record_data(shipped / "m.pt", str(other))
+    with pytest.raises(DataError, match="does not exist"):
+        shipping.record_data(shipped / "m.pt", str(tmp_path / "missing.zip"))

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from app_helpers import save_model
+from conftest import CLASSES, write_folder
+
+from mobilenet import checkpoint, data, evalsets
+from mobilenet.__main__ import main
+from mobilenet.checkpoint import TrainingData
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -40,3 +48,60 @@ def test_summary_bad_values_are_messages_not_tracebacks(args, message) -> None:
 def test_beta_and_resolution_are_exclusive() -> None:
     result = run_cli("summary", "--beta", "1", "--resolution", "32")
     assert result.returncode == 2 and "not allowed with" in result.stderr
+
+
+def test_the_imagenet_stem_counts_the_papers_1000_classes() -> None:
+    out = json.loads(run_cli("summary", "--stem", "imagenet", "--json").stdout)
+    assert out["num_classes"] == 1000 and out["params"] == 4_231_976  # the paper's 4.2 M
+
+
+def test_a_one_channel_network_still_names_its_depthwise_layers() -> None:
+    out = json.loads(run_cli("summary", "--alpha", "0.001", "--json").stdout)
+    types = [row["type"] for row in out["layers"]][1:27]
+    assert types == ["depthwise", "pointwise"] * 13
+
+
+def test_every_option_has_help_and_there_is_a_version() -> None:
+    from mobilenet import __version__
+    from mobilenet.__main__ import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, command in [("", parser), *commands.items()]:
+        missing = [a.dest for a in command._actions if not a.help]
+        assert missing == [], f"{name or 'python -m mobilenet'}: no help for {missing}"
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"python -m mobilenet {__version__}"
+
+
+@pytest.fixture
+def trained(tmp_path: Path) -> tuple[Path, Path]:
+    """A model and the folder of train/ images only that it was trained on (recorded by fingerprint)."""
+    folder = write_folder(tmp_path / "shapes", per_class=5, splits=("train",))
+    model = tmp_path / "model.pt"
+    save_model(model, classes=CLASSES, data=TrainingData("shapes", data.fingerprint(str(folder)), val_size=3))
+    return model, folder
+
+
+def test_evaluate_takes_a_folder_with_only_train_as_the_app_does(trained: tuple[Path, Path], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    model, folder = trained
+    other = write_folder(tmp_path / "other", per_class=2, splits=("train",))
+    assert main(["evaluate", "--checkpoint", str(model), "--data", str(other), "--json", "--no-download"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n"] == 6 and "evaluating on other: all images" in err and "note" not in err
+    card = checkpoint.load(model)[1]
+    assert evalsets.named(card, str(other), "test") in evalsets.sources(card, tmp_path)  # one rule for both
+
+    assert main(["evaluate", "--checkpoint", str(model), "--data", str(folder), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n"] == 15 and f"all images ({evalsets.SEEN_NOTE})" in err and "--split val" in err
+    assert main(["evaluate", "--checkpoint", str(model), "--data", str(folder), "--split", "val", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 3
+
+
+def test_evaluate_on_a_folder_without_images_is_a_message(trained: tuple[Path, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", "--checkpoint", str(trained[0]), "--data", str(tmp_path / "empty")]) == 2
+    assert "holds no images" in capsys.readouterr().err

@@ -82,6 +82,24 @@ def test_text_output(model: str, photos: list[str], capsys: pytest.CaptureFixtur
     assert err.startswith("error: nothing.png: cannot read")
 
 
+def test_a_folder_is_its_images(model: str, photos: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "inner").mkdir()
+    (tmp_path / "empty").mkdir()
+    code, results = predict_json(capsys, "--checkpoint", model, str(tmp_path), str(tmp_path / "empty"))
+    assert code == 1
+    assert [r["source"] for r in results] == sorted(photos) + [str(tmp_path / "empty")]
+    assert all("top" in r for r in results[:-1]) and results[-1]["error"].startswith("a folder without images")
+
+
+def test_a_folder_that_is_not_a_run_says_so(photos: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "models").mkdir()
+    save_random_checkpoint(tmp_path / "models" / "one.pt")
+    assert main(["predict", "--checkpoint", str(tmp_path / "models"), photos[0]]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder but not a training run" in err and f"--checkpoint {tmp_path / 'models' / 'one.pt'}" in err
+
+
 def test_a_missing_model_or_bad_option_is_a_usage_error(photos: list[str], tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", "--checkpoint", str(tmp_path / "none.pt"), photos[0]]) == 2
@@ -98,8 +116,9 @@ def test_hostile_inputs_never_give_a_traceback(model: str, tmp_path: Path) -> No
     (tmp_path / "page.html").write_text("<html><script>alert(1)</script></html>")
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "cut.jpg").write_bytes(image_bytes(1, (64, 64), "JPEG")[:300])
+    (tmp_path / "no-images").mkdir()
     inputs = [str(bomb), str(tmp_path / "page.html"), str(tmp_path / "empty.jpg"), str(tmp_path / "cut.jpg"),
-              str(tmp_path), "http://[::1]/", "http://2130706433/", "gopher://localhost/", "http://", "-"]
+              str(tmp_path / "no-images"), "http://[::1]/", "http://2130706433/", "gopher://localhost/", "http://", "-"]
     result = subprocess.run([sys.executable, "-m", "mobilenet", "predict", "--checkpoint", model, "--", *inputs],
                             capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent,
                             env={k: v for k, v in os.environ.items() if k != urlfetch.ALLOW_PRIVATE_ENV})

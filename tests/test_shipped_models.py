@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mobilenet import Classifier, checkpoint
+from mobilenet import Classifier, checkpoint, data
+from mobilenet.checkpoint import TrainingData
 from mobilenet.data import CIFAR10_CLASSES
 from mobilenet.stats import model_stats
 
@@ -17,6 +18,8 @@ SHIPPED = {"mobilenet_v1_a1.0.pt": 1.0, "mobilenet_v1_a0.5.pt": 0.5, "mobilenet_
 # A replacement must not be worse than what ships now; the goal for α=1 is 92% (issue 4).
 VAL_ACC_FLOOR = {1.0: 0.90}
 EXAMPLES = sorted((CHECKPOINTS / "examples").glob("*.jpg"))
+TRAINING_ZIP = CHECKPOINTS.parent.parent / "shared" / "data" / "cifar10-train-jpeg.zip"
+TRAINED_ON = TrainingData("cifar10-train-jpeg.zip", "958be545a1d3cdee", val_size=5000, seed=0, subset=None)
 
 
 def test_what_ships() -> None:
@@ -41,8 +44,14 @@ def test_shipped_model_card(name: str, alpha: float) -> None:
     assert set(t["per_class"]) == set(CIFAR10_CLASSES)
     assert t["train_time_s"] > 0 and t["device"]
     assert t["val_acc"] >= VAL_ACC_FLOOR.get(alpha, 0.0)
+    assert card.data == TRAINED_ON  # what the evaluation page needs to tell its training images from new ones
     assert f"`{name}`" in (CHECKPOINTS / "README.md").read_text()
     assert f"{t['val_acc']:.2%}" in (CHECKPOINTS / "README.md").read_text()
+
+
+@pytest.mark.skipif(not TRAINING_ZIP.exists(), reason="the training data is not on this machine")
+def test_the_recorded_fingerprint_is_the_training_datas() -> None:
+    assert data.fingerprint(str(TRAINING_ZIP)) == TRAINED_ON.fingerprint
 
 
 @pytest.mark.parametrize("name", SHIPPED)
