@@ -53,10 +53,15 @@ if start and allowed:
         st.error(app.for_visitors(str(e)))
 
 
-@st.fragment(run_every=app.REFRESH_S)
+watching_a_job = manager.active() is not None
+
+
+@st.fragment(run_every=app.REFRESH_S if watching_a_job else app.IDLE_REFRESH_S)
 def live() -> None:
     snapshot = app.runs_snapshot()
     job, runs = manager.active(), snapshot.runs
+    if (job is not None) != watching_a_job:
+        st.rerun()  # the whole page: its refresh rate and the model list follow the job
     running = next((r for r in runs if job and str(r.path.resolve()) == job.get("run")), None)
     if running is not None:
         rows = running.folder.read_metrics()

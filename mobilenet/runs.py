@@ -314,6 +314,14 @@ def read_metrics(run: Path | str) -> list[MetricsRow]:
     return RunFolder(run).read_metrics()
 
 
+def thinned(rows: list[MetricsRow], steps: int) -> list[MetricsRow]:
+    """Every epoch row and at most about `steps` step rows, evenly spaced, the last one kept."""
+    step_rows = [r for r in rows if r.kind == "step"]
+    stride = -(-len(step_rows) // steps) if steps > 0 else 1
+    keep = {id(r) for r in step_rows[::-stride]} if stride > 1 else {id(r) for r in step_rows}
+    return [r for r in rows if r.kind == "epoch" or id(r) in keep]
+
+
 def _parse_rows(text: bytes) -> list[MetricsRow]:
     rows = []
     for line in text.splitlines():

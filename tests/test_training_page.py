@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from app_helpers import isolate_app
+import torch
+from app_helpers import isolate_app, save_model
 from conftest import write_folder
+from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import catalog
+from mobilenet import app_support, catalog
+from mobilenet.config import TrainConfig
+from mobilenet.data import CIFAR10_CLASSES
 from mobilenet.jobs import JobManager
+from mobilenet.runs import RunFolder
 
 PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "training.py"
 
@@ -24,6 +32,8 @@ def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def open_page() -> AppTest:
+    """A new visitor, after the runs folder changed (the page's shared snapshot lives a refresh)."""
+    app_support._runs_snapshot.clear()
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -110,3 +120,95 @@ def test_without_a_password_the_page_is_open(places: Path) -> None:
     at = open_page()
     assert not button(at, "Start").disabled
     assert not [t for t in at.text_input if t.label == "Admin password"]
+
+
+def finished_run(runs: Path, name: str, updated: float) -> RunFolder:
+    """A finished run as the trainer leaves it, with a loadable best.pt and a report."""
+    folder = RunFolder(runs / name)
+    folder.write_config(TrainConfig(data="cifar10", alpha=0.25, epochs=1))
+    save_model(folder.best, alpha=0.25)
+    folder.metrics.write_text(json.dumps({"kind": "epoch", "epoch": 1, "step": 5, "train_loss": 1.0, "train_acc": 0.5,
+                                          "lr": 0.1, "img_per_s": 9.0, "elapsed_s": 1.0, "eta_s": 0.0,
+                                          "val_loss": 1.0, "val_acc": 0.5}) + "\n")
+    classes = list(CIFAR10_CLASSES)
+    folder.report.write_text(json.dumps({"status": "finished", "accuracy": 0.5, "n": 10, "classes": classes,
+                                         "per_class": {c: 0.5 for c in classes},
+                                         "confusion": [[1 if i == j else 0 for j in range(10)] for i in range(10)]}))
+    folder.status.write_text(json.dumps({"state": "finished", "pid": 1, "updated": updated, "epoch": 1, "epochs": 1}))
+    return folder
+
+
+MALFORMED = {  # run folder → {file: content}
+    "status-list": {"status.json": "[]"},
+    "status-updated": {"status.json": '{"state": "finished", "updated": "yesterday"}'},
+    "config-list": {"config.json": "[1, 2]"},
+    "config-null": {"config.json": "null"},
+    "metrics-junk": {"metrics.jsonl": '1\n[]\n{"kind": "epoch", "val_acc": "high"}\n'},
+    "report-empty": {"report.json": "{}"},
+    "report-fields": {"report.json": '{"status": "finished", "accuracy": 0.5}'},
+    "report-no-best": {"best.pt": None},
+}
+
+
+def test_malformed_run_files_never_break_the_page(places: Path) -> None:
+    runs = places / "runs"
+    for i, (name, files) in enumerate(MALFORMED.items()):
+        folder = finished_run(runs, name, updated=1000.0 + i)
+        for file, content in files.items():
+            (folder.path / file).unlink() if content is None else (folder.path / file).write_text(content)
+    at = open_page()
+    warnings = [w.value for w in at.warning]
+    assert warnings == [f"{name} is left out: it holds no readable run." for name in ("config-list", "config-null")]
+    shown = set(at.dataframe[0].value["run"])
+    assert shown == set(MALFORMED) - {"config-list", "config-null"}
+    assert not [b for b in at.get("download_button")]  # the newest run has no best.pt to offer
+
+
+def test_only_a_checkpoint_that_loads_is_offered_for_download(places: Path) -> None:
+    folder = finished_run(places / "runs", "good", updated=time.time())
+    at = open_page()
+    assert len(at.get("download_button")) == 1
+    torch.save({"model": torch.nn.Linear(2, 2)}, folder.best)  # pickled code: the loader refuses it
+    at = open_page()
+    assert not at.get("download_button")
+    assert [m.value for m in at.markdown if "validation accuracy" in m.value]  # the report is still shown
+
+
+def test_guesses_queue_and_are_logged(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("MOBILENET_ADMIN_PASSWORD", "s3cret")
+    monkeypatch.setattr(app_support, "GUESS_DELAY_S", 0.3)
+    caplog.set_level(logging.WARNING, logger="mobilenet.app_support")
+    began = time.monotonic()
+    guesses = [threading.Thread(target=app_support.is_admin, args=(f"guess{i}",)) for i in range(4)]
+    for guess in guesses:
+        guess.start()
+    for guess in guesses:
+        guess.join()
+    assert time.monotonic() - began >= 4 * 0.3  # parallel sessions guess one at a time
+    assert len([r for r in caplog.records if "wrong admin password" in r.message]) == 4
+    assert app_support.is_admin("s3cret")
+
+
+def test_no_password_beyond_loopback_switches_training_off(places: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    address = st_config.get_option("server.address")
+    st_config.set_option("server.address", "0.0.0.0")
+    try:
+        at = open_page()
+    finally:
+        st_config.set_option("server.address", address)
+    assert "Training is switched off" in at.warning[0].value
+    assert button(at, "Start").disabled
+    assert not [t for t in at.text_input if t.label == "Admin password"]
+
+
+def test_messages_name_the_configured_folders_not_server_paths(places: Path) -> None:
+    at = open_page()
+    fill_form(at, (places / "data" / "nowhere").resolve(), epochs=1)
+    button(at, "Start").click().run()
+    assert str(places) not in at.error[0].value and "data/nowhere" in at.error[0].value
+    folder = finished_run(places / "runs", "broken", updated=time.time())
+    folder.status.write_text(json.dumps({"state": "failed", "updated": time.time(),
+                                         "error": f"{(places / 'data' / 'x').resolve()} not found"}))
+    folder.report.unlink()
+    at = open_page()
+    assert [e.value for e in at.error] == ["broken failed: data/x not found"]
