@@ -154,7 +154,8 @@ def test_parallel_decode_after_torch_has_run_parallel_code(tmp_path: Path) -> No
 
     write_folder(tmp_path / "many", per_class=200, splits=("train",))  # 600 images: two chunks, two workers
     script = (
-        "import torch, sys; from mobilenet import data\n"
+        "import os, torch; from mobilenet import data\n"
+        "os.cpu_count = lambda: 2  # fork two workers even on a one-core machine\n"
         "torch.nn.functional.conv2d(torch.randn(64, 64, 64, 64), torch.randn(64, 64, 3, 3))\n"
         f"print(len(data.load({str(tmp_path / 'many')!r}, root={str(tmp_path / 'root')!r})))\n"
     )

@@ -88,8 +88,9 @@ def test_augment_is_a_crop_and_flip_of_the_padded_image() -> None:
     assert torch.equal(out, again)
 
 
-def test_stop_then_resume_matches_an_uninterrupted_run(folder: Path, tmp_path: Path) -> None:
-    cfg = config(folder, tmp_path)
+@pytest.mark.parametrize("recipe", [{}, {"ema": 0.9, "cutout": 8}], ids=["default", "ema-cutout"])
+def test_stop_then_resume_matches_an_uninterrupted_run(folder: Path, tmp_path: Path, recipe: dict) -> None:
+    cfg = config(folder, tmp_path, **recipe)
     train.train(cfg, tmp_path / "straight")
 
     def stop_mid_epoch_two(row: dict) -> None:
@@ -101,9 +102,16 @@ def test_stop_then_resume_matches_an_uninterrupted_run(folder: Path, tmp_path: P
     assert json.loads((tmp_path / "resumed" / "status.json").read_text())["state"] == "stopped"
     train.train(cfg, tmp_path / "resumed", resume=True)
 
-    straight = checkpoint.read(tmp_path / "straight" / "last.pt")["state_dict"]
-    resumed = checkpoint.read(tmp_path / "resumed" / "last.pt")["state_dict"]
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    straight, resumed = (checkpoint.read(tmp_path / run / "last.pt") for run in ("straight", "resumed"))
+    assert all(torch.equal(straight["state_dict"][k], resumed["state_dict"][k]) for k in straight["state_dict"])
+    momentum = [(s["momentum_buffer"], r["momentum_buffer"]) for s, r in zip(
+        straight["train_state"]["optimizer"]["state"].values(), resumed["train_state"]["optimizer"]["state"].values())]
+    assert momentum and all(torch.equal(s, r) for s, r in momentum)
+    if cfg.ema:
+        averages = [state["train_state"]["ema"]["weights"] for state in (straight, resumed)]
+        assert all(torch.equal(averages[0][k], averages[1][k]) for k in averages[0])
+        best = checkpoint.read(tmp_path / "resumed" / "best.pt")["state_dict"]  # the average ships, not the weights
+        assert not all(torch.equal(best[k], resumed["state_dict"][k]) for k in best)
     a, b = epoch_rows(tmp_path / "straight"), epoch_rows(tmp_path / "resumed")
     assert [r.epoch for r in b] == [1, 2, 3]
     for x, y in zip(a, b):
