@@ -37,4 +37,5 @@ with st.sidebar:
     for problem in models.problems:
         st.warning(f"Skipped {problem}", icon=":material/warning:")
 
+app.freeze_startup_heap()
 page.run()

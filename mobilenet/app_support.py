@@ -7,6 +7,7 @@ built: a Classifier (thread-safe, see mobilenet.infer) and evaluation results (f
 from __future__ import annotations
 
 import functools
+import gc
 import hmac
 import json
 import logging
@@ -32,7 +33,7 @@ from .intake import ImageError, decode
 from .checkpoint import CheckpointError
 from .jobs import JobManager, RunInfo
 from .shipping import int8_model
-from .runs import RunFolder
+from .runs import RunFolder, thinned
 from .stats import ModelStats
 from .config import TrainConfig
 from .visual import enlarge, heatmap_overlay
@@ -312,11 +313,29 @@ def precision_comparison(entry: ModelEntry, source: EvalSource, limit: int | Non
     return table, differ
 
 
+# ---- the server's heap ---------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def freeze_startup_heap() -> None:
+    """Once per server: move what the imports and first page built out of the garbage collector's sight.
+
+    Streamlit collects garbage after every script run (runner.postScriptGC), fragment refreshes included;
+    a full collection over the ~300,000 objects of torch, pandas, Altair and Streamlit took most of the
+    server's time with a dozen watchers (BENCHMARKS.md). Frozen, they are never scanned again; what sessions
+    make afterwards is still collected, so memory stays bounded.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 # ---- training -----------------------------------------------------------------------------------
 
 MAX_EPOCHS = 200
 ADMIN_ENV = "MOBILENET_ADMIN_PASSWORD"
-REFRESH_S = 2.0  # the live view's refresh: see BENCHMARKS.md, "Watching and uploading"
+REFRESH_S = 2.0  # the live view's refresh while a job runs: see BENCHMARKS.md, "Watching, uploading and training"
+IDLE_REFRESH_S = 10.0  # without a job, only to notice one that another visitor starts
+CHART_STEPS = 400  # step rows drawn at most: the curves look the same, and a refresh stays small
 GUESS_DELAY_S = 1.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 log = logging.getLogger(__name__)
@@ -350,7 +369,8 @@ def runs_snapshot() -> RunsSnapshot:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _training_chart(metrics: Path, identity: tuple[int, int, int]) -> dict:  # identity: part of the cache key only
-    return charts.training_curves([r.to_dict() for r in RunFolder(metrics.parent).read_metrics()]).to_dict()
+    rows = thinned(RunFolder(metrics.parent).read_metrics(), CHART_STEPS)
+    return charts.training_curves([r.to_dict() for r in rows]).to_dict()
 
 
 def training_chart(run: RunInfo) -> dict:

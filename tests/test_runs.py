@@ -15,7 +15,7 @@ import pytest
 from mobilenet import jobs
 from mobilenet.config import TrainConfig
 from mobilenet.jobs import JobError, JobManager
-from mobilenet.runs import DiskFull, MetricsRow, RunBusy, RunFolder
+from mobilenet.runs import DiskFull, MetricsRow, RunBusy, RunFolder, thinned
 from mobilenet.train import train
 
 from conftest import write_folder
@@ -57,6 +57,15 @@ def test_metrics_are_read_incrementally_whole_lines_only(tmp_path: Path) -> None
     assert [(r.kind, r.step) for r in folder.read_metrics()] == [("step", 1), ("step", 3), ("epoch", 4)]
     folder.truncate_metrics(step=1, epoch=0)  # a resume replaces the file: it is read again from the start
     assert [r.step for r in folder.read_metrics()] == [1]
+
+
+def test_thinned_keeps_every_epoch_and_the_last_step() -> None:
+    rows = [row(i, "epoch" if i % 100 == 99 else "step", epoch=1 + i // 100) for i in range(1000)]
+    kept = thinned(rows, 50)
+    assert [r.step for r in kept if r.kind == "epoch"] == list(range(99, 1000, 100))
+    steps = [r.step for r in kept if r.kind == "step"]
+    assert 40 <= len(steps) <= 50 and steps[-1] == 998 and steps == sorted(steps)
+    assert thinned(rows[:10], 50) == rows[:10]
 
 
 def test_truncate_drops_a_half_written_last_line(tmp_path: Path) -> None:
