@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The first minutes on a lent GPU machine (see the device tool): what the GPU gives this project, in one run.
+#   1. the machine and versions
+#   2. a training run on the GPU (bf16 autocast, channels_last, batch 512) with the study's recipe:
+#      epoch time, time to 90% and to 92% validation accuracy (bench/time_to_accuracy.py)
+#   3. GPU inference latency and throughput of the shipped α=1 model (bench/gpu_inference.py)
+#   4. a 1-GPU torchrun run (the DDP path), two epochs
+# Results land in $OUT (or bench/results/gpu/). Usage, from the repository root:
+#   EPOCHS=40 bash bench/gpu_check.sh            # DATA defaults to the shared JPEG zip
+#   SMOKE=1 bash bench/gpu_check.sh              # a minute on any machine (CPU too): checks the script itself
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/gpu}
+DATA=${DATA:-$( [ -f data/cifar10-train-jpeg.zip ] && echo data/cifar10-train-jpeg.zip || echo ../shared/data/cifar10-train-jpeg.zip )}
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+EPOCHS=${EPOCHS:-40}
+BATCH=${BATCH:-512}
+LR=${LR:-0.8}  # the default recipe's 0.2 at batch 128, scaled linearly with the batch
+DEVICE=cuda
+EXTRA=()
+if [ "${SMOKE:-0}" = 1 ]; then
+    EPOCHS=1 BATCH=64 LR=0.1 DEVICE=auto EXTRA=(--subset 2000 --val-size 200)
+fi
+mkdir -p "$OUT"
+{
+    echo "## machine"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+} | tee "$OUT/machine.txt"
+
+echo "## training: α=1, $EPOCHS epochs, batch $BATCH, lr $LR, EMA 0.999, Cutout 12, flip-translate TTA"
+rm -rf "$OUT/run"
+"$PY" -m mobilenet train --data "$DATA" --device "$DEVICE" --alpha 1 --epochs "$EPOCHS" --batch-size "$BATCH" \
+    --lr "$LR" --ema 0.999 --cutout 12 --tta flip-translate --data-root "$OUT/data-root" --out "$OUT/run" --json \
+    "${EXTRA[@]}" > "$OUT/train.jsonl"
+"$PY" bench/time_to_accuracy.py "$OUT/run" --target 0.90 | tee "$OUT/time_to_90.md"
+"$PY" bench/time_to_accuracy.py "$OUT/run" --target 0.92 | tee "$OUT/time_to_92.md"
+
+echo "## inference"
+"$PY" bench/gpu_inference.py --device "$DEVICE" | tee "$OUT/inference.md"
+
+echo "## torchrun, one process"
+rm -rf "$OUT/run-ddp"
+"$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m mobilenet train --data "$DATA" --device "$DEVICE" \
+    --alpha 1 --epochs 2 --batch-size "$BATCH" --lr "$LR" --data-root "$OUT/data-root" --out "$OUT/run-ddp" --json \
+    "${EXTRA[@]}" > "$OUT/train-ddp.jsonl"
+"$PY" bench/time_to_accuracy.py "$OUT/run-ddp" --target 0.5 | tee "$OUT/ddp.md"
