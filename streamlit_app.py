@@ -18,9 +18,11 @@ page = st.navigation({
     "Train": [st.Page("app_pages/training.py", title="Training", icon=":material/model_training:")],
 })
 
+models = app.models()
+if note := app.model_link_note(models):  # in the page, not the sidebar, which a phone keeps closed
+    st.warning(note, icon=":material/link_off:")
 with st.sidebar:
     st.caption(f":material/memory: Running on {app.device_label()}")
-    models = app.models()
     if models.models:
         key = st.selectbox("Model", models.keys, index=models.keys.index(models.default.key), key=app.MODEL_KEY,
                            bind="query-params", help="Shipped checkpoints and finished training runs")
@@ -33,7 +35,7 @@ with st.sidebar:
         if note := app.engine_note(entry):
             st.caption(note)
     else:
-        st.caption(app.NO_MODEL)
+        st.caption("No model yet: the page says how to get one.")
     for problem in models.problems:
         st.warning(f"Skipped {problem}", icon=":material/warning:")
 

@@ -14,8 +14,12 @@ if not sources:
     st.warning(evalsets.missing_data_message(settings.data_root()))
     st.stop()
 
+st.caption(evalsets.training_note(entry.card))
 pick, size = st.columns(2)
 source = pick.selectbox("Data", sources, format_func=lambda s: s.label)
+if source.seen:
+    st.warning(f"These images include the ones {entry.key} was trained on: its accuracy here overstates how it does "
+               f"on images it has not seen.", icon=":material/warning:")
 limit = size.radio("Images", [None, 1000, 5000], horizontal=True,
                    format_func=lambda n: "all" if n is None else f"{n:,} (a class-balanced sample)")
 request = (entry.key, entry.version, source, limit)
@@ -44,10 +48,10 @@ per_class.altair_chart(charts.per_class(result), width="stretch")
 confusion.altair_chart(charts.confusion(result), width="stretch")
 
 st.subheader("Samples: prediction (truth)")
-st.image(visual.sample_grid(result, images))
+st.image(visual.sample_tiles(result, images))
 st.subheader("The most confident mistakes")
-mistakes = visual.mistakes_grid(result, images)
-if mistakes is None:
-    st.success("No mistakes on these images.")
-else:
+mistakes = visual.mistakes_tiles(result, images)
+if mistakes:
     st.image(mistakes)
+else:
+    st.success("No mistakes on these images.")

@@ -42,9 +42,12 @@ if TYPE_CHECKING:
     from .onnx_export import Quantization  # imports onnx, which a torch-only install lacks
 
 MODEL_KEY = "model"  # the sidebar's model choice in st.session_state and in the URL
-NO_MODEL = (
-    "No model yet. Train one (`python -m mobilenet train --out runs/NAME`; a finished run appears here by itself) "
-    "or copy checkpoint files into `checkpoints/`."
+INTRO = (
+    "**MobileNet v1 Studio**: MobileNet v1 (Howard et al. 2017), the network built from depthwise separable "
+    "convolutions, on CIFAR-10: learn how it is built, try it on your images, and train your own. "
+    "**Model explorer** (this page): its size and cost for any width α, resolution and stem, beside the paper's "
+    "figures. **Inference**: classify your images, with a heatmap of what the network looked at. "
+    "**Evaluation**: score a model on labelled images. **Training**: train a model and watch it learn."
 )
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
@@ -69,13 +72,49 @@ def selected_model() -> ModelEntry | None:
     return models().get(st.session_state.get(MODEL_KEY))
 
 
+def no_model_message() -> str:
+    """How to get a model, naming the folders this server is configured with, as visitors may see them."""
+    return (f"No model yet. Train one (`python -m mobilenet train --out {visible_folder(settings.runs_dir())}/NAME`; "
+            f"a finished run appears here by itself) or copy checkpoint files into "
+            f"`{visible_folder(settings.checkpoint_dir())}/`.")
+
+
 def require_model() -> ModelEntry:
     """The model chosen in the sidebar; without one, a message saying how to get one, and the page stops."""
     entry = selected_model()
     if entry is None:
-        st.info(NO_MODEL)
+        st.info(no_model_message())
         st.stop()
     return entry
+
+
+def model_link_note(catalog: Catalog) -> str | None:
+    """A note when the page's link names a model this server does not have (the selector then shows the default).
+    Read before the selector is drawn: it drops such a value from the address."""
+    asked = st.query_params.get(MODEL_KEY)
+    if asked is None or asked in catalog.keys:
+        return None
+    instead = f"showing {catalog.default.key}" if catalog.default else "there is no model here yet"
+    return f"The link's model {asked!r} is not on this server: {instead}."
+
+
+def model_in_use(entry: ModelEntry | None) -> str:
+    return no_model_message() if entry is None else f"Model in use: **{entry.key}** ({entry.describe()})."
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _accuracy_points(versions: tuple[tuple[str, tuple[int, int]], ...]) -> pd.DataFrame:  # versions: cache key only
+    return explore.accuracy_against_cost([(m.key, m.card) for m in models().models])
+
+
+def accuracy_points() -> pd.DataFrame:
+    """Every model here with a validation accuracy, and the paper's networks: accuracy against cost."""
+    return _accuracy_points(tuple((m.key, m.version) for m in models().models))
+
+
+@st.cache_data(max_entries=16, show_spinner="Timing each model on this machine…")
+def latency_points(points: pd.DataFrame) -> pd.DataFrame:
+    return explore.with_latency(points)
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the model…")
@@ -457,10 +496,19 @@ def is_admin(given: str) -> bool:
     return False
 
 
+def visible_folder(path: Path) -> str:
+    """A configured folder as a visitor may see it: relative to where the server runs, or else by its name alone,
+    never as an absolute server path."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
 def for_visitors(message: str) -> str:
-    """A message with the server's configured folders named as visitors know them (runs/…, data/…)."""
-    folders = {settings.runs_dir(): "runs", settings.data_root(): "data", settings.checkpoint_dir(): "checkpoints"}
-    named = sorted(((str(path.resolve()), name) for path, name in folders.items()), key=lambda p: -len(p[0]))
+    """A message with the server's configured folders named as visitors may see them (runs/…, data/…)."""
+    folders = (settings.runs_dir(), settings.data_root(), settings.checkpoint_dir())
+    named = sorted(((str(path.resolve()), visible_folder(path)) for path in folders), key=lambda p: -len(p[0]))
     for path, name in named:
         message = message.replace(path, name)
     return message

@@ -1,4 +1,9 @@
-"""Altair charts for the app, built from the frames of `mobilenet.explore` and evaluation results."""
+"""Altair charts for the app, built from the frames of `mobilenet.explore` and evaluation results.
+
+Every chart of the explorer and the evaluation is one plain or layered chart as wide as its container (no
+concatenation or facets, which keep their own width): on a phone it shrinks to the screen. Where two views
+belong side by side, they are two charts that the page puts in columns, which stack on a narrow screen.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,16 @@ import altair as alt
 import pandas as pd
 
 from .evaluate import Evaluation
+from .explore import OURS, PAPERS
 from .stats import LAYER_TYPES, ModelStats
 
 _TYPE_COLOURS = alt.Scale(domain=list(LAYER_TYPES), scheme="tableau10")
+FIT = "container"  # every chart's width: its container's
 
 
-def alpha_sweep(sweep: pd.DataFrame, stats: ModelStats) -> alt.HConcatChart:
-    """Parameters and mult-adds against α, with the current configuration marked in red."""
+def alpha_sweep(sweep: pd.DataFrame, stats: ModelStats) -> list[alt.LayerChart]:
+    """Parameters, and mult-adds, against α with the current configuration marked in red: two charts, for two
+    columns that stack on a phone."""
     charts = []
     for measure, value in (("params", stats.params), ("mult-adds", stats.mult_adds)):
         base = alt.Chart(sweep).encode(
@@ -24,8 +32,8 @@ def alpha_sweep(sweep: pd.DataFrame, stats: ModelStats) -> alt.HConcatChart:
             color="red", size=120, filled=True).encode(x="alpha:Q", y=f"{measure}:Q",
                                                       tooltip=["alpha:Q", alt.Tooltip(f"{measure}:Q", format=",")])
         layers = base.mark_line() + base.mark_circle() + point
-        charts.append(layers.properties(title=f"{measure} against α", width=260))
-    return alt.hconcat(*charts)
+        charts.append(layers.properties(title=f"{measure} against α", width=FIT))
+    return charts
 
 
 def layer_costs(costs: pd.DataFrame) -> alt.Chart:
@@ -34,7 +42,7 @@ def layer_costs(costs: pd.DataFrame) -> alt.Chart:
         y=alt.Y("mult-adds:Q", axis=alt.Axis(format="~s")),
         color=alt.Color("type:N", scale=_TYPE_COLOURS),
         tooltip=["layer:N", "type:N", alt.Tooltip("mult-adds:Q", format=",")],
-    ).properties(title="mult-adds per layer")
+    ).properties(title="mult-adds per layer", width=FIT)
 
 
 def separable_savings(savings: pd.DataFrame) -> alt.Chart:
@@ -44,23 +52,45 @@ def separable_savings(savings: pd.DataFrame) -> alt.Chart:
         x=alt.X("block:N", sort=None, title=None, axis=alt.Axis(labelAngle=-60)),
         xOffset="convolution:N",
         y=alt.Y("mult-adds:Q", axis=alt.Axis(format="~s")),
-        color=alt.Color("convolution:N", legend=alt.Legend(orient="top", title=None)),
+        # One entry per line: side by side, the two names need more than a phone's width.
+        color=alt.Color("convolution:N", legend=alt.Legend(orient="top", title=None, direction="vertical")),
         tooltip=["block:N", "convolution:N", alt.Tooltip("mult-adds:Q", format=","),
                  alt.Tooltip("saving:Q", format=".2f", title="saving ×")],
-    ).properties(title="each block: depthwise separable against standard 3×3 convolution")
+    ).properties(title=["each block: depthwise separable", "against standard 3×3 convolution"], width=FIT)
 
 
 def paper_mult_adds(comparison: pd.DataFrame) -> alt.Chart:
-    long = comparison.melt(id_vars=["table", "model"], value_vars=["mult-adds M (paper)", "mult-adds M (ours)"],
-                           var_name="source", value_name="million mult-adds")
+    """The paper's mult-adds beside ours, a row per network: names on the side stay readable on a phone."""
+    long = comparison.assign(network=comparison["table"] + ": " + comparison["model"]).melt(
+        id_vars=["network"], value_vars=["mult-adds M (paper)", "mult-adds M (ours)"], var_name="source",
+        value_name="million mult-adds")
     return alt.Chart(long).mark_bar().encode(
-        x=alt.X("model:N", sort=None, title=None),
-        xOffset="source:N",
-        y="million mult-adds:Q",
-        color=alt.Color("source:N", legend=alt.Legend(orient="top", title=None)),
-        column=alt.Column("table:N", title=None),
-        tooltip=["model:N", "source:N", "million mult-adds:Q"],
-    ).resolve_scale(x="independent")
+        y=alt.Y("network:N", sort=None, title=None),
+        yOffset="source:N",
+        x="million mult-adds:Q",
+        color=alt.Color("source:N", legend=alt.Legend(orient="top", title=None, direction="vertical")),
+        tooltip=["network:N", "source:N", "million mult-adds:Q"],
+    ).properties(width=FIT)
+
+
+def accuracy_cost(points: pd.DataFrame, cost: str = "mult-adds M") -> alt.LayerChart:
+    """Accuracy against a cost (log scale), a point per model under a short label (α, or α/resolution for the
+    paper's); ours and the paper's told apart by colour and shape (they are scored on different tasks)."""
+    title = {"mult-adds M": "million mult-adds per image (log scale)",
+             "latency ms": "latency per image, ms, measured here (log scale)"}[cost]
+    base = alt.Chart(points).encode(
+        x=alt.X(f"{cost}:Q", scale=alt.Scale(type="log"), title=title),
+        y=alt.Y("accuracy:Q", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False), title="accuracy"),
+    )
+    marks = base.mark_point(size=90, filled=True).encode(
+        color=alt.Color("data:N", scale=alt.Scale(domain=[OURS, PAPERS]),
+                        legend=alt.Legend(orient="top", title=None, direction="vertical")),
+        shape=alt.Shape("data:N", scale=alt.Scale(domain=[OURS, PAPERS]), legend=None),
+        tooltip=["model:N", "data:N", alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip(f"{cost}:Q", format=".3g"),
+                 alt.Tooltip("params M:Q", format=".2f")],
+    )
+    names = base.mark_text(dy=-11, fontSize=10).encode(text="label:N")
+    return (marks + names).properties(width=FIT)
 
 
 def top_k(top: list[tuple[str, float]]) -> alt.Chart:
@@ -81,7 +111,7 @@ def per_class(result: Evaluation) -> alt.Chart:
         x=alt.X("class:N", sort=None, title=None),
         y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
         tooltip=["class:N", alt.Tooltip("accuracy:Q", format=".1%")],
-    ).properties(title="accuracy per class")
+    ).properties(title="accuracy per class", width=FIT)
 
 
 def confusion(result: Evaluation) -> alt.LayerChart:
@@ -97,7 +127,8 @@ def confusion(result: Evaluation) -> alt.LayerChart:
         text="images:Q",
         color=alt.condition(alt.datum.images > threshold, alt.value("white"), alt.value("black")),
     )
-    return (cells + labels).properties(title="confusion matrix (rows: truth, columns: prediction)", height=400)
+    return (cells + labels).properties(title=["confusion matrix", "rows: truth, columns: prediction"], height=400,
+                                       width=FIT)
 
 
 def training_curves(rows: list[dict]) -> alt.HConcatChart:

@@ -101,6 +101,16 @@ def describe_source(source: str) -> str:
     return "CIFAR-10" if source == "cifar10" else Path(source).name
 
 
+def training_note(card: ModelCard) -> str:
+    """Which images the model trained on, for people, and how the sources are ordered because of it."""
+    trained = card.data
+    if trained is None:
+        return "This model does not record its training data: any of these sources may include its training images."
+    subset = f"a sample of {trained.subset:,} images of " if trained.subset else ""
+    return (f"This model trained on {subset}{describe_source(trained.source)}, holding {trained.val_size:,} images out "
+            f"for validation (seed {trained.seed}). Data it never saw comes first; \"{SEEN_NOTE}\" marks the rest.")
+
+
 def sources(card: ModelCard, root: Path | None = None) -> list[EvalSource]:
     """What this model can be evaluated on: data it never saw first, anything holding its training images last."""
     root = settings.data_root() if root is None else root

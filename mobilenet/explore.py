@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
 from .device import device_name, pick_device
+from .checkpoint import ModelCard
 from .infer import fold_batchnorm
-from .model import BASE_RESOLUTION, NUM_CLASSES, MobileNetV1
+from .model import BASE_RESOLUTION, NUM_CLASSES, STEMS, MobileNetV1
 from .stats import ModelStats, model_stats
 
 ALPHA_MIN, ALPHA_MAX, ALPHA_STEP = 0.25, 2.0, 0.05
@@ -30,6 +32,30 @@ PAPER_TABLE7 = ((1.0, 224, 70.6, 569, 4.2), (1.0, 192, 69.1, 418, 4.2), (1.0, 16
 def stats_for(alpha: float, stem: str, resolution: int) -> ModelStats:
     """The explorer's network: the seed's 10-class head on the CIFAR stem, the paper's 1000 on ImageNet's."""
     return model_stats(alpha, resolution=resolution, stem=stem)
+
+
+def link_problems(params: Mapping[str, str]) -> list[str]:
+    """What a shared link asks of the explorer that it cannot show, said for people: the sliders silently fall
+    back to their defaults on such values, so this is read before they are drawn."""
+    problems = []
+    stem = params.get("stem", STEMS[0])
+    if stem not in STEMS:
+        problems.append(f"The link's stem {stem!r} is not one of {', '.join(STEMS)}: showing {STEMS[0]}.")
+        stem = STEMS[0]
+    if "alpha" in params:
+        try:
+            alpha = float(params["alpha"])
+        except ValueError:
+            alpha = float("nan")
+        if not ALPHA_MIN <= alpha <= ALPHA_MAX:
+            problems.append(f"The link's α = {params['alpha']} is outside {ALPHA_MIN:g} to {ALPHA_MAX:g}: "
+                            f"showing α = 1.")
+    if "resolution" in params and params["resolution"] not in map(str, RESOLUTIONS[stem]):
+        sides = RESOLUTIONS[stem]
+        problems.append(f"The link's resolution {params['resolution']} is not offered for the {stem} stem "
+                        f"({sides[0]} to {sides[-1]} in steps of {sides[1] - sides[0]}): showing "
+                        f"{BASE_RESOLUTION[stem]}.")
+    return problems
 
 
 def beta(stem: str, resolution: int) -> float:
@@ -107,6 +133,29 @@ def paper_comparison() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+OURS, PAPERS = "CIFAR-10 validation (ours)", "ImageNet top-1 (the paper)"
+
+
+def accuracy_against_cost(models: list[tuple[str, ModelCard]]) -> pd.DataFrame:
+    """Each trained model with a validation accuracy (name, card) beside the paper's ImageNet networks: accuracy
+    against mult-adds and parameters, the picture MobileNet is about. Different tasks: compare the shapes."""
+    rows = []
+    for name, card in models:
+        accuracy = card.training.get("val_acc")
+        if accuracy is None:
+            continue
+        stats = model_stats(card.alpha, resolution=card.resolution, stem=card.stem, num_classes=card.num_classes)
+        rows.append({"model": name, "label": f"α {card.alpha:g}", "data": OURS, "alpha": card.alpha, "stem": card.stem,
+                     "resolution": card.resolution, "accuracy": float(accuracy),
+                     "mult-adds M": stats.mult_adds / 1e6, "params M": stats.params / 1e6})
+    paper = dict.fromkeys(PAPER_TABLE6 + PAPER_TABLE7)  # α = 1 at 224 is in both tables
+    for alpha, resolution, accuracy, mult_adds, params in paper:
+        rows.append({"model": f"{alpha:g} MobileNet-{resolution}", "label": f"{alpha:g}/{resolution}", "data": PAPERS,
+                     "alpha": alpha, "stem": "imagenet", "resolution": resolution, "accuracy": accuracy / 100,
+                     "mult-adds M": float(mult_adds), "params M": params})
+    return pd.DataFrame(rows)
+
+
 @dataclass(frozen=True)
 class Latency:
     median_ms: float
@@ -138,3 +187,11 @@ def measure_latency(alpha: float, stem: str, resolution: int, device: str = "aut
     threads = torch.get_num_threads()  # the app's Classifier may have set it to 1 for the whole process
     device = device_name(dev) + (f", {threads} thread{'' if threads == 1 else 's'}" if dev.type == "cpu" else "")
     return Latency(statistics.median(times), min(times), len(times), device)
+
+
+def with_latency(points: pd.DataFrame, budget_s: float = 0.5) -> pd.DataFrame:
+    """Our models' rows of accuracy_against_cost with their latency measured here (batch of 1, as served)."""
+    ours = points[points["data"] == OURS].copy()
+    ours["latency ms"] = [measure_latency(row.alpha, row.stem, row.resolution, budget_s=budget_s).median_ms
+                          for row in ours.itertuples()]
+    return ours

@@ -43,36 +43,42 @@ def heatmap_overlay(photo: Image.Image, cam: torch.Tensor, side: int = 256, opac
     return Image.composite(colours, square, cover)
 
 
-def labelled_grid(images: torch.Tensor, titles: list[str], colours: list[tuple[int, int, int]], columns: int = 8,
-                  side: int = 96, title_height: int = 18) -> Image.Image:
-    """Images (N×3×H×W uint8) in a grid, each under its title in its colour, on white."""
-    count = len(images)
-    rows = max(1, -(-count // columns))
-    font = ImageFont.load_default(size=11)
+PHONE_WIDTH = 358  # the content width of a 390 px phone screen: two tiles side by side must fit
+
+
+def labelled_tiles(images: torch.Tensor, titles: list[str], colours: list[tuple[int, int, int]], side: int = 96,
+                   title_height: int = 18) -> list[Image.Image]:
+    """Images (N×3×H×W uint8), each a tile under its title in its colour, on white, all of one size.
+
+    Tiles rather than one grid picture: the page lays them out in rows that wrap, as many as the screen
+    holds, each at its own size, so the titles stay readable on a phone instead of shrinking with the grid.
+    """
+    font = ImageFont.load_default(size=12)
     width = max([side + 8] + [int(font.getlength(t)) + 8 for t in titles])
-    grid = Image.new("RGB", (columns * width, rows * (side + title_height + 6)), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, (image, title, colour) in enumerate(zip(images, titles, colours)):
-        x, y = (i % columns) * width, (i // columns) * (side + title_height + 6)
-        draw.text((x + (width - font.getlength(title)) / 2, y + 2), title, fill=colour, font=font)
-        tile = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((side, side), Image.Resampling.NEAREST)
-        grid.paste(tile, (x + (width - side) // 2, y + title_height))
-    return grid
+    tiles = []
+    for image, title, colour in zip(images, titles, colours):
+        tile = Image.new("RGB", (width, side + title_height + 6), "white")
+        ImageDraw.Draw(tile).text(((width - font.getlength(title)) / 2, 2), title, fill=colour, font=font)
+        picture = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((side, side), Image.Resampling.NEAREST)
+        tile.paste(picture, ((width - side) // 2, title_height))
+        tiles.append(tile)
+    return tiles
 
 
-def sample_grid(result: Evaluation, images: ImageSet, count: int = 64, seed: int = 0) -> Image.Image:
+def sample_tiles(result: Evaluation, images: ImageSet, count: int = 64, seed: int = 0) -> list[Image.Image]:
     """The seed's picture: a seeded sample titled "prediction (truth)", green when right, red when wrong."""
     index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count]
     predicted, truth = result.probs[index].argmax(1).tolist(), images.labels[index].tolist()
     titles = [f"{images.classes[p]} ({images.classes[t]})" for p, t in zip(predicted, truth)]
-    return labelled_grid(images.images[index], titles, [CORRECT if p == t else WRONG for p, t in zip(predicted, truth)])
+    return labelled_tiles(images.images[index], titles,
+                          [CORRECT if p == t else WRONG for p, t in zip(predicted, truth)])
 
 
-def mistakes_grid(result: Evaluation, images: ImageSet, count: int = 16) -> Image.Image | None:
-    """The most confident mistakes, titled "prediction (truth) confidence"; None when there are none."""
+def mistakes_tiles(result: Evaluation, images: ImageSet, count: int = 16) -> list[Image.Image]:
+    """The most confident mistakes, titled "prediction (truth) confidence"; none when there are none."""
     mistakes = result.mistakes(count)
     if not mistakes:
-        return None
+        return []
     titles = [f"{images.classes[p]} ({images.classes[t]}) {c:.0%}" for _, t, p, c in mistakes]
     index = torch.tensor([i for i, *_ in mistakes])
-    return labelled_grid(images.images[index], titles, [WRONG] * len(mistakes))
+    return labelled_tiles(images.images[index], titles, [WRONG] * len(mistakes))

@@ -13,9 +13,9 @@ from app_helpers import image_bytes, isolate_app, save_model, save_run
 from conftest import write_folder
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import Classifier, checkpoint, data
+from mobilenet import Classifier, app_support, checkpoint, data, evalsets
+from mobilenet.checkpoint import TrainingData
 from mobilenet.evaluate import evaluate
-from mobilenet.app_support import NO_MODEL
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
 PAGES = ("app_pages/explorer.py", "app_pages/inference.py", "app_pages/evaluation.py")
@@ -41,14 +41,22 @@ def open_page(page: str) -> AppTest:
     return at
 
 
+def texts(at: AppTest) -> list[str]:
+    """Every text the script wrote, in the page and the sidebar."""
+    kinds = ("markdown", "caption", "info", "warning", "error", "success")
+    return [e.value for kind in kinds for e in getattr(at, kind)]
+
+
 @pytest.mark.parametrize("page", PAGES)
-def test_every_page_renders_without_a_model(page: str) -> None:
+def test_every_page_renders_without_a_model_and_says_once_how_to_get_one(page: str, places: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    (places / "models").mkdir()
+    monkeypatch.setenv("MOBILENET_CHECKPOINTS", str(places / "models"))  # the folder the server is configured with
     at = open_page(page)
-    if page == "app_pages/explorer.py":
-        assert NO_MODEL in [c.value for c in at.sidebar.caption]  # the explorer needs no model
-        assert not at.info
-    else:
-        assert [i.value for i in at.info] == [NO_MODEL]
+    message = app_support.no_model_message()
+    assert [i.value for i in at.info] == [message]  # the explorer needs no model, and says so too
+    assert sum(message in text for text in texts(at)) == 1
+    assert "`models/`" in message and "checkpoints" not in message and str(places) not in message
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -97,10 +105,51 @@ def test_explorer_settings_come_from_the_url() -> None:
     assert "Table 6" in at.dataframe[1].value["table"].tolist()  # the paper's figures beside ours
 
 
+def test_the_first_page_says_what_this_is_and_which_model_answers(model: Path) -> None:
+    at = open_page("app_pages/explorer.py")
+    assert at.markdown[0].value == app_support.INTRO
+    for page in ("Model explorer", "Inference", "Evaluation", "Training"):
+        assert f"**{page}**" in app_support.INTRO
+    assert at.markdown[1].value.startswith("Model in use: **mobilenet_v1_a0.25** (α=0.25, cifar stem")
+
+
+@pytest.mark.parametrize("link,note", [
+    ({"alpha": "7"}, "The link's α = 7 is outside 0.25 to 2: showing α = 1."),
+    ({"alpha": "wide"}, "The link's α = wide is outside 0.25 to 2: showing α = 1."),
+    ({"stem": "resnet"}, "The link's stem 'resnet' is not one of cifar, imagenet: showing cifar."),
+    ({"stem": "imagenet", "resolution": "32"},
+     "The link's resolution 32 is not offered for the imagenet stem (64 to 448 in steps of 16): showing 224."),
+    ({"model": "nonexistent"}, "The link's model 'nonexistent' is not on this server: showing mobilenet_v1_a0.25."),
+])
+def test_a_bad_link_value_is_named_not_ignored(model: Path, link: dict, note: str) -> None:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update(link)
+    at.run()
+    assert not at.exception
+    assert [w.value for w in at.warning] == [note]
+    good = AppTest.from_file(APP, default_timeout=60)
+    good.query_params.update({"alpha": "0.5", "stem": "imagenet", "resolution": "128", "model": "mobilenet_v1_a0.25"})
+    assert not good.run().warning
+
+
+def test_accuracy_against_cost_shows_every_model_beside_the_paper(model: Path, places: Path) -> None:
+    save_run(places / "runs", "a0.25-seed")
+    at = open_page("app_pages/explorer.py")
+    points = app_support.accuracy_points()
+    assert sorted(points.loc[points["data"] == "CIFAR-10 validation (ours)", "model"]) == [
+        "mobilenet_v1_a0.25", "runs/a0.25-seed"]
+    assert (points["data"] == "ImageNet top-1 (the paper)").sum() == 7
+    drawn = [c.spec for c in at.get("vega_lite_chart") if "accuracy" in str(c.spec)]
+    assert drawn, "no accuracy-against-cost chart"
+    next(b for b in at.button if b.label == "Measure each model's latency here").click().run()
+    assert not at.exception
+    assert any("latency ms" in str(c.spec) for c in at.get("vega_lite_chart"))
+
+
 def test_latency_is_measured_on_request() -> None:
     at = open_page("app_pages/explorer.py")
     assert not any(m.label.startswith("latency") for m in at.metric)
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Measure latency on this machine").click().run()
     latency = next(m.value for m in at.metric if m.label.startswith("latency"))
     assert latency.endswith(" ms") and float(latency.removesuffix(" ms")) > 0
 
@@ -156,9 +205,26 @@ def test_evaluation_on_a_generated_folder(model: Path, places: Path) -> None:
     test_split = data.load(str(places / "data" / "small"), "test", 32, root=places / "data")
     images = data.match_classes(test_split, card.classes)
     assert metrics["accuracy"] == f"{evaluate(net, images, card.inference).accuracy:.2%}"
-    assert len(at.image) in (1, 2)  # the 8×8 sample grid, and the mistakes unless there are none
+    assert len(at.image) in (1, 2)  # the sample tiles, and the mistakes unless there are none
     at.run()  # the result stays on screen across reruns
     assert {m.label: m.value for m in at.metric} == metrics
+
+
+def test_evaluation_knows_which_images_the_model_trained_on(places: Path) -> None:
+    trained = write_folder(places / "data" / "renamed-training-data", per_class=5, splits=("train",))
+    save_model(places / "checkpoints" / "mobilenet_v1_a0.25.pt",
+               data=TrainingData("training.zip", data.fingerprint(str(trained)), val_size=3))
+    at = open_page("app_pages/evaluation.py")
+    options = at.selectbox[0].options
+    assert options == ["validation split held out in training (renamed-training-data)",
+                       f"renamed-training-data: all images ({evalsets.SEEN_NOTE})"]  # what it never saw first
+    assert "trained on training.zip, holding 3 images out" in at.caption[0].value
+    assert not at.warning
+    at.selectbox[0].select_index(1).run()
+    assert "overstates" in at.warning[0].value
+    at.selectbox[0].select_index(0).run()
+    at.button[0].click().run()
+    assert not at.exception and {m.label: m.value for m in at.metric}["images"] == "3"
 
 
 def test_evaluation_without_data_says_what_to_do(model: Path) -> None:

@@ -86,23 +86,32 @@ def evaluation(truth: list[int], predicted: list[int],
     return Evaluation(classes, confusion.view(len(classes), -1), probs, labels), images
 
 
-def test_the_sample_grid_titles_right_in_green_and_wrong_in_red(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_sample_tiles_title_right_in_green_and_wrong_in_red(monkeypatch: pytest.MonkeyPatch) -> None:
     drawn = {}
-    real = visual.labelled_grid
+    real = visual.labelled_tiles
 
     def spy(images, titles, colours, **kwargs):
         drawn.update(titles=titles, colours=colours)
         return real(images, titles, colours, **kwargs)
 
-    monkeypatch.setattr(visual, "labelled_grid", spy)
+    monkeypatch.setattr(visual, "labelled_tiles", spy)
     result, images = evaluation([0, 1, 1], [0, 1, 0])
-    grid = visual.sample_grid(result, images)
+    tiles = visual.sample_tiles(result, images)
     assert sorted(zip(drawn["titles"], drawn["colours"])) == [
         ("cat (cat)", visual.CORRECT), ("cat (dog)", visual.WRONG), ("dog (dog)", visual.CORRECT)]
-    assert grid.size[1] == 96 + 18 + 6  # one row
-    visual.mistakes_grid(result, images)
+    assert len(tiles) == 3 and {t.size for t in tiles} == {(96 + 8, 96 + 18 + 6)}
+    visual.mistakes_tiles(result, images)
     assert drawn["titles"] == ["cat (dog) 95%"]
-    assert visual.mistakes_grid(*evaluation([0, 1], [0, 1])) is None
+    assert visual.mistakes_tiles(*evaluation([0, 1], [0, 1])) == []
+
+
+def test_two_tiles_with_the_longest_titles_fit_a_phone_side_by_side() -> None:
+    """The old 8×8 grid was one picture over 1,000 px wide, scaled to a third on a phone: unreadable titles."""
+    longest = "automobile (automobile) 100%"
+    tiles = visual.labelled_tiles(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), [longest] * 2, [visual.WRONG] * 2)
+    assert 2 * tiles[0].width <= visual.PHONE_WIDTH
+    ink = np.asarray(tiles[0])[:18].min(2) < 128  # the title's dark pixels
+    assert ink[:, 0].sum() == 0 and ink[:, -1].sum() == 0  # the whole title is on the tile
 
 
 def test_classify_answers_every_upload(tmp_path: Path) -> None:
@@ -119,3 +128,59 @@ def test_classify_answers_every_upload(tmp_path: Path) -> None:
     assert good.prediction.image.size == (32, 32) and good.foreign is None  # no threshold given
     assert app_support.heatmap(clf, good, "cat", 0.5).size == (256, 256)
     assert app_support.classify(clf, uploads[:1], threshold=1.01)[0].foreign is True
+
+
+def explorer_charts() -> dict[str, object]:
+    from mobilenet import charts
+
+    stats = explore.stats_for(1.0, "imagenet", 224)
+    points = explore.accuracy_against_cost([("mobilenet_v1_a1.0", save_card())])
+    result, _ = evaluation([0, 1, 1], [0, 1, 0])
+    found = {f"α sweep {i}": c for i, c in enumerate(charts.alpha_sweep(explore.alpha_sweep("imagenet", 224), stats))}
+    return found | {
+        "layer costs": charts.layer_costs(explore.layer_costs(stats)),
+        "savings": charts.separable_savings(explore.savings_table(stats)),
+        "paper": charts.paper_mult_adds(explore.paper_comparison()),
+        "accuracy against mult-adds": charts.accuracy_cost(points),
+        "accuracy against latency": charts.accuracy_cost(points.assign(**{"latency ms": 1.0}), "latency ms"),
+        "per class": charts.per_class(result), "confusion": charts.confusion(result),
+    }
+
+
+def save_card():
+    from mobilenet.checkpoint import ModelCard
+    from mobilenet.data import CIFAR10_CLASSES
+
+    return ModelCard(1.0, "cifar", 32, CIFAR10_CLASSES, (0.5,) * 3, (0.25,) * 3, {"val_acc": 0.9})
+
+
+@pytest.mark.parametrize("name", ["α sweep 0", "α sweep 1", "layer costs", "savings", "paper",
+                                  "accuracy against mult-adds", "accuracy against latency", "per class", "confusion"])
+def test_every_chart_fits_its_container(name: str) -> None:
+    """A concatenated or faceted chart keeps its parts' fixed widths: the α sweep was 688 px on a 390 px phone."""
+    spec = explorer_charts()[name].to_dict()
+    assert not {"hconcat", "vconcat", "concat", "facet"} & set(spec) and "column" not in str(spec.get("encoding"))
+    assert spec["width"] == "container"
+    title = spec.get("title", "")
+    assert max(map(len, [title] if isinstance(title, str) else title)) <= 40  # a line fits a phone
+    legends = [e["legend"] for e in spec.get("encoding", {}).values() if isinstance(e, dict) and e.get("legend")]
+    assert all(legend.get("direction") == "vertical" for legend in legends if legend.get("orient") == "top")
+
+
+def test_accuracy_against_cost_puts_our_models_beside_the_papers() -> None:
+    card = save_card()
+    no_accuracy = save_card().__class__(**{**card.__dict__, "training": {}})
+    points = explore.accuracy_against_cost([("ours", card), ("untrained", no_accuracy)])
+    ours = points[points["data"] == explore.OURS]
+    assert ours["model"].tolist() == ["ours"] and ours["accuracy"].item() == 0.9
+    assert ours["mult-adds M"].item() == explore.stats_for(1.0, "cifar", 32).mult_adds / 1e6
+    paper = points[points["data"] == explore.PAPERS]
+    assert len(paper) == 7 and paper["mult-adds M"].max() == 569 and paper["accuracy"].max() == 0.706
+    timed = explore.with_latency(points, budget_s=0.05)
+    assert timed["model"].tolist() == ["ours"] and (timed["latency ms"] > 0).all()
+
+
+def test_link_problems_name_what_the_widgets_would_drop() -> None:
+    assert explore.link_problems({"alpha": "0.5", "stem": "imagenet", "resolution": "128", "model": "x"}) == []
+    assert explore.link_problems({"alpha": "2.5"}) == ["The link's α = 2.5 is outside 0.25 to 2: showing α = 1."]
+    assert len(explore.link_problems({"stem": "x", "resolution": "224"})) == 2  # 224 is not a cifar resolution
