@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mobilenet import jobs
+from mobilenet import checkpoint, jobs
 from mobilenet.config import TrainConfig
 from mobilenet.jobs import JobError, JobManager
 from mobilenet.runs import DiskFull, MetricsRow, RunBusy, RunFolder, thinned
@@ -147,6 +147,27 @@ def test_starting_a_job_on_a_full_disk_says_so_and_leaves_nothing(tmp_path: Path
         manager.start(TrainConfig(data="cifar10", device="cpu", data_root=str(tmp_path)), name="full")
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [".job.lock"]
     assert manager.active() is None
+
+
+def test_a_full_disk_mid_run_says_so_and_keeps_the_last_saved_state(images: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    out, saved = tmp_path / "run", []
+    real_save = checkpoint.save
+
+    def save(path, *args, **kwargs) -> None:
+        if Path(path).name == "last.pt":
+            if saved:  # the second epoch's state meets a full disk
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 354112 vs 354008")
+            saved.append(path)
+        real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    with pytest.raises(DiskFull, match="disk full"):
+        train(tiny(images, tmp_path, epochs=3), out)
+    status = RunFolder(out).read_status()
+    assert status.state == "failed" and status.error.startswith("disk full")
+    assert checkpoint.read(RunFolder(out).last)["train_state"]["loop"]["epoch"] == 1
+    assert JobManager(tmp_path).run_info(out).resumable
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
