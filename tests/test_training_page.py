@@ -212,3 +212,15 @@ def test_messages_name_the_configured_folders_not_server_paths(places: Path) -> 
     folder.report.unlink()
     at = open_page()
     assert [e.value for e in at.error] == ["broken failed: data/x not found"]
+
+
+def test_an_unwritable_runs_folder_is_a_message(places: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = places / "not-a-folder"
+    blocker.write_text("a file where the runs folder should be")
+    monkeypatch.setenv("MOBILENET_RUNS", str(blocker / "runs"))
+    folder = write_folder(places / "images", per_class=4)
+    at = open_page()
+    assert "No training job is running." in [c.value for c in at.caption]
+    fill_form(at, folder, epochs=1)
+    button(at, "Start").click().run()
+    assert not at.exception and at.error[0].value == "the runs folder cannot be written to; see the server log"
