@@ -16,6 +16,8 @@ from .stats import LAYER_TYPES, ModelStats
 
 _TYPE_COLOURS = alt.Scale(domain=list(LAYER_TYPES), scheme="tableau10")
 FIT = "container"  # every chart's width: its container's
+# Room on the left for the rotated axis title, which Vega otherwise draws a few pixels outside the picture.
+PADDING = {"left": 8, "top": 5, "right": 5, "bottom": 5}
 
 
 def alpha_sweep(sweep: pd.DataFrame, stats: ModelStats) -> list[alt.LayerChart]:
@@ -32,7 +34,7 @@ def alpha_sweep(sweep: pd.DataFrame, stats: ModelStats) -> list[alt.LayerChart]:
             color="red", size=120, filled=True).encode(x="alpha:Q", y=f"{measure}:Q",
                                                       tooltip=["alpha:Q", alt.Tooltip(f"{measure}:Q", format=",")])
         layers = base.mark_line() + base.mark_circle() + point
-        charts.append(layers.properties(title=f"{measure} against α", width=FIT))
+        charts.append(layers.properties(title=f"{measure} against α", width=FIT, padding=PADDING))
     return charts
 
 
@@ -42,7 +44,7 @@ def layer_costs(costs: pd.DataFrame) -> alt.Chart:
         y=alt.Y("mult-adds:Q", axis=alt.Axis(format="~s")),
         color=alt.Color("type:N", scale=_TYPE_COLOURS),
         tooltip=["layer:N", "type:N", alt.Tooltip("mult-adds:Q", format=",")],
-    ).properties(title="mult-adds per layer", width=FIT)
+    ).properties(title="mult-adds per layer", width=FIT, padding=PADDING)
 
 
 def separable_savings(savings: pd.DataFrame) -> alt.Chart:
@@ -56,7 +58,8 @@ def separable_savings(savings: pd.DataFrame) -> alt.Chart:
         color=alt.Color("convolution:N", legend=alt.Legend(orient="top", title=None, direction="vertical")),
         tooltip=["block:N", "convolution:N", alt.Tooltip("mult-adds:Q", format=","),
                  alt.Tooltip("saving:Q", format=".2f", title="saving ×")],
-    ).properties(title=["each block: depthwise separable", "against standard 3×3 convolution"], width=FIT)
+    ).properties(title=["each block: depthwise separable", "against standard 3×3 convolution"], width=FIT,
+                 padding=PADDING)
 
 
 def paper_mult_adds(comparison: pd.DataFrame) -> alt.Chart:
@@ -70,7 +73,7 @@ def paper_mult_adds(comparison: pd.DataFrame) -> alt.Chart:
         x="million mult-adds:Q",
         color=alt.Color("source:N", legend=alt.Legend(orient="top", title=None, direction="vertical")),
         tooltip=["network:N", "source:N", "million mult-adds:Q"],
-    ).properties(width=FIT)
+    ).properties(width=FIT, padding=PADDING)
 
 
 def accuracy_cost(points: pd.DataFrame, cost: str = "mult-adds M") -> alt.LayerChart:
@@ -90,7 +93,7 @@ def accuracy_cost(points: pd.DataFrame, cost: str = "mult-adds M") -> alt.LayerC
                  alt.Tooltip("params M:Q", format=".2f")],
     )
     names = base.mark_text(dy=-11, fontSize=10).encode(text="label:N")
-    return (marks + names).properties(width=FIT)
+    return (marks + names).properties(width=FIT, padding=PADDING)
 
 
 def top_k(top: list[tuple[str, float]]) -> alt.Chart:
@@ -111,7 +114,7 @@ def per_class(result: Evaluation) -> alt.Chart:
         x=alt.X("class:N", sort=None, title=None),
         y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
         tooltip=["class:N", alt.Tooltip("accuracy:Q", format=".1%")],
-    ).properties(title="accuracy per class", width=FIT)
+    ).properties(title="accuracy per class", width=FIT, padding=PADDING)
 
 
 def confusion(result: Evaluation) -> alt.LayerChart:
@@ -128,7 +131,7 @@ def confusion(result: Evaluation) -> alt.LayerChart:
         color=alt.condition(alt.datum.images > threshold, alt.value("white"), alt.value("black")),
     )
     return (cells + labels).properties(title=["confusion matrix", "rows: truth, columns: prediction"], height=400,
-                                       width=FIT)
+                                       width=FIT, padding=PADDING)
 
 
 def training_curves(rows: list[dict]) -> alt.HConcatChart:

@@ -40,6 +40,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 ARTIFACTS = REPO / "artifacts" / "e2e"
 TIMEOUT_MS = 60_000  # the machine may be busy: every wait is for a condition, this only bounds it
 WINDOW = {"width": 1400, "height": 1000}
+PHONE = {"width": 390, "height": 844}  # a phone held upright (iPhone 12 to 14)
 # The app has finished its run: connected, and the script (or a fragment) is not running.
 IDLE = "[data-testid='stApp'][data-test-connection-state='CONNECTED'][data-test-script-state='notRunning']"
 
@@ -160,6 +161,15 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
+@pytest.fixture
+def phone(browser: Browser) -> Iterator[Page]:
+    """A fresh session on a phone's screen."""
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    context.set_default_timeout(TIMEOUT_MS)
+    yield context.new_page()
+    context.close()
+
+
 @dataclass
 class Canary:
     """An image server on loopback: what a URL to a private address would reach if the app fetched it."""
@@ -221,12 +231,12 @@ def readable_texts(chart: Locator) -> list[str]:
         "c => [...c.querySelectorAll('text')].filter(t => getComputedStyle(t).opacity !== '0').map(t => t.textContent)")
 
 
-def screenshot(page: Page, name: str) -> None:
+def screenshot(page: Page, name: str, window: dict[str, int] = WINDOW) -> None:
     """The whole page: Streamlit scrolls inside its main area, so the window is made as tall as the page."""
     scroller = page.get_by_test_id("stMain")
 
     def fit_window() -> None:
-        page.set_viewport_size({"width": WINDOW["width"], "height": max(WINDOW["height"],
+        page.set_viewport_size({"width": window["width"], "height": max(window["height"],
                                                                         scroller.evaluate("m => m.scrollHeight"))})
 
     fit_window()
@@ -236,7 +246,19 @@ def screenshot(page: Page, name: str) -> None:
     path = ARTIFACTS / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=path)
-    page.set_viewport_size(WINDOW)
+    page.set_viewport_size(window)
+
+
+# Whatever a chart draws (titles, legends, labels, marks) that reaches beyond the screen's width, or is cut off by
+# its own picture (an svg shows nothing outside its box): "what (left..right)".
+BEYOND = """(charts, width) => charts.flatMap(chart => {
+    const box = chart.querySelector('svg').getBoundingClientRect();
+    return [...chart.querySelectorAll('svg text, svg path, svg rect')].filter(e => getComputedStyle(e).opacity !== '0')
+        .map(e => [e, e.getBoundingClientRect()]).filter(([e, r]) => r.width > 0
+            && (r.left < Math.max(0, box.left) - 1 || r.right > Math.min(width, box.right) + 1))
+        .map(([e, r]) => `${e.tagName} ${(e.textContent || '').slice(0, 40)} `
+                         + `(${r.left.toFixed(0)}..${r.right.toFixed(0)})`);
+})"""
 
 
 # ---- the tests ------------------------------------------------------------------------------------
@@ -369,3 +391,38 @@ def test_training_starts_behind_the_password_updates_live_and_stops(page: Page, 
     settle(page)
     assert_no_error_box(page, server)
     screenshot(page, "training-stopped")
+
+
+def test_on_a_phone_every_chart_fits_the_screen_and_sample_titles_keep_their_size(phone: Page, server: Server) -> None:
+    open_app(phone, server, "?stem=imagenet&resolution=224")  # every chart of the explorer, the paper's included
+    charts = main(phone).get_by_test_id("stVegaLiteChart")
+    expect(charts).to_have_count(6)  # α sweep ×2, per layer, savings, the paper's, accuracy against mult-adds
+    phone.wait_for_function("""() => [...document.querySelectorAll('[data-testid=stVegaLiteChart]')]
+        .every(c => c.querySelector('svg'))""")
+    assert charts.evaluate_all(BEYOND, PHONE["width"]) == []
+    assert main(phone).evaluate("m => m.scrollWidth") <= PHONE["width"]  # nothing to scroll sideways to
+    screenshot(phone, "phone-explorer", PHONE)
+
+    open_app(phone, server, "evaluation")
+    main(phone).get_by_role("button", name="Evaluate").click()
+    expect(phone.get_by_test_id("stMetric").filter(has_text="images")).to_be_visible()
+    settle(phone)
+    assert_no_error_box(phone, server)
+    tiles = main(phone).get_by_test_id("stImage").locator("img")
+    expect(tiles.first).to_be_visible()
+    phone.wait_for_function("() => [...document.images].every(i => i.complete)")
+    sizes = tiles.evaluate_all("ts => ts.map(t => [t.naturalWidth, t.getBoundingClientRect().width, "
+                               "t.getBoundingClientRect().right])")
+    assert len(sizes) >= 2 * len(CLASSES)
+    shrunk = [s for s in sizes if s[1] < s[0] - 1 or s[2] > PHONE["width"]]
+    assert shrunk == [], f"tiles scaled down or beyond the screen (natural, shown, right): {shrunk}"
+    assert charts.evaluate_all(BEYOND, PHONE["width"]) == []  # per class and the confusion matrix
+    screenshot(phone, "phone-evaluation", PHONE)
+
+
+def test_the_papers_table_shows_its_last_column_on_a_desktop(page: Page, server: Server) -> None:
+    open_app(page, server, "?stem=imagenet")
+    grid = main(page).get_by_test_id("stDataFrame").last  # after the layer table
+    grid.locator(".dvn-scroller").wait_for()
+    overflow = grid.locator(".dvn-scroller").evaluate("s => s.scrollWidth - s.clientWidth")
+    assert overflow <= 1, f"the table needs {overflow} px more than it has"
