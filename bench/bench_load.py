@@ -127,9 +127,15 @@ class Visitor:
             await asyncio.sleep(0.005)
         urls = self.file_urls.pop(request_id).file_urls[0]
         xsrf = self.http.cookies.get("_streamlit_xsrf", "")
-        put = await asyncio.to_thread(self.http.put, f"{self.base}{urls.upload_url}" if urls.upload_url.startswith(
-            "/") else urls.upload_url, files={"file": (name, data, "image/png")}, headers={"X-Xsrftoken": xsrf},
-            timeout=60)
+        target = f"{self.base}{urls.upload_url}" if urls.upload_url.startswith("/") else urls.upload_url
+        for attempt in range(2):  # a kept-alive connection the server has just closed is opened again
+            try:
+                put = await asyncio.to_thread(self.http.put, target, files={"file": (name, data, "image/png")},
+                                              headers={"X-Xsrftoken": xsrf}, timeout=60)
+                break
+            except requests.ConnectionError:
+                if attempt:
+                    raise
         put.raise_for_status()
         from streamlit.proto.WidgetStates_pb2 import WidgetState
 
@@ -152,6 +158,12 @@ def photo(seed: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def server_mb(pid: int) -> int:
+    """The server's resident memory."""
+    line = next(row for row in Path(f"/proc/{pid}/status").read_text().splitlines() if row.startswith("VmRSS:"))
+    return int(line.split()[1]) // 1024
 
 
 def server_cpu(pid: int) -> float:
@@ -196,7 +208,7 @@ async def uploaders(base: str, count: int, seconds: float, pid: int, job: Path |
     images = [photo(i) for i in range(4)]
     await crowd[0].upload("warm-up.png", images[0])  # the model is loaded once, before the clock starts
     times: list[float] = []
-    cpu0, t0, speed = server_cpu(pid), time.perf_counter(), JobSpeed(job)
+    mb0, cpu0, t0, speed = server_mb(pid), server_cpu(pid), time.perf_counter(), JobSpeed(job)
 
     async def keep_uploading(visitor: Visitor, seed: int) -> None:
         i = seed
@@ -212,7 +224,7 @@ async def uploaders(base: str, count: int, seconds: float, pid: int, job: Path |
     q = statistics.quantiles(times, n=20) if len(times) > 1 else times * 19
     return {"uploaders": count, "uploads": len(times), "uploads_per_s": round(len(times) / elapsed, 2),
             "p50_s": round(statistics.median(times), 2), "p95_s": round(q[18], 2), "server_cpu_cores": round(cpu, 2),
-            "job_img_per_s": speed.img_per_s()}
+            "server_mb": [mb0, server_mb(pid)], "job_img_per_s": speed.img_per_s()}
 
 
 def watched_run(runs: Path, rows: int) -> None:
@@ -280,7 +292,7 @@ def main() -> None:
                         help="e.g. runner.postScriptGC=false")
     parser.add_argument("--app-dir", default=str(ROOT), help="the checkout whose app to serve (e.g. an older one)")
     args = parser.parse_args()
-    assert args.watchers <= 32 and all(n <= 32 for n in args.uploaders) and args.seconds <= 120, "bounded load"
+    assert args.watchers <= 32 and all(n <= 32 for n in args.uploaders) and args.seconds <= 600, "bounded load"
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp) / "runs"
