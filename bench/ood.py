@@ -149,7 +149,7 @@ def main() -> None:
         msp = {name: values.softmax(1).amax(1) for name, values in logits.items()}
         energy = {name: values.logsumexp(1) for name, values in logits.items()}
         limit = float(msp["calibration"].quantile(1 - ood.KEEP))
-        thresholds[path.name] = {"threshold": round(limit, 4), "sha256": ood.file_digest(path)}
+        thresholds[path.name] = {"threshold": round(limit, 4), **ood.identity(path)}
         kept = float((~ood.looks_foreign(msp["test"], limit)).float().mean())
         flagged, start = [], 0
         for images in foreign.values():

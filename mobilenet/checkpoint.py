@@ -55,10 +55,8 @@ class ModelCard:
     data: TrainingData | None = None
 
     def __post_init__(self) -> None:
-        # Cards written before `tta` and `data` were fields kept them in `training`.
+        # Cards written before `data` was a field kept it in `training`.
         t = self.training
-        if self.tta == "none" and t.get("flip_tta"):
-            object.__setattr__(self, "tta", "flip")
         if self.data is None and t.get("data"):
             object.__setattr__(self, "data", TrainingData(str(t["data"]), None, int(t.get("val_size", 5000)),
                                                           int(t.get("seed", 0)), t.get("subset")))
@@ -91,7 +89,8 @@ class ModelCard:
                 mean=tuple(float(v) for v in data["mean"]),
                 std=tuple(float(v) for v in data["std"]),
                 training=dict(data.get("training", {})),
-                tta=str(data.get("tta", "none")),
+                # Cards written before `tta` was a field said "flip_tta" in `training`.
+                tta=str(data.get("tta") or ("flip" if data.get("training", {}).get("flip_tta") else "none")),
                 data=None if given is None else TrainingData(**given),
             )
         except (KeyError, TypeError, ValueError) as e:

@@ -2,19 +2,22 @@
 
 The signal is the maximum softmax probability (Hendrycks & Gimpel 2017), the probability of the top class
 that every prediction already shows: below a model's threshold, the answer is "this does not look like
-any of the classes". A threshold belongs to one checkpoint file: bench/ood.py sets it to keep 95% of
-CIFAR-10 validation images the model never trained on, measures how well it separates them from foreign
-images (AUROC in BENCHMARKS.md) and writes it to ood.json beside the checkpoints, with the file's hash.
-A model without one (a training run) gets no verdict, only its probabilities.
+any of the classes". A threshold belongs to one model as it answers: its weights (their digest) and its
+test-time augmentation, not the rest of its card. bench/ood.py sets it to keep 95% of CIFAR-10 validation
+images the model never trained on, measures how well it separates them from foreign images (AUROC in
+BENCHMARKS.md) and writes it to ood.json beside the checkpoints. A model without one (a training run)
+gets no verdict, only its probabilities.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from . import checkpoint
+from .checkpoint import CheckpointError, ModelCard
 
 if TYPE_CHECKING:
     import torch
@@ -23,26 +26,29 @@ CALIBRATION_FILE = "ood.json"
 KEEP = 0.95  # the share of in-distribution validation images a threshold accepts
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def identity(path: Path) -> dict[str, str]:
+    """What a threshold is calibrated for: the checkpoint's weights digest and its test-time augmentation."""
+    payload = checkpoint.read(path)
+    return {"weights": payload["digest"], "tta": ModelCard.from_dict(payload["card"]).tta}
 
 
 @lru_cache(maxsize=16)
-def _threshold(path: Path, versions: tuple[int, int]) -> float | None:  # versions: part of the cache key only
+def _threshold(path: Path, versions: tuple[int, ...]) -> float | None:  # versions: part of the cache key only
     try:
         entry = json.loads((path.parent / CALIBRATION_FILE).read_text())[path.name]
-    except (OSError, ValueError, KeyError, TypeError):
+        if not isinstance(entry, dict) or {k: entry.get(k) for k in ("weights", "tta")} != identity(path):
+            return None  # calibrated for other weights, or another way of feeding them
+        return float(entry["threshold"])
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
         return None
-    if not isinstance(entry, dict) or entry.get("sha256") != file_digest(path):
-        return None  # calibrated on other weights than these
-    return float(entry["threshold"])
 
 
-def threshold(checkpoint: Path) -> float | None:
-    """The calibrated threshold of this exact checkpoint file, or None when it has none."""
-    table = checkpoint.parent / CALIBRATION_FILE
+def threshold(path: Path) -> float | None:
+    """The calibrated threshold of this checkpoint's model, or None when it has none."""
+    table = path.parent / CALIBRATION_FILE
     try:
-        return _threshold(checkpoint.resolve(), (checkpoint.stat().st_mtime_ns, table.stat().st_mtime_ns))
+        stat = path.stat()
+        return _threshold(path.resolve(), (stat.st_mtime_ns, stat.st_size, table.stat().st_mtime_ns))
     except OSError:
         return None
 

@@ -19,11 +19,11 @@ from mobilenet.model import MobileNetV1
 
 
 def save_model(path: Path, alpha: float = 0.25, classes: tuple[str, ...] = CIFAR10_CLASSES,
-               training: dict | None = None, data: TrainingData | None = None) -> ModelCard:
+               training: dict | None = None, data: TrainingData | None = None, tta: str = "none") -> ModelCard:
     """A random-weight checkpoint (seeded) with a complete card."""
     torch.manual_seed(0)
     card = ModelCard(alpha, "cifar", 32, classes, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
-                     training or {"epochs": 1, "recipe": "fast", "val_acc": 0.1}, data=data)
+                     training or {"epochs": 1, "recipe": "fast", "val_acc": 0.1}, tta=tta, data=data)
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.save(path, MobileNetV1(len(classes), alpha), card)
     return card

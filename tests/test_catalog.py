@@ -126,9 +126,8 @@ def test_classes_are_matched_to_the_model_by_name(tmp_path: Path) -> None:
 
 def finished_run(runs: Path, name: str, alpha: float, accuracy: float) -> Path:
     folder = save_run(runs, name)
-    save_model(folder / "best.pt", alpha=alpha, training={"epochs": 12, "recipe": "fast", "val_acc": 0.0,
-                                                          "data": "/home/someone/cifar.zip", "flip_tta": True,
-                                                          "seed": 0})
+    save_model(folder / "best.pt", alpha=alpha, tta="flip", training={
+        "epochs": 12, "recipe": "fast", "val_acc": 0.0, "data": "/home/someone/cifar.zip", "seed": 0})
     per_class = {c: accuracy for c in CIFAR10_CLASSES}
     (folder / "report.json").write_text(json.dumps({"accuracy": accuracy, "n": 5000, "per_class": per_class}))
     return folder

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image, ImageFilter
 
-from mobilenet import Classifier, ood
+from mobilenet import Classifier, checkpoint, ood
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "checkpoints").glob("mobilenet_v1_a*.pt"))
@@ -40,10 +42,17 @@ def test_a_threshold_belongs_to_its_exact_file(tmp_path: Path) -> None:
     assert ood.threshold(copy) is None  # no ood.json beside it
     shutil.copy(source.parent / ood.CALIBRATION_FILE, tmp_path / ood.CALIBRATION_FILE)
     assert ood.threshold(copy) == ood.threshold(source)
+    model, card = checkpoint.load(source)
+    checkpoint.save(copy, model, replace(card, training={"note": "a card-only change"}))
+    assert ood.threshold(copy) == ood.threshold(source)  # the same model answering the same way
     changed = tmp_path / "changed"
     changed.mkdir()
-    (changed / source.name).write_bytes(source.read_bytes() + b"\0")
+    with torch.no_grad():
+        model.classifier.bias += 0.01
+    checkpoint.save(changed / source.name, model, card)
     (changed / ood.CALIBRATION_FILE).write_text((tmp_path / ood.CALIBRATION_FILE).read_text())
     assert ood.threshold(changed / source.name) is None  # other weights than the calibrated ones
+    checkpoint.save(changed / source.name, checkpoint.load(source)[0], replace(card, tta="none"))
+    assert ood.threshold(changed / source.name) is None  # fed without the calibrated test-time augmentation
     (changed / ood.CALIBRATION_FILE).write_text(json.dumps({"broken": True}))
     assert ood.threshold(copy) is not None and ood.threshold(changed / source.name) is None
