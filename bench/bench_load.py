@@ -245,7 +245,7 @@ def watched_run(runs: Path, rows: int) -> None:
 def start_job(runs: Path, images: Path) -> subprocess.Popen:
     """A long training job on generated images, with the app's job manager."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import write_folder
+    from helpers import write_folder
 
     from mobilenet.config import TrainConfig
     from mobilenet.jobs import JobManager

@@ -19,7 +19,10 @@ from mobilenet.runs import RunFolder  # noqa: E402
 def label(run: Path) -> str:
     config = RunFolder(run).read_config()
     recipe = config.effective
-    return f"{config.recipe}, α={config.alpha:g}, {recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.lr:g}"
+    changed = [f"{name.replace('_', ' ')} {getattr(config, name):g}" for name in ("ema", "cutout", "label_smoothing",
+                                                                             "weight_decay") if getattr(config, name)]
+    return ", ".join([f"{config.recipe}, α={config.alpha:g}, {recipe.epochs} epochs, batch {recipe.batch_size}, "
+                      f"lr {recipe.lr:g}", *changed])
 
 
 def main() -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from app_helpers import image_bytes, isolate_app, save_model, save_run
-from conftest import write_folder
+from helpers import image_bytes, isolate_app, save_model, save_run, write_folder
 from streamlit.testing.v1 import AppTest
 
 from mobilenet import Classifier, app_support, checkpoint, data, evalsets
@@ -156,7 +155,7 @@ def test_latency_is_measured_on_request() -> None:
 
 def test_an_uploaded_image_yields_a_prediction(model: Path) -> None:
     at = open_page("app_pages/inference.py")
-    image = image_bytes()
+    image = image_bytes(size=(200, 150))
     at.file_uploader[0].set_value(("photo.png", image, "image/png")).run()
     assert not at.exception and not at.error
     expected = Classifier.load(model, device="cpu", threads=None).predict(image)  # leave torch's threads alone
@@ -167,8 +166,8 @@ def test_an_uploaded_image_yields_a_prediction(model: Path) -> None:
 def test_a_bad_upload_shows_a_message_not_an_exception(model: Path) -> None:
     at = open_page("app_pages/inference.py")
     at.file_uploader[0].set_value([("notes.png", b"not an image at all", "image/png"),
-                                   ("cut.png", image_bytes()[:200], "image/png"),
-                                   ("photo.png", image_bytes(), "image/png")]).run()
+                                   ("cut.png", image_bytes(size=(200, 150))[:200], "image/png"),
+                                   ("photo.png", image_bytes(size=(200, 150)), "image/png")]).run()
     assert not at.exception
     errors = [e.value for e in at.error]
     assert errors[0] == "**notes.png**: not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF"
@@ -187,7 +186,7 @@ def test_a_camera_photo_is_classified(model: Path) -> None:
     at = open_page("app_pages/inference.py")
     assert not at.camera_input  # the camera is only asked for on request
     at.toggle[0].set_value(True).run()
-    at.camera_input[0].set_value(("camera.jpg", image_bytes(fmt="JPEG"), "image/jpeg")).run()
+    at.camera_input[0].set_value(("camera.jpg", image_bytes(size=(200, 150), fmt="JPEG"), "image/jpeg")).run()
     assert not at.exception and not at.error
     assert at.markdown[-1].value.startswith("**camera.jpg**: ")
 
@@ -246,7 +245,7 @@ def test_an_image_url_is_fetched_and_classified(model: Path, monkeypatch: pytest
     from mobilenet import urlfetch
 
     fetched = []
-    monkeypatch.setattr(urlfetch, "fetch_url", lambda url: fetched.append(url) or image_bytes())
+    monkeypatch.setattr(urlfetch, "fetch_url", lambda url: fetched.append(url) or image_bytes(size=(200, 150)))
     at = open_page("app_pages/inference.py")
     at.text_input[0].input("https://example.org/pictures/cat.png").run()
     assert not at.exception and not at.error

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from app_helpers import save_model, save_run
-from conftest import write_folder, zip_folder
+from helpers import save_model, save_run, write_folder, zip_folder
 
 from mobilenet import catalog, checkpoint, data, evalsets, shipping
 from mobilenet.checkpoint import CheckpointError, ModelCard, TrainingData

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from app_helpers import save_model
-from conftest import CLASSES, write_folder
+from helpers import CLASSES, save_model, write_folder
 
 from mobilenet import checkpoint, data, evalsets
 from mobilenet.__main__ import main

@@ -14,7 +14,7 @@ from mobilenet import data
 from mobilenet.data import DataError, stratified_split
 from mobilenet.tta import SEED_NORMALIZATION
 
-from conftest import CLASSES, write_cifar_archive, write_folder, zip_folder
+from helpers import CLASSES, write_cifar_archive, write_folder, zip_folder
 
 
 def check_imageset(images: data.ImageSet, n: int, side: int = 32, classes=CLASSES) -> None:

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from app_helpers import image_bytes, save_model
-from conftest import CLASSES, write_folder
+from helpers import CLASSES, image_bytes, save_model, write_folder
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from mobilenet import Classifier, explore
@@ -179,7 +178,7 @@ class Canary:
 
 @pytest.fixture
 def canary() -> Iterator[Canary]:
-    image = image_bytes()
+    image = image_bytes(size=(200, 150))
     hits: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -304,7 +303,7 @@ def test_the_alpha_slider_changes_the_parameter_total(page: Page, server: Server
 
 def test_an_uploaded_image_gets_a_label_and_a_probability_chart(page: Page, server: Server, tmp_path: Path) -> None:
     photo = tmp_path / "photo.png"
-    photo.write_bytes(image_bytes())
+    photo.write_bytes(image_bytes(size=(200, 150)))
     expected = Classifier.load(server.model, device="cpu", threads=None).predict(photo.read_bytes(), topk=5)
     open_app(page, server, "inference")
     expect(page.get_by_role("button", name="truck_2")).to_be_in_viewport()  # every example can be seen

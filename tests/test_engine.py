@@ -12,9 +12,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from app_helpers import isolate_app
-from conftest import write_folder
-from inference_helpers import random_model, save_random_checkpoint
+from helpers import isolate_app, random_model, save_random_checkpoint, write_folder
 from onnx import helper
 from streamlit.testing.v1 import AppTest
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from inference_helpers import random_model
+from helpers import random_model
 from PIL import Image
 
 from mobilenet import Classifier

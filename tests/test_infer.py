@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 import torch
-from inference_helpers import image_bytes, random_model, save_random_checkpoint
+from helpers import image_bytes, random_model, save_random_checkpoint
 from PIL import Image
 from torch import nn
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from app_helpers import image_bytes, isolate_app, save_model
+from helpers import image_bytes, isolate_app, save_model
 from streamlit.testing.v1 import AppTest
 
 from mobilenet import app_support
@@ -31,7 +31,8 @@ def inference_page() -> AppTest:
 
 def test_uploads_stay_after_visiting_another_page() -> None:
     at = inference_page()
-    uploads = [("a.png", image_bytes(), "image/png"), ("cut.png", image_bytes()[:300], "image/png")]
+    photo = image_bytes(size=(200, 150))
+    uploads = [("a.png", photo, "image/png"), ("cut.png", photo[:300], "image/png")]
     at.file_uploader[0].set_value(uploads).run()
     assert [e.value for e in at.error] == [("**cut.png**: the image file is truncated: it ends before the picture does "
                                            "(an interrupted download or copy?)")]
@@ -44,8 +45,8 @@ def test_uploads_stay_after_visiting_another_page() -> None:
 
 def test_every_result_has_its_own_time_a_map_for_any_class_and_downloads() -> None:
     at = inference_page()
-    at.file_uploader[0].set_value([("a.png", image_bytes(seed=1), "image/png"),
-                                   ("b.png", image_bytes(seed=2), "image/png")]).run()
+    at.file_uploader[0].set_value([("a.png", image_bytes(seed=1, size=(200, 150)), "image/png"),
+                                   ("b.png", image_bytes(seed=2, size=(200, 150)), "image/png")]).run()
     times = [c.value for c in at.caption if " ms for this image" in c.value]
     assert len(times) == 2
     at.selectbox(key="cam-1-b.png").set_value("truck").run()
@@ -67,7 +68,7 @@ def test_predictions_download_as_the_command_line_writes_them(model: Path) -> No
     from mobilenet import Classifier
 
     clf = Classifier.load(model, device="cpu", threads=None)
-    results = app_support.classify(clf, [app_support.Upload("a.png", image_bytes()),
+    results = app_support.classify(clf, [app_support.Upload("a.png", image_bytes(size=(200, 150))),
                                          app_support.Upload("x.txt", b"hello")], topk=2, threshold=0.99)
     rows = json.loads(app_support.predictions_json(results))
     assert rows[0]["source"] == "a.png" and len(rows[0]["top"]) == 2 and rows[0]["looks_foreign"] is True

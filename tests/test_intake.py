@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
-from inference_helpers import png
+from helpers import png
 from PIL import Image
 
 from mobilenet.intake import ImageError, Limits, decode, load_model_input

@@ -5,7 +5,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from mobilenet.config import TrainConfig
 from mobilenet.jobs import NOT_SAVED, JobError, JobManager
 from mobilenet.runs import RunState, read_metrics
 
-from conftest import CLASSES, class_image, write_folder
+from helpers import CLASSES, class_image, wait_for, write_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,13 +119,6 @@ def test_a_command_line_run_is_running_and_never_gets_a_second_writer(folder: Pa
         trainer.wait()
     info = manager.run_info(run)
     assert info.state == RunState.INTERRUPTED and info.resumable
-
-
-def wait_for(predicate, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_one_job_across_managers_then_stop(folder: Path, tmp_path: Path) -> None:

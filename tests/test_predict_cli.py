@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 import torch
-from inference_helpers import Server, image_bytes, png, save_random_checkpoint, send
+from helpers import image_bytes, png, save_random_checkpoint, send, Server
 
 from mobilenet import urlfetch
 from mobilenet.__main__ import main

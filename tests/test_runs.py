@@ -18,7 +18,7 @@ from mobilenet.jobs import JobError, JobManager
 from mobilenet.runs import DiskFull, MetricsRow, RunBusy, RunFolder, thinned
 from mobilenet.train import train
 
-from conftest import write_folder
+from helpers import write_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 

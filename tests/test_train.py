@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.runs import read_metrics
 from mobilenet.train import augment, step_generator
 
-from conftest import write_folder
+from helpers import wait_for, write_folder
 
 
 @pytest.fixture(autouse=True)
@@ -121,13 +120,6 @@ def test_stop_then_resume_matches_an_uninterrupted_run(folder: Path, tmp_path: P
 def cli(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "mobilenet", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **kwargs)
-
-
-def wait_for(predicate, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def cli_args(folder: Path, tmp_path: Path, out: Path, epochs: int) -> list[str]:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from app_helpers import isolate_app, save_model
-from conftest import write_folder
+from helpers import isolate_app, save_model, write_folder
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 

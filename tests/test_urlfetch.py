@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from inference_helpers import SLOW_BODY, SLOW_HEADERS, Server, endless, image_bytes, redirect, send
+from helpers import SLOW_BODY, SLOW_HEADERS, endless, image_bytes, redirect, send, Server
 
 from mobilenet import urlfetch
 from mobilenet.intake import ImageError

@@ -1,27 +1,116 @@
-"""Inference test helpers: a random-weight checkpoint, image bytes, loopback HTTP servers that record visits."""
+"""Test helpers, one module: generated datasets, random-weight checkpoints, image bytes, run folders, the app's
+isolated folders, loopback HTTP servers that record visits, and waiting for a condition."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import pickle
 import socket
 import struct
+import tarfile
 import threading
 import time
+import zipfile
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pytest
+import streamlit as st
 import torch
 from PIL import Image
 from torch import nn
 
 from mobilenet import checkpoint
-from mobilenet.checkpoint import ModelCard
+from mobilenet.checkpoint import ModelCard, TrainingData
 from mobilenet.data import CIFAR10_CLASSES
-from mobilenet.tta import CIFAR10_NORMALIZATION
 from mobilenet.model import MobileNetV1
+from mobilenet.tta import CIFAR10_NORMALIZATION
+
+CLASSES = ("cat", "dog", "ship")
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A learnable image: each class has its own colour and stripe direction, plus noise."""
+    base = np.zeros((size, size, 3), np.float32)
+    base[..., label % 3] = 160
+    stripes = (np.arange(size) // 4 % 2) * 80
+    base += stripes[:, None, None] if label % 2 else stripes[None, :, None]
+    return np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+
+
+def write_folder(root: Path, per_class: int = 12, splits: tuple[str, ...] = ("train", "test"), size: int = 32,
+                 fmt: str = "PNG") -> Path:
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name if split else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(class_image(label, rng, size)).save(folder / f"{i:04d}.{fmt.lower()}", fmt)
+    return root
+
+
+def zip_folder(folder: Path, target: Path, top: str = "") -> Path:
+    with zipfile.ZipFile(target, "w") as z:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                z.write(path, f"{top}{path.relative_to(folder).as_posix()}")
+    return target
+
+
+def write_cifar_archive(target: Path, per_batch: int = 20) -> dict[str, str]:
+    """A cifar-10-python.tar.gz in the real layout; returns the md5 of each member for torchvision's checks."""
+    rng = np.random.default_rng(1)
+    members: dict[str, bytes] = {}
+    names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    for name in names:
+        labels = [int(v) for v in rng.integers(0, 10, per_batch)]
+        data = np.stack([class_image(label, rng).transpose(2, 0, 1).reshape(-1) for label in labels])
+        members[name] = pickle.dumps({"batch_label": name, "labels": labels, "data": data,
+                                      "filenames": [f"{i}.png" for i in range(per_batch)]})
+    label_names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    members["batches.meta"] = pickle.dumps({"label_names": label_names})
+    with tarfile.open(target, "w:gz") as tar:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return {name: hashlib.md5(blob).hexdigest() for name, blob in members.items()}
+
+
+def save_model(path: Path, alpha: float = 0.25, classes: tuple[str, ...] = CIFAR10_CLASSES,
+               training: dict | None = None, data: TrainingData | None = None, tta: str = "none") -> ModelCard:
+    """A random-weight checkpoint (seeded) with a complete card."""
+    torch.manual_seed(0)
+    card = ModelCard(alpha, "cifar", 32, classes, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
+                     training or {"epochs": 1, "recipe": "fast", "val_acc": 0.1}, tta=tta, data=data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(path, MobileNetV1(len(classes), alpha), card)
+    return card
+
+
+def save_run(runs: Path, name: str, state: str = "finished") -> Path:
+    folder = runs / name
+    save_model(folder / "best.pt", training={"epochs": 3, "recipe": "seed", "val_acc": 0.42, "data": "cifar10"})
+    (folder / "status.json").write_text(json.dumps({"state": state}))
+    return folder
+
+
+def isolate_app(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Empty checkpoint, runs and data folders of the test's own, and no cached results from other tests."""
+    for name in ("checkpoints", "runs", "data"):
+        (root / name).mkdir()
+    monkeypatch.setenv("MOBILENET_CHECKPOINTS", str(root / "checkpoints"))
+    monkeypatch.setenv("MOBILENET_RUNS", str(root / "runs"))
+    monkeypatch.setenv("MOBILENET_DATA", str(root / "data"))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    return root
 
 
 def random_model(alpha: float = 0.25) -> MobileNetV1:
@@ -48,7 +137,8 @@ def save_random_checkpoint(path: Path, alpha: float = 0.25, flip_tta: bool = Tru
     return path
 
 
-def image_bytes(seed: int, size: tuple[int, int] = (48, 40), fmt: str = "PNG") -> bytes:
+def image_bytes(seed: int = 0, size: tuple[int, int] = (48, 40), fmt: str = "PNG") -> bytes:
+    """A noise image of that size, encoded."""
     rng = np.random.default_rng(seed)
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, fmt)
@@ -77,6 +167,9 @@ def send(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"", conten
         handler.send_header(name, value)
     handler.end_headers()
     handler.wfile.write(body)
+
+
+Route = Callable[[BaseHTTPRequestHandler], None]
 
 
 def redirect(location: str) -> Route:
@@ -153,3 +246,10 @@ class Server:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
