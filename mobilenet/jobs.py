@@ -15,7 +15,6 @@ Neither is ever held by the job's own children (its data-decode workers), which 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import TrainConfig
+from .locks import is_locked, try_lock
 from .runs import JOB_LOCK_FD_ENV, DiskFull, RunFolder, RunState, RunStatus, disk_full, run_name
 from .settings import job_nice, job_threads, runs_dir
 
@@ -77,31 +77,11 @@ class JobManager:
     def _try_lock(self) -> int | None:
         """An fd holding the exclusive lock, or None when a job holds it."""
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
-
-    def _slot_taken(self) -> bool:
-        """Whether a job holds the slot; a shared lock for the test, so a read-only runs folder works too."""
-        try:
-            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        return try_lock(self.lock_path)
 
     def active(self) -> dict | None:
         """{"run", "pid", "started"} of the running job, or None."""
-        if not self._slot_taken():
+        if not is_locked(self.lock_path):
             return None
         try:
             job = json.loads(self.job_path.read_text())

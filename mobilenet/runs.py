@@ -14,7 +14,6 @@ writer ends, even on kill -9, and no child process of the writer ever holds it (
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import math
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .config import TrainConfig
+from .locks import is_locked, keep_from_children, release_kept, try_lock
 
 
 JOB_LOCK_FD_ENV = "MOBILENET_JOB_LOCK_FD"  # an app job's slot lock (mobilenet.jobs), inherited by the trainer
@@ -39,35 +39,6 @@ class RunBusy(OSError):
 
 class DiskFull(OSError):
     """The disk filled up while writing a run; what was there before is kept."""
-
-
-_kept_from_children: set[int] = set()
-
-
-def _close_kept_fds() -> None:
-    for fd in _kept_from_children:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _kept_from_children.clear()
-
-
-os.register_at_fork(after_in_child=_close_kept_fds)
-
-
-def keep_from_children(fd: int) -> None:
-    """No child ever holds fd (nor a lock on it): closed on exec, and at once in every forked child.
-
-    Forked data-decode workers would otherwise keep a dead trainer's locks for as long as they live.
-    """
-    os.set_inheritable(fd, False)
-    _kept_from_children.add(fd)
-
-
-def release_kept(fd: int) -> None:
-    _kept_from_children.discard(fd)
-    os.close(fd)
 
 
 def disk_full(error: BaseException) -> bool:
@@ -182,12 +153,9 @@ class RunFolder:
         A trainer started by the app also keeps the app's job lock, which it inherited, from its children.
         """
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunBusy(f"{self.name} is being written by another live process") from None
+        fd = try_lock(self.lock)
+        if fd is None:
+            raise RunBusy(f"{self.name} is being written by another live process")
         keep_from_children(fd)
         inherited = os.environ.pop(JOB_LOCK_FD_ENV, "")
         if inherited.isdigit():
@@ -205,17 +173,7 @@ class RunFolder:
     @property
     def writer_alive(self) -> bool:
         """A live process holds the writer lock (readers never create or write anything)."""
-        try:
-            fd = os.open(self.lock, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        return is_locked(self.lock)
 
     def write_json(self, path: Path, obj: Any) -> None:
         """Atomically, or not at all: on failure (a full disk) the old file stays and no temporary is left."""
