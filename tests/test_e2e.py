@@ -316,7 +316,8 @@ def test_an_uploaded_image_gets_a_label_and_a_probability_chart(page: Page, serv
     expect(charts).to_have_count(1)
     shown = readable_texts(charts)
     assert [label for label, _ in expected.top if label not in shown] == []  # every bar is named
-    expect(main(page).get_by_test_id("stImage")).to_have_count(3)  # the photo, what the network saw, Grad-CAM
+    # the examples' thumbnails (one element), the photo, what the network saw, Grad-CAM
+    expect(main(page).get_by_test_id("stImage")).to_have_count(4)
     screenshot(page, "inference-prediction")
 
 
@@ -331,7 +332,7 @@ def test_a_url_to_a_private_address_is_refused(page: Page, server: Server, canar
         expect(error).to_contain_text("is not a public internet address; such URLs are refused")
         settle(page)
         expect(main(page).get_by_test_id("stVegaLiteChart")).to_have_count(0)  # no prediction
-        expect(main(page).get_by_test_id("stImage")).to_have_count(0)
+        expect(main(page).get_by_test_id("stImage")).to_have_count(1)  # the examples' thumbnails only
     assert canary.hits == []  # the app never connected to it
     screenshot(page, "inference-refused-url")
 
