@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from mobilenet import answers
 from mobilenet import app_support as app
 from mobilenet import charts
 from mobilenet.intake import ImageError
@@ -28,9 +29,9 @@ if kept and not uploaded:
 url = other.text_input("Or paste an image URL", placeholder="https://…")
 photo = other.camera_input("Photo") if other.toggle("Take a photo with the camera") else None
 
-examples = {path.stem: path for path in app.examples()}
+examples = {path.stem: path for path in answers.examples()}
 with st.expander("Or try an example (from the validation images the models never trained on)", expanded=True):
-    st.image(app.example_thumbnails(list(examples.values())), caption=list(examples))
+    st.image(answers.example_thumbnails(list(examples.values())), caption=list(examples))
     chosen = st.pills("Examples", list(examples), selection_mode="multi", label_visibility="collapsed")
 
 topk, show_cam, opacity_column = st.columns(3)
@@ -38,20 +39,20 @@ k = topk.slider("Classes to show", 1, len(clf.classes), min(5, len(clf.classes))
 gradcam = show_cam.toggle("Class activation map: where the network found its evidence", value=True)
 opacity = opacity_column.slider("Map opacity", 0.0, 1.0, 0.6, 0.05, disabled=not gradcam)
 
-uploads = [*kept, *([app.Upload(photo.name, photo.getvalue())] if photo else [])]
-uploads += [app.Upload(path.name, path.read_bytes()) for name, path in examples.items() if name in chosen]
+uploads = [*kept, *([answers.Upload(photo.name, photo.getvalue())] if photo else [])]
+uploads += [answers.Upload(path.name, path.read_bytes()) for name, path in examples.items() if name in chosen]
 if url:
     try:
-        uploads.append(app.fetch(url))
+        uploads.append(answers.fetch(url))
     except ImageError as e:
         st.error(f"**{url}**: {e}")
-uploads, dropped = app.first_images(uploads)
+uploads, dropped = answers.first_images(uploads)
 if dropped:
     st.warning(dropped)
 
-results = app.classify(clf, uploads, k, threshold)
+results = answers.classify(clf, uploads, k, threshold)
 for i, result in enumerate(results):
-    if isinstance(result, app.Failure):
+    if isinstance(result, answers.Failure):
         st.error(f"**{result.name}**: {result.message}")
         continue
     prediction = result.prediction
@@ -66,7 +67,7 @@ for i, result in enumerate(results):
     if gradcam:
         label = heat.selectbox("Map for class", clf.classes, index=clf.classes.index(prediction.label),
                                key=f"cam-{i}-{result.name}")
-        overlay = app.heatmap(clf, result, label, opacity)
+        overlay = answers.heatmap(clf, result, label, opacity)
         if overlay is None:
             heat.info(f"Nothing in this image speaks for {label}: its map is zero everywhere.")
         else:
@@ -75,11 +76,11 @@ for i, result in enumerate(results):
     bars.caption(f"{prediction.ms:.1f} ms for this image, on {app.device_label()}")
 
 if results:
-    table = app.predictions_table(results)
+    table = answers.predictions_table(results)
     csv, json_file = st.columns(2)
     csv.download_button("Download predictions (CSV)", table.to_csv(index=False), "predictions.csv", "text/csv",
                         icon=":material/download:")
-    json_file.download_button("Download predictions (JSON)", app.predictions_json(results), "predictions.json",
+    json_file.download_button("Download predictions (JSON)", answers.predictions_json(results), "predictions.json",
                               "application/json", icon=":material/download:")
 if threshold is None and results:
     st.caption("This model has no calibrated out-of-distribution threshold (only the shipped models do), "

@@ -1,4 +1,4 @@
-"""What the Streamlit pages share: cached resources, the selected model, inference and evaluation requests.
+"""What the Streamlit pages share: cached resources, the selected model, the session's uploads, evaluation requests.
 
 Resources cached with st.cache_resource are shared by every session and never mutated after they are
 built: a Classifier (thread-safe, see mobilenet.infer) and evaluation results (frozen, tensors only read).
@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import gc
 import hmac
-import json
 import logging
 import os
 import threading
@@ -20,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
 from . import catalog, charts, checkpoint, data, engines, evalsets, explore, ood, settings
 from .catalog import Catalog, ModelEntry
@@ -28,15 +26,14 @@ from .data import IMAGE_SUFFIXES, DataError, ImageSet
 from .device import device_name, pick_device
 from .evalsets import EvalSource
 from .evaluate import Evaluation, score
-from .infer import Classifier, Prediction
-from .intake import ImageError, decode
+from .infer import Classifier
 from .checkpoint import CheckpointError
+from .answers import Upload
 from .jobs import JobManager, RunInfo
 from .shipping import int8_model
 from .runs import RunFolder, thinned
 from .stats import ModelStats
 from .config import TrainConfig
-from .visual import enlarge, heatmap_overlay
 
 if TYPE_CHECKING:
     from .onnx_export import Quantization  # imports onnx, which a torch-only install lacks
@@ -49,10 +46,7 @@ INTRO = (
     "figures. **Inference**: classify your images, with a heatmap of what the network looked at. "
     "**Evaluation**: score a model on labelled images. **Training**: train a model and watch it learn."
 )
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
-MAX_IMAGES = 16  # per request: more are dropped with a warning
-PHOTO_SIDE = 384  # display size of an uploaded photo
 UPLOADER_KEY = "uploader"
 
 
@@ -194,46 +188,6 @@ def paper_comparison() -> pd.DataFrame:
 # ---- inference ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Upload:
-    name: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Result:
-    upload: Upload
-    photo: Image.Image  # the decoded photo at display size
-    prediction: Prediction
-    foreign: bool | None  # below the model's out-of-distribution threshold; None: the model has no threshold
-
-    @property
-    def name(self) -> str:
-        return self.upload.name
-
-
-@dataclass(frozen=True)
-class Failure:
-    name: str
-    message: str
-
-
-def examples() -> list[Path]:
-    return sorted(p for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def example_thumbnails(paths: list[Path], side: int = 96) -> list[Image.Image]:
-    """The examples enlarged with visible pixels: at 32×32, a smooth enlargement would only show blur."""
-    return [enlarge(decode(path), side) for path in paths]
-
-
-def fetch(url: str) -> Upload:
-    """An image from the web, through the project's guarded fetcher (raises ImageError)."""
-    from .urlfetch import fetch_url
-
-    return Upload(url.rsplit("/", 1)[-1][:80] or url[:80], fetch_url(url))
-
-
 def keep_uploads(files: list, returning: bool) -> list[Upload]:
     """The uploader's files, remembered in the session: Streamlit forgets a page's uploader when the
     visitor opens another page, so on returning the images of the last visit stand in until replaced or removed.
@@ -248,67 +202,8 @@ def keep_uploads(files: list, returning: bool) -> list[Upload]:
     return kept
 
 
-def first_images(uploads: list[Upload]) -> tuple[list[Upload], str | None]:
-    """At most MAX_IMAGES uploads, and a message naming the ones left out, if any."""
-    if len(uploads) <= MAX_IMAGES:
-        return uploads, None
-    dropped = ", ".join(u.name for u in uploads[MAX_IMAGES:])
-    return uploads[:MAX_IMAGES], (f"Only the first {MAX_IMAGES} of {len(uploads)} images are classified; "
-                                  f"left out: {dropped}.")
-
-
-def _display_copy(image: Image.Image) -> Image.Image:
-    scale = PHOTO_SIDE / max(image.size)
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                        Image.Resampling.BICUBIC)
-
-
 def ood_threshold(entry: ModelEntry) -> float | None:
     return ood.threshold(entry.path)
-
-
-def classify(clf: Classifier, uploads: list[Upload], topk: int = 5, threshold: float | None = None
-             ) -> list[Result | Failure]:
-    """Top-k for every upload, each timed on its own; an unusable one gives a Failure with a message for people."""
-    results: list[Result | Failure] = []
-    for upload in uploads:
-        try:
-            prediction = clf.predict(upload.data, topk)
-        except ImageError as e:
-            results.append(Failure(upload.name, str(e)))
-            continue
-        photo = _display_copy(decode(upload.data, draft_side=PHOTO_SIDE, limits=clf.limits))
-        foreign = None if threshold is None else ood.looks_foreign(prediction.prob, threshold)
-        results.append(Result(upload, photo, prediction, foreign))
-    return results
-
-
-def heatmap(clf: Classifier, result: Result, label: str, opacity: float) -> Image.Image | None:
-    """The class activation map of `label` over the photo; None when nothing in the image speaks for it."""
-    cam, _ = clf.gradcam(result.upload.data, clf.classes.index(label))
-    return heatmap_overlay(result.photo, cam, opacity=opacity) if float(cam.max()) > 0 else None
-
-
-def predictions_table(results: list[Result | Failure]) -> pd.DataFrame:
-    """One row per image and class shown, or per refused image with its reason: what the downloads hold."""
-    rows = []
-    for result in results:
-        if isinstance(result, Failure):
-            rows.append({"image": result.name, "error": result.message})
-            continue
-        for rank, (label, prob) in enumerate(result.prediction.top, 1):
-            rows.append({"image": result.name, "rank": rank, "class": label, "probability": round(prob, 6),
-                         "ms": round(result.prediction.ms, 2), "looks_foreign": result.foreign})
-    return pd.DataFrame(rows)
-
-
-def predictions_json(results: list[Result | Failure]) -> str:
-    """The command line's `predict --json` format, plus the out-of-distribution verdict."""
-    return json.dumps([
-        {"source": r.name, "error": r.message} if isinstance(r, Failure) else
-        {"source": r.name, "top": [{"label": label, "prob": prob} for label, prob in r.prediction.top],
-         "ms": r.prediction.ms, "looks_foreign": r.foreign}
-        for r in results], indent=2)
 
 
 # ---- evaluation ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from helpers import image_bytes, save_model
 from PIL import Image
 
-from mobilenet import Classifier, app_support, explore, visual
+from mobilenet import Classifier, answers, explore, visual
 from mobilenet.data import ImageSet
 from mobilenet.evaluate import Evaluation
 
@@ -117,17 +117,17 @@ def test_two_tiles_with_the_longest_titles_fit_a_phone_side_by_side() -> None:
 def test_classify_answers_every_upload(tmp_path: Path) -> None:
     save_model(tmp_path / "m.pt")
     clf = Classifier.load(tmp_path / "m.pt", device="cpu", threads=None)  # leave torch's threads alone
-    uploads = [app_support.Upload("a.png", image_bytes(size=(200, 150))), app_support.Upload("b.txt", b"hello"),
-               app_support.Upload("wide.png", image_bytes(size=(640, 100)))]
-    good, bad, wide = app_support.classify(clf, uploads, topk=3)
-    assert bad == app_support.Failure("b.txt", "not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF")
+    uploads = [answers.Upload("a.png", image_bytes(size=(200, 150))), answers.Upload("b.txt", b"hello"),
+               answers.Upload("wide.png", image_bytes(size=(640, 100)))]
+    good, bad, wide = answers.classify(clf, uploads, topk=3)
+    assert bad == answers.Failure("b.txt", "not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF")
     expected = clf.predict(image_bytes(size=(200, 150)), 3).top
     assert [label for label, _ in good.prediction.top] == [label for label, _ in expected]
     assert [p for _, p in good.prediction.top] == pytest.approx([p for _, p in expected], abs=1e-5)
-    assert max(good.photo.size) == max(wide.photo.size) == app_support.PHOTO_SIDE
+    assert max(good.photo.size) == max(wide.photo.size) == answers.PHOTO_SIDE
     assert good.prediction.image.size == (32, 32) and good.foreign is None  # no threshold given
-    assert app_support.heatmap(clf, good, "cat", 0.5).size == (256, 256)
-    assert app_support.classify(clf, uploads[:1], threshold=1.01)[0].foreign is True
+    assert answers.heatmap(clf, good, "cat", 0.5).size == (256, 256)
+    assert answers.classify(clf, uploads[:1], threshold=1.01)[0].foreign is True
 
 
 def explorer_charts() -> dict[str, object]:

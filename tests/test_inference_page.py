@@ -9,7 +9,7 @@ import pytest
 from helpers import image_bytes, isolate_app, save_model
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import app_support
+from mobilenet import answers
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
 
@@ -58,20 +58,20 @@ def test_every_result_has_its_own_time_a_map_for_any_class_and_downloads() -> No
 
 
 def test_the_first_16_images_and_the_names_of_the_rest() -> None:
-    uploads = [app_support.Upload(f"{i}.png", b"") for i in range(18)]
-    kept, message = app_support.first_images(uploads)
+    uploads = [answers.Upload(f"{i}.png", b"") for i in range(18)]
+    kept, message = answers.first_images(uploads)
     assert len(kept) == 16 and message.endswith("left out: 16.png, 17.png.")
-    assert app_support.first_images(uploads[:16]) == (uploads[:16], None)
+    assert answers.first_images(uploads[:16]) == (uploads[:16], None)
 
 
 def test_predictions_download_as_the_command_line_writes_them(model: Path) -> None:
     from mobilenet import Classifier
 
     clf = Classifier.load(model, device="cpu", threads=None)
-    results = app_support.classify(clf, [app_support.Upload("a.png", image_bytes(size=(200, 150))),
-                                         app_support.Upload("x.txt", b"hello")], topk=2, threshold=0.99)
-    rows = json.loads(app_support.predictions_json(results))
+    results = answers.classify(clf, [answers.Upload("a.png", image_bytes(size=(200, 150))),
+                                         answers.Upload("x.txt", b"hello")], topk=2, threshold=0.99)
+    rows = json.loads(answers.predictions_json(results))
     assert rows[0]["source"] == "a.png" and len(rows[0]["top"]) == 2 and rows[0]["looks_foreign"] is True
     assert rows[1] == {"source": "x.txt", "error": "not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF"}
-    table = app_support.predictions_table(results)
+    table = answers.predictions_table(results)
     assert list(table["rank"].dropna()) == [1, 2] and table["error"].iloc[-1].startswith("not a supported")
