@@ -25,19 +25,22 @@ if not refused and not allowed:
     elif password:
         st.error("Wrong password.")
 
-with st.form("train"):
-    left, right = st.columns(2)
-    source = left.radio("Data", ["CIFAR-10 (downloads once)", "Folder or zip on the server"], horizontal=True)
-    folder = left.text_input("Data folder", placeholder="/path/to/images or /path/to/images.zip",
-                             help="train/<class>/<image> and optionally test/<class>/<image>, or <class>/<image>")
-    recipe = left.selectbox("Recipe", list(RECIPES), index=list(RECIPES).index(DEFAULT_RECIPE),
-                            help="fast: this project's recipe; seed: the blog post's, exactly")
-    batch_size = left.number_input("Batch size", 8, 2048, RECIPES[DEFAULT_RECIPE].batch_size, step=8)
-    alpha = right.slider("α", 0.25, 2.0, 1.0, 0.05, help="width multiplier")
-    beta = right.slider("β", 0.5, 2.0, 1.0, 0.125, help="resolution multiplier: input side round(32 × β)")
-    epochs = right.number_input("Epochs", 1, app.MAX_EPOCHS, RECIPES[DEFAULT_RECIPE].epochs)
-    lr = right.number_input("Learning rate", 0.0001, 5.0, RECIPES[DEFAULT_RECIPE].lr, format="%.4f")
-    start = st.form_submit_button("Start", type="primary", disabled=not allowed)
+left, right = st.columns(2)  # no form: the recipe's defaults and the overrides note follow every choice at once
+source = left.radio("Data", ["CIFAR-10 (downloads once)", "Folder or zip on the server"], horizontal=True)
+folder = left.text_input("Data folder", placeholder="/path/to/images or /path/to/images.zip",
+                         help="train/<class>/<image> and optionally test/<class>/<image>, or <class>/<image>")
+recipe = left.selectbox("Recipe", list(RECIPES), index=list(RECIPES).index(DEFAULT_RECIPE),
+                        help="fast: this project's recipe; seed: the blog post's, exactly. It sets the defaults below.")
+own = RECIPES[recipe]  # the inputs' keys name the recipe: choosing another one starts them at its values
+batch_size = left.number_input("Batch size", 8, 2048, own.batch_size, step=8, key=f"batch_size-{recipe}")
+alpha = right.slider("α", 0.25, 2.0, 1.0, 0.05, help="width multiplier")
+beta = right.slider("β", 0.5, 2.0, 1.0, 0.125, help="resolution multiplier: input side round(32 × β)")
+epochs = right.number_input("Epochs", 1, app.MAX_EPOCHS, own.epochs, key=f"epochs-{recipe}")
+lr = right.number_input("Learning rate", 0.0001, 5.0, own.lr, format="%.4f", key=f"lr-{recipe}")
+overrides = app.recipe_overrides(recipe, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr))
+if note := app.overrides_note(recipe, overrides):
+    st.caption(note)
+start = st.button("Start", type="primary", disabled=not allowed)
 
 if start and allowed:
     data = "cifar10" if source.startswith("CIFAR") else folder.strip()
@@ -46,8 +49,7 @@ if start and allowed:
         if problem:
             st.error(problem)
         else:
-            cfg = app.new_run_config(data=data, recipe=recipe, epochs=int(epochs), batch_size=int(batch_size),
-                                     lr=float(lr), alpha=float(alpha), beta=float(beta))
+            cfg = app.new_run_config(data=data, recipe=recipe, alpha=float(alpha), beta=float(beta), **overrides)
             st.success(f"Started {manager.start(cfg).name}.")
     except (JobError, ValueError) as e:
         st.error(app.for_visitors(str(e)))

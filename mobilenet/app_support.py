@@ -33,7 +33,7 @@ from .jobs import JobManager, RunInfo
 from .shipping import int8_model
 from .runs import RunFolder, thinned
 from .stats import ModelStats
-from .config import TrainConfig
+from .config import RECIPES, TrainConfig
 
 if TYPE_CHECKING:
     from .onnx_export import Quantization  # imports onnx, which a torch-only install lacks
@@ -343,6 +343,21 @@ def report_of(run: RunInfo) -> Evaluation | None:
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
         log.warning("run %s has a malformed report.json: %s", run.path, e)
         return None
+
+
+def recipe_overrides(recipe: str, **chosen) -> dict:
+    """The training form's values (epochs, batch_size, lr) as TrainConfig overrides: None where a value is the
+    recipe's own, so that a run records only what the visitor changed."""
+    own = RECIPES[recipe]
+    return {name: None if value == getattr(own, name) else value for name, value in chosen.items()}
+
+
+def overrides_note(recipe: str, overrides: dict) -> str | None:
+    """"overrides: epochs 30 (recipe: 20), …", or None when every value is the recipe's."""
+    own = RECIPES[recipe]
+    changed = [f"{name.replace('_', ' ')} {value:g} (recipe: {getattr(own, name):g})"
+               for name, value in overrides.items() if value is not None]
+    return "overrides: " + ", ".join(changed) if changed else None
 
 
 def new_run_config(**values) -> TrainConfig:

@@ -15,7 +15,7 @@ from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from mobilenet import app_support, catalog
-from mobilenet.config import TrainConfig
+from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import CIFAR10_CLASSES
 from mobilenet.jobs import JobManager
 from mobilenet.runs import RunFolder
@@ -223,3 +223,22 @@ def test_an_unwritable_runs_folder_is_a_message(places: Path, monkeypatch: pytes
     fill_form(at, folder, epochs=1)
     button(at, "Start").click().run()
     assert not at.exception and at.error[0].value == "the runs folder cannot be written to; see the server log"
+
+
+def test_the_recipe_sets_defaults_and_only_overrides_are_sent(places: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[TrainConfig] = []
+    monkeypatch.setattr(JobManager, "start", lambda self, cfg: sent.append(cfg) or places / "runs" / "recorded")
+    folder = write_folder(places / "images", per_class=4)
+    at = open_page()
+    at.radio[0].set_value("Folder or zip on the server")
+    at.text_input[0].input(str(folder))
+    at.selectbox[0].select("seed").run()
+    seed = RECIPES["seed"]
+    assert [n.value for n in at.number_input] == [seed.batch_size, seed.epochs, seed.lr]
+    assert not [c.value for c in at.caption if c.value.startswith("overrides")]
+    at.number_input[1].set_value(seed.epochs + 10).run()
+    assert f"overrides: epochs {seed.epochs + 10} (recipe: {seed.epochs})" in [c.value for c in at.caption]
+    button(at, "Start").click().run()
+    assert not at.error and at.success[0].value == "Started recorded."
+    (cfg,) = sent
+    assert (cfg.recipe, cfg.epochs, cfg.batch_size, cfg.lr) == ("seed", seed.epochs + 10, None, None)
