@@ -16,14 +16,24 @@ manager = app.job_manager()
 refused = app.training_refused()
 if refused:
     st.warning(refused)
-allowed = not refused and (app.admin_password() is None or st.session_state.get("admin", False))
-if not refused and not allowed:
+gated = not refused and app.admin_password() is not None
+allowed = not refused and (not gated or st.session_state.get("admin", False))
+if gated and allowed:
+    said, leave = st.columns([5, 1], vertical_alignment="center")
+    said.caption(":material/verified_user: Signed in as admin: you can start, stop and resume training.")
+    if leave.button("Sign out"):
+        st.session_state["admin"] = False
+        st.rerun()
+elif gated:
     password = st.text_input("Admin password", type="password",
                              help="Starting, stopping and resuming need it; watching does not.")
     if password and app.is_admin(password):
-        st.session_state["admin"] = allowed = True
+        st.session_state["admin"] = True
+        st.rerun()  # the field gives way to who you are
     elif password:
         st.error("Wrong password.")
+    st.caption(f":material/visibility: Watching as a visitor: {app.SIGN_IN_HINT}.")
+locked = None if allowed else refused or app.SIGN_IN_HINT.capitalize() + "."  # why the controls are disabled
 
 left, right = st.columns(2)  # no form: the recipe's defaults and the overrides note follow every choice at once
 source = left.radio("Data", ["CIFAR-10 (downloads once)", "Folder or zip on the server"], horizontal=True)
@@ -40,7 +50,7 @@ lr = right.number_input("Learning rate", 0.0001, 5.0, own.lr, format="%.4f", key
 overrides = app.recipe_overrides(recipe, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr))
 if note := app.overrides_note(recipe, overrides):
     st.caption(note)
-start = st.button("Start", type="primary", disabled=not allowed)
+start = st.button("Start", type="primary", disabled=not allowed, help=locked)
 
 if start and allowed:
     data = "cifar10" if source.startswith("CIFAR") else folder.strip()
@@ -75,7 +85,7 @@ def live() -> None:
             st.vega_lite_chart(app.training_chart(running), width="stretch")
         else:
             st.progress(0.0, text=f"{running.name}: loading data…")
-        if st.button("Stop", disabled=not allowed) and allowed:
+        if st.button("Stop", disabled=not allowed, help=locked) and allowed:
             manager.stop()
             st.info("Asked the job to save and stop.")
     elif job:
@@ -107,7 +117,7 @@ def live() -> None:
     resumable = [r.name for r in runs if r.resumable]
     if resumable and job is None:
         chosen = st.selectbox("Stopped or interrupted run", resumable)
-        if st.button("Resume", disabled=not allowed) and allowed:
+        if st.button("Resume", disabled=not allowed, help=locked) and allowed:
             try:
                 manager.resume(next(r.path for r in runs if r.name == chosen))
                 st.success(f"Resumed {chosen}.")

@@ -271,6 +271,7 @@ REFRESH_S = 2.0  # the live view's refresh while a job runs: see BENCHMARKS.md, 
 IDLE_REFRESH_S = 10.0  # without a job, only to notice one that another visitor starts
 CHART_STEPS = 400  # step rows drawn at most: the curves look the same, and a refresh stays small
 GUESS_DELAY_S = 1.0
+SIGN_IN_HINT = "sign in as admin to start, stop or resume training"  # why a visitor's controls are disabled
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 log = logging.getLogger(__name__)
 _guesses = threading.Lock()  # admin password guesses, one at a time across every session of the server

@@ -242,3 +242,17 @@ def test_the_recipe_sets_defaults_and_only_overrides_are_sent(places: Path, monk
     assert not at.error and at.success[0].value == "Started recorded."
     (cfg,) = sent
     assert (cfg.recipe, cfg.epochs, cfg.batch_size, cfg.lr) == ("seed", seed.epochs + 10, None, None)
+
+
+def test_the_admin_sees_who_they_are_and_can_sign_out(places: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOBILENET_ADMIN_PASSWORD", "s3cret")
+    at = open_page()
+    hint = "sign in as admin to start, stop or resume training"
+    assert any(hint in c.value for c in at.caption) and hint in button(at, "Start").help.lower()
+    at.text_input[0].input("s3cret").run()
+    assert not [t for t in at.text_input if t.label == "Admin password"]
+    assert any("Signed in as admin" in c.value for c in at.caption)
+    assert not button(at, "Start").disabled and not button(at, "Start").help
+    button(at, "Sign out").click().run()
+    assert [t.value for t in at.text_input if t.label == "Admin password"] == [""]
+    assert button(at, "Start").disabled and not any("Signed in" in c.value for c in at.caption)
