@@ -7,7 +7,6 @@ import streamlit as st
 from mobilenet import app_support as app
 from mobilenet import charts
 from mobilenet.config import DEFAULT_RECIPE, RECIPES
-from mobilenet.display import format_duration
 from mobilenet.jobs import JobError
 
 st.title("Training")
@@ -66,6 +65,7 @@ if start and allowed:
 
 
 watching_a_job = manager.active() is not None
+STOPPING_KEY = "stopping"  # the job (its run path) this visitor asked to stop, in st.session_state
 
 
 @st.fragment(run_every=app.REFRESH_S if watching_a_job else app.IDLE_REFRESH_S)
@@ -77,20 +77,19 @@ def live() -> None:
     running = next((r for r in runs if job and str(r.path.resolve()) == job.get("run")), None)
     if running is not None:
         rows = running.folder.read_metrics()
-        last = rows[-1] if rows else None
-        if last:
-            done = last.elapsed_s / max(1e-9, last.elapsed_s + (last.eta_s or 0))
-            st.progress(min(done, 1.0), text=f"{running.name}: epoch {last.epoch}/{running.epochs}, "
-                        f"{last.img_per_s:.0f} img/s, ETA {format_duration(last.eta_s)}")
+        stopping = st.session_state.get(STOPPING_KEY) == job["run"]  # this visitor asked it to stop
+        done, text = app.job_progress(running, rows, stopping)
+        st.progress(done, text=text)
+        if rows:
             st.vega_lite_chart(app.training_chart(running), width="stretch")
-        else:
-            st.progress(0.0, text=f"{running.name}: loading data…")
-        if st.button("Stop", disabled=not allowed, help=locked) and allowed:
-            manager.stop()
-            st.info("Asked the job to save and stop.")
+        if not stopping and st.button("Stop", disabled=not allowed, help=locked) and allowed:
+            if manager.stop():
+                st.session_state[STOPPING_KEY] = job["run"]
+            st.rerun()  # the whole page says "stopping…" until the job has saved and ended
     elif job:
         st.caption("A job is starting…")
     else:
+        st.session_state.pop(STOPPING_KEY, None)  # it has stopped: a resumed run starts afresh
         st.caption("No training job is running.")
 
     for name in snapshot.skipped:
@@ -120,9 +119,10 @@ def live() -> None:
         if st.button("Resume", disabled=not allowed, help=locked) and allowed:
             try:
                 manager.resume(next(r.path for r in runs if r.name == chosen))
-                st.success(f"Resumed {chosen}.")
             except JobError as e:
                 st.error(app.for_visitors(str(e)))
+            else:
+                st.rerun()  # the whole page follows the job: "starting…" until it trains
 
 
 live()

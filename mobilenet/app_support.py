@@ -24,6 +24,7 @@ from . import catalog, charts, checkpoint, data, engines, evalsets, explore, ood
 from .catalog import Catalog, ModelEntry
 from .data import IMAGE_SUFFIXES, DataError, ImageSet
 from .device import device_name, pick_device
+from .display import format_duration
 from .evalsets import EvalSource
 from .evaluate import Evaluation, score
 from .infer import Classifier
@@ -31,7 +32,7 @@ from .checkpoint import CheckpointError
 from .answers import Upload
 from .jobs import JobManager, RunInfo
 from .shipping import int8_model
-from .runs import RunFolder, thinned
+from .runs import MetricsRow, RunFolder, RunState, thinned
 from .stats import ModelStats
 from .config import RECIPES, TrainConfig
 
@@ -311,6 +312,19 @@ def _training_chart(metrics: Path, identity: tuple[int, int, int]) -> dict:  # i
 def training_chart(run: RunInfo) -> dict:
     """The live curves' Vega-Lite spec, built once per change of the metrics file for all watchers."""
     return _training_chart(run.folder.metrics, _identity(run.folder.metrics))
+
+
+def job_progress(run: RunInfo, rows: list[MetricsRow], stopping: bool) -> tuple[float, str]:
+    """The running job's progress bar (fraction done, text): "starting…" until it trains (a resumed run too,
+    whose old rows are there from the start), "stopping…" from Stop until it has saved and ended."""
+    last = rows[-1] if rows else None
+    done = min(1.0, last.elapsed_s / max(1e-9, last.elapsed_s + (last.eta_s or 0))) if last else 0.0
+    if stopping:
+        return done, f"{run.name}: stopping… it saves its state, then ends"
+    if last is None or run.state is not RunState.RUNNING:
+        return done, f"{run.name}: starting… loading data"
+    return done, (f"{run.name}: epoch {last.epoch}/{run.epochs}, {last.img_per_s:.0f} img/s, "
+                  f"ETA {format_duration(last.eta_s)}")
 
 
 def _identity(path: Path) -> tuple[int, int, int]:

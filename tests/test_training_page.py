@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from mobilenet import app_support, catalog
 from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import CIFAR10_CLASSES
 from mobilenet.jobs import JobManager
+from mobilenet.locks import try_lock
 from mobilenet.runs import RunFolder
 
 PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "training.py"
@@ -256,3 +258,59 @@ def test_the_admin_sees_who_they_are_and_can_sign_out(places: Path, monkeypatch:
     button(at, "Sign out").click().run()
     assert [t.value for t in at.text_input if t.label == "Admin password"] == [""]
     assert button(at, "Start").disabled and not any("Signed in" in c.value for c in at.caption)
+
+
+def live_run(runs: Path, name: str) -> tuple[RunFolder, int]:
+    """A run that a job trains, as the page sees it: the job slot held (by this process) and .job.json naming it."""
+    folder = RunFolder(runs / name)
+    folder.write_config(TrainConfig(data="cifar10", alpha=0.25, epochs=10))
+    folder.last.write_bytes(b"saved state")
+    folder.metrics.write_text(json.dumps({"kind": "epoch", "epoch": 1, "step": 5, "train_loss": 1.0, "train_acc": 0.5,
+                                          "lr": 0.1, "img_per_s": 9.0, "elapsed_s": 10.0, "eta_s": 90.0,
+                                          "val_loss": 1.0, "val_acc": 0.5}) + "\n")
+    set_state(folder, "running")
+    fd = try_lock(runs / ".job.lock")
+    (runs / ".job.json").write_text(json.dumps({"run": str(folder.path.resolve()), "pid": 4194305, "started": 0}))
+    return folder, fd
+
+
+def set_state(folder: RunFolder, state: str) -> None:
+    folder.status.write_text(json.dumps({"state": state, "updated": time.time(), "epoch": 1, "epochs": 10}))
+    app_support._runs_snapshot.clear()
+
+
+def progress(at: AppTest) -> str:
+    return at.get("progress")[0].proto.text
+
+
+def test_stop_and_resume_say_stopping_and_starting_until_the_job_has(places: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(JobManager, "stop", lambda self: asked.append("stop") or True)  # the job takes its time
+    folder, fd = live_run(places / "runs", "slow")
+    at = open_page()
+    assert "img/s" in progress(at)
+    button(at, "Stop").click().run()
+    assert asked == ["stop"] and "stopping…" in progress(at) and not [b for b in at.button if b.label == "Stop"]
+    at.run()
+    assert "stopping…" in progress(at)  # until the job has saved and ended
+    os.close(fd)
+    set_state(folder, "stopped")
+    at.run()
+    assert "No training job is running." in [c.value for c in at.caption]
+
+    def resume(self: JobManager, run: Path) -> Path:  # the job starts, and loads its data for a while
+        nonlocal fd
+        _, fd = live_run(places / "runs", "slow")
+        set_state(folder, "stopped")
+        return run
+
+    monkeypatch.setattr(JobManager, "resume", resume)
+    try:
+        button(at, "Resume").click().run()
+        assert "starting…" in progress(at)
+        set_state(folder, "running")
+        at.run()
+        assert "img/s" in progress(at)
+    finally:
+        os.close(fd)
