@@ -65,6 +65,7 @@ if start and allowed:
 
 
 watching_a_job = manager.active() is not None
+finished = app.finished_runs(app.runs_snapshot())  # as the sidebar's model selector was drawn with them
 STOPPING_KEY = "stopping"  # the job (its run path) this visitor asked to stop, in st.session_state
 
 
@@ -72,8 +73,8 @@ STOPPING_KEY = "stopping"  # the job (its run path) this visitor asked to stop, 
 def live() -> None:
     snapshot = app.runs_snapshot()
     job, runs = manager.active(), snapshot.runs
-    if (job is not None) != watching_a_job:
-        st.rerun()  # the whole page: its refresh rate and the model list follow the job
+    if (job is not None) != watching_a_job or app.finished_runs(snapshot) != finished:
+        st.rerun(scope="app")  # the whole app: the refresh rate follows the job, the model selector its runs
     running = next((r for r in runs if job and str(r.path.resolve()) == job.get("run")), None)
     if running is not None:
         rows = running.folder.read_metrics()
@@ -105,8 +106,9 @@ def live() -> None:
             st.error(f"{latest.name} failed: {app.for_visitors(latest.error)}")
         result = app.report_of(latest)
         if result:
-            st.markdown(f"**{latest.name}**: validation accuracy {result.accuracy:.2%}; "
-                        "it is in the model selector now.")
+            listed = ("it is in the model selector now" if app.in_model_selector(latest)
+                      else "its checkpoint does not load, so it is not in the model selector")
+            st.markdown(f"**{latest.name}**: validation accuracy {result.accuracy:.2%}; {listed}.")
             per_class, confusion = st.columns(2)
             per_class.altair_chart(charts.per_class(result), width="stretch")
             confusion.altair_chart(charts.confusion(result), width="stretch")

@@ -303,6 +303,17 @@ def runs_snapshot() -> RunsSnapshot:
     return _runs_snapshot(settings.runs_dir())
 
 
+def finished_runs(snapshot: RunsSnapshot) -> frozenset[str]:
+    """The runs a snapshot shows finished: when they change, the model selector the page was drawn with is out
+    of date, and the whole app reruns to list them."""
+    return frozenset(r.name for r in snapshot.runs if r.state is RunState.FINISHED)
+
+
+def in_model_selector(run: RunInfo) -> bool:
+    """Whether a run is among the models (a finished run whose best.pt loads)."""
+    return models().get(f"{catalog.RUN_PREFIX}{run.name}") is not None
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def _training_chart(metrics: Path, identity: tuple[int, int, int]) -> dict:  # identity: part of the cache key only
     rows = thinned(RunFolder(metrics.parent).read_metrics(), CHART_STEPS)

@@ -16,6 +16,7 @@ from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from mobilenet import app_support, catalog
+from mobilenet.app_support import RunsSnapshot
 from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import CIFAR10_CLASSES
 from mobilenet.jobs import JobManager
@@ -314,3 +315,32 @@ def test_stop_and_resume_say_stopping_and_starting_until_the_job_has(places: Pat
         assert "img/s" in progress(at)
     finally:
         os.close(fd)
+
+
+def test_a_finished_run_is_said_to_be_in_the_model_selector_only_when_it_is(places: Path) -> None:
+    folder = finished_run(places / "runs", "done", updated=time.time())
+    at = open_page()
+    assert app_support.models().get("runs/done")
+    assert any("it is in the model selector now" in m.value for m in at.markdown)
+    folder.best.write_bytes(b"not a checkpoint")
+    at = open_page()
+    assert app_support.models().get("runs/done") is None
+    said = [m.value for m in at.markdown if "validation accuracy" in m.value]
+    assert len(said) == 1 and said[0].endswith("; its checkpoint does not load, so it is not in the model selector.")
+
+
+def test_a_run_that_finishes_while_the_page_is_open_reruns_the_whole_app(places: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run finishes between the page's draw (its model selector without the run) and the live view's refresh:
+    the whole app reruns, so that the selector lists it."""
+    app_support._runs_snapshot.clear()
+    before = app_support.runs_snapshot()  # no runs yet
+    finished_run(places / "runs", "done", updated=time.time())
+    app_support._runs_snapshot.clear()
+    after = app_support.runs_snapshot()
+    seen: list[RunsSnapshot] = []
+    monkeypatch.setattr(app_support, "runs_snapshot", lambda: seen.append(after if seen else before) or seen[-1])
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    assert len(seen) == 4  # the page and its live view, then both again: the app reran once, and once only
+    assert any("it is in the model selector now" in m.value for m in at.markdown)
