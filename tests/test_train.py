@@ -207,3 +207,14 @@ def test_bad_arguments_are_messages(args, message, tmp_path: Path) -> None:
     proc = cli("train", "--device", "cpu", "--data-root", str(tmp_path), *args)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and message in err and "Traceback" not in err
+
+
+def test_a_run_without_out_goes_to_the_runs_folder_the_app_lists(folder: Path, tmp_path: Path) -> None:
+    args = [a for a in cli_args(folder, tmp_path, tmp_path / "unused", epochs=1) if a not in ("--out", str(
+        tmp_path / "unused"))]
+    proc = cli(*args, env={**os.environ, "MOBILENET_RUNS": str(tmp_path / "served-runs")})
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-500:]
+    [run] = (tmp_path / "served-runs").iterdir()
+    assert run.name.endswith("-a0.25-fast") and (run / "best.pt").is_file()
+    assert not (tmp_path / "unused").exists()
