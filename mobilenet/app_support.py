@@ -317,7 +317,7 @@ def in_model_selector(run: RunInfo) -> bool:
 @st.cache_data(max_entries=32, show_spinner=False)
 def _training_chart(metrics: Path, identity: tuple[int, int, int]) -> dict:  # identity: part of the cache key only
     rows = thinned(RunFolder(metrics.parent).read_metrics(), CHART_STEPS)
-    return charts.training_curves([r.to_dict() for r in rows]).to_dict()
+    return charts.training_curves(rows).to_dict()
 
 
 def training_chart(run: RunInfo) -> dict:

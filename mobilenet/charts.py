@@ -10,6 +10,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from .runs import MetricsRow
 from .evaluate import Evaluation
 from .explore import OURS, PAPERS
 from .stats import LAYER_TYPES, ModelStats
@@ -134,17 +135,17 @@ def confusion(result: Evaluation) -> alt.LayerChart:
                                        width=FIT, padding=PADDING)
 
 
-def training_curves(rows: list[dict]) -> alt.HConcatChart:
+def training_curves(rows: list[MetricsRow]) -> alt.HConcatChart:
     """Loss, accuracy and learning rate against the step: steps as thin lines, epochs as points."""
     long = []
     for row in rows:
-        kind = row["kind"]
-        for measure, split in (("loss", "train"), ("loss", "val"), ("accuracy", "train"), ("accuracy", "val")):
-            value = row.get(f"{split}_{'acc' if measure == 'accuracy' else 'loss'}")
-            if value is not None and (kind == "epoch" or split == "train"):
-                long.append({"step": row["step"], "epoch": row["epoch"], "measure": measure, "value": value,
-                             "series": f"{split} ({'epochs' if kind == 'epoch' else 'steps'})"})
-        long.append({"step": row["step"], "epoch": row["epoch"], "measure": "learning rate", "value": row["lr"],
+        values = {("loss", "train"): row.train_loss, ("loss", "val"): row.val_loss,
+                  ("accuracy", "train"): row.train_acc, ("accuracy", "val"): row.val_acc}
+        for (measure, split), value in values.items():
+            if value is not None and (row.kind == "epoch" or split == "train"):
+                long.append({"step": row.step, "epoch": row.epoch, "measure": measure, "value": value,
+                             "series": f"{split} ({'epochs' if row.kind == 'epoch' else 'steps'})"})
+        long.append({"step": row.step, "epoch": row.epoch, "measure": "learning rate", "value": row.lr,
                      "series": "lr"})
     frame = pd.DataFrame(long)
     charts = []

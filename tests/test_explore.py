@@ -10,7 +10,7 @@ import torch
 from helpers import image_bytes, save_model
 from PIL import Image
 
-from mobilenet import Classifier, answers, explore, visual
+from mobilenet import Classifier, answers, charts, explore, visual
 from mobilenet.data import ImageSet
 from mobilenet.evaluate import Evaluation
 
@@ -131,7 +131,6 @@ def test_classify_answers_every_upload(tmp_path: Path) -> None:
 
 
 def explorer_charts() -> dict[str, object]:
-    from mobilenet import charts
 
     stats = explore.stats_for(1.0, "imagenet", 224)
     points = explore.accuracy_against_cost([("mobilenet_v1_a1.0", save_card())])
@@ -184,3 +183,14 @@ def test_link_problems_name_what_the_widgets_would_drop() -> None:
     assert explore.link_problems({"alpha": "0.5", "stem": "imagenet", "resolution": "128", "model": "x"}) == []
     assert explore.link_problems({"alpha": "2.5"}) == ["The link's α = 2.5 is outside 0.25 to 2: showing α = 1."]
     assert len(explore.link_problems({"stem": "x", "resolution": "224"})) == 2  # 224 is not a cifar resolution
+
+
+def test_training_curves_read_typed_metrics_rows() -> None:
+    from mobilenet.runs import MetricsRow
+
+    rows = [MetricsRow("step", 1, 5, 2.0, 0.2, 0.1, 100.0, 1.0, 9.0),
+            MetricsRow("epoch", 1, 10, 1.5, 0.4, 0.2, 100.0, 2.0, 8.0, val_loss=1.2, val_acc=0.5)]
+    spec = charts.training_curves(rows).to_dict()
+    values = [v for dataset in spec["datasets"].values() for v in dataset]  # one dataset per measure
+    assert {v["series"] for v in values} == {"train (steps)", "train (epochs)", "val (epochs)", "lr"}
+    assert [v["value"] for v in values if v["series"] == "val (epochs)"] == [1.2, 0.5]
