@@ -53,6 +53,13 @@ def time_steps(batches, model: torch.nn.Module, steps: int, warmup: int = 5) -> 
     return seen / (time.perf_counter() - start)
 
 
+def extract(zip_path: Path, work: Path) -> Path:
+    """The zip's JPEGs as files under work, for the seed's ImageFolder; returns the train/ folder."""
+    with zipfile.ZipFile(zip_path) as z:
+        z.extractall(work / "jpeg")
+    return work / "jpeg" / "train"
+
+
 def seed_pipeline(folder: Path, batch: int, steps: int) -> float:
     from torchvision import datasets, transforms
 
@@ -96,11 +103,10 @@ def main() -> None:
     zip_path = Path(args.zip).resolve()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        with zipfile.ZipFile(zip_path) as z:
-            z.extractall(work / "jpeg")
+        images = extract(zip_path, work)
         rows = [
             ("(b) seed pipeline: ImageFolder + PIL transforms + DataLoader(2 workers), NCHW", 64,
-             seed_pipeline(work / "jpeg" / "train", 64, args.steps)),
+             seed_pipeline(images, 64, args.steps)),
             ("(a) this trainer: uint8 tensor + batched crop/flip, channels_last", 64,
              trainer(zip_path, 64, args.steps, work)),
             ("(c) ceiling: same model on in-memory random tensors, channels_last", 64, ceiling(64, args.steps)),

@@ -26,13 +26,8 @@ from mobilenet.model import feature_sides
 
 def plain_gradcam(model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor, block: int) -> torch.Tensor:
     """The first version: channels weighted by their spatially averaged gradient."""
-    with torch.no_grad():
-        features = model.blocks[:block + 1](model.stem(x))
-    with torch.enable_grad():
-        features.requires_grad_(True)
-        logits = model.classifier(torch.flatten(model.pool(model.blocks[block + 1:](features)), 1))
-        (grad,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), features)
-    cam = F.relu((grad.mean((2, 3), keepdim=True) * features).sum(1, keepdim=True)).detach()
+    features, grad = gradcam.features_and_gradient(model, x, classes, block)
+    cam = F.relu((grad.mean((2, 3), keepdim=True) * features).sum(1, keepdim=True))
     return F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 

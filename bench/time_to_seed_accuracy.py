@@ -16,12 +16,11 @@ import argparse
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import seed_pipeline  # noqa: E402
+from bench_train import extract, seed_pipeline  # noqa: E402
 
 from mobilenet import train  # noqa: E402
 from mobilenet.config import TrainConfig  # noqa: E402
@@ -41,9 +40,7 @@ def main() -> None:
     zip_path = Path(args.zip).resolve()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        with zipfile.ZipFile(zip_path) as z:
-            z.extractall(work / "jpeg")
-        seed_img_s = seed_pipeline(work / "jpeg" / "train", 64, args.steps)
+        seed_img_s = seed_pipeline(extract(zip_path, work), 64, args.steps)
         reached: list[tuple[MetricsRow, float]] = []
         start = time.perf_counter()
         cfg = TrainConfig(data=str(zip_path), epochs=args.epochs, subset=args.subset, data_root=str(work / "root"))

@@ -27,15 +27,22 @@ def target_block(stem: str, resolution: int) -> int:
     return max((i for i, side in enumerate(sides) if side >= MIN_SIDE), default=0)
 
 
-def evidence(model: MobileNetV1, x: torch.Tensor, classes: torch.Tensor, block: int) -> torch.Tensor:
-    """N×h×w evidence of each image for its class, before the ReLU (x: normalised N×3×R×R, classes: N)."""
+def features_and_gradient(model: MobileNetV1, x: torch.Tensor, classes: torch.Tensor,
+                          block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The feature maps after `block` and the gradient of each image's class logit with respect to them."""
     with torch.no_grad():
         features = model.blocks[:block + 1](model.stem(x))
     with torch.enable_grad():
         features.requires_grad_(True)
         logits = model.classifier(torch.flatten(model.pool(model.blocks[block + 1:](features)), 1))
         (grad,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), features)
-    return (grad * features).sum(1).detach()
+    return features.detach(), grad
+
+
+def evidence(model: MobileNetV1, x: torch.Tensor, classes: torch.Tensor, block: int) -> torch.Tensor:
+    """N×h×w evidence of each image for its class, before the ReLU (x: normalised N×3×R×R, classes: N)."""
+    features, grad = features_and_gradient(model, x, classes, block)
+    return (grad * features).sum(1)
 
 
 def class_maps(model: MobileNetV1, x: torch.Tensor, classes: torch.Tensor, block: int) -> torch.Tensor:
