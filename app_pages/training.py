@@ -64,15 +64,16 @@ if start and allowed:
         st.error(app.for_visitors(str(e)))
 
 
-watching_a_job = manager.active() is not None
-finished = app.finished_runs(app.runs_snapshot())  # as the sidebar's model selector was drawn with them
+page_snapshot = app.runs_snapshot()
+watching_a_job = page_snapshot.job is not None
+finished = app.finished_runs(page_snapshot)  # as the sidebar's model selector was drawn with them
 STOPPING_KEY = "stopping"  # the job (its run path) this visitor asked to stop, in st.session_state
 
 
 @st.fragment(run_every=app.REFRESH_S if watching_a_job else app.IDLE_REFRESH_S)
 def live() -> None:
     snapshot = app.runs_snapshot()
-    job, runs = manager.active(), snapshot.runs
+    job, runs = snapshot.job, snapshot.runs
     if (job is not None) != watching_a_job or app.finished_runs(snapshot) != finished:
         st.rerun(scope="app")  # the whole app: the refresh rate follows the job, the model selector its runs
     running = next((r for r in runs if job and str(r.path.resolve()) == job.get("run")), None)

@@ -299,8 +299,14 @@ def _runs_snapshot(runs: Path) -> RunsSnapshot:
 
 
 def runs_snapshot() -> RunsSnapshot:
-    """The job and the runs, read once per refresh for all watchers together."""
-    return _runs_snapshot(settings.runs_dir())
+    """The job and the runs, read once per refresh for all watchers together, and again at once when the job
+    starts or ends: a run's state must never lag its job (a stopped run offers Resume as soon as it stopped)."""
+    runs = settings.runs_dir()
+    snapshot = _runs_snapshot(runs)
+    if snapshot.job != JobManager(runs).active():
+        _runs_snapshot.clear()
+        snapshot = _runs_snapshot(runs)
+    return snapshot
 
 
 def finished_runs(snapshot: RunsSnapshot) -> frozenset[str]:

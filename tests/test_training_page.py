@@ -317,6 +317,18 @@ def test_stop_and_resume_say_stopping_and_starting_until_the_job_has(places: Pat
         os.close(fd)
 
 
+def test_a_run_offers_resume_as_soon_as_its_job_has_stopped(places: Path) -> None:
+    """Within the shared snapshot's lifetime: the job's end is seen at once, and with it the run's new state."""
+    folder, fd = live_run(places / "runs", "slow")
+    at = open_page()
+    assert "img/s" in progress(at)
+    os.close(fd)
+    folder.status.write_text(json.dumps({"state": "stopped", "updated": time.time(), "epoch": 1, "epochs": 10}))
+    at.run()  # no cache cleared here: the snapshot drawn a moment ago still says "running"
+    assert "No training job is running." in [c.value for c in at.caption]
+    assert button(at, "Resume")
+
+
 def test_a_finished_run_is_said_to_be_in_the_model_selector_only_when_it_is(places: Path) -> None:
     folder = finished_run(places / "runs", "done", updated=time.time())
     at = open_page()
