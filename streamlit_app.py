@@ -37,7 +37,7 @@ with st.sidebar:
     else:
         st.caption("No model yet: the page says how to get one.")
     for problem in models.problems:
-        st.warning(f"Skipped {problem}", icon=":material/warning:")
+        st.warning(f"Skipped {app.for_visitors(problem)}", icon=":material/warning:")
 
 app.freeze_startup_heap()
 page.run()

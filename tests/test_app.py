@@ -260,3 +260,11 @@ def test_a_refused_url_is_a_message(model: Path, url: str, monkeypatch: pytest.M
     at.text_input[0].input(url).run()
     assert not at.exception
     assert len(at.error) == 1 and at.error[0].value.startswith(f"**{url}**: ")
+
+
+def test_a_skipped_checkpoint_is_named_without_the_server_path(model: Path, places: Path) -> None:
+    (places / "checkpoints" / "gone.pt").symlink_to(places / "nowhere.pt")  # a stat of it names the full path
+    at = open_page(PAGES[0])
+    warnings = [w.value for w in at.sidebar.warning]
+    assert len(warnings) == 1 and warnings[0].startswith("Skipped gone: ")
+    assert str(places) not in warnings[0] and "checkpoints/gone.pt" in warnings[0]
