@@ -15,7 +15,8 @@ page = st.navigation({
         st.Page("app_pages/inference.py", title="Inference", icon=":material/image_search:"),
         st.Page("app_pages/evaluation.py", title="Evaluation", icon=":material/fact_check:"),
     ],
-    "Train": [st.Page("app_pages/training.py", title="Training", icon=":material/model_training:")],
+    "Train": [st.Page("app_pages/training.py", title="Training", icon=":material/model_training:"),
+              st.Page("app_pages/runs.py", title="Runs", icon=":material/stacked_line_chart:")],
 })
 
 models = app.models()

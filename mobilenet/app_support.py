@@ -32,9 +32,9 @@ from .checkpoint import CheckpointError
 from .answers import Upload
 from .jobs import JobManager, RunInfo
 from .shipping import int8_model
-from .runs import MetricsRow, RunFolder, RunState, thinned
+from .runs import MetricsRow, RunFolder, RunState, metrics_csv, thinned
 from .stats import ModelStats
-from .config import RECIPES, TrainConfig
+from .config import OVERRIDES, RECIPES, TrainConfig
 
 if TYPE_CHECKING:
     from .onnx_export import Quantization  # imports onnx, which a torch-only install lacks
@@ -480,3 +480,60 @@ def runs_table(runs: list[RunInfo] | tuple[RunInfo, ...]) -> pd.DataFrame:
         "best validation accuracy": r.best_val_acc, "α": r.config.get("alpha"), "recipe": r.config.get("recipe"),
         "data": Path(str(r.config.get("data", ""))).name or r.config.get("data"),
     } for r in runs])
+
+
+# ---- runs ---------------------------------------------------------------------------------------
+
+RUN_KEY = "run"  # the Runs page's run, in st.session_state and in the URL
+COMPARE_KEY = "compare"  # the runs it overlays, in st.session_state and in the URL
+
+
+def run_link_note(names: list[str]) -> str | None:
+    """A note when the page's link names a run this server does not have (read before the selector drops it)."""
+    asked = st.query_params.get(RUN_KEY)
+    if asked is None or asked in names:
+        return None
+    instead = f"showing {names[0]}" if names else "there is no run here yet"
+    return f"The link's run {asked!r} is not on this server: {instead}."
+
+
+def run_settings(run: RunInfo) -> str:
+    """A run's recipe, α, β and epochs, and the recipe's values it overrode, for people."""
+    cfg = run.config
+    said = f"recipe {cfg.get('recipe')}, α = {cfg.get('alpha'):g}, β = {cfg.get('beta'):g}, {run.epochs} epochs"
+    changed = [f"{name.replace('_', ' ')} {value:g}" if isinstance(value, (int, float)) else f"{name} {value}"
+               for name in OVERRIDES if (value := cfg.get(name)) is not None]
+    return said + ("; overrides: " + ", ".join(changed) if changed else "; no overrides")
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _run_curves(metrics: Path, identity: tuple[int, int, int], epochs: int) -> list[dict]:  # identity: cache key
+    rows = thinned(RunFolder(metrics.parent).read_metrics(), CHART_STEPS)
+    return [chart.to_dict() for chart in charts.run_curves(rows, epochs)] if rows else []
+
+
+def run_curves(run: RunInfo) -> list[dict]:
+    """A run's loss, accuracy and learning-rate specs (none before its first metrics), built once per change of its
+    metrics file for all visitors."""
+    return _run_curves(run.folder.metrics, _identity(run.folder.metrics), run.epochs)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _overlay(metrics: tuple[tuple[str, Path, tuple[int, int, int]], ...]) -> list[dict]:  # identities: cache key
+    rows = {name: [r for r in RunFolder(path.parent).read_metrics() if r.kind == "epoch"] for name, path, _ in metrics}
+    return [chart.to_dict() for chart in charts.overlay(rows)]
+
+
+def overlay(runs: list[RunInfo]) -> list[dict]:
+    """The runs' curves on shared axes, built once per change of any of their metrics files."""
+    return _overlay(tuple((r.name, r.folder.metrics, _identity(r.folder.metrics)) for r in runs))
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _metrics_csv(metrics: Path, identity: tuple[int, int, int]) -> str:  # identity: part of the cache key only
+    return metrics_csv(RunFolder(metrics.parent).read_metrics())
+
+
+def run_metrics_csv(run: RunInfo) -> str:
+    """A run's metrics as CSV, built when a visitor asks and once per version of the file for all of them."""
+    return _metrics_csv(run.folder.metrics, _identity(run.folder.metrics))

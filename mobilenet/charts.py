@@ -135,29 +135,67 @@ def confusion(result: Evaluation) -> alt.LayerChart:
                                        width=FIT, padding=PADDING)
 
 
-def training_curves(rows: list[MetricsRow]) -> alt.HConcatChart:
-    """Loss, accuracy and learning rate against the step: steps as thin lines, epochs as points."""
+CURVES = ("loss", "accuracy", "learning rate")
+
+
+def _curves_frame(rows: list[MetricsRow], epochs: int) -> pd.DataFrame:
+    """The rows in long form: a row per measure and series, at its step and its place in epochs."""
     long = []
     for row in rows:
+        at = {"step": row.step, "epoch": row.epoch, "epochs": row.epochs_done(epochs)}
         values = {("loss", "train"): row.train_loss, ("loss", "val"): row.val_loss,
                   ("accuracy", "train"): row.train_acc, ("accuracy", "val"): row.val_acc}
         for (measure, split), value in values.items():
             if value is not None and (row.kind == "epoch" or split == "train"):
-                long.append({"step": row.step, "epoch": row.epoch, "measure": measure, "value": value,
-                             "series": f"{split} ({'epochs' if row.kind == 'epoch' else 'steps'})"})
-        long.append({"step": row.step, "epoch": row.epoch, "measure": "learning rate", "value": row.lr,
-                     "series": "lr"})
-    frame = pd.DataFrame(long)
-    charts = []
-    for measure in ("loss", "accuracy", "learning rate"):
-        part = alt.Chart(frame[frame["measure"] == measure]).encode(
-            x=alt.X("step:Q"),
-            y=alt.Y("value:Q", title=measure, axis=alt.Axis(format="%" if measure == "accuracy" else "~g")),
-            color=alt.Color("series:N", legend=alt.Legend(orient="bottom", title=None)),
-            tooltip=["epoch:Q", "step:Q", "series:N", alt.Tooltip("value:Q", format=".4g")],
-        )
-        lines = part.transform_filter(alt.datum.series != "train (epochs)").transform_filter(
-            alt.datum.series != "val (epochs)").mark_line(strokeWidth=1)
-        points = part.transform_filter("indexof(datum.series, 'epochs') >= 0").mark_line(point=True)
-        charts.append((lines + points).properties(title=measure, width=240, height=200))
-    return alt.hconcat(*charts)
+                long.append(at | {"measure": measure, "value": value,
+                                  "series": f"{split} ({'epochs' if row.kind == 'epoch' else 'steps'})"})
+        long.append(at | {"measure": "learning rate", "value": row.lr, "series": "lr"})
+    return pd.DataFrame(long, columns=["step", "epoch", "epochs", "measure", "value", "series"])
+
+
+def _curve(frame: pd.DataFrame, measure: str, x: alt.X) -> alt.LayerChart:
+    """One measure: steps as thin lines, epochs as lines with points."""
+    part = alt.Chart(frame[frame["measure"] == measure]).encode(
+        x=x,
+        y=alt.Y("value:Q", title=measure, axis=alt.Axis(format="%" if measure == "accuracy" else "~g")),
+        color=alt.Color("series:N", legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=["epoch:Q", "step:Q", "series:N", alt.Tooltip("value:Q", format=".4g")],
+    )
+    lines = part.transform_filter(alt.datum.series != "train (epochs)").transform_filter(
+        alt.datum.series != "val (epochs)").mark_line(strokeWidth=1)
+    points = part.transform_filter("indexof(datum.series, 'epochs') >= 0").mark_line(point=True)
+    return lines + points
+
+
+def training_curves(rows: list[MetricsRow]) -> alt.HConcatChart:
+    """Loss, accuracy and learning rate against the step: steps as thin lines, epochs as points."""
+    frame = _curves_frame(rows, epochs=0)
+    return alt.hconcat(*(_curve(frame, measure, alt.X("step:Q")).properties(title=measure, width=240, height=200)
+                         for measure in CURVES))
+
+
+def run_curves(rows: list[MetricsRow], epochs: int) -> list[alt.LayerChart]:
+    """A run's loss, accuracy and learning rate against the epoch, each step row at its place within its epoch:
+    three charts as wide as their container, for columns that stack on a phone."""
+    frame = _curves_frame(rows, epochs)
+    x = alt.X("epochs:Q", title="epoch", scale=alt.Scale(domainMin=0))
+    return [_curve(frame, measure, x).properties(title=measure, width=FIT, padding=PADDING) for measure in CURVES]
+
+
+OVERLAID = {"validation accuracy": "val_acc", "training loss": "train_loss"}  # measure: its MetricsRow field
+
+
+def overlay(runs: dict[str, list[MetricsRow]]) -> list[alt.Chart]:
+    """Several runs on shared axes, a colour per run: validation accuracy and training loss against the epoch
+    (their epoch rows), two charts as wide as their container."""
+    frame = pd.DataFrame([{"run": name, "epoch": row.epoch} | {m: getattr(row, f) for m, f in OVERLAID.items()}
+                          for name, rows in runs.items() for row in rows if row.kind == "epoch"],
+                         columns=["run", "epoch", *OVERLAID])
+    colours = alt.Color("run:N", sort=list(runs), legend=alt.Legend(orient="top", title=None, direction="vertical"))
+    return [alt.Chart(frame).mark_line(point=True).encode(
+        x=alt.X("epoch:Q", scale=alt.Scale(domainMin=0)),
+        y=alt.Y(f"{measure}:Q", axis=alt.Axis(format="%" if "accuracy" in measure else "~g"),
+                scale=alt.Scale(zero=False)),
+        color=colours,
+        tooltip=["run:N", "epoch:Q", alt.Tooltip(f"{measure}:Q", format=".4g")],
+    ).properties(title=measure, width=FIT, padding=PADDING) for measure in OVERLAID]

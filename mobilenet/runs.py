@@ -13,7 +13,9 @@ writer ends, even on kill -9, and no child process of the writer ever holds it (
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import json
 import math
 import os
@@ -76,6 +78,13 @@ class MetricsRow:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def epochs_done(self, epochs: int) -> float:
+        """Where in the run this row stands, in epochs (1.5: half-way through the second epoch). The trainer's ETA
+        is the time per step so far times the steps left, so elapsed / (elapsed + ETA) is the fraction of steps done."""
+        if self.kind == "epoch" or self.eta_s is None or self.elapsed_s + self.eta_s <= 0:
+            return float(self.epoch)
+        return min(max(epochs * self.elapsed_s / (self.elapsed_s + self.eta_s), self.epoch - 1.0), float(self.epoch))
 
     @classmethod
     def from_dict(cls, values: Any) -> MetricsRow:
@@ -270,6 +279,15 @@ class RunFolder:
 
 def read_metrics(run: Path | str) -> list[MetricsRow]:
     return RunFolder(run).read_metrics()
+
+
+def metrics_csv(rows: list[MetricsRow]) -> str:
+    """Rows as CSV text under a header naming the MetricsRow fields; a value the row lacks is an empty cell."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=[f.name for f in fields(MetricsRow)], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(row.to_dict() for row in rows)
+    return text.getvalue()
 
 
 def thinned(rows: list[MetricsRow], steps: int) -> list[MetricsRow]:

@@ -1,0 +1,58 @@
+"""Runs, as in TensorBoard: any run's settings, state, report and curves, several runs' curves on shared axes,
+and a run's metrics as CSV. Watching only: nothing here changes a run."""
+
+import streamlit as st
+
+from mobilenet import app_support as app
+from mobilenet import charts
+
+st.title("Runs")
+snapshot = app.runs_snapshot()
+for skipped in snapshot.skipped:
+    st.warning(f"{skipped} is left out: it holds no readable run.")
+names = [r.name for r in snapshot.runs]
+if note := app.run_link_note(names):  # before the selector, which drops a name it does not have from the address
+    st.warning(note, icon=":material/link_off:")
+if not names:
+    st.info("No runs yet: the Training page starts one, and every run appears here.")
+    st.stop()
+
+chosen = st.selectbox("Run", names, key=app.RUN_KEY, bind="query-params", help="Newest first")
+compared = st.multiselect("Overlay the curves of", names, key=app.COMPARE_KEY, bind="query-params",
+                          placeholder="two or more runs")
+shown = {chosen, *compared}
+watching_live = any(r.state.live for r in snapshot.runs if r.name in shown)
+
+
+@st.fragment(run_every=app.REFRESH_S if watching_live else app.IDLE_REFRESH_S)
+def runs_view() -> None:
+    runs = {r.name: r for r in app.runs_snapshot().runs}
+    if not shown <= set(runs) or any(runs[name].state.live for name in shown) != watching_live:
+        st.rerun(scope="app")  # a run was removed, or one started or ended: the refresh rate follows
+    run = runs[chosen]
+    st.markdown(f"**{run.name}**: {run.state.value}, epoch {run.epoch}/{run.epochs}")
+    st.caption(app.run_settings(run))
+    if run.error:
+        st.error(f"{run.name} failed: {app.for_visitors(run.error)}")
+    if result := app.report_of(run):
+        st.markdown(f"Validation accuracy {result.accuracy:.2%}")
+        per_class, confusion = st.columns(2)
+        per_class.altair_chart(charts.per_class(result), width="stretch")
+        confusion.altair_chart(charts.confusion(result), width="stretch")
+    if curves := app.run_curves(run):
+        for column, spec in zip(st.columns(len(curves)), curves):
+            column.vega_lite_chart(spec, width="stretch")
+    else:
+        st.caption("No metrics yet: the curves appear with the first training steps.")
+    if len(compared) >= 2:
+        st.subheader("Overlay")
+        for column, spec in zip(st.columns(len(charts.OVERLAID)), app.overlay([runs[name] for name in compared])):
+            column.vega_lite_chart(spec, width="stretch")
+    elif compared:
+        st.caption("Choose one more run to overlay their curves.")
+
+
+runs_view()
+chosen_run = next(r for r in snapshot.runs if r.name == chosen)
+st.download_button("Download its metrics (CSV)", lambda: app.run_metrics_csv(chosen_run),
+                   file_name=f"{chosen}-metrics.csv", mime="text/csv", on_click="ignore")

@@ -1,0 +1,181 @@
+"""The Runs page through AppTest, on generated run folders: any run's report and curves, overlays, the CSV download,
+deep links, malformed folders and a live run's curves."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from helpers import isolate_app
+from streamlit.runtime.media_file_manager import MediaFileManager
+from streamlit.testing.v1 import AppTest
+
+from mobilenet import app_support
+from mobilenet.config import TrainConfig
+from mobilenet.data import CIFAR10_CLASSES
+from mobilenet.locks import try_lock
+from mobilenet.runs import MetricsRow, RunFolder
+
+PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "runs.py"
+STEPS_PER_EPOCH = 4
+
+
+@pytest.fixture(autouse=True)
+def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return isolate_app(tmp_path, monkeypatch) / "runs"
+
+
+def metrics(epoch: int, epochs: int, accuracy: float) -> list[MetricsRow]:
+    """An epoch's rows as the trainer writes them: a step row per step, then the epoch row."""
+    rows = []
+    for step in range((epoch - 1) * STEPS_PER_EPOCH + 1, epoch * STEPS_PER_EPOCH + 1):
+        rows.append(MetricsRow("step", epoch, step, 2.0 / step, accuracy, 0.1 / step, 100.0, float(step),
+                               float(epochs * STEPS_PER_EPOCH - step)))
+    return rows + [MetricsRow("epoch", epoch, epoch * STEPS_PER_EPOCH, 1.0 / epoch, accuracy, 0.1, 100.0,
+                              float(epoch), float(epochs - epoch), 1.5 / epoch, accuracy)]
+
+
+def make_run(runs: Path, name: str, epochs: int = 3, state: str = "finished", updated: float = 0.0,
+             **overrides) -> RunFolder:
+    """A run folder as the trainer leaves it: config, metrics, status and, when finished, its report."""
+    folder = RunFolder(runs / name)
+    folder.write_config(TrainConfig(data="cifar10", alpha=0.25, epochs=epochs, **overrides))
+    for epoch in range(1, epochs + 1):
+        for row in metrics(epoch, epochs, accuracy=0.1 * epoch):
+            folder.append_metrics(row)
+    if state == "finished":
+        classes = list(CIFAR10_CLASSES)
+        folder.report.write_text(json.dumps({
+            "status": "finished", "accuracy": 0.1 * epochs, "n": 10, "classes": classes,
+            "per_class": {c: 0.5 for c in classes},
+            "confusion": [[1 if i == j else 0 for j in range(10)] for i in range(10)]}))
+    folder.status.write_text(json.dumps({"state": state, "updated": updated or time.time(), "epoch": epochs,
+                                         "epochs": epochs}))
+    return folder
+
+
+def open_page(run: str | None = None, compare: list[str] | None = None) -> AppTest:
+    """A new visitor, by a link naming a run and runs to overlay (the page's shared snapshot lives a refresh)."""
+    app_support._runs_snapshot.clear()
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    if run is not None:
+        at.query_params[app_support.RUN_KEY] = run
+    if compare is not None:
+        at.query_params[app_support.COMPARE_KEY] = compare
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def titled(at: AppTest, title: str | list[str]) -> list[list[dict]]:
+    """The rows of each chart on the page with this title (Streamlit sends a chart's data apart, in Arrow)."""
+    charts = [c.proto for c in at.get("vega_lite_chart") if json.loads(c.proto.spec).get("title") == title]
+    return [[row for dataset in chart.datasets for row in pa.ipc.open_stream(dataset.data.data).read_all().to_pylist()]
+            for chart in charts]
+
+
+def test_any_run_opens_with_its_settings_report_and_curves(runs: Path) -> None:
+    make_run(runs, "older", epochs=2, updated=1000.0, cutout=8)
+    make_run(runs, "newer", epochs=3, updated=2000.0)
+    at = open_page()
+    assert at.selectbox[0].value == "newer" and at.selectbox[0].options == ["newer", "older"]
+    at = open_page(run="older")
+    assert at.selectbox[0].value == "older" and not at.warning
+    assert at.markdown[0].value == "**older**: finished, epoch 2/2"
+    assert "recipe fast, α = 0.25, β = 1, 2 epochs; overrides: epochs 2, cutout 8" in [c.value for c in at.caption]
+    assert "Validation accuracy 100.00%" in [m.value for m in at.markdown]  # its confusion matrix: all right
+    assert titled(at, "accuracy per class") and titled(at, ["confusion matrix", "rows: truth, columns: prediction"])
+    (loss,) = titled(at, "loss")
+    val = [(v["epochs"], v["value"]) for v in loss if v["measure"] == "loss" and v["series"] == "val (epochs)"]
+    assert val == [(1.0, 1.5), (2.0, 0.75)]  # the older run's validation loss, against the epoch
+    steps = [v["epochs"] for v in loss if v["series"] == "train (steps)"]
+    assert steps == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]  # each step at its place within its epoch
+    assert titled(at, "accuracy") and titled(at, "learning rate")
+    at.selectbox[0].select("newer").run()
+    assert at.markdown[0].value == "**newer**: finished, epoch 3/3"
+
+
+def test_the_overlay_draws_a_line_per_run(runs: Path) -> None:
+    for i, name in enumerate(("a", "b", "c")):
+        make_run(runs, name, epochs=2 + i, updated=1000.0 + i)
+    at = open_page(compare=["a"])
+    assert not titled(at, "validation accuracy") and "Choose one more run to overlay their curves." in [
+        c.value for c in at.caption]
+    at.multiselect[0].select("c").run()
+    for page in (at, open_page(compare=["a", "c"])):  # chosen here, or by a link
+        for measure in ("validation accuracy", "training loss"):
+            (rows,) = titled(page, measure)
+            lines = {run: [row["epoch"] for row in rows if row["run"] == run] for run in ("a", "b", "c")}
+            assert lines == {"a": [1, 2], "b": [], "c": [1, 2, 3, 4]}
+
+
+def test_the_csv_download_is_the_runs_metrics_built_only_when_asked(runs: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = make_run(runs, "done", epochs=2)
+    make_run(runs, "other", epochs=1, updated=1.0)
+    deferred: list = []
+    monkeypatch.setattr(MediaFileManager, "add_deferred", lambda self, data, *args, **kwargs: deferred.append(
+        (data, kwargs.get("file_name"))) or "deferred-id")
+    built: list[int] = []
+    real = app_support.metrics_csv
+    monkeypatch.setattr(app_support, "metrics_csv", lambda rows: built.append(len(rows)) or real(rows))
+    at = open_page(run="done")
+    (button,) = at.get("download_button")
+    assert button.label == "Download its metrics (CSV)"
+    (make, file_name), = deferred
+    assert file_name == "done-metrics.csv" and built == []  # nothing built until a visitor asks
+    table = list(csv.DictReader(io.StringIO(make())))
+    rows = folder.read_metrics()
+    assert len(table) == len(rows) == 10
+    assert [{k: v for k, v in r.to_dict().items()} for r in rows] == [
+        {k: (None if v == "" else type(getattr(r, k))(v)) for k, v in t.items()} for r, t in zip(rows, table)]
+    make()
+    assert built == [10]  # asked again, the same file: built once
+
+
+def test_a_link_to_a_missing_run_says_so(runs: Path) -> None:
+    make_run(runs, "real")
+    at = open_page(run="gone")
+    assert [w.value for w in at.warning] == ["The link's run 'gone' is not on this server: showing real."]
+    assert at.selectbox[0].value == "real" and at.markdown[0].value.startswith("**real**")
+
+
+def test_a_malformed_run_folder_is_skipped_with_a_warning(runs: Path) -> None:
+    make_run(runs, "good")
+    (make_run(runs, "broken").config).write_text("[1, 2]")
+    at = open_page()
+    assert [w.value for w in at.warning] == ["broken is left out: it holds no readable run."]
+    assert at.selectbox[0].options == ["good"]
+
+
+def test_without_runs_the_page_says_where_they_come_from(runs: Path) -> None:
+    at = open_page(run="anything")
+    assert "there is no run here yet" in at.warning[0].value
+    assert "the Training page starts one" in at.info[0].value
+
+
+def test_a_running_runs_curves_follow_its_metrics_and_stay_when_it_ends(runs: Path) -> None:
+    folder = make_run(runs, "live", epochs=1, state="running")
+    fd = try_lock(runs / ".job.lock")  # a job trains it: the slot held and .job.json naming it
+    (runs / ".job.json").write_text(json.dumps({"run": str(folder.path.resolve()), "pid": 4194305, "started": 0}))
+    try:
+        at = open_page()
+        assert at.markdown[0].value == "**live**: running, epoch 1/1"
+        for row in metrics(2, 2, accuracy=0.2):
+            folder.append_metrics(row)
+        at.run()  # the fragment's refresh
+        (accuracy,) = titled(at, "accuracy")
+        assert [v["epoch"] for v in accuracy if v["series"] == "val (epochs)"] == [1, 2]
+    finally:
+        os.close(fd)
+    folder.status.write_text(json.dumps({"state": "stopped", "updated": time.time(), "epoch": 2, "epochs": 2}))
+    folder.last.write_bytes(b"saved state")
+    app_support._runs_snapshot.clear()
+    at.run()
+    assert at.markdown[0].value == "**live**: stopped, epoch 2/2" and len(titled(at, "accuracy")) == 1
