@@ -4,6 +4,7 @@ Starting, stopping and resuming sit behind the admin gate."""
 
 import streamlit as st
 
+from mobilenet import admin
 from mobilenet import app_support as app
 from mobilenet import charts
 from mobilenet.config import DEFAULT_RECIPE, RECIPES
@@ -12,27 +13,27 @@ from mobilenet.jobs import JobError
 st.title("Training")
 manager = app.job_manager()
 
-refused = app.training_refused()
+refused = admin.training_refused()
 if refused:
     st.warning(refused)
-gated = not refused and app.admin_password() is not None
-allowed = not refused and (not gated or st.session_state.get("admin", False))
+gated = not refused and admin.admin_password() is not None
+allowed = not refused and (not gated or admin.signed_in())
 if gated and allowed:
     said, leave = st.columns([5, 1], vertical_alignment="center")
     said.caption(":material/verified_user: Signed in as admin: you can start, stop and resume training.")
+    with said:
+        admin.keep_in_browser()  # a reload stays signed in
     if leave.button("Sign out"):
-        st.session_state["admin"] = False
+        admin.sign_out()
         st.rerun()
 elif gated:
-    password = st.text_input("Admin password", type="password",
-                             help="Starting, stopping and resuming need it; watching does not.")
-    if password and app.is_admin(password):
-        st.session_state["admin"] = True
-        st.rerun()  # the field gives way to who you are
-    elif password:
-        st.error("Wrong password.")
-    st.caption(f":material/visibility: Watching as a visitor: {app.SIGN_IN_HINT}.")
-locked = None if allowed else refused or app.SIGN_IN_HINT.capitalize() + "."  # why the controls are disabled
+    admin.forget_in_browser()
+    st.text_input("Admin password", type="password", key=admin.PASSWORD_KEY, on_change=admin.sign_in,
+                  help="Starting, stopping and resuming need it; watching does not.")
+    if refusal := st.session_state.get(admin.REFUSAL_KEY):
+        st.error(refusal)
+    st.caption(f":material/visibility: Watching as a visitor: {admin.SIGN_IN_HINT}.")
+locked = None if allowed else refused or admin.SIGN_IN_HINT.capitalize() + "."  # why the controls are disabled
 
 left, right = st.columns(2)  # no form: the recipe's defaults and the overrides note follow every choice at once
 source = left.radio("Data", ["CIFAR-10 (downloads once)", "Folder or zip on the server"], horizontal=True)

@@ -253,3 +253,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 120) -> None:
     while not predicate():
         assert time.time() < deadline, "timed out"
         time.sleep(0.1)
+
+
+class FakeClock:
+    """A clock that moves only when told to: for rate limits and expiries without real waits."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import isolate_app, save_model, write_folder
+from helpers import FakeClock, isolate_app, save_model, write_folder
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import app_support, catalog
+from mobilenet import admin, app_support, catalog
 from mobilenet.app_support import RunsSnapshot
 from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import CIFAR10_CLASSES
@@ -110,10 +108,14 @@ def test_a_missing_folder_is_a_message(places: Path) -> None:
 
 def test_admin_gate(places: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOBILENET_ADMIN_PASSWORD", "s3cret")
+    clock = FakeClock()
+    gate = admin.GuessGate(clock)
+    monkeypatch.setattr(admin, "guess_gate", lambda: gate)
     at = open_page()
     assert button(at, "Start").disabled
     at.text_input[0].input("guess").run()
-    assert at.error[0].value == "Wrong password." and button(at, "Start").disabled
+    assert at.error[0].value == "Wrong password: try again in 1 s." and button(at, "Start").disabled
+    clock.advance(1)
     at.text_input[0].input("s3cret").run()
     assert not button(at, "Start").disabled
 
@@ -174,21 +176,6 @@ def test_only_a_checkpoint_that_loads_is_offered_for_download(places: Path) -> N
     at = open_page()
     assert not at.get("download_button")
     assert [m.value for m in at.markdown if "validation accuracy" in m.value]  # the report is still shown
-
-
-def test_guesses_queue_and_are_logged(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setenv("MOBILENET_ADMIN_PASSWORD", "s3cret")
-    monkeypatch.setattr(app_support, "GUESS_DELAY_S", 0.3)
-    caplog.set_level(logging.WARNING, logger="mobilenet.app_support")
-    began = time.monotonic()
-    guesses = [threading.Thread(target=app_support.is_admin, args=(f"guess{i}",)) for i in range(4)]
-    for guess in guesses:
-        guess.start()
-    for guess in guesses:
-        guess.join()
-    assert time.monotonic() - began >= 4 * 0.3  # parallel sessions guess one at a time
-    assert len([r for r in caplog.records if "wrong admin password" in r.message]) == 4
-    assert app_support.is_admin("s3cret")
 
 
 def test_no_password_beyond_loopback_switches_training_off(places: Path, monkeypatch: pytest.MonkeyPatch) -> None:
