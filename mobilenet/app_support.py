@@ -6,12 +6,8 @@ built: a Classifier (thread-safe, see mobilenet.infer) and evaluation results (f
 
 from __future__ import annotations
 
-import functools
 import gc
-import hmac
 import logging
-import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,16 +263,10 @@ def freeze_startup_heap() -> None:
 # ---- training -----------------------------------------------------------------------------------
 
 MAX_EPOCHS = 200
-ADMIN_ENV = "MOBILENET_ADMIN_PASSWORD"
 REFRESH_S = 2.0  # the live view's refresh while a job runs: see BENCHMARKS.md, "Watching, uploading and training"
 IDLE_REFRESH_S = 10.0  # without a job, only to notice one that another visitor starts
 CHART_STEPS = 400  # step rows drawn at most: the curves look the same, and a refresh stays small
-GUESS_DELAY_S = 1.0
-SIGN_IN_HINT = "sign in as admin to start, stop or resume training"  # why a visitor's controls are disabled
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 log = logging.getLogger(__name__)
-_guesses = threading.Lock()  # admin password guesses, one at a time across every session of the server
-_failed_guesses = 0
 
 
 def job_manager() -> JobManager:
@@ -395,47 +385,6 @@ def overrides_note(recipe: str, overrides: dict) -> str | None:
 def new_run_config(**values) -> TrainConfig:
     """A training configuration with the app's data root (raises ValueError for bad settings)."""
     return TrainConfig(**values)
-
-
-def admin_password() -> str | None:
-    """The configured admin password (environment first, then the Streamlit secret), or None for local use."""
-    if os.environ.get(ADMIN_ENV):
-        return os.environ[ADMIN_ENV]
-    try:
-        return st.secrets.get("admin_password") or None
-    except FileNotFoundError:  # no secrets file at all
-        return None
-
-
-def training_refused() -> str | None:
-    """Why nobody may start or stop training here: no password on a server reachable beyond loopback."""
-    if admin_password() is not None or str(st.get_option("server.address") or "") in LOOPBACK:
-        return None
-    _warn_open_server()
-    return (f"Training is switched off: this server is reachable from other machines and has no admin password. "
-            f"The host sets {ADMIN_ENV} (or listens on 127.0.0.1 only) to switch it on.")
-
-
-@functools.cache
-def _warn_open_server() -> None:
-    log.warning("training is off: the server listens beyond loopback and %s is not set", ADMIN_ENV)
-
-
-def is_admin(given: str) -> bool:
-    """Constant-time check. Guesses queue server-wide and a wrong one holds the queue a second, so guessing
-    through any number of sessions gets at most one try a second; every wrong guess is logged."""
-    global _failed_guesses
-    expected = admin_password()
-    if expected is None:
-        return True
-    with _guesses:
-        if hmac.compare_digest(given.encode(), expected.encode()):
-            _failed_guesses = 0
-            return True
-        _failed_guesses += 1
-        log.warning("wrong admin password (%d wrong in a row)", _failed_guesses)
-        time.sleep(GUESS_DELAY_S)
-    return False
 
 
 def visible_folder(path: Path) -> str:
