@@ -1,0 +1,60 @@
+"""Charts of runs: a run's curves against the epoch and several runs overlaid, each as wide as its container."""
+
+from __future__ import annotations
+
+import pytest
+
+from mobilenet import charts
+from mobilenet.runs import MetricsRow
+
+
+def epoch_rows(epochs: int, accuracy: float) -> list[MetricsRow]:
+    """Two step rows and the epoch row per epoch, 10 steps an epoch, as the trainer writes them."""
+    rows = []
+    for epoch in range(1, epochs + 1):
+        for step in (10 * epoch - 5, 10 * epoch - 1):
+            rows.append(MetricsRow("step", epoch, step, 2.0, accuracy, 0.1, 100.0, float(step),
+                                   float(10 * epochs - step)))
+        rows.append(MetricsRow("epoch", epoch, 10 * epoch, 1.5, accuracy, 0.1, 100.0, float(epoch),
+                               float(epochs - epoch), val_loss=1.0, val_acc=accuracy * epoch))
+    return rows
+
+
+def data(spec: dict) -> list[dict]:
+    return [row for dataset in spec["datasets"].values() for row in dataset]
+
+
+def fits_a_phone(spec: dict) -> None:
+    assert not {"hconcat", "vconcat", "concat", "facet"} & set(spec) and spec["width"] == "container"
+    assert len(spec["title"]) <= 40
+
+
+def test_overlay_draws_a_line_per_run_on_shared_axes() -> None:
+    runs = {"20261128-101500-a0.25-fast": epoch_rows(3, 0.2), "20261128-121500-a1-seed": epoch_rows(2, 0.3)}
+    overlaid = [chart.to_dict() for chart in charts.overlay(runs)]
+    assert [spec["title"] for spec in overlaid] == ["validation accuracy", "training loss"]
+    for spec in overlaid:
+        fits_a_phone(spec)
+        assert spec["mark"]["type"] == "line" and spec["encoding"]["x"]["field"] == "epoch"
+        colour = spec["encoding"]["color"]
+        assert colour["field"] == "run"  # one colour per run, named in a legend that fits a phone:
+        assert colour["legend"] == {"direction": "vertical", "orient": "top", "title": None}
+        lines = {name: [row["epoch"] for row in data(spec) if row["run"] == name] for name in runs}
+        assert lines == {"20261128-101500-a0.25-fast": [1, 2, 3], "20261128-121500-a1-seed": [1, 2]}  # epoch rows
+    assert [row["validation accuracy"] for row in data(overlaid[0])] == pytest.approx([0.2, 0.4, 0.6, 0.3, 0.6])
+
+
+def test_overlay_of_runs_without_epochs_is_empty_not_an_error() -> None:
+    spec = charts.overlay({"new": epoch_rows(1, 0.1)[:1], "newer": []})[0].to_dict()
+    assert data(spec) == []
+
+
+def test_a_runs_curves_are_against_the_epoch_each_step_within_its_epoch() -> None:
+    curves = [chart.to_dict() for chart in charts.run_curves(epoch_rows(2, 0.5), epochs=2)]
+    assert [spec["title"] for spec in curves] == list(charts.CURVES)
+    for spec in curves:
+        fits_a_phone(spec)
+        assert {layer["encoding"]["x"]["field"] for layer in spec["layer"]} == {"epochs"}
+    loss = data(curves[0])
+    assert [row["epochs"] for row in loss if row["series"] == "train (steps)"] == [0.5, 0.9, 1.5, 1.9]
+    assert [row["epochs"] for row in loss if row["series"] == "val (epochs)"] == [1.0, 2.0]
