@@ -2,6 +2,8 @@
 
 Starting, stopping and resuming sit behind the admin gate."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from mobilenet import admin
@@ -130,3 +132,5 @@ def live() -> None:
 
 
 live()
+st.page_link(st.Page(Path(__file__).with_name("runs.py")), label="Every run: its report and curves, overlays, CSV",
+             icon=":material/stacked_line_chart:")

@@ -179,3 +179,12 @@ def test_a_running_runs_curves_follow_its_metrics_and_stay_when_it_ends(runs: Pa
     app_support._runs_snapshot.clear()
     at.run()
     assert at.markdown[0].value == "**live**: stopped, epoch 2/2" and len(titled(at, "accuracy")) == 1
+
+
+def test_the_training_page_links_here(runs: Path) -> None:
+    app = AppTest.from_file(PAGE.parent.parent / "streamlit_app.py", default_timeout=60).run()
+    alone = AppTest.from_file(PAGE.with_name("training.py"), default_timeout=60)
+    for at in (app.switch_page("app_pages/training.py"), alone):  # in the app, and as the training tests open it
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert [link.proto.page for link in at.get("page_link")] == ["runs"]
