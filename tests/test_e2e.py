@@ -264,8 +264,9 @@ BEYOND = """(charts, width) => charts.flatMap(chart => {
 
 # Title and link of every page; the explorer, the default, is at the root. It comes last: opening it runs the
 # entry script, so the deep links before it are the first visits of a freshly started server.
-PAGES = {"Inference": "inference", "Evaluation": "evaluation", "Training": "training", "Model explorer": ""}
-NAV_ORDER = ["Model explorer", "Inference", "Evaluation", "Training"]  # as the sidebar lists them
+PAGES = {"Inference": "inference", "Evaluation": "evaluation", "Training": "training", "Runs": "runs",
+         "Model explorer": ""}
+NAV_ORDER = ["Model explorer", "Inference", "Evaluation", "Training", "Runs"]  # as the sidebar lists them
 
 
 @pytest.mark.parametrize("title", PAGES)
