@@ -41,7 +41,8 @@ INTRO = (
     "convolutions, on CIFAR-10: learn how it is built, try it on your images, and train your own. "
     "**Model explorer** (this page): its size and cost for any width α, resolution and stem, beside the paper's "
     "figures. **Inference**: classify your images, with a heatmap of what the network looked at. "
-    "**Evaluation**: score a model on labelled images. **Training**: train a model and watch it learn."
+    "**Evaluation**: score a model on labelled images. **Training**: train a model and watch it learn. "
+    "**Runs**: any run's report and curves, several runs' curves side by side, and its metrics as CSV."
 )
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 UPLOADER_KEY = "uploader"
