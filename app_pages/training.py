@@ -8,9 +8,9 @@ import streamlit as st
 
 from mobilenet import admin
 from mobilenet import app_support as app
-from mobilenet import charts
+from mobilenet import charts, settings
 from mobilenet.config import DEFAULT_RECIPE, RECIPES
-from mobilenet.jobs import JobError
+from mobilenet.jobs import JobError, RunInfo
 
 st.title("Training")
 manager = app.job_manager()
@@ -38,9 +38,12 @@ elif gated:
 locked = None if allowed else refused or admin.SIGN_IN_HINT.capitalize() + "."  # why the controls are disabled
 
 left, right = st.columns(2)  # no form: the recipe's defaults and the overrides note follow every choice at once
-source = left.radio("Data", ["CIFAR-10 (downloads once)", "Folder or zip on the server"], horizontal=True)
-folder = left.text_input("Data folder", placeholder="/path/to/images or /path/to/images.zip",
-                         help="train/<class>/<image> and optionally test/<class>/<image>, or <class>/<image>")
+LAYOUT = "train/<class>/<image> and optionally test/<class>/<image>, or <class>/<image>"
+source = left.selectbox("Data", app.training_data(admin=allowed), format_func=lambda s: s.label,
+                        help=f"The image folders and .zip files in {app.visible_folder(settings.data_root())}/ that "
+                             f"hold training images ({LAYOUT}), and CIFAR-10.")
+typed = (left.text_input("Data folder", placeholder="/path/to/images or /path/to/images.zip", help=LAYOUT)
+         if source == app.OTHER_DATA else "")
 recipe = left.selectbox("Recipe", list(RECIPES), index=list(RECIPES).index(DEFAULT_RECIPE),
                         help="fast: this project's recipe; seed: the blog post's, exactly. It sets the defaults below.")
 own = RECIPES[recipe]  # the inputs' keys name the recipe: choosing another one starts them at its values
@@ -55,7 +58,7 @@ if note := app.overrides_note(recipe, overrides):
 start = st.button("Start", type="primary", disabled=not allowed, help=locked)
 
 if start and allowed:
-    data = "cifar10" if source.startswith("CIFAR") else folder.strip()
+    data = typed.strip() if source == app.OTHER_DATA else source.source
     problem = app.data_problem(data)
     try:
         if problem:
@@ -70,7 +73,30 @@ if start and allowed:
 page_snapshot = app.runs_snapshot()
 watching_a_job = page_snapshot.job is not None
 finished = app.finished_runs(page_snapshot)  # as the sidebar's model selector was drawn with them
-STOPPING_KEY = "stopping"  # the job (its run path) this visitor asked to stop, in st.session_state
+DELETE_KEY = "delete_asked"  # the run this visitor asked to delete, awaiting Confirm or Cancel, in st.session_state
+
+
+def delete_a_run(runs: list[RunInfo]) -> None:
+    """Delete, then Confirm or Cancel: the runs no job or trainer is writing."""
+    asked = next((r for r in runs if r.name == st.session_state.get(DELETE_KEY)), None)
+    if asked is None:
+        pick, act = st.columns([3, 1], vertical_alignment="bottom")
+        chosen = pick.selectbox("Run to delete", [r.name for r in runs])
+        act.button("Delete", disabled=not allowed, help=locked, on_click=st.session_state.__setitem__,
+                   args=(DELETE_KEY, chosen))
+        return
+    st.warning(f"Delete run {asked.name} and its checkpoint? This cannot be undone.")
+    confirm, cancel = st.columns(2)
+    cancel.button("Cancel", on_click=st.session_state.pop, args=(DELETE_KEY, None))
+    if confirm.button("Confirm", type="primary", disabled=not allowed, help=locked) and allowed:
+        st.session_state.pop(DELETE_KEY)
+        try:
+            app.delete_run(asked)
+        except JobError as e:
+            st.error(app.for_visitors(str(e)))
+            return
+        st.toast(f"Deleted {asked.name}.")
+        st.rerun()  # the whole app: the model selector loses a finished run's checkpoint
 
 
 @st.fragment(run_every=app.REFRESH_S if watching_a_job else app.IDLE_REFRESH_S)
@@ -82,19 +108,17 @@ def live() -> None:
     running = next((r for r in runs if job and str(r.path.resolve()) == job.get("run")), None)
     if running is not None:
         rows = running.folder.read_metrics()
-        stopping = st.session_state.get(STOPPING_KEY) == job["run"]  # this visitor asked it to stop
+        stopping = bool(job.get("stopping"))  # recorded with the job: every visitor sees it
         done, text = app.job_progress(running, rows, stopping)
         st.progress(done, text=text)
         if rows:
             st.vega_lite_chart(app.training_chart(running), width="stretch")
         if not stopping and st.button("Stop", disabled=not allowed, help=locked) and allowed:
-            if manager.stop():
-                st.session_state[STOPPING_KEY] = job["run"]
+            manager.stop()
             st.rerun()  # the whole page says "stopping…" until the job has saved and ended
     elif job:
         st.caption("A job is starting…")
     else:
-        st.session_state.pop(STOPPING_KEY, None)  # it has stopped: a resumed run starts afresh
         st.caption("No training job is running.")
 
     for name in snapshot.skipped:
@@ -106,6 +130,8 @@ def live() -> None:
         "best validation accuracy": st.column_config.NumberColumn(format="percent")})
     latest = runs[0]
     if latest is not running:
+        if latest.folder.read_metrics():
+            st.vega_lite_chart(app.training_chart(latest), width="stretch")  # its curves stay when it has ended
         if latest.error:
             st.error(f"{latest.name} failed: {app.for_visitors(latest.error)}")
         result = app.report_of(latest)
@@ -129,6 +155,8 @@ def live() -> None:
                 st.error(app.for_visitors(str(e)))
             else:
                 st.rerun()  # the whole page follows the job: "starting…" until it trains
+    if deletable := [r for r in runs if r is not running and not r.state.live]:
+        delete_a_run(deletable)
 
 
 live()

@@ -21,7 +21,7 @@ from .catalog import Catalog, ModelEntry
 from .data import IMAGE_SUFFIXES, DataError, ImageSet
 from .device import device_name, pick_device
 from .display import format_duration
-from .evalsets import EvalSource
+from .evalsets import EvalSource, TrainingSource
 from .evaluate import Evaluation, score
 from .infer import Classifier
 from .checkpoint import CheckpointError
@@ -424,12 +424,29 @@ def data_problem(source: str) -> str | None:
 
 
 def runs_table(runs: list[RunInfo] | tuple[RunInfo, ...]) -> pd.DataFrame:
-    """Past runs for people, newest first."""
+    """Past runs for people, newest first; a failed one says why."""
     return pd.DataFrame([{
         "run": r.name, "state": r.state.value, "epochs": f"{r.epoch}/{r.epochs}",
         "best validation accuracy": r.best_val_acc, "α": r.config.get("alpha"), "recipe": r.config.get("recipe"),
         "data": Path(str(r.config.get("data", ""))).name or r.config.get("data"),
+        "why it failed": for_visitors(r.error) if r.state is RunState.FAILED and r.error else "",
     } for r in runs])
+
+
+def delete_run(run: RunInfo) -> None:
+    """Delete a run and its checkpoints (JobError says why not); every visitor's page lists the runs without it at
+    once."""
+    job_manager().delete(run.path)
+    _runs_snapshot.clear()
+
+
+OTHER_DATA = TrainingSource("Another folder or .zip on the server: type its path", "")
+
+
+def training_data(admin: bool) -> list[TrainingSource]:
+    """The training form's data choices: what the data root holds, and CIFAR-10. An admin may also type a path on the
+    server; nobody else ever learns whether one exists."""
+    return evalsets.sources_to_train_on() + ([OTHER_DATA] if admin else [])
 
 
 # ---- runs ---------------------------------------------------------------------------------------

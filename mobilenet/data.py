@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
+from urllib.error import HTTPError, URLError
 
 import numpy as np
 import torch
@@ -35,7 +36,12 @@ SPLITS = ("train", "test")
 
 
 class DataError(RuntimeError):
-    """A data source that cannot be used; the message says what to do."""
+    """A data source that cannot be used; the message says what to do on the command line, `in_app` what the app's
+    visitors read in its place (a failed run's status): the same words unless the failure needs the app's own."""
+
+    def __init__(self, message: str, in_app: str | None = None) -> None:
+        super().__init__(message)
+        self.in_app = in_app or message
 
 
 @dataclass(frozen=True)
@@ -210,13 +216,17 @@ def _load_cifar10(root: Path, split: str, side: int, download: bool) -> ImageSet
         raise DataError(
             f"CIFAR-10 was not found in {root / 'cifar-10-batches-py'} ({e}). Allow the download "
             f"(drop --no-download) on a machine with internet, or copy cifar-10-python.tar.gz from "
-            f"https://www.cs.toronto.edu/~kriz/cifar.html into {root} and extract it there."
+            f"https://www.cs.toronto.edu/~kriz/cifar.html into {root} and extract it there.",
+            in_app=f"CIFAR-10 in {root} is missing or damaged ({e}). Choose an image folder or .zip in {root} "
+                   f"instead, or ask the host to put a complete copy of CIFAR-10 there."
         ) from None
     except OSError as e:
         raise DataError(
             f"CIFAR-10 could not be downloaded into {root} ({e}). Without internet, copy "
             f"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html into {root} "
-            f"and extract it there, or train on an image folder or zip with --data PATH."
+            f"and extract it there, or train on an image folder or zip with --data PATH.",
+            in_app=f"CIFAR-10 could not be downloaded: {_download_failure(e)}. Choose an image folder or .zip in "
+                   f"{root} instead, or ask the host to put CIFAR-10 there (cifar-10-python.tar.gz, extracted)."
         ) from None
     if side == dataset.data.shape[1]:
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
@@ -224,6 +234,15 @@ def _load_cifar10(root: Path, split: str, side: int, download: bool) -> ImageSet
         resized = [to_uint8_array(fit_square(Image.fromarray(a), side)) for a in dataset.data]
         images = torch.from_numpy(np.stack(resized))
     return ImageSet(images, torch.tensor(dataset.targets, dtype=torch.long), tuple(dataset.classes))
+
+
+def _download_failure(error: OSError) -> str:
+    """Why a download failed, for people."""
+    if isinstance(error, HTTPError):
+        return f"its server answered {error.code} {error.reason}"
+    if isinstance(error, (URLError, ConnectionError, TimeoutError)):
+        return "this server has no internet access"
+    return error.strerror or str(error)  # the disk: full, or not writable
 
 
 # ---- the one entry point ----------------------------------------------------------------------
@@ -275,19 +294,27 @@ def load(
 
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"  # what torchvision downloads (about 170 MB) and extracts into CIFAR10_FOLDER
+
+
+def cifar10_here(root: Path | str | None = None) -> bool:
+    """Whether CIFAR-10 is in the data root, extracted or as its archive: training it needs no download."""
+    root = data_root() if root is None else Path(root)
+    return (root / CIFAR10_FOLDER).is_dir() or (root / CIFAR10_ARCHIVE).is_file()
 
 
 def check_source(source: str, root: Path | str | None = None, download: bool = False) -> None:
     """DataError unless the source can be read now (or, for CIFAR-10, downloaded when allowed)."""
     root = data_root() if root is None else Path(root)
     if source == "cifar10":
-        if not download and not (root / CIFAR10_FOLDER).is_dir() and not (root / "cifar-10-python.tar.gz").is_file():
+        if not download and not cifar10_here(root):
             raise DataError(
                 f"CIFAR-10 was not found in {root / CIFAR10_FOLDER} and downloading it is turned off. Allow the "
                 f"download on a machine with internet, or copy cifar-10-python.tar.gz from "
                 f"https://www.cs.toronto.edu/~kriz/cifar.html into {root} and extract it there.")
     elif not Path(source).exists():
-        raise DataError(f"data source {source!r} not found: give 'cifar10' or an existing folder or .zip")
+        raise DataError(f"data source {source!r} not found: give 'cifar10' or an existing folder or .zip",
+                        in_app=f"{source} not found: choose an image folder or .zip that is there")
 
 
 def available_splits(source: str) -> list[str]:

@@ -1,5 +1,5 @@
 """Evaluation sets: which there are under the data root, which of them hold a model's training images, and one
-loaded for a model.
+loaded for a model; and what a model can be trained on here.
 
 A model can be evaluated on the CIFAR-10 test split, on the validation split held out of its own training data
 (same seed, size and subset as in training), or on an image folder or .zip in the data root: its test split when
@@ -52,16 +52,20 @@ def _splits(path: Path, mtime_ns: int) -> tuple[str, ...]:  # mtime_ns: part of 
         return ()
 
 
+def _splits_now(path: Path) -> tuple[str, ...]:
+    """The splits a folder or .zip holds as it is now; none when it is gone or unreadable."""
+    try:
+        return _splits(path, path.stat().st_mtime_ns)
+    except OSError:
+        return ()
+
+
 def evaluation_split(source: str) -> str | None:
     """The one rule, for the app and the command line alike: a source's test split when it has one, else all its
     images (a folder of train/<class>/ or <class>/ only); None when it holds no images."""
     if source == "cifar10":
         return "test"
-    path = Path(source)
-    try:
-        splits = _splits(path, path.stat().st_mtime_ns)
-    except OSError:
-        return None
+    splits = _splits_now(Path(source))
     return "test" if "test" in splits else (ALL if splits else None)
 
 
@@ -82,6 +86,23 @@ def _candidates(root: Path) -> list[Path]:
     skipped = ("cache", data.CIFAR10_FOLDER)
     return [p for p in sorted(root.iterdir()) if not p.name.startswith(".") and p.name not in skipped
             and (p.is_dir() or p.suffix.lower() == ".zip")]
+
+
+@dataclass(frozen=True)
+class TrainingSource:
+    label: str  # as visitors see it: a name in the data root, never a server path
+    source: str  # "cifar10" or a folder / .zip path, as TrainConfig.data takes it
+
+
+def sources_to_train_on(root: Path | None = None) -> list[TrainingSource]:
+    """What a model can be trained on here, what is already there first: CIFAR-10 when it is in the data root, the
+    data root's image folders and .zip files that hold training images, then CIFAR-10 to download when it is not."""
+    root = settings.data_root() if root is None else root
+    here = data.cifar10_here(root)
+    cifar = TrainingSource("CIFAR-10 (downloaded)" if here else "CIFAR-10 (downloads about 170 MB when the job starts)",
+                           "cifar10")
+    found = [TrainingSource(path.name, str(path)) for path in _candidates(root) if "train" in _splits_now(path)]
+    return [cifar, *found] if here else [*found, cifar]
 
 
 def training_source(card: ModelCard, root: Path | None = None) -> str | None:

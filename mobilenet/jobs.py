@@ -11,6 +11,9 @@ holder ends, even on kill -9:
   a run whose writer is alive is never resumed or overwritten by a second writer.
 
 Neither is ever held by the job's own children (its data-decode workers), which die with it.
+
+The job's record, `<runs>/.job.json`, names its run and process, and says when it was asked to stop: every
+visitor sees "stopping…" until it has ended.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class JobManager:
         return try_lock(self.lock_path)
 
     def active(self) -> dict | None:
-        """{"run", "pid", "started"} of the running job, or None."""
+        """{"run", "pid", "started"} of the running job, with "stopping": True once it was asked to stop; or None."""
         if not is_locked(self.lock_path):
             return None
         try:
@@ -121,14 +124,17 @@ class JobManager:
             raise JobError(f"a training job is already running ({Path(str(job.get('run', '?'))).name}); stop it first")
         try:
             process = self._spawn(folder, args, cfg, fd)
-            try:
-                folder.write_json(self.job_path, {"run": str(run.resolve()), "pid": process.pid,
-                                                  "started": time.time()})
-            except OSError as e:  # the job runs all the same; the page shows it as starting
-                log.error("cannot record the job in %s: %s", self.job_path, e)
+            self._record({"run": str(run.resolve()), "pid": process.pid, "started": time.time()})
         finally:
             os.close(fd)  # the job process keeps the lock until it ends
         return run
+
+    def _record(self, job: dict) -> None:
+        """Write the job's record; without it the job runs all the same, and the page shows it as starting."""
+        try:
+            RunFolder(job["run"]).write_json(self.job_path, job)
+        except OSError as e:
+            log.error("cannot record the job in %s: %s", self.job_path, e)
 
     def _spawn(self, folder: RunFolder, args: list[str], cfg: TrainConfig | None, fd: int) -> subprocess.Popen:
         """The job's process, handed the slot lock; a new run that cannot be written leaves nothing behind."""
@@ -155,16 +161,42 @@ class JobManager:
     def stop(self) -> bool:
         """Ask the running job to save and stop: SIGTERM to its whole process group; False when none runs.
 
-        The trainer saves and exits; while it loads data, it and its decode workers simply end.
+        The trainer saves and exits; while it loads data, it and its decode workers simply end. The request is
+        recorded with the job first, so that whoever watches sees it is stopping until it has ended.
         """
         job = self.active()
         if not job or not job.get("pid"):
             return False
+        if not job.get("stopping"):
+            self._record(job | {"stopping": True})
         try:
             os.killpg(int(job["pid"]), signal.SIGTERM)  # the job leads its own session and process group
         except ProcessLookupError:
             return False
         return True
+
+    def delete(self, run: Path | str) -> None:
+        """Delete a run folder with everything in it, its checkpoints too. JobError for anything but a run folder
+        directly in the runs folder, for the run a job is training or starting, and for a run a process writes."""
+        folder = RunFolder(run)
+        path = folder.path.resolve()
+        if folder.path.is_symlink() or path.parent != self.runs_dir.resolve() or not folder.config.is_file():
+            raise JobError(f"{folder.name} is not a run in the runs folder")
+        job = self.active()
+        if job is not None and job.get("run") == "?":
+            raise JobError("a training job is starting; try again in a moment")
+        if job is not None and job.get("run") == str(path):
+            raise JobError(f"{folder.name} is being trained; stop it first")
+        fd = try_lock(folder.lock)  # held while deleting: a trainer that starts on the run meanwhile finds it busy
+        if fd is None:
+            raise JobError(f"{folder.name} is being trained by another process")
+        try:
+            shutil.rmtree(path)
+        except OSError as e:
+            log.error("cannot delete the run %s: %s", path, e)
+            raise JobError(f"{folder.name} could not be deleted; see the server log") from None
+        finally:
+            os.close(fd)
 
     # -- runs --------------------------------------------------------------------------------------
 
@@ -172,7 +204,7 @@ class JobManager:
         """What a run folder says, checked against who writes it; ValueError for a folder that is no run."""
         folder = RunFolder(run)
         status = folder.read_status() or RunStatus(RunState.LOADING)
-        config = folder.read_config().to_dict()
+        config = folder.read_config()
         state, error = status.state, status.error
         if state.live and not folder.writer_alive:
             job = job if job is not None else self.active()
@@ -182,8 +214,9 @@ class JobManager:
             state, error = RunState.FAILED, NOT_SAVED
         epochs = [r for r in folder.read_metrics() if r.kind == "epoch"]
         accs = [r.val_acc for r in epochs if r.val_acc is not None]
-        return RunInfo(folder.name, folder.path, state, status.epoch or len(epochs), status.epochs,
-                       max(accs) if accs else None, config, status.updated, error)
+        return RunInfo(folder.name, folder.path, state, status.epoch or len(epochs),
+                       status.epochs or config.effective.epochs,  # a run that failed as it began says none
+                       max(accs) if accs else None, config.to_dict(), status.updated, error)
 
     def runs(self) -> list[RunInfo]:
         """All readable runs, newest first."""

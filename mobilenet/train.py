@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from . import checkpoint
 from .checkpoint import ModelCard, TrainingData
 from .config import Recipe, TrainConfig
-from .data import ImageSet, check_source, fingerprint, load, split_train_val
+from .data import DataError, ImageSet, check_source, fingerprint, load, split_train_val
 from .device import device_name, pick_device
 from .evaluate import evaluate
 from .model import MobileNetV1
@@ -215,7 +215,7 @@ def train(
         if disk_full(e):
             e = DiskFull("disk full: the last saved state is kept; free space, then resume")
         if rank == 0 and folder.path.exists():
-            folder.set_status(RunState.FAILED, error=str(e)[:500])
+            folder.set_status(RunState.FAILED, error=(e.in_app if isinstance(e, DataError) else str(e))[:500])
         raise e
     finally:
         if distributed:

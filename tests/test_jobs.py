@@ -1,19 +1,26 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.error import URLError
 
 import numpy as np
 import pytest
 from PIL import Image
+from torchvision.datasets import CIFAR10
 
-from mobilenet.config import TrainConfig
+from mobilenet.config import RECIPES, TrainConfig
+from mobilenet.data import DataError
 from mobilenet.jobs import NOT_SAVED, JobError, JobManager
-from mobilenet.runs import RunState, read_metrics
+from mobilenet.locks import try_lock
+from mobilenet.runs import RunFolder, RunState, read_metrics
+from mobilenet.train import train
 
 from helpers import CLASSES, class_image, wait_for, write_folder
 
@@ -158,3 +165,105 @@ def test_failed_job_reports_its_error(tmp_path: Path) -> None:
     assert "not found" in (run / "train.log").read_text()
     info = manager.run_info(run)
     assert info.state == "failed" and not info.resumable
+
+
+def a_run(runs: Path, name: str, epochs: int = 2) -> Path:
+    folder = RunFolder(runs / name)
+    folder.write_config(TrainConfig(data="cifar10", alpha=0.25, epochs=epochs))
+    folder.best.write_bytes(b"weights")
+    folder.set_status(RunState.FINISHED, epoch=epochs, epochs=epochs)
+    return folder.path
+
+
+def a_job(runs: Path, run: str, pid: int) -> int:
+    """The job slot held (by this process) and the job's record naming the run: a job as every page sees it."""
+    fd = try_lock(runs / ".job.lock")
+    (runs / ".job.json").write_text(json.dumps({"run": run, "pid": pid, "started": 0}))
+    return fd
+
+
+def test_delete_removes_a_run_and_its_checkpoints(tmp_path: Path) -> None:
+    manager = JobManager(tmp_path / "runs")
+    run = a_run(tmp_path / "runs", "done")
+    kept = a_run(tmp_path / "runs", "kept")
+    manager.delete(run)
+    assert not run.exists() and kept.exists()
+    assert [r.name for r in manager.runs()] == ["kept"]
+
+
+def test_delete_refuses_anything_but_a_run_in_the_runs_folder(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    manager = JobManager(runs)
+    elsewhere = a_run(tmp_path, "elsewhere")
+    runs.mkdir()
+    (runs / "link").symlink_to(elsewhere, target_is_directory=True)
+    (runs / "no-run").mkdir()
+    for target in (elsewhere, runs / "link", runs / ".." / "elsewhere", runs / "no-run", runs, tmp_path):
+        with pytest.raises(JobError, match="is not a run in the runs folder"):
+            manager.delete(target)
+    assert (elsewhere / "best.pt").exists() and (runs / "no-run").is_dir()
+
+
+def test_delete_refuses_the_run_a_job_trains_or_a_process_writes(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    manager = JobManager(runs)
+    trained, written, other = a_run(runs, "trained"), a_run(runs, "written"), a_run(runs, "other")
+    fd = a_job(runs, str(trained.resolve()), 4194305)
+    try:
+        with pytest.raises(JobError, match="trained is being trained; stop it first"):
+            manager.delete(trained)
+        writer = try_lock(RunFolder(written).lock)  # a trainer from the command line
+        try:
+            with pytest.raises(JobError, match="being trained by another process"):
+                manager.delete(written)
+        finally:
+            os.close(writer)
+        (runs / ".job.json").unlink()  # a job that is being started: which run it trains is not known yet
+        with pytest.raises(JobError, match="starting"):
+            manager.delete(other)
+    finally:
+        os.close(fd)
+    assert trained.exists() and written.exists() and other.exists()
+    manager.delete(written)
+    assert not written.exists()
+
+
+def test_stop_is_recorded_with_the_job_for_every_watcher(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    run = a_run(runs, "slow")
+    job = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a job: the leader of its own process group
+    fd = a_job(runs, str(run.resolve()), job.pid)
+    try:
+        assert not JobManager(runs).active().get("stopping")
+        assert JobManager(runs).stop()
+        assert job.wait(timeout=10) == -signal.SIGTERM
+        assert JobManager(runs).active()["stopping"] is True  # another server's manager, another visitor's page
+    finally:
+        job.kill()
+        os.close(fd)
+    assert JobManager(runs).active() is None
+
+
+def test_a_run_that_failed_as_it_began_counts_its_configured_epochs(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path / "runs" / "early")
+    folder.write_config(TrainConfig(data="cifar10", recipe="seed"))
+    folder.set_status(RunState.FAILED, error="it could not start")
+    info = JobManager(tmp_path / "runs").run_info(folder.path)
+    assert (info.epoch, info.epochs, info.error) == (0, RECIPES["seed"].epochs, "it could not start")
+
+
+def test_cifar10_offline_fails_in_words_for_the_app_and_for_the_command_line(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(self) -> None:
+        raise URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(CIFAR10, "download", offline)
+    cfg = TrainConfig(data="cifar10", alpha=0.25, epochs=1, device="cpu", data_root=str(tmp_path / "data"))
+    folder = RunFolder(tmp_path / "runs" / "offline")
+    folder.write_config(cfg)  # as JobManager.start leaves it
+    with pytest.raises(DataError, match="--data PATH"):  # the command line's words
+        train(cfg, folder.path)
+    error = JobManager(tmp_path / "runs").run_info(folder.path).error
+    assert error.startswith("CIFAR-10 could not be downloaded: this server has no internet access. Choose an image "
+                            f"folder or .zip in {tmp_path / 'data'} instead")
+    assert "--" not in error

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FakeClock, isolate_app, save_model, write_folder
+from helpers import FakeClock, isolate_app, save_model, write_folder, zip_folder
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import admin, app_support, catalog
+from mobilenet import admin, app_support, catalog, settings
 from mobilenet.app_support import RunsSnapshot
 from mobilenet.config import RECIPES, TrainConfig
-from mobilenet.data import CIFAR10_CLASSES
+from mobilenet.data import CIFAR10_CLASSES, CIFAR10_FOLDER
+from mobilenet.evalsets import TrainingSource
 from mobilenet.jobs import JobManager
 from mobilenet.locks import try_lock
-from mobilenet.runs import RunFolder
+from mobilenet.runs import RunFolder, RunState
 
 PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "training.py"
 
@@ -39,9 +42,26 @@ def open_page() -> AppTest:
     return at
 
 
+def choose_data(at: AppTest, data: Path) -> None:
+    """A folder in the data root by its name; any other path typed in, as only an admin may."""
+    listed = TrainingSource(data.name, str(data))
+    if data.exists() and data.parent.resolve() == settings.data_root().resolve():
+        data_box(at).select(listed).run()
+    else:
+        data_box(at).select(app_support.OTHER_DATA).run()
+        data_folder(at)[0].input(str(data))
+
+
+def data_box(at: AppTest):
+    return next(s for s in at.selectbox if s.label == "Data")
+
+
+def data_folder(at: AppTest) -> list:
+    return [t for t in at.text_input if t.label == "Data folder"]
+
+
 def fill_form(at: AppTest, folder: Path, epochs: int) -> None:
-    at.radio[0].set_value("Folder or zip on the server")
-    at.text_input[0].input(str(folder))
+    choose_data(at, folder)
     at.slider[0].set_value(0.25)
     at.number_input[0].set_value(8)  # batch size
     at.number_input[1].set_value(epochs)
@@ -63,7 +83,7 @@ def rerun_until(at: AppTest, predicate, timeout: float = 120) -> None:
 
 
 def test_start_watch_refuse_a_second_job_and_stop(places: Path) -> None:
-    folder = write_folder(places / "images", per_class=40)
+    folder = write_folder(places / "data" / "images", per_class=40)
     at = open_page()
     assert "No training job is running." in [c.value for c in at.caption]
     fill_form(at, folder, epochs=100)
@@ -89,7 +109,7 @@ def test_start_watch_refuse_a_second_job_and_stop(places: Path) -> None:
 
 
 def test_a_finished_run_shows_its_report_and_reaches_the_model_list(places: Path) -> None:
-    folder = write_folder(places / "images", per_class=20)
+    folder = write_folder(places / "data" / "images", per_class=20)
     at = open_page()
     fill_form(at, folder, epochs=1)
     button(at, "Start").click().run()
@@ -220,9 +240,8 @@ def test_the_recipe_sets_defaults_and_only_overrides_are_sent(places: Path, monk
     monkeypatch.setattr(JobManager, "start", lambda self, cfg: sent.append(cfg) or places / "runs" / "recorded")
     folder = write_folder(places / "images", per_class=4)
     at = open_page()
-    at.radio[0].set_value("Folder or zip on the server")
-    at.text_input[0].input(str(folder))
-    at.selectbox[0].select("seed").run()
+    choose_data(at, folder)
+    next(s for s in at.selectbox if s.label == "Recipe").select("seed").run()
     seed = RECIPES["seed"]
     assert [n.value for n in at.number_input] == [seed.batch_size, seed.epochs, seed.lr]
     assert not [c.value for c in at.caption if c.value.startswith("overrides")]
@@ -248,8 +267,9 @@ def test_the_admin_sees_who_they_are_and_can_sign_out(places: Path, monkeypatch:
     assert button(at, "Start").disabled and not any("Signed in" in c.value for c in at.caption)
 
 
-def live_run(runs: Path, name: str) -> tuple[RunFolder, int]:
-    """A run that a job trains, as the page sees it: the job slot held (by this process) and .job.json naming it."""
+def live_run(runs: Path, name: str, pid: int = 4194305) -> tuple[RunFolder, int]:
+    """A run that a job trains, as the page sees it: the job slot held (by this process) and .job.json naming it and
+    the job's process (by default none)."""
     folder = RunFolder(runs / name)
     folder.write_config(TrainConfig(data="cifar10", alpha=0.25, epochs=10))
     folder.last.write_bytes(b"saved state")
@@ -258,7 +278,7 @@ def live_run(runs: Path, name: str) -> tuple[RunFolder, int]:
                                           "val_loss": 1.0, "val_acc": 0.5}) + "\n")
     set_state(folder, "running")
     fd = try_lock(runs / ".job.lock")
-    (runs / ".job.json").write_text(json.dumps({"run": str(folder.path.resolve()), "pid": 4194305, "started": 0}))
+    (runs / ".job.json").write_text(json.dumps({"run": str(folder.path.resolve()), "pid": pid, "started": 0}))
     return folder, fd
 
 
@@ -273,15 +293,14 @@ def progress(at: AppTest) -> str:
 
 def test_stop_and_resume_say_stopping_and_starting_until_the_job_has(places: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    asked: list[str] = []
-    monkeypatch.setattr(JobManager, "stop", lambda self: asked.append("stop") or True)  # the job takes its time
-    folder, fd = live_run(places / "runs", "slow")
-    at = open_page()
-    assert "img/s" in progress(at)
+    job = subprocess.Popen(["sleep", "60"], start_new_session=True)  # the job's process: it ends on Stop
+    folder, fd = live_run(places / "runs", "slow", job.pid)  # the job slot stays held: the job takes its time
+    at, other = open_page(), open_page()  # the visitor who stops it, and another one
+    assert "img/s" in progress(at) and "img/s" in progress(other)
     button(at, "Stop").click().run()
-    assert asked == ["stop"] and "stopping…" in progress(at) and not [b for b in at.button if b.label == "Stop"]
-    at.run()
-    assert "stopping…" in progress(at)  # until the job has saved and ended
+    assert job.wait(timeout=10) == -signal.SIGTERM
+    for visitor in (at, other.run(), open_page()):  # until the job has saved and ended, for everyone
+        assert "stopping…" in progress(visitor) and not [b for b in visitor.button if b.label == "Stop"]
     os.close(fd)
     set_state(folder, "stopped")
     at.run()
@@ -343,3 +362,81 @@ def test_a_run_that_finishes_while_the_page_is_open_reruns_the_whole_app(places:
     assert not at.exception
     assert len(seen) == 4  # the page and its live view, then both again: the app reran once, and once only
     assert any("it is in the model selector now" in m.value for m in at.markdown)
+
+
+def visitor_page() -> AppTest:
+    """The page as a visitor who may not train sees it (here: a server beyond loopback without a password)."""
+    address = st_config.get_option("server.address")
+    st_config.set_option("server.address", "0.0.0.0")
+    try:
+        return open_page()
+    finally:
+        st_config.set_option("server.address", address)
+
+
+def test_the_data_choices_are_what_the_data_root_holds(places: Path) -> None:
+    root = places / "data"
+    write_folder(root / "shapes", per_class=2)
+    zip_folder(write_folder(places / "zipped", per_class=2, splits=("",)), root / "more.zip")
+    write_folder(root / "only-tests", per_class=2, splits=("test",))  # nothing to train on
+    (root / "cache").mkdir()  # the decode cache
+    download = "CIFAR-10 (downloads about 170 MB when the job starts)"
+    at = open_page()
+    assert data_box(at).options == ["more.zip", "shapes", download, app_support.OTHER_DATA.label]
+    assert data_box(at).value.label == "more.zip" and not data_folder(at)  # something that is there
+    visitor = visitor_page()
+    assert data_box(visitor).options == ["more.zip", "shapes", download]  # no server paths for visitors
+    assert not data_folder(visitor)
+
+    (root / CIFAR10_FOLDER).mkdir()
+    at = open_page()
+    assert data_box(at).options[:3] == ["CIFAR-10 (downloaded)", "more.zip", "shapes"]
+    assert data_box(at).value.source == "cifar10"
+
+
+def test_a_failed_run_says_why_in_the_table(places: Path) -> None:
+    finished_run(places / "runs", "good", updated=time.time() - 60)
+    folder = RunFolder(places / "runs" / "offline")
+    folder.write_config(TrainConfig(data="cifar10", alpha=0.25, epochs=3, data_root=str(places / "data")))
+    folder.set_status(RunState.FAILED, error=f"CIFAR-10 could not be downloaded: this server has no internet access. "
+                                             f"Choose an image folder or .zip in {(places / 'data').resolve()} instead")
+    table = open_page().dataframe[0].value.set_index("run")
+    assert table.loc["offline", "why it failed"] == ("CIFAR-10 could not be downloaded: this server has no internet "
+                                                     "access. Choose an image folder or .zip in data instead")
+    assert table.loc["offline", "epochs"] == "0/3" and table.loc["good", "why it failed"] == ""
+
+
+def test_an_admin_deletes_a_run_after_confirming(places: Path) -> None:
+    finished_run(places / "runs", "old", updated=time.time() - 60)
+    finished_run(places / "runs", "new", updated=time.time())
+    at = open_page()
+    next(s for s in at.selectbox if s.label == "Run to delete").select("old").run()
+    button(at, "Delete").click().run()
+    assert [w.value for w in at.warning] == ["Delete run old and its checkpoint? This cannot be undone."]
+    button(at, "Cancel").click().run()
+    assert not at.warning and (places / "runs" / "old").is_dir()
+
+    next(s for s in at.selectbox if s.label == "Run to delete").select("old").run()
+    button(at, "Delete").click().run()
+    button(at, "Confirm").click().run()
+    assert not at.exception and not (places / "runs" / "old").exists()
+    assert list(at.dataframe[0].value["run"]) == ["new"]
+    assert app_support.models().get("runs/old") is None and app_support.models().get("runs/new")
+
+
+def test_a_visitor_cannot_delete_and_the_running_run_is_not_offered(places: Path) -> None:
+    finished_run(places / "runs", "done", updated=time.time() - 60)
+    _, fd = live_run(places / "runs", "slow")
+    try:
+        at = visitor_page()
+    finally:
+        os.close(fd)
+    assert next(s for s in at.selectbox if s.label == "Run to delete").options == ["done"]
+    assert button(at, "Delete").disabled
+
+
+def test_a_finished_runs_curves_stay_with_its_report(places: Path) -> None:
+    finished_run(places / "runs", "done", updated=time.time())
+    charts = [json.loads(c.proto.spec) for c in open_page().get("vega_lite_chart")]
+    curves = [c for c in charts if "hconcat" in c]  # loss, accuracy and learning rate side by side
+    assert len(curves) == 1 and len(charts) == 3  # with the per-class accuracy and the confusion matrix
