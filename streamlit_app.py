@@ -41,4 +41,5 @@ with st.sidebar:
         st.warning(f"Skipped {app.for_visitors(problem)}", icon=":material/warning:")
 
 app.freeze_startup_heap()
+app.steady_live_views()
 page.run()

@@ -159,6 +159,7 @@ def live() -> None:
         delete_a_run(deletable)
 
 
-live()
+with st.container(key=app.LIVE_VIEW_KEY):  # redrawn without fading
+    live()
 st.page_link(st.Page(Path(__file__).with_name("runs.py")), label="Every run: its report and curves, overlays, CSV",
              icon=":material/stacked_line_chart:")

@@ -310,4 +310,6 @@ def _set_cookie(value: str, max_age: int) -> None:
     (Streamlit's server sets none), so it cannot be HttpOnly; Secure whenever the page is served over https."""
     script = (f"document.cookie = {json.dumps(f'{COOKIE}={value}')} + '; Path=/; Max-Age={max_age}; SameSite=Strict'"
               f" + (location.protocol === 'https:' ? '; Secure' : '');")
-    st.html(f"<script>{script}</script>", unsafe_allow_javascript=True)
+    with st.container(key=COOKIE):  # hidden, so that it takes no room where it is written
+        st.html(f"<style>.st-key-{COOKIE} {{ display: none; }}</style><script>{script}</script>",
+                unsafe_allow_javascript=True)

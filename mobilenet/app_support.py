@@ -261,6 +261,25 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+# ---- the live views' look ------------------------------------------------------------------------
+
+LIVE_VIEW_KEY = "live-view"  # a container whose key starts so redraws without fading: st.container(key=LIVE_VIEW_KEY)
+# While a rerun has not yet redrawn an element, Streamlit marks it data-stale and fades it to a third (after 0.5 s,
+# over 1 s); a view that refreshes itself every few seconds then looks stale, and its refresh flickers. Inside a live
+# view nothing fades. The header's running indicator with its own Stop (which stops a visitor's page run, never the
+# training) goes on a page with a live view; the header still shows a lost or restored connection.
+STEADY_CSS = f"""<style>
+[class*="st-key-{LIVE_VIEW_KEY}"] [data-stale="true"] {{ opacity: 1 !important; transition: none !important; }}
+[data-testid="stApp"]:has([class*="st-key-{LIVE_VIEW_KEY}"])
+  [data-testid="stStatusWidget"]:not(:has([data-testid="stConnectionStatus"])) {{ display: none; }}
+</style>"""
+
+
+def steady_live_views() -> None:
+    """On every run of the app: the CSS above (style only, so it takes no room on the page)."""
+    st.html(STEADY_CSS)
+
+
 # ---- training -----------------------------------------------------------------------------------
 
 MAX_EPOCHS = 200

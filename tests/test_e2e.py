@@ -29,6 +29,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from mobilenet import Classifier, explore
 from mobilenet.app_support import MAX_EPOCHS
+from mobilenet.config import TrainConfig
 from mobilenet.data import CIFAR10_CLASSES
 from mobilenet.jobs import JobManager
 
@@ -391,6 +392,68 @@ def test_training_starts_behind_the_password_updates_live_and_stops(page: Page, 
     settle(page)
     assert_no_error_box(page, server)
     screenshot(page, "training-stopped")
+
+
+# For a few seconds: the least opacity, as drawn (the element's and its ancestors' together), of what the live view
+# shows, and how many of the live view's refreshes were caught redrawing.
+LIVE_OPACITY = """async seconds => {
+    const shown = e => { let o = 1; for (; e; e = e.parentElement) o *= +getComputedStyle(e).opacity; return o; };
+    const parts = {progress: '[data-testid=stProgress]', chart: '[data-testid=stVegaLiteChart]',
+                   runs: '[data-testid=stDataFrame]', stop: 'button'};
+    const least = Object.fromEntries(Object.keys(parts).map(k => [k, 1]));
+    let refreshes = 0, running = false, header = false;
+    const main = document.querySelector('[data-testid=stMainBlockContainer]');
+    for (const end = Date.now() + seconds * 1000; Date.now() < end; await new Promise(r => setTimeout(r, 50))) {
+        for (const [part, selector] of Object.entries(parts)) {
+            for (const e of main.querySelectorAll(selector)) {
+                if (part !== 'stop' || e.innerText.trim() === 'Stop') least[part] = Math.min(least[part], shown(e));
+            }
+        }
+        const now = document.querySelector('[data-testid=stApp]').dataset.testScriptState === 'running';
+        refreshes += now && !running;
+        running = now;
+        const widget = document.querySelector('[data-testid=stStatusWidget]');
+        header ||= widget !== null && widget.getClientRects().length > 0
+                   && !widget.querySelector('[data-testid=stConnectionStatus]');
+    }
+    return {least, refreshes, header};
+}"""
+
+
+def test_a_reload_keeps_the_admin_signed_in_and_the_live_view_never_fades(page: Page, server: Server) -> None:
+    open_app(page, server, "training")
+    start = main(page).get_by_role("button", name="Start")
+    password = page.get_by_label("Admin password", exact=True)
+    password.fill(server.password)
+    password.press("Enter")
+    expect(start).to_be_enabled()
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "mobilenet_admin"]
+    assert cookie["sameSite"] == "Strict" and cookie["path"] == "/" and cookie["value"] not in page.url
+    screenshot(page, "training-signed-in")
+    page.reload()
+    settle(page)
+    expect(main(page).get_by_text("Signed in as admin")).to_be_visible()
+    expect(start).to_be_enabled()
+
+    JobManager(server.runs).start(TrainConfig(data=str(server.images), alpha=0.25, batch_size=8, epochs=MAX_EPOCHS))
+    try:
+        expect(main(page).get_by_test_id("stProgress")).to_contain_text("img/s", timeout=2 * TIMEOUT_MS)
+        expect(main(page).get_by_test_id("stVegaLiteChart")).to_have_count(1)
+        seen = page.evaluate(LIVE_OPACITY, 8)
+        assert seen["refreshes"] >= 2, seen  # the live view refreshed while it was watched
+        assert seen["least"] == {"progress": 1, "chart": 1, "runs": 1, "stop": 1}, seen
+        assert not seen["header"], seen  # the header's own running indicator and Stop stayed away
+    finally:
+        stop_training(server.runs)
+
+    main(page).get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("Admin password", exact=True)).to_be_visible()
+    page.reload()
+    settle(page)
+    expect(page.get_by_label("Admin password", exact=True)).to_be_visible()  # signed out for good
+    expect(main(page).get_by_role("button", name="Start")).to_be_disabled()
+    assert [c for c in page.context.cookies() if c["name"] == "mobilenet_admin"] == []
+    assert_no_error_box(page, server)
 
 
 def test_on_a_phone_every_chart_fits_the_screen_and_sample_titles_keep_their_size(phone: Page, server: Server) -> None:
