@@ -366,7 +366,7 @@ def test_training_starts_behind_the_password_updates_live_and_stops(page: Page, 
     password.press("Enter")
     expect(start).to_be_enabled()
 
-    expect(main(page).get_by_test_id("stSelectbox").first).to_contain_text("shapes")  # the data root's, by name
+    expect(main(page).get_by_role("combobox", name="Data")).to_have_value("shapes")  # the data root's, by name
     page.get_by_role("slider", name="α").focus()
     page.keyboard.press("Home")  # the smallest α, 0.25
     page.get_by_label("Batch size", exact=True).fill("8")
