@@ -1,6 +1,6 @@
 """Training: one background job per server, streamed live to every visitor.
 
-Starting, stopping and resuming sit behind the admin gate."""
+Starting, stopping, resuming and deleting runs sit behind the admin gate."""
 
 from pathlib import Path
 
