@@ -5,6 +5,7 @@ import streamlit as st
 
 from mobilenet import app_support as app
 from mobilenet import charts
+from mobilenet.jobs import RunInfo
 
 st.title("Runs")
 snapshot = app.runs_snapshot()
@@ -16,20 +17,28 @@ if note := app.run_link_note(names):  # before the selector, which drops a name 
 if not names:
     st.info("No runs yet: the Training page starts one, and every run appears here.")
     st.stop()
+live_when_drawn = {r.name for r in snapshot.runs if r.state.live}
+
+
+def refresh_s(shown: set[str]) -> float:
+    return app.REFRESH_S if shown & live_when_drawn else app.IDLE_REFRESH_S
+
+
+def runs_now(shown: set[str]) -> dict[str, RunInfo]:
+    """The runs as they are now; the whole page reruns when one of those shown went, started or ended (the refresh
+    rate follows)."""
+    runs = {r.name: r for r in app.runs_snapshot().runs}
+    if not shown <= set(runs) or {name for name in shown if runs[name].state.live} != shown & live_when_drawn:
+        st.rerun(scope="app")
+    return runs
+
 
 chosen = st.selectbox("Run", names, key=app.RUN_KEY, bind="query-params", help="Newest first")
-compared = st.multiselect("Overlay the curves of", names, key=app.COMPARE_KEY, bind="query-params",
-                          placeholder="two or more runs")
-shown = {chosen, *compared}
-watching_live = any(r.state.live for r in snapshot.runs if r.name in shown)
 
 
-@st.fragment(run_every=app.REFRESH_S if watching_live else app.IDLE_REFRESH_S)
-def runs_view() -> None:
-    runs = {r.name: r for r in app.runs_snapshot().runs}
-    if not shown <= set(runs) or any(runs[name].state.live for name in shown) != watching_live:
-        st.rerun(scope="app")  # a run was removed, or one started or ended: the refresh rate follows
-    run = runs[chosen]
+@st.fragment(run_every=refresh_s({chosen}))
+def run_view() -> None:
+    run = runs_now({chosen})[chosen]
     st.markdown(f"**{run.name}**: {run.state.value}, epoch {run.epoch}/{run.epochs}")
     st.caption(app.run_settings(run))
     if run.error:
@@ -44,15 +53,26 @@ def runs_view() -> None:
             column.vega_lite_chart(spec, width="stretch")
     else:
         st.caption("No metrics yet: the curves appear with the first training steps.")
-    if len(compared) >= 2:
-        st.subheader("Overlay")
-        for column, spec in zip(st.columns(len(charts.OVERLAID)), app.overlay([runs[name] for name in compared])):
-            column.vega_lite_chart(spec, width="stretch")
-    elif compared:
-        st.caption("Choose one more run to overlay their curves.")
 
 
-runs_view()
+run_view()
 chosen_run = next(r for r in snapshot.runs if r.name == chosen)
 st.download_button("Download its metrics (CSV)", lambda: app.run_metrics_csv(chosen_run),
                    file_name=f"{chosen}-metrics.csv", mime="text/csv", on_click="ignore")
+
+st.subheader("Overlay")
+compared = st.multiselect("Runs to overlay", names, key=app.COMPARE_KEY, bind="query-params",
+                          placeholder="two or more runs")
+
+
+@st.fragment(run_every=refresh_s(set(compared)))
+def overlay_view() -> None:
+    runs = runs_now(set(compared))
+    if len(compared) < 2:
+        st.caption("Choose two or more runs to draw their validation accuracy and training loss on shared axes.")
+        return
+    for column, spec in zip(st.columns(len(charts.OVERLAID)), app.overlay([runs[name] for name in compared])):
+        column.vega_lite_chart(spec, width="stretch")
+
+
+overlay_view()

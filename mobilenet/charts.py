@@ -136,6 +136,9 @@ def confusion(result: Evaluation) -> alt.LayerChart:
 
 
 CURVES = ("loss", "accuracy", "learning rate")
+# Heights of a run's and an overlay's charts: the plot, and a row for each entry of the legend above it, which
+# Vega fits into the chart's height.
+PLOT_HEIGHT, LEGEND_ROW = 320, 30  # the plot with its axes and title
 
 
 def _curves_frame(rows: list[MetricsRow], epochs: int) -> pd.DataFrame:
@@ -153,12 +156,12 @@ def _curves_frame(rows: list[MetricsRow], epochs: int) -> pd.DataFrame:
     return pd.DataFrame(long, columns=["step", "epoch", "epochs", "measure", "value", "series"])
 
 
-def _curve(frame: pd.DataFrame, measure: str, x: alt.X) -> alt.LayerChart:
+def _curve(frame: pd.DataFrame, measure: str, x: alt.X, legend: alt.Legend) -> alt.LayerChart:
     """One measure: steps as thin lines, epochs as lines with points."""
     part = alt.Chart(frame[frame["measure"] == measure]).encode(
         x=x,
         y=alt.Y("value:Q", title=measure, axis=alt.Axis(format="%" if measure == "accuracy" else "~g")),
-        color=alt.Color("series:N", legend=alt.Legend(orient="bottom", title=None)),
+        color=alt.Color("series:N", legend=legend),
         tooltip=["epoch:Q", "step:Q", "series:N", alt.Tooltip("value:Q", format=".4g")],
     )
     lines = part.transform_filter(alt.datum.series != "train (epochs)").transform_filter(
@@ -170,7 +173,9 @@ def _curve(frame: pd.DataFrame, measure: str, x: alt.X) -> alt.LayerChart:
 def training_curves(rows: list[MetricsRow]) -> alt.HConcatChart:
     """Loss, accuracy and learning rate against the step: steps as thin lines, epochs as points."""
     frame = _curves_frame(rows, epochs=0)
-    return alt.hconcat(*(_curve(frame, measure, alt.X("step:Q")).properties(title=measure, width=240, height=200)
+    legend = alt.Legend(orient="bottom", title=None)
+    return alt.hconcat(*(_curve(frame, measure, alt.X("step:Q"), legend).properties(title=measure, width=240,
+                                                                                      height=200)
                          for measure in CURVES))
 
 
@@ -179,7 +184,10 @@ def run_curves(rows: list[MetricsRow], epochs: int) -> list[alt.LayerChart]:
     three charts as wide as their container, for columns that stack on a phone."""
     frame = _curves_frame(rows, epochs)
     x = alt.X("epochs:Q", title="epoch", scale=alt.Scale(domainMin=0))
-    return [_curve(frame, measure, x).properties(title=measure, width=FIT, padding=PADDING) for measure in CURVES]
+    legend = alt.Legend(orient="top", title=None, direction="vertical")  # side by side, the names need more room
+    return [_curve(frame, measure, x, legend).properties(title=measure, width=FIT, height=LEGEND_ROW * 3 + PLOT_HEIGHT,
+                                                         padding=PADDING)
+            for measure in CURVES]
 
 
 OVERLAID = {"validation accuracy": "val_acc", "training loss": "train_loss"}  # measure: its MetricsRow field
@@ -198,4 +206,5 @@ def overlay(runs: dict[str, list[MetricsRow]]) -> list[alt.Chart]:
                 scale=alt.Scale(zero=False)),
         color=colours,
         tooltip=["run:N", "epoch:Q", alt.Tooltip(f"{measure}:Q", format=".4g")],
-    ).properties(title=measure, width=FIT, padding=PADDING) for measure in OVERLAID]
+    ).properties(title=measure, width=FIT, height=LEGEND_ROW * len(runs) + PLOT_HEIGHT, padding=PADDING)
+        for measure in OVERLAID]

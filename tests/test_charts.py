@@ -55,6 +55,8 @@ def test_a_runs_curves_are_against_the_epoch_each_step_within_its_epoch() -> Non
     for spec in curves:
         fits_a_phone(spec)
         assert {layer["encoding"]["x"]["field"] for layer in spec["layer"]} == {"epochs"}
+        legends = [layer["encoding"]["color"]["legend"] for layer in spec["layer"]]
+        assert all(legend["orient"] == "top" and legend["direction"] == "vertical" for legend in legends)  # in a third
     loss = data(curves[0])
     assert [row["epochs"] for row in loss if row["series"] == "train (steps)"] == [0.5, 0.9, 1.5, 1.9]
     assert [row["epochs"] for row in loss if row["series"] == "val (epochs)"] == [1.0, 2.0]
