@@ -136,9 +136,9 @@ def confusion(result: Evaluation) -> alt.LayerChart:
 
 
 CURVES = ("loss", "accuracy", "learning rate")
-# Heights of a run's and an overlay's charts: the plot, and a row for each entry of the legend above it, which
-# Vega fits into the chart's height.
-PLOT_HEIGHT, LEGEND_ROW = 320, 30  # the plot with its axes and title
+# Heights of a run's and an overlay's charts: the plot with its axes and title, and above it a row per entry of the
+# legend, which Vega fits into the chart's height.
+PLOT_HEIGHT, LEGEND_ROW = 320, 30
 
 
 def _curves_frame(rows: list[MetricsRow], epochs: int) -> pd.DataFrame:
