@@ -41,6 +41,7 @@ COOKIE = "mobilenet_admin"
 TOKEN_KEY = "admin_token"  # this session's sign-in token, in st.session_state
 PASSWORD_KEY = "admin_password"  # the password field
 REFUSAL_KEY = "admin_refusal"  # why the last sign-in failed, shown under the field
+SIGNED_OUT_KEY = "admin_signed_out"  # this session signed out: the cookie it may have set is cleared
 log = logging.getLogger(__name__)
 
 
@@ -83,8 +84,8 @@ class Verdict:
         wait = f"try again in {max(1, round(self.wait_s))} s"
         if self.checked:
             return f"Wrong password: {wait}."
-        whose = "this server" if self.server_wide else "your address"
-        return f"Too many wrong guesses from {whose}: {wait}."
+        where = "on this server" if self.server_wide else "from your address"
+        return f"Too many wrong guesses {where}: {wait}."
 
 
 @dataclass
@@ -276,6 +277,7 @@ def sign_in() -> None:
     if verdict.accepted:
         st.session_state[TOKEN_KEY] = session_store().issue(expected)
         st.session_state.pop(REFUSAL_KEY, None)
+        st.session_state.pop(SIGNED_OUT_KEY, None)
     else:
         st.session_state[REFUSAL_KEY] = verdict.message()
 
@@ -283,6 +285,7 @@ def sign_in() -> None:
 def sign_out() -> None:
     """Revoke this session's token on the server (the cookie, if the browser keeps it, no longer signs in)."""
     token, password = st.session_state.pop(TOKEN_KEY, None), admin_password()
+    st.session_state[SIGNED_OUT_KEY] = True
     if token and password:
         session_store().revoke(token, password)
 
@@ -301,7 +304,7 @@ def keep_in_browser() -> None:
 
 def forget_in_browser() -> None:
     """Clear the cookie of a sign-in that no longer holds (signed out, expired, or the password changed)."""
-    if browser_token():
+    if browser_token() or st.session_state.get(SIGNED_OUT_KEY):
         _set_cookie("", 0)
 
 

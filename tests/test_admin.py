@@ -64,7 +64,7 @@ def test_many_addresses_together_meet_a_server_wide_ceiling() -> None:
         assert gate.check(f"203.0.113.{i}", "guess", PASSWORD).checked
     refused = gate.check("203.0.113.99", "guess", PASSWORD)
     assert (refused.checked, refused.server_wide, refused.wait_s) == (False, True, 2.0)
-    assert refused.message() == "Too many wrong guesses from this server: try again in 2 s."
+    assert refused.message() == "Too many wrong guesses on this server: try again in 2 s."
     clock.advance(2.0)  # one guess's worth refilled
     assert gate.check("203.0.113.99", "guess", PASSWORD).checked
     assert not gate.check("203.0.113.100", "guess", PASSWORD).checked
@@ -208,6 +208,18 @@ def test_a_reload_keeps_the_admin_signed_in_and_sign_out_ends_it(gated: FakeCloc
     [cleared] = cookie_scripts(reloaded)
     assert f"{admin.COOKIE}=" in cleared and "Max-Age=0" in cleared
     assert start_disabled(open_page())  # the browser's cookie no longer signs in, even if kept
+
+
+def test_signing_out_clears_the_cookie_this_session_set(gated: FakeClock) -> None:
+    at = open_page()
+    password_field(at).input(PASSWORD).run()
+    assert cookie_scripts(at)
+    next(b for b in at.button if b.label == "Sign out").click().run()
+    [cleared] = cookie_scripts(at)
+    assert "Max-Age=0" in cleared
+    password_field(at).input(PASSWORD).run()
+    [kept] = cookie_scripts(at)  # signed in again: the new token, and no clearing after it
+    assert f"{admin.COOKIE}={at.session_state[admin.TOKEN_KEY]}" in kept
 
 
 def test_a_new_password_signs_out_every_browser(gated: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
