@@ -76,13 +76,17 @@ if latency.button("Measure each model's latency here", icon=":material/timer:"):
         latency.info("No model with a validation accuracy here yet.")
     else:
         latency.altair_chart(charts.accuracy_cost(ours, "latency ms"), width="stretch")
+        latency.caption(explore.latency_caption(ours))
 else:
-    latency.caption("The paper gives no latencies: ours are timed on this machine, a batch of one image each.")
+    latency.caption("The paper gives no latencies: ours are timed on this machine, a batch of one image each, on "
+                    "the engine the sidebar chose.")
 
 st.subheader("Latency")
 if st.button("Measure latency on this machine", icon=":material/timer:"):
     with st.spinner("Timing one image through this network…"):
         latency = explore.measure_latency(alpha, stem, resolution)
     st.metric("latency per image (batch of 1)", f"{latency.median_ms:.2f} ms")
-    st.caption(f"Median of {latency.runs} runs on {latency.device} (best {latency.best_ms:.2f} ms), random "
-               f"weights with BatchNorm folded into the convolutions, as the app serves models.")
+    st.caption(f"Median of {latency.runs} runs on {latency.device} with {latency.engine} (best "
+               f"{latency.best_ms:.2f} ms), random weights with BatchNorm folded into the convolutions. Any α and "
+               f"resolution run on PyTorch here: the int8 engine needs a model quantized first, so the trained "
+               f"models' int8 latency is in the chart above.")

@@ -29,6 +29,10 @@ class EngineError(CheckpointError):
 class Engine(Protocol):
     name: str  # "torch", "onnx" or "int8"
 
+    @property
+    def threads(self) -> int | None:
+        """The CPU threads a call runs on; None: the runtime's default."""
+
     def __call__(self, views: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -45,6 +49,10 @@ def describe(engine: str) -> str:
 class TorchEngine:
     model: nn.Module  # BN-folded, eval mode, on its device
     name: str = "torch"
+
+    @property
+    def threads(self) -> int | None:
+        return torch.get_num_threads()  # torch's setting is the whole process's
 
     def __call__(self, views: torch.Tensor) -> torch.Tensor:
         return self.model(views)
@@ -64,7 +72,7 @@ class OnnxEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning threads would take the cores from concurrent requests and any training job.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.name, self._input, self._output = name, INPUT, OUTPUT
+        self.name, self.threads, self._input, self._output = name, threads, INPUT, OUTPUT
         self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, views: torch.Tensor) -> torch.Tensor:

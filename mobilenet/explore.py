@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pandas as pd
@@ -13,7 +13,8 @@ import torch
 
 from .device import device_name, pick_device
 from .checkpoint import ModelCard
-from .infer import fold_batchnorm
+from .engines import describe, precision
+from .infer import Classifier, fold_batchnorm
 from .model import BASE_RESOLUTION, NUM_CLASSES, STEMS, MobileNetV1
 from .stats import ModelStats, model_stats
 
@@ -161,22 +162,15 @@ class Latency:
     median_ms: float
     best_ms: float
     runs: int
-    device: str  # with the CPU's thread count
+    device: str  # with the thread count on the CPU
+    engine: str  # engines.describe of what ran: "PyTorch, fp32", "ONNX Runtime, int8"
 
 
-@torch.inference_mode()
-def measure_latency(alpha: float, stem: str, resolution: int, device: str = "auto", budget_s: float = 2.0,
-                    max_runs: int = 100) -> Latency:
-    """Time one image through a random-weight network (BatchNorm folded, as served) within about budget_s."""
-    dev = pick_device(device)
-    model = fold_batchnorm(MobileNetV1(NUM_CLASSES[stem], alpha, stem)).to(dev, memory_format=torch.channels_last)
-    x = torch.randn(1, 3, resolution, resolution, device=dev).contiguous(memory_format=torch.channels_last)
-
+def _timed(run: Callable[[], object], budget_s: float, max_runs: int) -> list[float]:
+    """ms per call of run (which returns once the device has finished), after a warm-up call, within about budget_s."""
     def once() -> float:
         start = time.perf_counter()
-        model(x)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        run()
         return (time.perf_counter() - start) * 1000
 
     once()  # warm-up: allocator, kernel selection
@@ -184,14 +178,63 @@ def measure_latency(alpha: float, stem: str, resolution: int, device: str = "aut
     times = [once()]
     while len(times) < max_runs and (len(times) < 3 or time.perf_counter() < deadline):
         times.append(once())
+    return times
+
+
+def _where(dev: torch.device, threads: int | None) -> str:
+    """The device for people, with the thread count on the CPU (None: the runtime's default)."""
+    if dev.type != "cpu":
+        return device_name(dev)
+    count = "default threads" if threads is None else f"{threads} thread{'' if threads == 1 else 's'}"
+    return f"{device_name(dev)}, {count}"
+
+
+@torch.inference_mode()
+def measure_latency(alpha: float, stem: str, resolution: int, device: str = "auto", budget_s: float = 2.0,
+                    max_runs: int = 100) -> Latency:
+    """Time one image through a random-weight network (BatchNorm folded, as served) within about budget_s.
+
+    Always PyTorch: the explorer offers shapes no trained model has, and an int8 twin of a random network
+    would first need quantizing, 3 to 23 s of calibration on a 2-core CPU for each shape asked."""
+    dev = pick_device(device)
+    model = fold_batchnorm(MobileNetV1(NUM_CLASSES[stem], alpha, stem)).to(dev, memory_format=torch.channels_last)
+    x = torch.randn(1, 3, resolution, resolution, device=dev).contiguous(memory_format=torch.channels_last)
+
+    def run() -> None:
+        model(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    times = _timed(run, budget_s, max_runs)
     threads = torch.get_num_threads()  # the app's Classifier may have set it to 1 for the whole process
-    device = device_name(dev) + (f", {threads} thread{'' if threads == 1 else 's'}" if dev.type == "cpu" else "")
-    return Latency(statistics.median(times), min(times), len(times), device)
+    return Latency(statistics.median(times), min(times), len(times), _where(dev, threads), describe("torch"))
 
 
-def with_latency(points: pd.DataFrame, budget_s: float = 0.5) -> pd.DataFrame:
-    """Our models' rows of accuracy_against_cost with their latency measured here (batch of 1, as served)."""
-    ours = points[points["data"] == OURS].copy()
-    ours["latency ms"] = [measure_latency(row.alpha, row.stem, row.resolution, budget_s=budget_s).median_ms
-                          for row in ours.itertuples()]
+def classifier_latency(clf: Classifier, budget_s: float = 0.5, max_runs: int = 100) -> Latency:
+    """Time one image as the classifier answers it, on its engine: normalisation, the card's test-time
+    augmentation views, the network and softmax (decoding aside, which depends on the file)."""
+    side = clf.card.resolution
+    image = torch.zeros(1, 3, side, side, dtype=torch.uint8)  # the time does not depend on the pixels
+    times = _timed(lambda: clf.probabilities(image), budget_s, max_runs)  # returns on the CPU: the device is done
+    return Latency(statistics.median(times), min(times), len(times), _where(clf.device, clf.threads),
+                   describe(clf.engine))
+
+
+def with_latency(points: pd.DataFrame, classifiers: Mapping[str, Classifier], budget_s: float = 0.5) -> pd.DataFrame:
+    """Our models' rows of accuracy_against_cost that have a classifier (by model name), each timed as it answers
+    (batch of 1) on its engine; the label names the precision it ran in, and engine and device are columns."""
+    ours = points[(points["data"] == OURS) & points["model"].isin(list(classifiers))].copy()
+    timed = [classifier_latency(classifiers[name], budget_s) for name in ours["model"]]
+    ours["latency ms"] = [t.median_ms for t in timed]
+    ours["engine"] = [t.engine for t in timed]
+    ours["device"] = [t.device for t in timed]
+    ours["label"] = [f"{label} {precision(classifiers[name].engine)}"
+                     for label, name in zip(ours["label"], ours["model"])]
     return ours
+
+
+def latency_caption(timed: pd.DataFrame) -> str:
+    """Where and on what with_latency's rows were timed, for the caption under their chart."""
+    engines = "; ".join(f"{name} on {engine}" for name, engine in zip(timed["model"], timed["engine"]))
+    return (f"Timed here on {', '.join(dict.fromkeys(timed['device']))}: one image per call as each model answers "
+            f"on the engine the sidebar chose (its test-time augmentation included, decoding aside): {engines}.")

@@ -102,6 +102,11 @@ class Classifier:
         """The engine that answers: "torch", "onnx" or "int8"."""
         return self._engine.name
 
+    @property
+    def threads(self) -> int | None:
+        """The CPU threads one call runs on (None: ONNX Runtime's default)."""
+        return self._engine.threads
+
     def prepare(self, source: ImageSource) -> torch.Tensor:
         """Untrusted source → 3×R×R uint8 tensor, as in training (raises ImageError)."""
         return load_model_input(source, self.card.resolution, self.limits)

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import onnx
+import pyarrow as pa
 import pytest
 import torch
 from helpers import isolate_app, random_model, save_random_checkpoint, write_folder
@@ -289,3 +290,20 @@ def test_the_app_works_with_torch_only(tmp_path: Path, monkeypatch: pytest.Monke
     assert not at.sidebar.get("segmented_control")
     at.switch_page("app_pages/inference.py").run()
     assert not at.exception and not at.error
+
+
+def test_the_explorer_times_each_model_on_the_sidebars_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    places = isolate_app(tmp_path, monkeypatch)
+    shutil.copy(CHECKPOINTS / "mobilenet_v1_a0.25.pt", places / "checkpoints")
+    shutil.copy(int8_file(CHECKPOINTS / "mobilenet_v1_a0.25.pt"), places / "checkpoints")
+    at = AppTest.from_file(APP, default_timeout=60).run()  # the explorer is the first page
+    for precision, described in (("int8", "ONNX Runtime, int8"), ("fp32", "ONNX Runtime, fp32")):
+        at.sidebar.get("segmented_control")[0].set_value(precision).run()
+        next(b for b in at.button if b.label == "Measure each model's latency here").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        chart = next(c.proto for c in at.get("vega_lite_chart") if "latency ms" in c.proto.spec)
+        rows = [row for data in chart.datasets for row in pa.ipc.open_stream(data.data.data).read_all().to_pylist()]
+        assert [(row["label"], row["engine"]) for row in rows] == [(f"α 0.25 {precision}", described)]
+        assert any(f"mobilenet_v1_a0.25 on {described}" in c.value for c in at.caption)
+    next(b for b in at.button if b.label == "Measure latency on this machine").click().run()
+    assert any("with PyTorch, fp32" in c.value for c in at.caption)  # any α and resolution: a random torch model

@@ -175,8 +175,36 @@ def test_accuracy_against_cost_puts_our_models_beside_the_papers() -> None:
     assert ours["mult-adds M"].item() == explore.stats_for(1.0, "cifar", 32).mult_adds / 1e6
     paper = points[points["data"] == explore.PAPERS]
     assert len(paper) == 7 and paper["mult-adds M"].max() == 569 and paper["accuracy"].max() == 0.706
-    timed = explore.with_latency(points, budget_s=0.05)
-    assert timed["model"].tolist() == ["ours"] and (timed["latency ms"] > 0).all()
+
+
+SHIPPED_SMALL = Path(__file__).resolve().parent.parent / "checkpoints" / "mobilenet_v1_a0.25.pt"
+
+
+@pytest.mark.parametrize("engine, described, label", [("int8", "ONNX Runtime, int8", "α 0.25 int8"),
+                                                       ("torch", "PyTorch, fp32", "α 0.25 fp32")])
+def test_each_model_is_timed_on_its_own_engine(engine: str, described: str, label: str) -> None:
+    clf = Classifier.load(SHIPPED_SMALL, device="cpu", engine=engine)
+    points = explore.accuracy_against_cost([("small", clf.card), ("no classifier here", save_card())])
+    timed = explore.with_latency(points, {"small": clf}, budget_s=0.05)
+    assert timed["model"].tolist() == ["small"] and (timed["latency ms"] > 0).all()
+    assert timed["engine"].tolist() == [described] and timed["label"].tolist() == [label]
+    assert timed["device"].item().startswith("CPU") and timed["device"].item().endswith(", 1 thread")
+    assert f"small on {described}" in explore.latency_caption(timed)
+
+
+def test_a_classifiers_latency_is_its_engines() -> None:
+    class Counting:
+        name, threads, calls = "int8", 1, 0
+
+        def __call__(self, views: torch.Tensor) -> torch.Tensor:
+            Counting.calls += 1
+            return torch.zeros(len(views), 10)
+
+    card = save_card()
+    clf = Classifier(card.build(), card, "cpu", engine=Counting())
+    latency = explore.classifier_latency(clf, budget_s=0.01, max_runs=7)
+    assert Counting.calls == latency.runs + 1  # a warm-up call, then the timed ones: every one through the engine
+    assert latency.engine == "ONNX Runtime, int8" and latency.device.endswith(", 1 thread")
 
 
 def test_link_problems_name_what_the_widgets_would_drop() -> None:
