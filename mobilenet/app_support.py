@@ -105,8 +105,24 @@ def accuracy_points() -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=16, show_spinner="Timing each model on this machine…")
+def _latency_points(points: pd.DataFrame, chosen: tuple[tuple[str, tuple[int, int], str], ...],
+                    _classifiers: dict[str, Classifier]) -> pd.DataFrame:  # chosen: cache key only
+    return explore.with_latency(points, _classifiers)
+
+
 def latency_points(points: pd.DataFrame) -> pd.DataFrame:
-    return explore.with_latency(points)
+    """Our models among points, each timed as it answers here on the engine the sidebar chose for it (int8 on the
+    CPU where its file is there); a model whose engine refuses to load is left out (its pages say why)."""
+    classifiers: dict[str, Classifier] = {}
+    for entry in models().models:
+        if entry.key in set(points["model"]):
+            try:
+                classifiers[entry.key] = _classifier(entry.path, entry.version, engine_for(entry))
+            except CheckpointError:
+                continue
+    chosen = tuple((entry.key, entry.version, classifiers[entry.key].engine) for entry in models().models
+                   if entry.key in classifiers)
+    return _latency_points(points, chosen, classifiers)
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the model…")
