@@ -395,13 +395,17 @@ def test_training_starts_behind_the_password_updates_live_and_stops(page: Page, 
 
 
 # For a few seconds: the least opacity, as drawn (the element's and its ancestors' together), of what the live view
-# shows, and how many of the live view's refreshes were caught redrawing.
+# shows; how many runs (the live view's refreshes) ended meanwhile; whether the header showed its running indicator.
 LIVE_OPACITY = """async seconds => {
     const shown = e => { let o = 1; for (; e; e = e.parentElement) o *= +getComputedStyle(e).opacity; return o; };
     const parts = {progress: '[data-testid=stProgress]', chart: '[data-testid=stVegaLiteChart]',
                    runs: '[data-testid=stDataFrame]', stop: 'button'};
     const least = Object.fromEntries(Object.keys(parts).map(k => [k, 1]));
-    let refreshes = 0, running = false, header = false;
+    let refreshes = 0, header = false;
+    const app = document.querySelector('[data-testid=stApp]');
+    const ended = changes => changes.filter(c => c.oldValue === 'running').length;
+    const runs = new MutationObserver(changes => { refreshes += ended(changes); });
+    runs.observe(app, {attributeFilter: ['data-test-script-state'], attributeOldValue: true});
     const main = document.querySelector('[data-testid=stMainBlockContainer]');
     for (const end = Date.now() + seconds * 1000; Date.now() < end; await new Promise(r => setTimeout(r, 50))) {
         for (const [part, selector] of Object.entries(parts)) {
@@ -409,13 +413,11 @@ LIVE_OPACITY = """async seconds => {
                 if (part !== 'stop' || e.innerText.trim() === 'Stop') least[part] = Math.min(least[part], shown(e));
             }
         }
-        const now = document.querySelector('[data-testid=stApp]').dataset.testScriptState === 'running';
-        refreshes += now && !running;
-        running = now;
         const widget = document.querySelector('[data-testid=stStatusWidget]');
         header ||= widget !== null && widget.getClientRects().length > 0
                    && !widget.querySelector('[data-testid=stConnectionStatus]');
     }
+    runs.disconnect();
     return {least, refreshes, header};
 }"""
 
