@@ -258,10 +258,10 @@ def signed_in() -> bool:
     password = admin_password()
     if password is None:
         return True
-    token = st.session_state.get(TOKEN_KEY) or browser_token()
-    if token and session_store().valid(token, password):
-        st.session_state[TOKEN_KEY] = token
-        return True
+    for token in (st.session_state.get(TOKEN_KEY), browser_token()):
+        if token and session_store().valid(token, password):
+            st.session_state[TOKEN_KEY] = token
+            return True
     st.session_state.pop(TOKEN_KEY, None)
     return False
 
