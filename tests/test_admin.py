@@ -222,6 +222,17 @@ def test_signing_out_clears_the_cookie_this_session_set(gated: FakeClock) -> Non
     assert f"{admin.COOKIE}={at.session_state[admin.TOKEN_KEY]}" in kept
 
 
+def test_a_session_whose_token_lapsed_takes_the_one_its_browser_sent(gated: FakeClock,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page()
+    password_field(at).input(PASSWORD).run()
+    other_tab = admin.session_store().issue(PASSWORD)  # a sign-in in another tab, whose cookie this tab sent
+    monkeypatch.setattr(admin, "browser_token", lambda: other_tab)
+    admin.session_store().revoke(at.session_state[admin.TOKEN_KEY], PASSWORD)
+    at.run()
+    assert not start_disabled(at) and at.session_state[admin.TOKEN_KEY] == other_tab
+
+
 def test_a_new_password_signs_out_every_browser(gated: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     at = open_page()
     password_field(at).input(PASSWORD).run()
