@@ -55,7 +55,8 @@ def run_view() -> None:
         st.caption("No metrics yet: the curves appear with the first training steps.")
 
 
-run_view()
+with st.container(key=f"{app.LIVE_VIEW_KEY}-run"):  # redrawn without fading
+    run_view()
 chosen_run = next(r for r in snapshot.runs if r.name == chosen)
 st.download_button("Download its metrics (CSV)", lambda: app.run_metrics_csv(chosen_run),
                    file_name=f"{chosen}-metrics.csv", mime="text/csv", on_click="ignore")
@@ -75,4 +76,5 @@ def overlay_view() -> None:
         column.vega_lite_chart(spec, width="stretch")
 
 
-overlay_view()
+with st.container(key=f"{app.LIVE_VIEW_KEY}-overlay"):
+    overlay_view()
