@@ -4,7 +4,9 @@ markdown tables for BENCHMARKS.md.
     .venv/bin/python bench/bench_engines.py [--data ../shared/data/cifar10-train-jpeg.zip] [--quick]
 
 Single image: bytes in, top-5 out, with the flip TTA the shipped cards ask for (the seed's path has none), one
-thread, contenders taking turns in blocks. Batch: predict_batch on 256 CIFAR-sized PNGs. Evaluation: 10,000
+thread, contenders taking turns in blocks; beside them decoding alone (mobilenet.intake.decode, a JPEG at the
+reduced DCT scale), the floor under every engine. Batch: predict_batch on 256 CIFAR-sized PNGs, and the network
+alone (Classifier.probabilities on the decoded images, TTA included), what an engine can change. Evaluation: 10,000
 decoded training-zip images (no CIFAR-10 test set on this machine), today's path (the unfolded torch model
 through mobilenet.evaluate, torch's default threads) against Classifier.probabilities on every core. Accuracy:
 each shipped model on its validation split in fp32 and int8. Concurrency: 16 threads × 100 predictions.
@@ -26,6 +28,7 @@ from bench_inference import latencies, machine, noise_png, percentile, phone_pho
 from mobilenet import Classifier, checkpoint, data  # noqa: E402
 from mobilenet.catalog import default_checkpoint, shipped_checkpoints  # noqa: E402
 from mobilenet.evaluate import evaluate, score  # noqa: E402
+from mobilenet.intake import decode  # noqa: E402
 
 ENGINES = ("torch", "onnx", "int8")
 
@@ -45,24 +48,33 @@ def main() -> None:
     clfs = {engine: Classifier.load(path, device="cpu", engine=engine) for engine in ENGINES}  # one thread
     print(f"Weights: {path.name}, TTA {card.tta}\n")
 
-    print("| input | seed, 1 thread | seed, 2 threads | torch | onnx fp32 | int8 | int8 vs seed (1 / 2 threads) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    # "decoding alone" is the floor under any engine: the most int8 can be is seed / decoding (last column).
+    print("| input | seed, 1 thread | seed, 2 threads | torch | onnx fp32 | int8 | int8 vs seed (1 / 2 threads) "
+          "| decoding alone | seed, 1 thread / decoding alone |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, blob, rounds in [("32×32 PNG", noise_png((32, 32)), 20), ("12 MP phone JPEG", phone_photo(), 6)]:
         contenders = {"seed1": (1, seed), "seed2": (default_threads, seed)}
         contenders |= {engine: (1, clf.predict) for engine, clf in clfs.items()}
+        contenders["decode"] = (1, lambda data: decode(data, draft_side=card.resolution))
         p50 = {k: percentile(v, 50) for k, v in latencies(blob, contenders, max(1, round(rounds * scale)), 5).items()}
         print(f"| {name} | {p50['seed1']:.2f} | {p50['seed2']:.2f} | {p50['torch']:.2f} | {p50['onnx']:.2f} "
-              f"| {p50['int8']:.2f} | {p50['seed1'] / p50['int8']:.1f}× / {p50['seed2'] / p50['int8']:.1f}× |")
+              f"| {p50['int8']:.2f} | {p50['seed1'] / p50['int8']:.1f}× / {p50['seed2'] / p50['int8']:.1f}× "
+              f"| {p50['decode']:.2f} | {p50['seed1'] / p50['decode']:.1f}× |")
     torch.set_num_threads(1)
 
     batch = [noise_png((32, 32), s) for s in range(256)]
-    print("\n| predict_batch, 256 × 32×32 PNG, 1 thread | img/s | vs torch |\n|---|---:|---:|")
-    rates = {}
+    decoded = torch.stack([clfs["torch"].prepare(b) for b in batch])
+    print("\n| predict_batch, 256 × 32×32 PNG, 1 thread | img/s | vs torch | network alone (probabilities), img/s "
+          "| vs torch |\n|---|---:|---:|---:|---:|")
+    rates, network = {}, {}
     for engine, clf in clfs.items():
         clf.predict_batch(batch[:8])
         best = min(timed(lambda: clf.predict_batch(batch)) for _ in range(max(1, round(3 * scale))))
         rates[engine] = len(batch) / best
-        print(f"| {engine} | {rates[engine]:.0f} | {rates[engine] / rates['torch']:.2f}× |")
+        network[engine] = len(batch) / min(timed(lambda: clf.probabilities(decoded))
+                                           for _ in range(max(1, round(3 * scale))))
+        print(f"| {engine} | {rates[engine]:.0f} | {rates[engine] / rates['torch']:.2f}× | {network[engine]:.0f} "
+              f"| {network[engine] / network['torch']:.2f}× |")
 
     full = data.match_classes(data.load(args.data, "train", card.resolution), card.classes)
     tenk = full.subset(slice(0, 10_000))
