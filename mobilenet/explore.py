@@ -235,6 +235,9 @@ def with_latency(points: pd.DataFrame, classifiers: Mapping[str, Classifier], bu
 
 def latency_caption(timed: pd.DataFrame) -> str:
     """Where and on what with_latency's rows were timed, for the caption under their chart."""
-    engines = "; ".join(f"{name} on {engine}" for name, engine in zip(timed["model"], timed["engine"]))
+    by_engine: dict[str, list[str]] = {}
+    for name, engine in zip(timed["model"], timed["engine"]):
+        by_engine.setdefault(engine, []).append(name)
+    engines = "; ".join(f"{', '.join(names)} on {engine}" for engine, names in by_engine.items())
     return (f"Timed here on {', '.join(dict.fromkeys(timed['device']))}: one image per call as each model answers "
             f"on the engine the sidebar chose (its test-time augmentation included, decoding aside): {engines}.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import image_bytes, save_model
@@ -192,6 +193,13 @@ def test_each_model_is_timed_on_its_own_engine(engine: str, described: str, labe
     assert f"small on {described}" in explore.latency_caption(timed)
 
 
+def test_the_latency_caption_names_each_engine_once() -> None:
+    timed = pd.DataFrame({"model": ["a", "b", "c"], "device": ["CPU, 1 thread"] * 3,
+                          "engine": ["ONNX Runtime, int8", "PyTorch, fp32", "ONNX Runtime, int8"]})
+    assert explore.latency_caption(timed).endswith(": a, c on ONNX Runtime, int8; b on PyTorch, fp32.")
+    assert explore.latency_caption(timed).startswith("Timed here on CPU, 1 thread: ")
+
+
 def test_a_classifiers_latency_is_its_engines() -> None:
     class Counting:
         name, threads, calls = "int8", 1, 0
@@ -211,14 +219,3 @@ def test_link_problems_name_what_the_widgets_would_drop() -> None:
     assert explore.link_problems({"alpha": "0.5", "stem": "imagenet", "resolution": "128", "model": "x"}) == []
     assert explore.link_problems({"alpha": "2.5"}) == ["The link's α = 2.5 is outside 0.25 to 2: showing α = 1."]
     assert len(explore.link_problems({"stem": "x", "resolution": "224"})) == 2  # 224 is not a cifar resolution
-
-
-def test_training_curves_read_typed_metrics_rows() -> None:
-    from mobilenet.runs import MetricsRow
-
-    rows = [MetricsRow("step", 1, 5, 2.0, 0.2, 0.1, 100.0, 1.0, 9.0),
-            MetricsRow("epoch", 1, 10, 1.5, 0.4, 0.2, 100.0, 2.0, 8.0, val_loss=1.2, val_acc=0.5)]
-    spec = charts.training_curves(rows).to_dict()
-    values = [v for dataset in spec["datasets"].values() for v in dataset]  # one dataset per measure
-    assert {v["series"] for v in values} == {"train (steps)", "train (epochs)", "val (epochs)", "lr"}
-    assert [v["value"] for v in values if v["series"] == "val (epochs)"] == [1.2, 0.5]
