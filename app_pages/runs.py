@@ -48,10 +48,7 @@ def run_view() -> None:
         per_class, confusion = st.columns(2)
         per_class.altair_chart(charts.per_class(result), width="stretch")
         confusion.altair_chart(charts.confusion(result), width="stretch")
-    if curves := app.run_curves(run):
-        for column, spec in zip(st.columns(len(curves)), curves):
-            column.vega_lite_chart(spec, width="stretch")
-    else:
+    if not app.show_run_curves(run):
         st.caption("No metrics yet: the curves appear with the first training steps.")
 
 

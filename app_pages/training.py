@@ -111,8 +111,7 @@ def live() -> None:
         stopping = bool(job.get("stopping"))  # recorded with the job: every visitor sees it
         done, text = app.job_progress(running, rows, stopping)
         st.progress(done, text=text)
-        if rows:
-            st.vega_lite_chart(app.training_chart(running), width="stretch")
+        app.show_run_curves(running)
         if not stopping and st.button("Stop", disabled=not allowed, help=locked) and allowed:
             manager.stop()
             st.rerun()  # the whole page says "stopping…" until the job has saved and ended
@@ -130,8 +129,7 @@ def live() -> None:
         "best validation accuracy": st.column_config.NumberColumn(format="percent")})
     latest = runs[0]
     if latest is not running:
-        if latest.folder.read_metrics():
-            st.vega_lite_chart(app.training_chart(latest), width="stretch")  # its curves stay when it has ended
+        app.show_run_curves(latest)  # its curves stay when it has ended
         if latest.error:
             st.error(f"{latest.name} failed: {app.for_visitors(latest.error)}")
         result = app.report_of(latest)

@@ -346,17 +346,6 @@ def in_model_selector(run: RunInfo) -> bool:
     return models().get(f"{catalog.RUN_PREFIX}{run.name}") is not None
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
-def _training_chart(metrics: Path, identity: tuple[int, int, int]) -> dict:  # identity: part of the cache key only
-    rows = thinned(RunFolder(metrics.parent).read_metrics(), CHART_STEPS)
-    return charts.training_curves(rows).to_dict()
-
-
-def training_chart(run: RunInfo) -> dict:
-    """The live curves' Vega-Lite spec, built once per change of the metrics file for all watchers."""
-    return _training_chart(run.folder.metrics, _identity(run.folder.metrics))
-
-
 def job_progress(run: RunInfo, rows: list[MetricsRow], stopping: bool) -> tuple[float, str]:
     """The running job's progress bar (fraction done, text): "starting…" until it trains (a resumed run too,
     whose old rows are there from the start), "stopping…" from Stop until it has saved and ended."""
@@ -518,6 +507,14 @@ def run_curves(run: RunInfo) -> list[dict]:
     """A run's loss, accuracy and learning-rate specs (none before its first metrics), built once per change of its
     metrics file for all visitors."""
     return _run_curves(run.folder.metrics, _identity(run.folder.metrics), run.epochs)
+
+
+def show_run_curves(run: RunInfo) -> bool:
+    """Draw a run's curves side by side (stacked on a phone); False before its first metrics."""
+    curves = run_curves(run)
+    for column, spec in zip(st.columns(len(curves)) if curves else (), curves):
+        column.vega_lite_chart(spec, width="stretch")
+    return bool(curves)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

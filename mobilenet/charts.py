@@ -170,15 +170,6 @@ def _curve(frame: pd.DataFrame, measure: str, x: alt.X, legend: alt.Legend) -> a
     return lines + points
 
 
-def training_curves(rows: list[MetricsRow]) -> alt.HConcatChart:
-    """Loss, accuracy and learning rate against the step: steps as thin lines, epochs as points."""
-    frame = _curves_frame(rows, epochs=0)
-    legend = alt.Legend(orient="bottom", title=None)
-    return alt.hconcat(*(_curve(frame, measure, alt.X("step:Q"), legend).properties(title=measure, width=240,
-                                                                                      height=200)
-                         for measure in CURVES))
-
-
 def run_curves(rows: list[MetricsRow], epochs: int) -> list[alt.LayerChart]:
     """A run's loss, accuracy and learning rate against the epoch, each step row at its place within its epoch:
     three charts as wide as their container, for columns that stack on a phone."""

@@ -438,5 +438,6 @@ def test_a_visitor_cannot_delete_and_the_running_run_is_not_offered(places: Path
 def test_a_finished_runs_curves_stay_with_its_report(places: Path) -> None:
     finished_run(places / "runs", "done", updated=time.time())
     charts = [json.loads(c.proto.spec) for c in open_page().get("vega_lite_chart")]
-    curves = [c for c in charts if "hconcat" in c]  # loss, accuracy and learning rate side by side
-    assert len(curves) == 1 and len(charts) == 3  # with the per-class accuracy and the confusion matrix
+    titles = [c.get("title") for c in charts]
+    assert titles[:3] == ["loss", "accuracy", "learning rate"] and len(charts) == 5  # then per class, confusion
+    assert all(c["width"] == "container" for c in charts[:3])  # they fit a phone
