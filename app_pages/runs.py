@@ -42,7 +42,7 @@ def run_view() -> None:
     st.markdown(f"**{run.name}**: {run.state.value}, epoch {run.epoch}/{run.epochs}")
     st.caption(app.run_settings(run))
     if run.error:
-        st.error(f"{run.name} failed: {app.for_visitors(run.error)}")
+        st.error(f"{run.name} failed: {app.failure_reason(run)}")
     if result := app.report_of(run):
         st.markdown(f"Validation accuracy {result.accuracy:.2%}")
         per_class, confusion = st.columns(2)

@@ -131,7 +131,7 @@ def live() -> None:
     if latest is not running:
         app.show_run_curves(latest)  # its curves stay when it has ended
         if latest.error:
-            st.error(f"{latest.name} failed: {app.for_visitors(latest.error)}")
+            st.error(f"{latest.name} failed: {app.failure_reason(latest)}")
         result = app.report_of(latest)
         if result:
             listed = ("it is in the model selector now" if app.in_model_selector(latest)

@@ -447,13 +447,23 @@ def data_problem(source: str) -> str | None:
     return None
 
 
+def failure_reason(run: RunInfo) -> str:
+    """Why a run failed, as visitors may read it: the configured folders by their names, and a data path an admin
+    typed outside them by its last part only."""
+    if not run.error:
+        return ""
+    reason = for_visitors(run.error)
+    data = str(run.config.get("data", ""))
+    return reason.replace(data, Path(data).name) if Path(data).is_absolute() else reason
+
+
 def runs_table(runs: list[RunInfo] | tuple[RunInfo, ...]) -> pd.DataFrame:
     """Past runs for people, newest first; a failed one says why."""
     return pd.DataFrame([{
         "run": r.name, "state": r.state.value, "epochs": f"{r.epoch}/{r.epochs}",
         "best validation accuracy": r.best_val_acc, "α": r.config.get("alpha"), "recipe": r.config.get("recipe"),
         "data": Path(str(r.config.get("data", ""))).name or r.config.get("data"),
-        "why it failed": for_visitors(r.error) if r.state is RunState.FAILED and r.error else "",
+        "why it failed": failure_reason(r) if r.state is RunState.FAILED else "",
     } for r in runs])
 
 

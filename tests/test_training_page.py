@@ -406,6 +406,16 @@ def test_a_failed_run_says_why_in_the_table(places: Path) -> None:
     assert table.loc["offline", "epochs"] == "0/3" and table.loc["good", "why it failed"] == ""
 
 
+def test_a_failure_names_a_typed_data_path_outside_the_data_root_by_its_last_part(places: Path) -> None:
+    typed = places / "elsewhere" / "private-photos"
+    folder = RunFolder(places / "runs" / "typed")
+    folder.write_config(TrainConfig(data=str(typed), alpha=0.25, epochs=3))
+    folder.set_status(RunState.FAILED, error=f"data folder {typed} not found")
+    at = open_page()
+    said = [at.dataframe[0].value.set_index("run").loc["typed", "why it failed"], at.error[0].value]
+    assert said == ["data folder private-photos not found", "typed failed: data folder private-photos not found"]
+
+
 def test_an_admin_deletes_a_run_after_confirming(places: Path) -> None:
     finished_run(places / "runs", "old", updated=time.time() - 60)
     finished_run(places / "runs", "new", updated=time.time())
