@@ -94,8 +94,8 @@ class Visitor:
             msg = ForwardMsg()
             msg.ParseFromString(data)
             kind = msg.WhichOneof("type")
-            if kind == "new_session":
-                self.page_hash = msg.new_session.page_script_hash
+            if kind == "navigation":  # the page that ran; new_session names the entry script, whose hash would
+                self.page_hash = msg.navigation.page_script_hash  # rerun the default page (the explorer)
             elif kind == "script_finished":
                 self.finished.put_nowait(msg.script_finished)
             elif kind == "auto_rerun" and msg.auto_rerun.fragment_id not in self.timers:
