@@ -27,8 +27,10 @@ from torch import nn
 
 from mobilenet import checkpoint
 from mobilenet.checkpoint import ModelCard, TrainingData
+from mobilenet.config import TrainConfig
 from mobilenet.data import CIFAR10_CLASSES
 from mobilenet.model import MobileNetV1
+from mobilenet.runs import MetricsRow, RunFolder
 from mobilenet.tta import CIFAR10_NORMALIZATION
 
 CLASSES = ("cat", "dog", "ship")
@@ -98,6 +100,38 @@ def save_run(runs: Path, name: str, state: str = "finished") -> Path:
     folder = runs / name
     save_model(folder / "best.pt", training={"epochs": 3, "recipe": "seed", "val_acc": 0.42, "data": "cifar10"})
     (folder / "status.json").write_text(json.dumps({"state": state}))
+    return folder
+
+
+STEPS_PER_EPOCH = 4
+
+
+def metrics(epoch: int, epochs: int, accuracy: float) -> list[MetricsRow]:
+    """An epoch's rows as the trainer writes them: a step row per step, then the epoch row."""
+    rows = []
+    for step in range((epoch - 1) * STEPS_PER_EPOCH + 1, epoch * STEPS_PER_EPOCH + 1):
+        rows.append(MetricsRow("step", epoch, step, 2.0 / step, accuracy, 0.1 / step, 100.0, float(step),
+                               float(epochs * STEPS_PER_EPOCH - step)))
+    return rows + [MetricsRow("epoch", epoch, epoch * STEPS_PER_EPOCH, 1.0 / epoch, accuracy, 0.1, 100.0,
+                              float(epoch), float(epochs - epoch), 1.5 / epoch, accuracy)]
+
+
+def make_run(runs: Path, name: str, epochs: int = 3, state: str = "finished", updated: float = 0.0,
+             **overrides) -> RunFolder:
+    """A run folder as the trainer leaves it: config, metrics, status and, when finished, its report."""
+    folder = RunFolder(runs / name)
+    folder.write_config(TrainConfig(data="cifar10", alpha=0.25, epochs=epochs, **overrides))
+    for epoch in range(1, epochs + 1):
+        for row in metrics(epoch, epochs, accuracy=0.1 * epoch):
+            folder.append_metrics(row)
+    if state == "finished":
+        classes = list(CIFAR10_CLASSES)
+        folder.report.write_text(json.dumps({
+            "status": "finished", "accuracy": 0.1 * epochs, "n": 10, "classes": classes,
+            "per_class": {c: 0.5 for c in classes},
+            "confusion": [[1 if i == j else 0 for j in range(10)] for i in range(10)]}))
+    folder.status.write_text(json.dumps({"state": state, "updated": updated or time.time(), "epoch": epochs,
+                                         "epochs": epochs}))
     return folder
 
 

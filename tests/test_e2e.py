@@ -12,6 +12,7 @@ import http.server
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import CLASSES, image_bytes, save_model, write_folder
+from helpers import CLASSES, image_bytes, make_run, save_model, write_folder
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from mobilenet import Classifier, explore
@@ -483,6 +484,24 @@ def test_on_a_phone_every_chart_fits_the_screen_and_sample_titles_keep_their_siz
     assert shrunk == [], f"tiles scaled down or beyond the screen (natural, shown, right): {shrunk}"
     assert charts.evaluate_all(BEYOND, PHONE["width"]) == []  # per class and the confusion matrix
     screenshot(phone, "phone-evaluation", PHONE)
+
+
+def test_on_a_phone_a_runs_curves_and_report_fit_the_screen(phone: Page, server: Server) -> None:
+    folder = make_run(server.runs, "phone-check", epochs=3)
+    save_model(folder.best, alpha=0.25)
+    try:
+        for path, shown in (("training", "training-phone"), ("runs?run=phone-check", "runs-phone")):
+            open_app(phone, server, path)
+            charts = main(phone).get_by_test_id("stVegaLiteChart")
+            expect(charts).to_have_count(5)  # loss, accuracy, learning rate; per class, confusion
+            phone.wait_for_function("""() => [...document.querySelectorAll('[data-testid=stVegaLiteChart]')]
+                .every(c => c.querySelector('svg'))""")
+            assert charts.evaluate_all(BEYOND, PHONE["width"]) == [], path
+            assert main(phone).evaluate("m => m.scrollWidth") <= PHONE["width"], path
+            assert_no_error_box(phone, server)
+            screenshot(phone, shown, PHONE)
+    finally:
+        shutil.rmtree(folder.path)
 
 
 def test_the_papers_table_shows_its_last_column_on_a_desktop(page: Page, server: Server) -> None:

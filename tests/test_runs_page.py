@@ -12,52 +12,19 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from helpers import isolate_app
+from helpers import isolate_app, make_run, metrics
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 from mobilenet import app_support
-from mobilenet.config import TrainConfig
-from mobilenet.data import CIFAR10_CLASSES
 from mobilenet.locks import try_lock
-from mobilenet.runs import MetricsRow, RunFolder
 
 PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "runs.py"
-STEPS_PER_EPOCH = 4
 
 
 @pytest.fixture(autouse=True)
 def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return isolate_app(tmp_path, monkeypatch) / "runs"
-
-
-def metrics(epoch: int, epochs: int, accuracy: float) -> list[MetricsRow]:
-    """An epoch's rows as the trainer writes them: a step row per step, then the epoch row."""
-    rows = []
-    for step in range((epoch - 1) * STEPS_PER_EPOCH + 1, epoch * STEPS_PER_EPOCH + 1):
-        rows.append(MetricsRow("step", epoch, step, 2.0 / step, accuracy, 0.1 / step, 100.0, float(step),
-                               float(epochs * STEPS_PER_EPOCH - step)))
-    return rows + [MetricsRow("epoch", epoch, epoch * STEPS_PER_EPOCH, 1.0 / epoch, accuracy, 0.1, 100.0,
-                              float(epoch), float(epochs - epoch), 1.5 / epoch, accuracy)]
-
-
-def make_run(runs: Path, name: str, epochs: int = 3, state: str = "finished", updated: float = 0.0,
-             **overrides) -> RunFolder:
-    """A run folder as the trainer leaves it: config, metrics, status and, when finished, its report."""
-    folder = RunFolder(runs / name)
-    folder.write_config(TrainConfig(data="cifar10", alpha=0.25, epochs=epochs, **overrides))
-    for epoch in range(1, epochs + 1):
-        for row in metrics(epoch, epochs, accuracy=0.1 * epoch):
-            folder.append_metrics(row)
-    if state == "finished":
-        classes = list(CIFAR10_CLASSES)
-        folder.report.write_text(json.dumps({
-            "status": "finished", "accuracy": 0.1 * epochs, "n": 10, "classes": classes,
-            "per_class": {c: 0.5 for c in classes},
-            "confusion": [[1 if i == j else 0 for j in range(10)] for i in range(10)]}))
-    folder.status.write_text(json.dumps({"state": state, "updated": updated or time.time(), "epoch": epochs,
-                                         "epochs": epochs}))
-    return folder
 
 
 def open_page(run: str | None = None, compare: list[str] | None = None) -> AppTest:
