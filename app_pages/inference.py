@@ -31,7 +31,7 @@ photo = other.camera_input("Photo") if other.toggle("Take a photo with the camer
 
 examples = {path.stem: path for path in answers.examples()}
 with st.expander("Or try an example (from the validation images the models never trained on)", expanded=True):
-    st.image(answers.example_thumbnails(list(examples.values())), caption=list(examples))
+    st.image(answers.example_thumbnails(tuple(examples.values())), caption=list(examples), output_format="PNG")
     chosen = st.pills("Examples", list(examples), selection_mode="multi", label_visibility="collapsed")
 
 topk, show_cam, opacity_column = st.columns(3)

@@ -5,7 +5,11 @@ Nothing here knows Streamlit; the inference page is a thin shell over it.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import io
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +55,20 @@ def examples() -> list[Path]:
     return sorted(p for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def example_thumbnails(paths: list[Path], side: int = 96) -> list[Image.Image]:
-    """The examples enlarged with visible pixels: at 32×32, a smooth enlargement would only show blur."""
-    return [enlarge(decode(path), side) for path in paths]
+@functools.cache
+def example_thumbnails(paths: tuple[Path, ...], side: int = 96) -> tuple[bytes, ...]:
+    """The examples enlarged with visible pixels (at 32×32, a smooth enlargement would only show blur), as PNG files.
+
+    Built once per server: every rerun of the page shows them. PNG bytes, so that Streamlit shows them as they
+    are (with output_format="PNG") instead of encoding them again, and their pixels stay sharp.
+    """
+    return tuple(_png(enlarge(decode(path), side)) for path in paths)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def fetch(url: str) -> Upload:
@@ -78,25 +93,49 @@ def _display_copy(image: Image.Image) -> Image.Image:
                         Image.Resampling.BICUBIC)
 
 
+def _is_jpeg(data: bytes) -> bool:
+    """Whether the bytes may be a JPEG (its signature), the one format whose decode depends on the size asked for."""
+    return data.startswith(b"\xff\xd8\xff")
+
+
+def _predict_and_photo(clf: Classifier, data: bytes, topk: int) -> tuple[Prediction, Image.Image]:
+    """The prediction, exactly as `predict` makes it from the bytes, and the decoded photo at full size.
+
+    One decode serves both unless the image is a JPEG: only a JPEG decodes at a reduced scale for the model's
+    small input (mobilenet.intake.decode's draft_side), so only a JPEG is decoded twice.
+    """
+    if _is_jpeg(data):
+        prediction = clf.predict(data, topk)
+        return prediction, decode(data, draft_side=PHOTO_SIDE, limits=clf.limits)
+    start = time.perf_counter()
+    photo = decode(data, limits=clf.limits)
+    decoded_ms = (time.perf_counter() - start) * 1000
+    prediction = clf.predict(photo, topk)
+    return dataclasses.replace(prediction, ms=decoded_ms + prediction.ms), photo  # timed from the bytes, as predict
+
+
 def classify(clf: Classifier, uploads: list[Upload], topk: int = 5, threshold: float | None = None
              ) -> list[Result | Failure]:
     """Top-k for every upload, each timed on its own; an unusable one gives a Failure with a message for people."""
     results: list[Result | Failure] = []
     for upload in uploads:
         try:
-            prediction = clf.predict(upload.data, topk)
+            prediction, photo = _predict_and_photo(clf, upload.data, topk)
         except ImageError as e:
             results.append(Failure(upload.name, str(e)))
             continue
-        photo = _display_copy(decode(upload.data, draft_side=PHOTO_SIDE, limits=clf.limits))
         foreign = None if threshold is None else ood.looks_foreign(prediction.prob, threshold)
-        results.append(Result(upload, photo, prediction, foreign))
+        results.append(Result(upload, _display_copy(photo), prediction, foreign))
     return results
 
 
 def heatmap(clf: Classifier, result: Result, label: str, opacity: float) -> Image.Image | None:
-    """The class activation map of `label` over the photo; None when nothing in the image speaks for it."""
-    cam, _ = clf.gradcam(result.upload.data, clf.classes.index(label))
+    """The class activation map of `label` over the photo; None when nothing in the image speaks for it.
+
+    The map is of the input the prediction already made (no decode of the upload again), and the classifier
+    keeps it: a rerun that changes only the opacity or another image reuses it.
+    """
+    cam = clf.class_map(clf.prepare(result.prediction.image), clf.classes.index(label))
     return heatmap_overlay(result.photo, cam, opacity=opacity) if float(cam.max()) > 0 else None
 
 

@@ -12,6 +12,7 @@ from helpers import random_model
 from PIL import Image
 
 from mobilenet import Classifier
+from mobilenet.checkpoint import load as load_checkpoint
 from mobilenet.gradcam import class_maps, target_block
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,3 +85,12 @@ def test_class_maps_of_a_batch_match_one_at_a_time() -> None:
     assert batch.shape == (4, 32, 32)
     for i in range(4):
         torch.testing.assert_close(batch[i], class_maps(model, x[i:i + 1], classes[i:i + 1], 4)[0])
+
+
+def test_the_folded_model_gives_the_maps_of_the_trained_one(clf: Classifier) -> None:
+    model, _ = load_checkpoint(next(p for p in SHIPPED if p.stem == f"mobilenet_v1_a{clf.card.alpha}"))
+    image = clf.prepare(CAT)
+    x = clf.recipe.normalization.apply(image[None])
+    for k in range(len(clf.classes)):
+        unfolded = class_maps(model.eval(), x, torch.tensor([k]), target_block(clf.card.stem, clf.card.resolution))
+        torch.testing.assert_close(clf.class_map(image, k), unfolded[0], atol=1e-5, rtol=0)

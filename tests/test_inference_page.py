@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import image_bytes, isolate_app, save_model
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import answers
+from mobilenet import answers, gradcam, intake
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
 
@@ -75,3 +78,84 @@ def test_predictions_download_as_the_command_line_writes_them(model: Path) -> No
     assert rows[1] == {"source": "x.txt", "error": "not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF"}
     table = answers.predictions_table(results)
     assert list(table["rank"].dropna()) == [1, 2] and table["error"].iloc[-1].startswith("not a supported")
+
+
+def oriented(fmt: str) -> bytes:
+    """A 200×150 photo whose EXIF says to turn it upright (orientation 6): decoding must turn it exactly once."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(image_bytes(seed=3, size=(200, 150)))).save(buffer, fmt, exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the images decoded from bytes (every decode of bytes opens them through intake._open)."""
+    opened: list[int] = []
+    original = intake._open
+
+    def counting(data: bytes, limits: intake.Limits) -> Image.Image:
+        opened.append(len(data))
+        return original(data, limits)
+
+    monkeypatch.setattr(intake, "_open", counting)
+    return opened
+
+
+def test_the_example_thumbnails_are_built_once_as_png(monkeypatch: pytest.MonkeyPatch) -> None:
+    built = []
+    monkeypatch.setattr(answers, "enlarge", lambda image, side: built.append(image) or image.resize((side, side)))
+    answers.example_thumbnails.cache_clear()
+    paths = tuple(answers.examples())
+    first = answers.example_thumbnails(paths)
+    assert answers.example_thumbnails(paths) == first and len(built) == len(paths)
+    assert all(Image.open(io.BytesIO(png)).format == "PNG" and Image.open(io.BytesIO(png)).size == (96, 96)
+               for png in first)
+    answers.example_thumbnails.cache_clear()  # the other tests get the real thumbnails
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_one_upload_is_decoded_once_and_answers_as_the_command_line(model: Path, fmt: str,
+                                                                    decodes: list[int]) -> None:
+    from mobilenet import Classifier
+
+    clf = Classifier.load(model, device="cpu", threads=None)
+    data = oriented(fmt)
+    (result,) = answers.classify(clf, [answers.Upload("a", data)])
+    answers.heatmap(clf, result, "cat", 0.5)
+    assert len(decodes) == (1 if fmt == "PNG" else 2)  # a JPEG decodes smaller for the model: twice
+    expected = clf.predict(data)
+    assert result.prediction.top == expected.top
+    assert result.prediction.image.tobytes() == expected.image.tobytes()
+    photo = intake.decode(data, draft_side=answers.PHOTO_SIDE)
+    assert result.photo.tobytes() == answers._display_copy(photo).tobytes() and result.photo.height == 384
+
+
+def test_the_map_of_what_the_network_saw_is_the_map_of_the_bytes(model: Path) -> None:
+    from mobilenet import Classifier
+
+    clf = Classifier.load(model, device="cpu", threads=None)
+    for data in (oriented("PNG"), oriented("JPEG"), image_bytes(seed=4, size=(640, 480))):
+        seen = clf.predict(data).image
+        for k in (0, 3):
+            assert torch.equal(clf.gradcam(seen, k)[0], clf.gradcam(data, k)[0])
+
+
+def test_a_rerun_reuses_the_map_of_the_same_image_and_class(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobilenet import Classifier, infer
+
+    computed = []
+    real = gradcam.class_maps
+    monkeypatch.setattr(infer, "class_maps", lambda *args: computed.append(args[2].tolist()) or real(*args))
+    clf = Classifier.load(model, device="cpu", threads=None)
+    data = image_bytes(seed=5, size=(200, 150))
+    (result,) = answers.classify(clf, [answers.Upload("a.png", data)])
+    first = clf.class_map(clf.prepare(data), 3)
+    for opacity in (0.2, 0.6):
+        answers.heatmap(clf, result, "cat", opacity)  # an opacity slider moved: the same map
+    (again,) = answers.classify(clf, [answers.Upload("again.png", data)])  # the same image uploaded again
+    answers.heatmap(clf, again, "cat", 0.6)
+    answers.heatmap(clf, result, "dog", 0.6)  # another class: a map of its own
+    assert computed == [[3], [5]]
+    assert torch.equal(clf.class_map(clf.prepare(data), 3), first)
