@@ -159,3 +159,19 @@ def test_a_rerun_reuses_the_map_of_the_same_image_and_class(model: Path, monkeyp
     answers.heatmap(clf, result, "dog", 0.6)  # another class: a map of its own
     assert computed == [[3], [5]]
     assert torch.equal(clf.class_map(clf.prepare(data), 3), first)
+
+
+def test_uploaded_files_no_widget_holds_leave_the_servers_memory() -> None:
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.uploaded_file_manager import UploadedFileRec
+
+    from mobilenet.app_support import drop_files_no_widget_holds
+
+    manager = MemoryUploadedFileManager("/_stcore/upload_file")
+    for session, file_id in [("visitor", "old"), ("visitor", "replaced"), ("visitor", "shown"), ("other", "old")]:
+        manager.add_file(session, UploadedFileRec(file_id, f"{file_id}.png", "image/png", b"x" * 1000))
+    assert drop_files_no_widget_holds(manager, "visitor", {"shown"}) == 2
+    assert list(manager.file_storage["visitor"]) == ["shown"]
+    assert list(manager.file_storage["other"]) == ["old"]  # another session's files are its own
+    assert [s.byte_length for stats in manager.get_stats().values() for s in stats] == [2000]
+    assert drop_files_no_widget_holds(manager, "nobody", set()) == 0 and "nobody" not in manager.file_storage
