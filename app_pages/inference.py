@@ -73,7 +73,7 @@ for i, result in enumerate(results):
             heat.info(f"Nothing in this image speaks for {label}: its map is zero everywhere.")
         else:
             heat.image(overlay, caption=f"evidence for {label}")
-    bars.altair_chart(charts.top_k(prediction.top), width="stretch")
+    bars.vega_lite_chart(charts.top_k(prediction.top), width="stretch")
     bars.caption(f"{prediction.ms:.1f} ms for this image, on {app.device_label()}")
 
 if results:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import itertools
 import json
 import os
 import socket
@@ -201,22 +202,21 @@ async def watchers_and_newcomer(base: str, watchers: int, seconds: float, pid: i
             "server_cpu_cores": round(cpu, 2), "refreshes": reruns, "job_img_per_s": speed.img_per_s()}
 
 
-async def uploaders(base: str, count: int, seconds: float, pid: int, job: Path | None) -> dict:
+async def uploaders(base: str, count: int, seconds: float, pid: int, job: Path | None, images: list[bytes],
+                    order: itertools.count) -> dict:
     crowd = [Visitor(base, "inference") for _ in range(count)]
     for visitor in crowd:
         await visitor.open()
-    images = [photo(i) for i in range(4)]
     await crowd[0].upload("warm-up.png", images[0])  # the model is loaded once, before the clock starts
     times: list[float] = []
     mb0, cpu0, t0, speed = server_mb(pid), server_cpu(pid), time.perf_counter(), JobSpeed(job)
 
-    async def keep_uploading(visitor: Visitor, seed: int) -> None:
-        i = seed
+    async def keep_uploading(visitor: Visitor) -> None:
         while time.perf_counter() - t0 < seconds:
+            i = next(order)  # the crowd takes the images in turn: with --distinct, no image comes twice
             times.append(await visitor.upload(f"photo{i}.png", images[i % len(images)]))
-            i += 1
 
-    await asyncio.gather(*(keep_uploading(v, i) for i, v in enumerate(crowd)))
+    await asyncio.gather(*(keep_uploading(v) for v in crowd))
     elapsed = time.perf_counter() - t0
     cpu = (server_cpu(pid) - cpu0) / elapsed
     for visitor in crowd:
@@ -288,12 +288,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20, help="per measurement")
     parser.add_argument("--rows", type=int, default=10000, help="metrics rows of the watched run")
     parser.add_argument("--job", action="store_true", help="run a training job meanwhile")
+    parser.add_argument("--distinct", type=int, default=4, metavar="N",
+                        help="distinct photos uploaded in turn (default 4: repeats hit the server's map cache; make N "
+                             "larger than a row's uploads to measure new images only)")
     parser.add_argument("--server-option", action="append", default=[], metavar="NAME=VALUE",
                         help="e.g. runner.postScriptGC=false")
     parser.add_argument("--app-dir", default=str(ROOT), help="the checkout whose app to serve (e.g. an older one)")
     args = parser.parse_args()
     assert args.watchers <= 32 and all(n <= 32 for n in args.uploaders) and args.seconds <= 600, "bounded load"
 
+    images = [photo(i) for i in range(args.distinct + 1)]  # made before the clock starts
+    order = itertools.count(1)  # the next image, across rows (images[0] is the warm-up)
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp) / "runs"
         runs.mkdir()
@@ -326,7 +331,8 @@ def main() -> None:
                 watch = asyncio.run(watchers_and_newcomer(base, args.watchers, args.seconds, server.pid, job))
                 print(json.dumps(watch), flush=True)
             for count in args.uploaders:
-                print(json.dumps(asyncio.run(uploaders(base, count, args.seconds, server.pid, job))), flush=True)
+                row = asyncio.run(uploaders(base, count, args.seconds, server.pid, job, images, order))
+                print(json.dumps(row), flush=True)
         finally:
             if args.job:
                 from mobilenet.jobs import JobManager

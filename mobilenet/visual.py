@@ -22,12 +22,19 @@ def enlarge(image: Image.Image, side: int = 160) -> Image.Image:
     return image.resize((side, side), Image.Resampling.NEAREST)
 
 
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Values in 0..1 (any shape) → uint8 RGB of that shape plus a channel axis."""
+def _interpolated(values: np.ndarray) -> np.ndarray:
     position = np.clip(values, 0, 1) * (len(_INFERNO) - 1)
     low = np.floor(position).astype(int).clip(max=len(_INFERNO) - 2)
     weight = (position - low)[..., None]
     return ((1 - weight) * _INFERNO[low] + weight * _INFERNO[low + 1]).round().astype(np.uint8)
+
+
+_LEVELS = _interpolated(np.linspace(0, 1, 256))  # the map at every 8-bit level: a lookup per pixel, not arithmetic
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values in 0..1 (any shape) → uint8 RGB of that shape plus a channel axis, at 256 levels."""
+    return _LEVELS[(np.clip(values, 0, 1) * 255).round().astype(np.uint8)]
 
 
 def heatmap_overlay(photo: Image.Image, cam: torch.Tensor, side: int = 256, opacity: float = 0.5) -> Image.Image:

@@ -60,3 +60,12 @@ def test_a_runs_curves_are_against_the_epoch_each_step_within_its_epoch() -> Non
     loss = data(curves[0])
     assert [row["epochs"] for row in loss if row["series"] == "train (steps)"] == [0.5, 0.9, 1.5, 1.9]
     assert [row["epochs"] for row in loss if row["series"] == "val (epochs)"] == [1.0, 2.0]
+
+
+def test_top_k_fills_its_values_into_one_spec_and_shares_nothing_between_answers() -> None:
+    first = charts.top_k([("cat", 0.9), ("dog", 0.1)])
+    first["encoding"]["x"]["scale"]["domain"] = [0, 2]  # a caller changing its copy
+    second = charts.top_k([("ship", 0.6)])
+    assert second["data"] == {"values": [{"class": "ship", "probability": 0.6}]}
+    assert second["encoding"]["x"]["scale"]["domain"] == [0, 1] and second["encoding"]["y"]["sort"] == "-x"
+    assert "datasets" not in second and second["mark"]["type"] == "bar"
