@@ -3,7 +3,7 @@
 import streamlit as st
 
 from mobilenet import app_support as app
-from mobilenet import charts, evalsets, settings, visual
+from mobilenet import evalsets, settings, visual
 from mobilenet.checkpoint import CheckpointError
 from mobilenet.data import DataError
 
@@ -43,9 +43,7 @@ if app.has_int8(entry) and st.toggle("Compare int8 with fp32 on these images"):
         table, differ = app.precision_comparison(entry, source, limit)
     st.dataframe(table, hide_index=True)
     st.caption(f"{differ:,} of {result.n:,} answers differ between int8 and fp32.")
-per_class, confusion = st.columns(2)
-per_class.altair_chart(charts.per_class(result), width="stretch")
-confusion.altair_chart(charts.confusion(result), width="stretch")
+app.show_report_charts(result)
 
 st.subheader("Samples: prediction (truth)")
 st.image(visual.sample_tiles(result, images))

@@ -28,7 +28,7 @@ if kept and not uploaded:
         st.rerun()
 url = other.text_input("Or paste an image URL", placeholder="https://…")
 photo = other.camera_input("Photo") if other.toggle("Take a photo with the camera") else None
-app.keep_only_held_uploads(uploaded, photo)  # files replaced or removed leave the server's memory
+app.keep_only_held_uploads([*uploaded, *([photo] if photo else [])])  # the rest leave the server's memory
 
 examples = {path.stem: path for path in answers.examples()}
 with st.expander("Or try an example (from the validation images the models never trained on)", expanded=True):

@@ -45,9 +45,7 @@ def run_view() -> None:
         st.error(f"{run.name} failed: {app.failure_reason(run)}")
     if result := app.report_of(run):
         st.markdown(f"Validation accuracy {result.accuracy:.2%}")
-        per_class, confusion = st.columns(2)
-        per_class.altair_chart(charts.per_class(result), width="stretch")
-        confusion.altair_chart(charts.confusion(result), width="stretch")
+        app.show_report_charts(result)
     if not app.show_run_curves(run):
         st.caption("No metrics yet: the curves appear with the first training steps.")
 

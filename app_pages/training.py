@@ -8,7 +8,7 @@ import streamlit as st
 
 from mobilenet import admin
 from mobilenet import app_support as app
-from mobilenet import charts, settings
+from mobilenet import settings
 from mobilenet.config import DEFAULT_RECIPE, RECIPES
 from mobilenet.jobs import JobError, RunInfo
 
@@ -137,9 +137,7 @@ def live() -> None:
             listed = ("it is in the model selector now" if app.in_model_selector(latest)
                       else "its checkpoint does not load, so it is not in the model selector")
             st.markdown(f"**{latest.name}**: validation accuracy {result.accuracy:.2%}; {listed}.")
-            per_class, confusion = st.columns(2)
-            per_class.altair_chart(charts.per_class(result), width="stretch")
-            confusion.altair_chart(charts.confusion(result), width="stretch")
+            app.show_report_charts(result)
             if app.downloadable(latest.folder.best):
                 st.download_button("Download its checkpoint", latest.folder.best.read_bytes,
                                    file_name=f"{latest.name}.pt", mime="application/octet-stream", on_click="ignore")

@@ -81,14 +81,18 @@ def require_model() -> ModelEntry:
     return entry
 
 
-def model_link_note(catalog: Catalog) -> str | None:
-    """A note when the page's link names a model this server does not have (the selector then shows the default).
-    Read before the selector is drawn: it drops such a value from the address."""
-    asked = st.query_params.get(MODEL_KEY)
-    if asked is None or asked in catalog.keys:
+def link_note(key: str, what: str, names: list[str], default: str | None) -> str | None:
+    """A note when the page's link names a `what` (model, run) this server does not have: the page then shows
+    `default`. Read before the selector is drawn, which drops such a value from the address."""
+    asked = st.query_params.get(key)
+    if asked is None or asked in names:
         return None
-    instead = f"showing {catalog.default.key}" if catalog.default else "there is no model here yet"
-    return f"The link's model {asked!r} is not on this server: {instead}."
+    instead = f"showing {default}" if default else f"there is no {what} here yet"
+    return f"The link's {what} {asked!r} is not on this server: {instead}."
+
+
+def model_link_note(catalog: Catalog) -> str | None:
+    return link_note(MODEL_KEY, "model", catalog.keys, catalog.default.key if catalog.default else None)
 
 
 def model_in_use(entry: ModelEntry | None) -> str:
@@ -231,13 +235,12 @@ def drop_files_no_widget_holds(manager: object, session_id: str, held: set[str])
     return len(gone)
 
 
-def keep_only_held_uploads(*held: list | object | None) -> None:
-    """On the page with the session's only upload widgets: drop the session's other uploaded files."""
+def keep_only_held_uploads(held: list) -> None:
+    """On the page with the session's only upload widgets, given the files they hold: drop the session's others."""
     ctx = get_script_run_ctx()
     if ctx is None or ctx.uploaded_file_mgr is None:
         return
-    ids = {f.file_id for group in held if group for f in (group if isinstance(group, list) else [group])}
-    drop_files_no_widget_holds(ctx.uploaded_file_mgr, ctx.session_id, ids)
+    drop_files_no_widget_holds(ctx.uploaded_file_mgr, ctx.session_id, {f.file_id for f in held})
 
 
 def ood_threshold(entry: ModelEntry) -> float | None:
@@ -416,6 +419,13 @@ def report_of(run: RunInfo) -> Evaluation | None:
         return None
 
 
+def show_report_charts(result: Evaluation) -> None:
+    """Accuracy per class and the confusion matrix, side by side (stacked on a phone)."""
+    per_class, confusion = st.columns(2)
+    per_class.altair_chart(charts.per_class(result), width="stretch")
+    confusion.altair_chart(charts.confusion(result), width="stretch")
+
+
 def recipe_overrides(recipe: str, **chosen) -> dict:
     """The training form's values (epochs, batch_size, lr) as TrainConfig overrides: None where a value is the
     recipe's own, so that a run records only what the visitor changed."""
@@ -514,12 +524,7 @@ COMPARE_KEY = "compare"  # the runs it overlays, in st.session_state and in the 
 
 
 def run_link_note(names: list[str]) -> str | None:
-    """A note when the page's link names a run this server does not have (read before the selector drops it)."""
-    asked = st.query_params.get(RUN_KEY)
-    if asked is None or asked in names:
-        return None
-    instead = f"showing {names[0]}" if names else "there is no run here yet"
-    return f"The link's run {asked!r} is not on this server: {instead}."
+    return link_note(RUN_KEY, "run", names, names[0] if names else None)
 
 
 def run_settings(run: RunInfo) -> str:
@@ -553,7 +558,7 @@ def show_run_curves(run: RunInfo) -> bool:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _overlay(metrics: tuple[tuple[str, Path, tuple[int, int, int]], ...]) -> list[dict]:  # identities: cache key
-    rows = {name: [r for r in RunFolder(path.parent).read_metrics() if r.kind == "epoch"] for name, path, _ in metrics}
+    rows = {name: RunFolder(path.parent).read_metrics() for name, path, _ in metrics}  # overlay takes the epoch rows
     return [chart.to_dict() for chart in charts.overlay(rows)]
 
 
