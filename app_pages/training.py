@@ -20,21 +20,23 @@ if refused:
     st.warning(refused)
 gated = not refused and admin.admin_password() is not None
 allowed = not refused and (not gated or admin.signed_in())
-if gated and allowed:
-    said, leave = st.columns([5, 1], vertical_alignment="center")
-    said.caption(":material/verified_user: Signed in as admin: you can start, stop and resume training.")
-    with said:
-        admin.keep_in_browser()  # a reload stays signed in
-    if leave.button("Sign out"):
-        admin.sign_out()
-        st.rerun()
-elif gated:
-    admin.forget_in_browser()
-    st.text_input("Admin password", type="password", key=admin.PASSWORD_KEY, on_change=admin.sign_in,
-                  help="Starting, stopping and resuming need it; watching does not.")
-    if refusal := st.session_state.get(admin.REFUSAL_KEY):
-        st.error(refusal)
-    st.caption(f":material/visibility: Watching as a visitor: {admin.SIGN_IN_HINT}.")
+with st.container():  # one slot, whatever it shows: the controls below keep their place in the page, so a
+    # sign-in redraws them in place instead of adding them anew beside their stale copies
+    if gated and allowed:
+        said, leave = st.columns([5, 1], vertical_alignment="center")
+        said.caption(":material/verified_user: Signed in as admin: you can start, stop and resume training.")
+        with said:
+            admin.keep_in_browser()  # a reload stays signed in
+        if leave.button("Sign out"):
+            admin.sign_out()
+            st.rerun()
+    elif gated:
+        admin.forget_in_browser()
+        st.text_input("Admin password", type="password", key=admin.PASSWORD_KEY, on_change=admin.sign_in,
+                      help="Starting, stopping and resuming need it; watching does not.")
+        if refusal := st.session_state.get(admin.REFUSAL_KEY):
+            st.error(refusal)
+        st.caption(f":material/visibility: Watching as a visitor: {admin.SIGN_IN_HINT}.")
 locked = None if allowed else refused or admin.SIGN_IN_HINT.capitalize() + "."  # why the controls are disabled
 
 left, right = st.columns(2)  # no form: the recipe's defaults and the overrides note follow every choice at once
