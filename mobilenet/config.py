@@ -68,6 +68,9 @@ class TrainConfig:
     cutout: int | None = _option(None, "side of the square Cutout erases, e.g. 8; default: the recipe's")
     tta: str | None = _option(None, "test-time augmentation for validation and the model; default: the recipe's",
                               choices=TTA_MODES)
+    teacher: str = _option("", "trained checkpoint(s) to distil from, comma-separated for an ensemble: their "
+                               "averaged predictions on each training image join the labels as targets")
+    distill: float = _option(0.5, "weight of the teachers' targets against the labels (with --teacher)")
     alpha: float = _option(1.0, "width multiplier α (default 1.0)")
     beta: float = _option(1.0, "resolution multiplier β (default 1.0)")
     stem: str = _option("cifar", "cifar: the seed's network; imagenet: the paper's", choices=STEMS)
@@ -96,6 +99,8 @@ class TrainConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 0 and below 1, got {value!r}")
         if self.cutout is not None and self.cutout < 0:
             raise ValueError(f"cutout must be 0 or more, got {self.cutout!r}")
+        if not 0 < self.distill <= 1:
+            raise ValueError(f"distill must be above 0 and at most 1, got {self.distill!r}")
         if self.val_size < 0:
             raise ValueError(f"val-size must be 0 or more, got {self.val_size}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -109,6 +114,10 @@ class TrainConfig:
         """The recipe with this run's overrides applied."""
         overrides = {name: getattr(self, name) for name in OVERRIDES}
         return replace(RECIPES[self.recipe], **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def teachers(self) -> list[str]:
+        return [path.strip() for path in self.teacher.split(",") if path.strip()]
 
     @property
     def resolution(self) -> int:

@@ -26,6 +26,7 @@ from .checkpoint import ModelCard, TrainingData
 from .config import Recipe, TrainConfig
 from .data import DataError, ImageSet, check_source, fingerprint, load, split_train_val
 from .device import device_name, pick_device
+from .distill import soft_targets
 from .evaluate import evaluate
 from .model import MobileNetV1
 from .runs import DiskFull, MetricsRow, RunBusy, RunFolder, RunState, disk_full
@@ -231,6 +232,7 @@ class Training:
         self.device, self.rank, self.world, self.writer = device, rank, world, rank == 0
         self.on_epoch, self.on_step = on_epoch, on_step
         self.state = LoopState()
+        self.targets: torch.Tensor | None = None  # the teachers' probabilities per training image (distillation)
 
     def run(self, resume: bool) -> dict:
         cfg, recipe = self.cfg, self.recipe
@@ -249,6 +251,8 @@ class Training:
         self.total_steps = self.steps_per_epoch * recipe.epochs
         if resume:
             self.restore()
+        elif cfg.teachers:
+            self.targets = soft_targets(cfg.teachers, self.train_set, self.card.data if len(self.val_set) else None)
         state = self.state
         self.set_status(RunState.RUNNING)
         self.started = time.perf_counter() - state.elapsed_s
@@ -296,6 +300,8 @@ class Training:
         self.state = LoopState(**saved["loop"])
         if self.average:
             self.average.load_state_dict(saved["ema"])
+        if "targets" in saved:
+            self.targets = saved["targets"].to(self.device)
         if self.writer:
             self.folder.truncate_metrics(self.global_step, self.state.epoch)
 
@@ -321,11 +327,12 @@ class Training:
         if recipe.cutout:
             x = cutout(x, recipe.cutout, g)
         y = self.train_set.labels[index]
+        soft = None if self.targets is None else (self.targets[index], cfg.distill)
         if recipe.schedule == "onecycle":
             for group in self.optimizer.param_groups:
                 group["lr"] = onecycle_lr(recipe, self.global_step, self.total_steps, self.steps_per_epoch)
         loss, logits = _sgd_step(self.train_model, self.optimizer, x.contiguous(memory_format=torch.channels_last), y,
-                                 recipe, self.device)
+                                 soft, recipe, self.device)
         if self.average:
             self.average.update(self.model)
         hits = (logits.argmax(1) == y).sum()
@@ -378,7 +385,7 @@ class Training:
                          self.optimizer.param_groups[0]["lr"], img_per_s, state.elapsed_s,
                          state.elapsed_s / state.epoch * (recipe.epochs - state.epoch), val_loss, val_acc)
         if self.writer:
-            if improved or not self.folder.best.exists():
+            if improved or val_acc is None:  # without a validation split the latest weights are the model
                 card = replace(self.card, training=self.summary(RunState.RUNNING))
                 checkpoint.save(self.folder.best, self.shipped, card)
             # The row before the state: a kill between them replays this epoch and rewrites its row.
@@ -397,6 +404,7 @@ class Training:
                 "batch_size": recipe.batch_size, "lr": recipe.lr, "label_smoothing": recipe.label_smoothing,
                 "weight_decay": recipe.weight_decay, "ema": recipe.ema, "cutout": recipe.cutout, "seed": cfg.seed,
                 "val_size": cfg.val_size, "subset": cfg.subset,
+                **({"teachers": [Path(p).name for p in cfg.teachers], "distill": cfg.distill} if cfg.teachers else {}),
                 "val_acc": state.best_acc if state.best_acc >= 0 else None,
                 "train_time_s": round(state.elapsed_s, 1), "device": device_name(self.device), "status": status.value}
 
@@ -410,6 +418,8 @@ class Training:
                            "loop": asdict(self.state)}
             if self.average:
                 train_state["ema"] = self.average.state_dict()
+            if self.targets is not None:
+                train_state["targets"] = self.targets
             checkpoint.save(self.folder.last, self.model, replace(self.card, training=self.summary(status)),
                             train_state)
 
@@ -444,12 +454,19 @@ def _load_on_device(cfg: TrainConfig, device: torch.device, rank: int, world: in
 
 
 def _sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              recipe: Recipe, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step (bf16 autocast on CUDA); returns the loss and the logits."""
+              soft: tuple[torch.Tensor, float] | None, recipe: Recipe,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step (bf16 autocast on CUDA); returns the loss and the logits.
+
+    soft: the teachers' probabilities for the batch and their weight against the (smoothed) labels.
+    """
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+            logits = model(x).float()
+            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            if soft is not None:
+                targets, weight = soft
+                loss = (1 - weight) * loss + weight * F.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -58,6 +58,15 @@ def test_loss_falls_and_run_folder_is_complete(folder: Path, tmp_path: Path) -> 
     assert "train_state" not in checkpoint.read(run / "best.pt")  # shipped files stay small
 
 
+def test_without_validation_the_model_is_the_last_epochs(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train.train(config(folder, tmp_path, epochs=2, val_size=0, ema=0.9), run)
+    best, last = checkpoint.read(run / "best.pt"), checkpoint.read(run / "last.pt")
+    average = last["train_state"]["ema"]["weights"]  # what ships is the average, after the last epoch
+    assert all(torch.equal(best["state_dict"][k], average[k]) for k in average)
+    assert best["card"]["training"]["epochs"] == 2
+
+
 def test_seed_recipe_is_the_seed() -> None:
     seed = RECIPES["seed"]
     assert (seed.batch_size, seed.lr, seed.momentum, seed.weight_decay, seed.epochs) == (64, 0.1, 0.9, 5e-4, 20)
