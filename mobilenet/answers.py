@@ -19,7 +19,7 @@ from PIL import Image
 from . import ood
 from .data import IMAGE_SUFFIXES
 from .infer import Classifier, Prediction
-from .intake import ImageError, decode
+from .intake import ImageError, decode, decodes_smaller
 from .visual import enlarge, heatmap_overlay
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
@@ -93,18 +93,13 @@ def _display_copy(image: Image.Image) -> Image.Image:
                         Image.Resampling.BICUBIC)
 
 
-def _is_jpeg(data: bytes) -> bool:
-    """Whether the bytes may be a JPEG (its signature), the one format whose decode depends on the size asked for."""
-    return data.startswith(b"\xff\xd8\xff")
-
-
 def _predict_and_photo(clf: Classifier, data: bytes, topk: int) -> tuple[Prediction, Image.Image]:
     """The prediction, exactly as `predict` makes it from the bytes, and the decoded photo at full size.
 
     One decode serves both unless the image is a JPEG: only a JPEG decodes at a reduced scale for the model's
     small input (mobilenet.intake.decode's draft_side), so only a JPEG is decoded twice.
     """
-    if _is_jpeg(data):
+    if decodes_smaller(data):
         prediction = clf.predict(data, topk)
         return prediction, decode(data, draft_side=PHOTO_SIDE, limits=clf.limits)
     start = time.perf_counter()

@@ -14,7 +14,7 @@ from typing import BinaryIO, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, JpegImagePlugin
+from PIL import Image, ImageOps
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_BYTES = 25 * 1024 * 1024
@@ -98,6 +98,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def decodes_smaller(data: bytes) -> bool:
+    """Whether decode's draft_side can make these bytes decode at a reduced scale: a JPEG (the signature PIL's
+    JPEG plugin accepts), the one format whose decode depends on the size asked for."""
+    return data[:3] == b"\xff\xd8\xff"
+
+
 def decode(source: ImageSource, draft_side: int | None = None, limits: Limits = Limits()) -> Image.Image:
     """A safe, upright RGB image, first frame of an animation.
 
@@ -111,7 +117,7 @@ def decode(source: ImageSource, draft_side: int | None = None, limits: Limits = 
             img = ImageOps.exif_transpose(data)  # a copy: the caller's image is left as it was
         else:
             img = _open(data, limits)
-            if draft_side and isinstance(img, JpegImagePlugin.JpegImageFile):
+            if draft_side and decodes_smaller(data):
                 img.draft("RGB", (draft_side, draft_side))
             ImageOps.exif_transpose(img, in_place=True)  # decodes (the first frame) and turns it upright
         return _to_rgb(img)
