@@ -20,18 +20,22 @@ files, other = st.columns(2)
 returning = app.UPLOADER_KEY not in st.session_state  # Streamlit drops the uploader's state on leaving the page
 uploaded = files.file_uploader("Upload images", type=app.UPLOAD_TYPES, accept_multiple_files=True,
                                key=app.UPLOADER_KEY)
-kept = app.keep_uploads(uploaded, returning)
+kept, left_out = app.keep_uploads(uploaded, returning)
+if left_out:
+    files.warning(f"Only the first {answers.MAX_IMAGES} uploaded images are kept and classified; left out: "
+                  f"{', '.join(left_out)}.")
 if kept and not uploaded:
     files.caption(f"Showing {len(kept)} image(s) you uploaded before: {', '.join(u.name for u in kept)}.")
     if files.button("Clear them", icon=":material/delete:"):
-        st.session_state.kept_uploads = []
+        app.forget_uploads()
         st.rerun()
 url = other.text_input("Or paste an image URL", placeholder="https://…")
 photo = other.camera_input("Photo") if other.toggle("Take a photo with the camera") else None
-app.keep_only_held_uploads([*uploaded, *([photo] if photo else [])])  # the rest leave the server's memory
+held = [*uploaded[:answers.MAX_IMAGES], *([photo] if photo else [])]
+app.keep_only_held_uploads(held)  # the session's other files leave the server's memory
 
 examples = {path.stem: path for path in answers.examples()}
-with st.expander("Or try an example (from the validation images the models never trained on)", expanded=True):
+with st.expander("Or try an example (CIFAR-10 training images: the models have seen them)", expanded=True):
     st.image(answers.example_thumbnails(tuple(examples.values())), caption=list(examples), output_format="PNG")
     chosen = st.pills("Examples", list(examples), selection_mode="multi", label_visibility="collapsed")
 

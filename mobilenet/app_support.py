@@ -26,7 +26,7 @@ from .evalsets import EvalSource, TrainingSource
 from .evaluate import Evaluation, score
 from .infer import Classifier
 from .checkpoint import CheckpointError
-from .answers import Upload
+from .answers import MAX_IMAGES, Upload
 from .jobs import JobManager, RunInfo
 from .shipping import int8_model
 from .runs import MetricsRow, RunFolder, RunState, metrics_csv, thinned
@@ -207,18 +207,30 @@ def paper_comparison() -> pd.DataFrame:
 # ---- inference ----------------------------------------------------------------------------------
 
 
-def keep_uploads(files: list, returning: bool) -> list[Upload]:
-    """The uploader's files, remembered in the session: Streamlit forgets a page's uploader when the
-    visitor opens another page, so on returning the images of the last visit stand in until replaced or removed.
+def keep_uploads(files: list, returning: bool) -> tuple[list[Upload], list[str]]:
+    """The uploader's first MAX_IMAGES files, remembered in the session, and the names of the ones beyond them.
+
+    Streamlit forgets a page's uploader when the visitor opens another page, so on returning the images of the
+    last visit stand in until replaced or removed. Files beyond the first MAX_IMAGES are never read nor kept (and
+    keep_only_held_uploads lets them leave the server), so one session holds at most MAX_IMAGES uploads.
     """
     state = st.session_state
-    kept = state.get("kept_uploads", [])
+    kept, left_out = state.get("kept_uploads", []), state.get("left_out_uploads", [])
     if files:
-        kept = [Upload(f.name, f.getvalue()) for f in files]
+        held = [f.file_id for f in files[:MAX_IMAGES]]
+        if held != state.get("kept_file_ids"):
+            kept = [Upload(f.name, f.getvalue()) for f in files[:MAX_IMAGES]]
+            left_out = [f.name for f in files[MAX_IMAGES:]]
+            state.kept_file_ids = held
     elif not returning and state.get("uploader_had_files"):
-        kept = []  # the visitor removed them
-    state.kept_uploads, state.uploader_had_files = kept, bool(files)
-    return kept
+        kept, left_out, state.kept_file_ids = [], [], None  # the visitor removed them
+    state.kept_uploads, state.left_out_uploads, state.uploader_had_files = kept, left_out, bool(files)
+    return kept, left_out
+
+
+def forget_uploads() -> None:
+    """Forget the images kept from an earlier visit (the visitor cleared them)."""
+    st.session_state.kept_uploads, st.session_state.left_out_uploads = [], []
 
 
 def drop_files_no_widget_holds(manager: object, session_id: str, held: set[str]) -> int:

@@ -46,6 +46,21 @@ def test_uploads_stay_after_visiting_another_page() -> None:
     assert any(c.value.startswith("Showing 2 image(s) you uploaded before") for c in at.caption)
 
 
+def test_a_session_keeps_at_most_max_images_uploads() -> None:
+    at = inference_page()
+    n = answers.MAX_IMAGES + 2
+    at.toggle[1].set_value(False).run()  # no class maps: only the count matters here
+    at.file_uploader[0].set_value([(f"{i:02d}.png", image_bytes(seed=i, size=(40, 30)), "image/png")
+                                   for i in range(n)]).run()
+    left_out = f"left out: {n - 2:02d}.png, {n - 1:02d}.png."
+    assert [w.value for w in at.warning if "left out" in w.value] == [
+        f"Only the first {answers.MAX_IMAGES} uploaded images are kept and classified; {left_out}"]
+    assert len([c for c in at.caption if " ms for this image" in c.value]) == answers.MAX_IMAGES
+    assert [u.name for u in at.session_state.kept_uploads] == [f"{i:02d}.png" for i in range(answers.MAX_IMAGES)]
+    at.run()  # any later rerun still says what was left out
+    assert any(left_out in w.value for w in at.warning)
+
+
 def test_every_result_has_its_own_time_a_map_for_any_class_and_downloads() -> None:
     at = inference_page()
     at.file_uploader[0].set_value([("a.png", image_bytes(seed=1, size=(200, 150)), "image/png"),
