@@ -2,13 +2,17 @@
 threshold the app uses for its "not sure" answer (mobilenet.ood).
 
     .venv/bin/python bench/ood.py [--data ../shared/data/cifar10-train-jpeg.zip] [--per-kind 100] [--write]
+                                  [--twin runs/TWIN …]
 
 The validation split each model's run held out (seed 0, 5000 images, never trained on) is cut into two
 seeded halves: the threshold keeps 95% of the first half; the second half and the foreign images measure
-it. Foreign images are generated here (noise, blurred noise, flat colours, gradients, stripes, shapes,
-text, drawn faces) plus the three real photos of tests/data/photos (a person, a coffee cup, a rocket).
-AUROC is given for the maximum softmax probability (MSP, what the app uses) and the energy score
-(logsumexp of the logits). --write stores the thresholds in checkpoints/ood.json.
+it. A model trained on all the images held none out: its validating twin (--twin, the run its card names)
+answers in its place on the twin's split (mobilenet.ood.calibration), and the row says so; the foreign
+images flagged are the shipped model's own answers under that threshold. Foreign images are generated
+here (noise, blurred noise, flat colours, gradients, stripes, shapes, text, drawn faces) plus the three
+real photos of tests/data/photos (a person, a coffee cup, a rocket). AUROC is given for the maximum
+softmax probability (MSP, what the app uses) and the energy score (logsumexp of the logits). --write
+stores the thresholds in checkpoints/ood.json.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mobilenet import checkpoint, data, ood
 from mobilenet.catalog import shipped_checkpoints
+from mobilenet.checkpoint import CheckpointError
 from mobilenet.intake import load_model_input
 
 PHOTOS = Path(__file__).resolve().parent.parent / "tests" / "data" / "photos"
@@ -128,7 +133,13 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/cifar10-train-jpeg.zip")
     parser.add_argument("--per-kind", type=int, default=100)
     parser.add_argument("--write", action="store_true", help="store the thresholds in checkpoints/ood.json")
+    parser.add_argument("--twin", action="append", type=Path, default=[], metavar="RUN",
+                        help="the run folder of a validating twin that a model trained on all the images names")
     args = parser.parse_args()
+    try:  # which model answers for each: itself, or the validating twin of one trained on all the images
+        sources = {path: ood.calibration(path, args.twin) for path in shipped_checkpoints()}
+    except CheckpointError as e:
+        parser.error(str(e))
     torch.manual_seed(0)
     full = data.load(args.data, "train", 32)
     foreign = foreign_images(args.per_kind)
@@ -137,27 +148,39 @@ def main() -> None:
     print(f"| model | threshold (MSP) | validation kept | AUROC MSP | AUROC energy | "
           f"{' | '.join(f'{k} flagged' for k in foreign)} |")
     print("|---|---:|---:|---:|---:|" + "---:|" * len(foreign))
-    for path in shipped_checkpoints():
-        model, card = checkpoint.load(path)
-        split = card.data or checkpoint.TrainingData(args.data, None)
+    notes = []
+    for path, source in sources.items():
+        model, card = checkpoint.load(source.path)  # the shipped model, or its validating twin
+        split = source.split or checkpoint.TrainingData(args.data, None)
         _, val = data.split_train_val(full, split.val_size, split.seed, split.subset)
         half = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))
         calibration, test = val.images[half[:len(val) // 2]], val.images[half[len(val) // 2:]]
         with torch.inference_mode():
             logits = {name: card.inference.logits(model.eval(), images) for name, images in
                       (("calibration", calibration), ("test", test), ("foreign", everything_foreign))}
+            if source.twin:  # the shipped model's own answers on the foreign images, under its twin's threshold
+                shipped, shipped_card = checkpoint.load(path)
+                logits["own foreign"] = shipped_card.inference.logits(shipped.eval(), everything_foreign)
         msp = {name: values.softmax(1).amax(1) for name, values in logits.items()}
         energy = {name: values.logsumexp(1) for name, values in logits.items()}
-        limit = float(msp["calibration"].quantile(1 - ood.KEEP))
+        limit = ood.calibrate(msp["calibration"])
         thresholds[path.name] = {"threshold": round(limit, 4), **ood.identity(path)}
+        if source.twin:
+            thresholds[path.name]["calibrated_by"] = source.twin
+            notes.append(f"`{path.name}` trained on all the images: its threshold, validation kept and AUROC are its "
+                         f"validating twin's ({source.twin}) on the {len(val)} images the twin held out; the foreign "
+                         f"images flagged are its own answers")
         kept = float((~ood.looks_foreign(msp["test"], limit)).float().mean())
         flagged, start = [], 0
         for images in foreign.values():
-            scores = msp["foreign"][start:start + len(images)]
+            scores = msp.get("own foreign", msp["foreign"])[start:start + len(images)]
             start += len(images)
             flagged.append(f"{float(ood.looks_foreign(scores, limit).float().mean()):.0%}")
-        print(f"| `{path.name}` | {limit:.3f} | {kept:.1%} | {auroc(msp['test'], msp['foreign']):.3f} | "
+        name = f"`{path.name}`" + (f" (twin `{source.twin}`)" if source.twin else "")
+        print(f"| {name} | {limit:.3f} | {kept:.1%} | {auroc(msp['test'], msp['foreign']):.3f} | "
               f"{auroc(energy['test'], energy['foreign']):.3f} | {' | '.join(flagged)} |")
+    for note in notes:
+        print(f"\n{note}")
     if args.write:
         target = shipped_checkpoints()[0].parent / ood.CALIBRATION_FILE
         target.write_text(json.dumps(thresholds, indent=2) + "\n")

@@ -205,11 +205,13 @@ def positive_int(text: str) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .shipping import export, write_cards
+    from .shipping import Twin, export, write_cards
 
-    card = export(Path(args.run_dir), Path(args.out), args.data_description)
+    card = export(Path(args.run_dir), Path(args.out), args.data_description, args.validated_by)
     write_cards(Path(args.out).parent)
-    print(f"{args.out}: α={card.alpha:g}, validation accuracy {card.training['val_acc']:.2%}")
+    twin = Twin.of(card)
+    measured = f" (its validating twin {twin.run}'s; it trained on all the images)" if twin else ""
+    print(f"{args.out}: α={card.alpha:g}, validation accuracy {card.training['val_acc']:.2%}{measured}")
     return 0
 
 
@@ -235,8 +237,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     model = export_onnx(path, args.data, Path(args.data_root), fp32_file=args.fp32)
     write_cards(path.parent)
     q = model.quantization
-    print(f"{model.path}: int8 validation accuracy {q.int8_accuracy:.2%} (fp32 {q.fp32_accuracy:.2%}) on "
-          f"{q.images} images, {model.path.stat().st_size / 1e6:.1f} MB")
+    print(f"{model.path}: int8 accuracy {q.int8_accuracy:.2%} (fp32 {q.fp32_accuracy:.2%}) on {q.images} "
+          f"{q.measured_on} images, {model.path.stat().st_size / 1e6:.1f} MB")
     return 0
 
 
@@ -291,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN", help="finished run folder")
     p.add_argument("out", help="checkpoint file to write, e.g. checkpoints/mobilenet_v1_a1.0.pt")
     p.add_argument("--data-description", help="the training data in words, stored in the card instead of its path")
+    p.add_argument("--validated-by", metavar="TWIN_RUN", type=Path,
+                   help="for a run trained on all the images (--val-size 0): the finished run with identical settings "
+                        "that held a validation split out; the card gives its validation accuracy and names it")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("record-data", help="record in a shipped model's card the fingerprint of its training data")
@@ -301,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-onnx", help="write a shipped model's int8 ONNX model beside it, with its accuracy")
     p.add_argument("checkpoint", help="checkpoint file, e.g. checkpoints/mobilenet_v1_a1.0.pt")
     p.add_argument("--data", required=True, help="the data it was trained on (folder or .zip, or 'cifar10'): "
-                   "calibration uses its training part, the accuracy its validation split")
+                   "calibration uses its training part, the accuracy its validation split (a seeded sample of its "
+                   "training images for a model trained on all of them)")
     p.add_argument("--fp32", action="store_true", help="also write the fp32 ONNX model (NAME.onnx)")
     add_data_options(p)
     p.set_defaults(run=cmd_export_onnx)

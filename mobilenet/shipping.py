@@ -1,15 +1,21 @@
 """Shipping a trained model: a finished run's best weights as a checkpoint with its card, and the cards in
-checkpoints/README.md."""
+checkpoints/README.md.
+
+A model trained on all the images (--val-size 0) has no validation accuracy of its own. It ships with its
+validating twin's: a run with the identical settings that held a seeded split out, on which the recipe and
+epoch count were chosen. The model itself is its run's last epoch, with no selection on any result.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import checkpoint, data
 from .catalog import shipped_order
 from .checkpoint import CheckpointError, ModelCard, TrainingData
+from .config import OVERRIDES, TrainConfig
 from .data import DataError
 from .engines import int8_file
 from .runs import RunFolder
@@ -21,19 +27,106 @@ if TYPE_CHECKING:
 TTA_WORDS = {"none": "", "flip": " with flip TTA", "flip-translate": " with flip and translation TTA"}
 
 
-def export(run: Path, out: Path, data_description: str | None = None) -> ModelCard:
+TWIN = "validated_by"  # the card's training entry of a model trained on all the images: its Twin
+ALL_IMAGES = "trained on all the images, the held-out ones included; its last epoch, no selection"
+TWIN_MARK = "†"  # beside an accuracy in the cards' overview: its validating twin's
+# TrainConfig settings that do not change what a run trains: where it runs and how fast. The data is compared
+# by its fingerprint, and the validation split is what twins differ in.
+NOT_TRAINING = ("val_size", "device", "data_root", "compile", "download", "data")
+
+
+@dataclass(frozen=True)
+class Twin:
+    """The validating twin of a model trained on all the images: its run's name and the split it held out."""
+
+    run: str
+    val_size: int
+    seed: int
+    this_model: str = ALL_IMAGES  # what the model that records this twin is
+
+    @classmethod
+    def of(cls, card: ModelCard) -> Twin | None:
+        """The twin a card records, or None for a model validated on its own split."""
+        given = card.training.get(TWIN)
+        try:
+            return cls(**given) if isinstance(given, dict) else None
+        except TypeError:
+            return None
+
+
+def training_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """What decides how a run trains, besides its data and split: the TrainConfig with the recipe's overrides
+    resolved (epochs unset and epochs=30 are the same `fast` run)."""
+    resolved = {name: getattr(cfg.effective, name) for name in OVERRIDES}
+    return {k: v for k, v in (cfg.to_dict() | resolved).items() if k not in NOT_TRAINING}
+
+
+def setting_differences(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """The training settings in which two configs differ (data and split aside): name → (a's value, b's)."""
+    mine, theirs = training_settings(a), training_settings(b)
+    return {name: (mine[name], theirs[name]) for name in mine if mine[name] != theirs[name]}
+
+
+def validating_twin(run: Path, twin: Path) -> tuple[Twin, dict]:
+    """`twin` as the validating twin of `run`, a finished run trained on all the images: the record for the card
+    and the twin's report. The twin is a finished run that held out a validation split, trained on the same data
+    (by fingerprint) with identical settings otherwise; CheckpointError naming what differs."""
+    full, other = RunFolder(run), RunFolder(twin)
+    report = other.read_report()
+    if report is None:
+        raise CheckpointError(f"{other.name} cannot validate {full.name}: it is not a finished run (no report.json)")
+    split = _card(other).data
+    if split is None or split.val_size == 0 or not report.get("n"):
+        raise CheckpointError(f"{other.name} cannot validate {full.name}: it held out no validation images either")
+    configs = full.read_config(), other.read_config()
+    differences = [f"--{name.replace('_', '-')} {_value(a)} in {full.name}, {_value(b)} in {other.name}"
+                   for name, (a, b) in setting_differences(*configs).items()]
+    # The same images however they are spelled: by fingerprint where both runs recorded one.
+    fingerprints = [s.fingerprint for s in (_card(full).data, split) if s and s.fingerprint]
+    sources = [f"fingerprint {f}" for f in fingerprints] if len(fingerprints) == 2 else [c.data for c in configs]
+    if sources[0] != sources[1]:
+        differences.insert(0, f"--data: {sources[0]} in {full.name}, {sources[1]} in {other.name}")
+    if differences:
+        raise CheckpointError(f"{other.name} is not the validating twin of {full.name}: besides --val-size, their "
+                              f"training settings differ: {'; '.join(differences)}")
+    return Twin(other.name, split.val_size, split.seed), report
+
+
+def _card(folder: RunFolder) -> ModelCard:
+    return ModelCard.from_dict(checkpoint.read(folder.best)["card"])
+
+
+def _value(value: Any) -> str:
+    return "none" if value in (None, "") else str(value)
+
+
+def export(run: Path, out: Path, data_description: str | None = None, validated_by: Path | None = None) -> ModelCard:
     """A finished run's best weights as a shipped checkpoint: weights only, its card completed with the
-    model's size and cost and a description of the data in words rather than a local path."""
+    model's size and cost and a description of the data in words rather than a local path.
+
+    A run trained on all the images needs its validating twin (validated_by), whose validation accuracy the card
+    gives and names; a run that held out its own split refuses one."""
     folder = RunFolder(run)
     report = folder.read_report()
     if report is None:
         raise CheckpointError(f"{folder.name} is not a finished run: it has no report.json")
     model, card = checkpoint.load(folder.best)
+    twin: dict[str, Any] = {}
+    if card.data is not None and card.data.val_size == 0:
+        if validated_by is None:
+            raise CheckpointError(f"{folder.name} trained on all the images and held none out, so it has no validation "
+                                  f"accuracy of its own: give the run that validated its recipe with --validated-by "
+                                  f"RUN (identical settings but a validation split, e.g. --val-size 5000)")
+        record, report = validating_twin(folder.path, Path(validated_by))
+        twin = {TWIN: asdict(record)}
+    elif validated_by is not None:
+        raise CheckpointError(f"{folder.name} held out its own validation split and is measured on it: "
+                              f"--validated-by is for a run trained on all the images (--val-size 0)")
     stats = model_stats(card.alpha, resolution=card.resolution, stem=card.stem, num_classes=card.num_classes)
     training = card.training | {
         "data": data_description or card.training.get("data"), "val_acc": report["accuracy"], "val_n": report["n"],
         "per_class": report["per_class"], "params": stats.params, "mult_adds": stats.mult_adds,
-    }
+    } | twin
     # The source by its file name, not this machine's path; its fingerprint finds it on any other.
     data = card.data and replace(card.data, source=Path(card.data.source).name)
     shipped = replace(card, data=data, training=training)
@@ -75,11 +168,24 @@ def write_cards(folder: Path) -> None:
                 "|---|---:|---:|---:|---:|---:|"]
     for name, card, int8 in shipped:
         t = card.training
-        quantized = "–" if int8 is None else f"{int8.quantization.int8_accuracy:.2%}"
         overview.append(f"| `{name}` | {card.alpha:g} | {t.get('params', 0):,} | {t.get('mult_adds', 0) / 1e6:.2f} M "
-                        f"| {t.get('val_acc', 0):.2%} | {quantized} |")
+                        f"| {t.get('val_acc', 0):.2%}{TWIN_MARK if Twin.of(card) else ''} | {int8_cell(int8)} |")
+    if any(Twin.of(card) for _, card, _ in shipped):
+        overview += ["", f"{TWIN_MARK} Measured on its validating twin: the identical recipe with a seeded validation "
+                         f"split held out. The model itself trained on all the images, those included, and is its "
+                         f"last epoch, with no selection (its card names the twin)."]
     sections = ["\n".join(overview)] + [card_markdown(name, card, int8) for name, card, int8 in shipped]
     readme.write_text(f"{head}{CARDS_START}\n\n" + "\n\n".join(sections) + f"\n\n{CARDS_END}{tail}")
+
+
+def int8_cell(model: OnnxModel | None) -> str:
+    """The overview's int8 column: accuracy on held-out images, or, measured on training images, only the loss."""
+    if model is None:
+        return "–"
+    q = model.quantization
+    if q.held_out:
+        return f"{q.int8_accuracy:.2%}"
+    return f"{-q.loss * 100:+.2f} points against fp32 on training images"
 
 
 def int8_model(path: Path, payload: dict) -> OnnxModel | None:
@@ -93,10 +199,16 @@ def int8_model(path: Path, payload: dict) -> OnnxModel | None:
 
 def int8_markdown(model: OnnxModel) -> str:
     q = model.quantization
+    if q.held_out:
+        measured, calibrated = f"validation accuracy on the same {q.images} images", "never validation ones"
+    else:
+        measured = (f"accuracy on {q.images} training images of this model (a seeded sample: it held none out, so "
+                    f"this measures the rounding, not new images)")
+        calibrated = "none of those measured on"
     return (f"| int8 model | `{model.path.name}` ({len(model.model) / 1e6:.1f} MB, ONNX Runtime): "
-            f"{q.int8_accuracy:.2%} validation accuracy on the same {q.images} images, against {q.fp32_accuracy:.2%} "
+            f"{q.int8_accuracy:.2%} {measured}, against {q.fp32_accuracy:.2%} "
             f"for the same graph in fp32 ({-q.loss * 100:+.2f} points); {q.method}; calibrated on "
-            f"{q.calibration_images} training images (seed {q.calibration_seed}), never validation ones |")
+            f"{q.calibration_images} training images (seed {q.calibration_seed}), {calibrated} |")
 
 
 def card_markdown(name: str, card: ModelCard, int8: OnnxModel | None = None) -> str:
@@ -105,6 +217,10 @@ def card_markdown(name: str, card: ModelCard, int8: OnnxModel | None = None) -> 
     per_class = " · ".join(f"{c} {a:.1%}" for c, a in t.get("per_class", {}).items())
     minutes = t.get("train_time_s", 0) / 60
     fingerprint = f"; fingerprint `{card.data.fingerprint}`" if card.data and card.data.fingerprint else ""
+    twin = Twin.of(card)
+    validated = "" if twin is None else (
+        f", measured on run `{twin.run}`, the identical recipe with them held out; this model trained on all the "
+        f"images, these included, and is its last epoch, with no selection")
     return "\n".join([
         f"### `{name}`",
         "",
@@ -116,7 +232,7 @@ def card_markdown(name: str, card: ModelCard, int8: OnnxModel | None = None) -> 
         f"{t.get('mult_adds', 0) / 1e6:.2f} M mult-adds per image |",
         f"| data | {t.get('data')}{fingerprint} |",
         f"| validation accuracy | {t.get('val_acc', 0):.2%} on {t.get('val_n', '?')} held-out images "
-        f"(seeded, stratified; seed {t.get('seed')}){TTA_WORDS[card.tta]} |",
+        f"(seeded, stratified; seed {t.get('seed')}){TTA_WORDS[card.tta]}{validated} |",
         f"| per-class accuracy | {per_class} |",
         f"| training | {t.get('epochs')} epochs, recipe `{t.get('recipe')}` (batch {t.get('batch_size')}, peak lr "
         f"{t.get('lr')}), {minutes:.0f} min on {t.get('device')} |",

@@ -1,0 +1,180 @@
+"""Shipping a model trained on all the images (--val-size 0): its card gives and names its validating twin's
+accuracy, twins that are not identical are refused, its int8 model is measured on its own training images and
+says so, and its "not sure" threshold comes from the twin."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import write_folder
+
+from mobilenet import checkpoint, ood, shipping, train
+from mobilenet.__main__ import main
+from mobilenet.checkpoint import CheckpointError
+from mobilenet.config import TrainConfig
+from mobilenet.onnx_export import MAX_INT8_LOSS, TRAINING
+from mobilenet.runs import RunFolder
+from mobilenet.shipping import ALL_IMAGES, TWIN, Twin
+
+VAL_SIZE = 12  # a fifth of the 60 images
+
+
+@dataclass(frozen=True)
+class Runs:
+    data: Path
+    root: Path  # the decode cache
+    twin: Path  # holds VAL_SIZE images out
+    full: Path  # trains on all of them, settings otherwise identical
+
+
+def tiny(data: Path, root: Path, **overrides) -> TrainConfig:
+    settings = dict(data=str(data), alpha=0.25, epochs=2, batch_size=16, lr=0.05, val_size=VAL_SIZE, device="cpu",
+                    data_root=str(root))
+    return TrainConfig(**(settings | overrides))
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)  # conftest restores it
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    base = tmp_path_factory.mktemp("full")
+    data, root = write_folder(base / "images", per_class=20, splits=("train",)), base / "root"
+    torch.set_num_threads(1)
+    train.train(tiny(data, root), base / "runs" / "twin")
+    train.train(tiny(data, root, val_size=0), base / "runs" / "full")
+    return Runs(data, root, base / "runs" / "twin", base / "runs" / "full")
+
+
+def copy_run(source: Path, target: Path, **settings) -> Path:
+    """A copy of a run folder whose config.json has these settings changed."""
+    shutil.copytree(source, target)
+    folder = RunFolder(target)
+    folder.write_config(replace(folder.read_config(), **settings))
+    return target
+
+
+# ---- export -------------------------------------------------------------------------------------
+
+
+def test_a_full_data_model_ships_with_its_twins_validation_accuracy(runs: Runs, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    shipped = tmp_path / "checkpoints"
+    shipped.mkdir()
+    assert main(["export", str(runs.twin), str(shipped / "validated.pt")]) == 0
+    assert main(["export", str(runs.full), str(shipped / "full.pt"), "--data-description", "three classes",
+                 "--validated-by", str(runs.twin)]) == 0
+    assert "(its validating twin twin's; it trained on all the images)" in capsys.readouterr().out
+
+    card = checkpoint.load(shipped / "full.pt")[1]
+    report = RunFolder(runs.twin).read_report()
+    t = card.training
+    assert (t["val_acc"], t["val_n"], t["per_class"]) == (report["accuracy"], VAL_SIZE, report["per_class"])
+    assert t[TWIN] == {"run": "twin", "val_size": VAL_SIZE, "seed": 0, "this_model": ALL_IMAGES}
+    assert Twin.of(card) == Twin("twin", VAL_SIZE, 0) and Twin.of(checkpoint.load(shipped / "validated.pt")[1]) is None
+    assert card.data.val_size == 0 and t["data"] == "three classes"
+    assert t["epochs"] == 2 and t["train_time_s"] > 0  # the full run's own training
+
+    readme = (shipped / "README.md").read_text()
+    overview = [line for line in readme.splitlines() if line.startswith("| `")]
+    assert overview[0].endswith(f"| {report['accuracy']:.2%}† | – |")  # full.pt
+    assert overview[1].endswith(f"| {report['accuracy']:.2%} | – |")  # validated.pt: its own split, unmarked
+    assert "† Measured on its validating twin: the identical recipe with a seeded validation split held out." in readme
+    assert (f"| validation accuracy | {report['accuracy']:.2%} on {VAL_SIZE} held-out images (seeded, stratified; "
+            f"seed 0) with flip TTA, measured on run `twin`, the identical recipe with them held out; this model "
+            f"trained on all the images, these included, and is its last epoch, with no selection |") in readme
+
+
+def test_a_full_data_run_needs_an_identical_twin(runs: Runs, tmp_path: Path) -> None:
+    unfinished = copy_run(runs.twin, tmp_path / "unfinished")
+    RunFolder(unfinished).report.unlink()
+    other_data = copy_run(runs.twin, tmp_path / "other-data")
+    best = RunFolder(other_data).best
+    card = checkpoint.load(best)[1]
+    checkpoint.replace_card(best, replace(card, data=replace(card.data, fingerprint="0" * 16)))
+    refusals = [  # (run, its twin, what the refusal says)
+        (runs.full, None, "held none out, so it has no validation accuracy of its own: give the run that validated "
+                          "its recipe with --validated-by RUN"),
+        (runs.twin, runs.full, "twin held out its own validation split"),
+        (runs.full, runs.full, "full cannot validate full: it held out no validation images either"),
+        (runs.full, unfinished, "unfinished cannot validate full: it is not a finished run"),
+        (runs.full, copy_run(runs.twin, tmp_path / "other-lr", lr=0.1),
+         "other-lr is not the validating twin of full: besides --val-size, their training settings differ: "
+         "--lr 0.05 in full, 0.1 in other-lr"),
+        (runs.full, copy_run(runs.twin, tmp_path / "longer", epochs=None), "--epochs 2 in full, 30 in longer"),
+        (runs.full, other_data, "--data: fingerprint"),
+    ]
+    out = tmp_path / "out.pt"
+    for run, twin, message in refusals:
+        with pytest.raises(CheckpointError, match=re.escape(message)):
+            shipping.export(run, out, validated_by=twin)
+        assert not out.exists()
+
+
+def test_a_twin_may_differ_in_where_and_how_fast_it_ran_and_in_how_its_data_is_spelled(runs: Runs,
+                                                                                     tmp_path: Path) -> None:
+    twin = copy_run(runs.twin, tmp_path / "twin", device="auto", compile=True, data_root=str(tmp_path),
+                    download=False, data=f"{runs.data}/.", epochs=2)
+    card = shipping.export(runs.full, tmp_path / "out.pt", validated_by=twin)
+    assert Twin.of(card) == Twin("twin", VAL_SIZE, 0)
+
+
+def test_settings_compare_with_the_recipes_values_resolved() -> None:
+    base = TrainConfig(data="cifar10", data_root="data")
+    assert shipping.setting_differences(base, replace(base, epochs=30, lr=0.2, tta="flip")) == {}  # fast's own
+    assert shipping.setting_differences(base, replace(base, val_size=0, device="cpu", compile=True)) == {}
+    assert shipping.setting_differences(base, replace(base, lr=0.1, cutout=8)) == {"lr": (0.2, 0.1), "cutout": (0, 8)}
+
+
+# ---- the int8 model -----------------------------------------------------------------------------
+
+
+def test_a_full_data_models_int8_model_is_measured_on_its_training_images(runs: Runs, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    shipped = tmp_path / "checkpoints"
+    shipped.mkdir()
+    path = shipped / "full.pt"
+    shipping.export(runs.full, path, validated_by=runs.twin)
+    assert main(["export-onnx", str(path), "--data", str(runs.data), "--data-root", str(runs.root)]) == 0
+    assert f"on {VAL_SIZE} training images" in capsys.readouterr().out
+    q = shipping.int8_model(path, checkpoint.read(path)).quantization
+    assert q.measured_on == TRAINING and not q.held_out and q.images == VAL_SIZE and q.loss <= MAX_INT8_LOSS
+    readme = (shipped / "README.md").read_text()
+    assert f"{-q.loss * 100:+.2f} points against fp32 on training images |" in readme
+    assert (f"{q.int8_accuracy:.2%} accuracy on {VAL_SIZE} training images of this model (a seeded sample: it held "
+            f"none out, so this measures the rounding, not new images)") in readme
+    assert "none of those measured on |" in readme
+
+
+# ---- the "not sure" threshold -------------------------------------------------------------------
+
+
+def test_a_full_data_model_is_calibrated_on_its_twins_answers(runs: Runs, tmp_path: Path) -> None:
+    path = tmp_path / "full.pt"
+    shipping.export(runs.full, path, validated_by=runs.twin)
+    twin_split = checkpoint.load(RunFolder(runs.twin).best)[1].data
+    assert ood.calibration(path, [tmp_path, runs.twin]) == ood.Calibration(RunFolder(runs.twin).best, twin_split,
+                                                                            "twin")
+    with pytest.raises(CheckpointError, match="give the twin's run folder, twin"):
+        ood.calibration(path, [tmp_path])
+    other = tmp_path / "elsewhere" / "twin"
+    shutil.copytree(runs.twin, other)
+    best = RunFolder(other).best
+    checkpoint.replace_card(best, replace(checkpoint.load(best)[1], tta="none"))
+    with pytest.raises(CheckpointError, match="is not the validating twin full.pt records"):
+        ood.calibration(path, [other])
+
+    validated = tmp_path / "validated.pt"
+    card = shipping.export(runs.twin, validated)
+    assert ood.calibration(validated, [runs.twin]) == ood.Calibration(validated, card.data)
+
+
+def test_a_threshold_keeps_its_share_of_held_out_images() -> None:
+    assert ood.calibrate(torch.linspace(0, 1, 101)) == pytest.approx(1 - ood.KEEP)
