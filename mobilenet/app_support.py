@@ -177,7 +177,8 @@ def engine_caption(entry: ModelEntry) -> str:
     text = f":material/speed: Answers with {engines.describe(engine_for(entry))}"
     q = _quantization(entry.path, entry.version) if has_int8(entry) else None
     if q is not None:
-        text += f". Validation accuracy: int8 {q.int8_accuracy:.2%}, fp32 {q.fp32_accuracy:.2%}"
+        where = "Validation accuracy" if q.held_out else f"On {q.images:,} of the images it trained on"
+        text += f". {where}: int8 {q.int8_accuracy:.2%}, fp32 {q.fp32_accuracy:.2%}"
     return text
 
 

@@ -118,6 +118,11 @@ def training_source(card: ModelCard, root: Path | None = None) -> str | None:
     return next((s for s in here + [str(p) for p in _candidates(root)] if trained_on(card, s)), None)
 
 
+def held_out(card: ModelCard) -> bool:
+    """Whether the model's training held a validation split out (a model without a record may have)."""
+    return card.data is None or card.data.val_size > 0
+
+
 def describe_source(source: str) -> str:
     return "CIFAR-10" if source == "cifar10" else Path(source).name
 
@@ -128,8 +133,10 @@ def training_note(card: ModelCard) -> str:
     if trained is None:
         return "This model does not record its training data: any of these sources may include its training images."
     subset = f"a sample of {trained.subset:,} images of " if trained.subset else ""
-    return (f"This model trained on {subset}{describe_source(trained.source)}, holding {trained.val_size:,} images out "
-            f"for validation (seed {trained.seed}). Data it never saw comes first; \"{SEEN_NOTE}\" marks the rest.")
+    held = (f"holding {trained.val_size:,} images out for validation (seed {trained.seed})" if trained.val_size
+            else "holding none out for validation")
+    return (f"This model trained on {subset}{describe_source(trained.source)}, {held}. Data it never saw comes first; "
+            f"\"{SEEN_NOTE}\" marks the rest.")
 
 
 def sources(card: ModelCard, root: Path | None = None) -> list[EvalSource]:
@@ -139,7 +146,7 @@ def sources(card: ModelCard, root: Path | None = None) -> list[EvalSource]:
     if _cifar_present(root):
         # CIFAR-10's test split is never trained on: the trainer holds its validation split out of train.
         unseen.append(EvalSource("CIFAR-10 test set", "cifar10", "test"))
-    if (trained := training_source(card, root)) is not None:
+    if held_out(card) and (trained := training_source(card, root)) is not None:
         unseen.append(EvalSource(f"validation split held out in training ({describe_source(trained)})", trained, VAL))
     for path in _candidates(root):
         split = evaluation_split(str(path))
@@ -157,6 +164,9 @@ def named(card: ModelCard, source: str, split: str, root: Path | None = None) ->
     """The command line's --data and --split as a source, by the app's rule: "val" is the held-out validation
     split; otherwise the test split, or all the images of a folder that has none."""
     if split == VAL:
+        if not held_out(card):
+            raise DataError("this model held no validation split out of its training data: every image of it was "
+                            "trained on")
         return EvalSource(f"validation split held out in training ({describe_source(source)})", source, VAL)
     chosen = evaluation_split(source)
     if chosen is None:

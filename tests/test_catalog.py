@@ -96,6 +96,18 @@ def test_the_training_data_is_found_by_fingerprint_and_offered_last(tmp_path: Pa
     assert [s.label for s in evalsets.sources(other, root)] == ["renamed.zip: all images", "unrelated: all images"]
 
 
+def test_a_model_trained_on_all_its_data_is_offered_no_validation_split(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    trained = zip_folder(write_folder(tmp_path / "trained", 6, splits=("train",)), root / "trained.zip")
+    card = save_model(tmp_path / "m.pt", data=TrainingData("trained.zip", data.fingerprint(str(trained)), val_size=0))
+    assert [(s.label, s.seen) for s in evalsets.sources(card, root)] == [
+        (f"trained.zip: all images ({evalsets.SEEN_NOTE})", True)]
+    assert "holding none out for validation" in evalsets.training_note(card)
+    with pytest.raises(DataError, match="held no validation split out"):
+        evalsets.named(card, str(trained), evalsets.VAL)
+
+
 def test_no_sources_in_a_missing_root(tmp_path: Path) -> None:
     card = save_model(tmp_path / "m.pt")
     assert evalsets.sources(card, tmp_path / "nowhere") == []
