@@ -21,6 +21,8 @@ def label(run: Path) -> str:
     recipe = config.effective
     changed = [f"{name.replace('_', ' ')} {getattr(config, name):g}" for name in ("ema", "cutout", "label_smoothing",
                                                                              "weight_decay") if getattr(config, name)]
+    if config.teachers:
+        changed.append(f"distilled ({config.distill:g}) from {' + '.join(Path(t).stem for t in config.teachers)}")
     return ", ".join([f"{config.recipe}, α={config.alpha:g}, {recipe.epochs} epochs, batch {recipe.batch_size}, "
                       f"lr {recipe.lr:g}", *changed])
 
