@@ -19,5 +19,12 @@ def keep_torch_threads():
 
 
 @pytest.fixture
+def one_thread() -> None:
+    """The training tests' accuracy thresholds and bitwise comparisons hold with one intra-op thread; two change
+    the float sums (keep_torch_threads restores the count)."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_folder(tmp_path / "images")

@@ -16,12 +16,10 @@ from mobilenet.data import load, split_train_val
 from mobilenet.evaluate import predict_probs
 from mobilenet.runs import read_metrics
 
-from helpers import write_folder
+from helpers import tiny_config, write_folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +36,7 @@ def teacher(folder: Path, tmp_path_factory) -> Path:
 
 
 def config(folder: Path, tmp_path: Path, **overrides) -> TrainConfig:
-    settings = dict(data=str(folder), alpha=0.25, epochs=3, batch_size=16, lr=0.05, val_size=24, device="cpu",
-                    data_root=str(tmp_path / "root"))
-    return TrainConfig(**(settings | overrides))
+    return tiny_config(folder, tmp_path / "root", **overrides)
 
 
 def test_targets_are_the_teachers_averaged_predictions_and_resume_exactly(folder: Path, teacher: Path,

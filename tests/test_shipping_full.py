@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_folder
+from helpers import tiny_config, write_folder
 
 from mobilenet import checkpoint, ood, shipping, train
 from mobilenet.__main__ import main
@@ -32,15 +32,11 @@ class Runs:
     full: Path  # trains on all of them, settings otherwise identical
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def tiny(data: Path, root: Path, **overrides) -> TrainConfig:
-    settings = dict(data=str(data), alpha=0.25, epochs=2, batch_size=16, lr=0.05, val_size=VAL_SIZE, device="cpu",
-                    data_root=str(root))
-    return TrainConfig(**(settings | overrides))
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)  # conftest restores it
+    return tiny_config(data, root, **({"epochs": 2, "val_size": VAL_SIZE} | overrides))
 
 
 @pytest.fixture(scope="module")

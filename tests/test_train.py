@@ -15,13 +15,10 @@ from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.runs import read_metrics
 from mobilenet.train import augment, step_generator
 
-from helpers import wait_for, write_folder
+from helpers import tiny_config, wait_for, write_folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    """The accuracy thresholds below hold with one intra-op thread; two change the float sums (conftest restores)."""
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +27,7 @@ def folder(tmp_path_factory) -> Path:
 
 
 def config(folder: Path, tmp_path: Path, **overrides) -> TrainConfig:
-    settings = dict(data=str(folder), alpha=0.25, epochs=3, batch_size=16, lr=0.05, val_size=24, device="cpu",
-                    data_root=str(tmp_path / "root"))
-    return TrainConfig(**(settings | overrides))
+    return tiny_config(folder, tmp_path / "root", **overrides)
 
 
 def epoch_rows(run: Path) -> list[dict]:
