@@ -39,6 +39,11 @@ class TrainingData:
     seed: int = 0
     subset: int | None = None
 
+    @property
+    def holds_out(self) -> bool:
+        """Whether training held a validation split out of the source (val_size 0: it trained on all of it)."""
+        return self.val_size > 0
+
 
 @dataclass(frozen=True)
 class ModelCard:

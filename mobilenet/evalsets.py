@@ -120,7 +120,7 @@ def training_source(card: ModelCard, root: Path | None = None) -> str | None:
 
 def held_out(card: ModelCard) -> bool:
     """Whether the model's training held a validation split out (a model without a record may have)."""
-    return card.data is None or card.data.val_size > 0
+    return card.data is None or card.data.holds_out
 
 
 def describe_source(source: str) -> str:
@@ -133,7 +133,7 @@ def training_note(card: ModelCard) -> str:
     if trained is None:
         return "This model does not record its training data: any of these sources may include its training images."
     subset = f"a sample of {trained.subset:,} images of " if trained.subset else ""
-    held = (f"holding {trained.val_size:,} images out for validation (seed {trained.seed})" if trained.val_size
+    held = (f"holding {trained.val_size:,} images out for validation (seed {trained.seed})" if trained.holds_out
             else "holding none out for validation")
     return (f"This model trained on {subset}{describe_source(trained.source)}, {held}. Data it never saw comes first; "
             f"\"{SEEN_NOTE}\" marks the rest.")

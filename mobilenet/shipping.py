@@ -76,7 +76,7 @@ def validating_twin(run: Path, twin: Path) -> tuple[Twin, dict]:
     if report is None:
         raise CheckpointError(f"{other.name} cannot validate {full.name}: it is not a finished run (no report.json)")
     split = _card(other).data
-    if split is None or split.val_size == 0 or not report.get("n"):
+    if split is None or not split.holds_out or not report.get("n"):
         raise CheckpointError(f"{other.name} cannot validate {full.name}: it held out no validation images either")
     configs = full.read_config(), other.read_config()
     differences = [f"--{name.replace('_', '-')} {_value(a)} in {full.name}, {_value(b)} in {other.name}"
@@ -112,7 +112,7 @@ def export(run: Path, out: Path, data_description: str | None = None, validated_
         raise CheckpointError(f"{folder.name} is not a finished run: it has no report.json")
     model, card = checkpoint.load(folder.best)
     twin: dict[str, Any] = {}
-    if card.data is not None and card.data.val_size == 0:
+    if card.data is not None and not card.data.holds_out:
         if validated_by is None:
             raise CheckpointError(f"{folder.name} trained on all the images and held none out, so it has no validation "
                                   f"accuracy of its own: give the run that validated its recipe with --validated-by "
