@@ -231,7 +231,8 @@ def keep_uploads(files: list, returning: bool) -> tuple[list[Upload], list[str]]
 
 def forget_uploads() -> None:
     """Forget the images kept from an earlier visit (the visitor cleared them)."""
-    st.session_state.kept_uploads, st.session_state.left_out_uploads = [], []
+    state = st.session_state
+    state.kept_uploads, state.left_out_uploads, state.kept_file_ids = [], [], None
 
 
 def drop_files_no_widget_holds(manager: object, session_id: str, held: set[str]) -> int:
