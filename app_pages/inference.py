@@ -20,7 +20,9 @@ files, other = st.columns(2)
 returning = app.UPLOADER_KEY not in st.session_state  # Streamlit drops the uploader's state on leaving the page
 uploaded = files.file_uploader("Upload images", type=app.UPLOAD_TYPES, accept_multiple_files=True,
                                key=app.UPLOADER_KEY)
-kept, left_out = app.keep_uploads(uploaded, returning)
+url = other.text_input("Or paste an image URL", placeholder="https://…")
+photo = other.camera_input("Photo") if other.toggle("Take a photo with the camera") else None
+kept, left_out = app.keep_uploads(uploaded, returning, photo)
 if left_out:
     files.warning(f"Only the first {answers.MAX_IMAGES} uploaded images are kept and classified; left out: "
                   f"{', '.join(left_out)}.")
@@ -29,10 +31,6 @@ if kept and not uploaded:
     if files.button("Clear them", icon=":material/delete:"):
         app.forget_uploads()
         st.rerun()
-url = other.text_input("Or paste an image URL", placeholder="https://…")
-photo = other.camera_input("Photo") if other.toggle("Take a photo with the camera") else None
-held = [*uploaded[:answers.MAX_IMAGES], *([photo] if photo else [])]
-app.keep_only_held_uploads(held)  # the session's other files leave the server's memory
 
 examples = {path.stem: path for path in answers.examples()}
 with st.expander("Or try an example (CIFAR-10 training images: the models have seen them)", expanded=True):

@@ -208,24 +208,27 @@ def paper_comparison() -> pd.DataFrame:
 # ---- inference ----------------------------------------------------------------------------------
 
 
-def keep_uploads(files: list, returning: bool) -> tuple[list[Upload], list[str]]:
+def keep_uploads(files: list, returning: bool, photo: object | None = None) -> tuple[list[Upload], list[str]]:
     """The uploader's first MAX_IMAGES files, remembered in the session, and the names of the ones beyond them.
 
     Streamlit forgets a page's uploader when the visitor opens another page, so on returning the images of the
-    last visit stand in until replaced or removed. Files beyond the first MAX_IMAGES are never read nor kept (and
-    keep_only_held_uploads lets them leave the server), so one session holds at most MAX_IMAGES uploads.
+    last visit stand in until replaced or removed. Files beyond the first MAX_IMAGES are never read nor kept, and
+    every file of the session but those and the camera's photo leaves the server's memory, so one session holds
+    at most MAX_IMAGES uploads and a photo.
     """
     state = st.session_state
     kept, left_out = state.get("kept_uploads", []), state.get("left_out_uploads", [])
+    held = files[:MAX_IMAGES]
     if files:
-        held = [f.file_id for f in files[:MAX_IMAGES]]
-        if held != state.get("kept_file_ids"):
-            kept = [Upload(f.name, f.getvalue()) for f in files[:MAX_IMAGES]]
+        held_ids = [f.file_id for f in held]
+        if held_ids != state.get("kept_file_ids"):
+            kept = [Upload(f.name, f.getvalue()) for f in held]
             left_out = [f.name for f in files[MAX_IMAGES:]]
-            state.kept_file_ids = held
+            state.kept_file_ids = held_ids
     elif not returning and state.get("uploader_had_files"):
         kept, left_out, state.kept_file_ids = [], [], None  # the visitor removed them
     state.kept_uploads, state.left_out_uploads, state.uploader_had_files = kept, left_out, bool(files)
+    _keep_only_held_uploads([*held, *([photo] if photo else [])])
     return kept, left_out
 
 
@@ -249,7 +252,7 @@ def drop_files_no_widget_holds(manager: object, session_id: str, held: set[str])
     return len(gone)
 
 
-def keep_only_held_uploads(held: list) -> None:
+def _keep_only_held_uploads(held: list) -> None:
     """On the page with the session's only upload widgets, given the files they hold: drop the session's others."""
     ctx = get_script_run_ctx()
     if ctx is None or ctx.uploaded_file_mgr is None:
