@@ -53,8 +53,11 @@ def run_view() -> None:
 with st.container(key=f"{app.LIVE_VIEW_KEY}-run"):  # redrawn without fading
     run_view()
 chosen_run = next(r for r in snapshot.runs if r.name == chosen)
-st.download_button("Download its metrics (CSV)", lambda: app.run_metrics_csv(chosen_run),
-                   file_name=f"{chosen}-metrics.csv", mime="text/csv", on_click="ignore")
+link, download = st.columns(2)
+# The address leaves out the newest run (the selector's default), which a later run would replace: this link names it.
+link.page_link(st.Page(__file__), label="Link to this run", icon=":material/link:", query_params={app.RUN_KEY: chosen})
+download.download_button("Download its metrics (CSV)", lambda: app.run_metrics_csv(chosen_run),
+                         file_name=f"{chosen}-metrics.csv", mime="text/csv", on_click="ignore")
 
 st.subheader("Overlay")
 compared = st.multiselect("Runs to overlay", names, key=app.COMPARE_KEY, bind="query-params",

@@ -574,14 +574,15 @@ def show_run_curves(run: RunInfo) -> bool:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _overlay(metrics: tuple[tuple[str, Path, tuple[int, int, int]], ...]) -> list[dict]:  # identities: cache key
-    rows = {name: RunFolder(path.parent).read_metrics() for name, path, _ in metrics}  # overlay takes the epoch rows
-    return [chart.to_dict() for chart in charts.overlay(rows)]
+def _overlay(metrics: tuple[tuple[str, Path, tuple[int, int, int], int], ...]) -> list[dict]:  # identity: cache key
+    runs = {name: (thinned(RunFolder(path.parent).read_metrics(), CHART_STEPS), epochs)
+            for name, path, _, epochs in metrics}
+    return [chart.to_dict() for chart in charts.overlay(runs)]
 
 
 def overlay(runs: list[RunInfo]) -> list[dict]:
     """The runs' curves on shared axes, built once per change of any of their metrics files."""
-    return _overlay(tuple((r.name, r.folder.metrics, _identity(r.folder.metrics)) for r in runs))
+    return _overlay(tuple((r.name, r.folder.metrics, _identity(r.folder.metrics), r.epochs) for r in runs))
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

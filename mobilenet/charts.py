@@ -197,18 +197,21 @@ def run_curves(rows: list[MetricsRow], epochs: int) -> list[alt.LayerChart]:
 OVERLAID = {"validation accuracy": "val_acc", "training loss": "train_loss"}  # measure: its MetricsRow field
 
 
-def overlay(runs: dict[str, list[MetricsRow]]) -> list[alt.Chart]:
-    """Several runs on shared axes, a colour per run: validation accuracy and training loss against the epoch
-    (their epoch rows), two charts as wide as their container."""
-    frame = pd.DataFrame([{"run": name, "epoch": row.epoch} | {m: getattr(row, f) for m, f in OVERLAID.items()}
-                          for name, rows in runs.items() for row in rows if row.kind == "epoch"],
-                         columns=["run", "epoch", *OVERLAID])
+def overlay(runs: dict[str, tuple[list[MetricsRow], int]]) -> list[alt.Chart]:
+    """Several runs (name: their rows and epochs) on shared axes, a colour per run, against the epoch: validation
+    accuracy at each epoch's end, and training loss as the step rows log it, each at its place within its epoch (as
+    in TensorBoard; a run in its first epoch has a line already). Two charts as wide as their container."""
     colours = alt.Color("run:N", sort=list(runs), legend=alt.Legend(orient="top", title=None, direction="vertical"))
-    return [alt.Chart(frame).mark_line(point=True).encode(
-        x=alt.X("epoch:Q", scale=alt.Scale(domainMin=0)),
-        y=alt.Y(f"{measure}:Q", axis=alt.Axis(format="%" if "accuracy" in measure else "~g"),
-                scale=alt.Scale(zero=False)),
-        color=colours,
-        tooltip=["run:N", "epoch:Q", alt.Tooltip(f"{measure}:Q", format=".4g")],
-    ).properties(title=measure, width=FIT, height=LEGEND_ROW * len(runs) + PLOT_HEIGHT, padding=PADDING)
-        for measure in OVERLAID]
+    specs = []
+    for measure, name in OVERLAID.items():
+        per_epoch = name.startswith("val")
+        frame = pd.DataFrame([{"run": run, "epoch": row.epochs_done(epochs), measure: getattr(row, name)}
+                              for run, (rows, epochs) in runs.items() for row in rows
+                              if (row.kind == "epoch") == per_epoch], columns=["run", "epoch", measure])
+        specs.append(alt.Chart(frame).mark_line(point=per_epoch).encode(
+            x=alt.X("epoch:Q", scale=alt.Scale(domainMin=0)),
+            y=alt.Y(f"{measure}:Q", axis=alt.Axis(format="%" if per_epoch else "~g"), scale=alt.Scale(zero=False)),
+            color=colours,
+            tooltip=["run:N", alt.Tooltip("epoch:Q", format=".2f"), alt.Tooltip(f"{measure}:Q", format=".4g")],
+        ).properties(title=measure, width=FIT, height=LEGEND_ROW * len(runs) + PLOT_HEIGHT, padding=PADDING))
+    return specs

@@ -30,7 +30,8 @@ def fits_a_phone(spec: dict) -> None:
 
 
 def test_overlay_draws_a_line_per_run_on_shared_axes() -> None:
-    runs = {"20261128-101500-a0.25-fast": epoch_rows(3, 0.2), "20261128-121500-a1-seed": epoch_rows(2, 0.3)}
+    fast, seed = "20261128-101500-a0.25-fast", "20261128-121500-a1-seed"
+    runs = {fast: (epoch_rows(3, 0.2), 3), seed: (epoch_rows(2, 0.3), 2)}
     overlaid = [chart.to_dict() for chart in charts.overlay(runs)]
     assert [spec["title"] for spec in overlaid] == ["validation accuracy", "training loss"]
     for spec in overlaid:
@@ -39,14 +40,20 @@ def test_overlay_draws_a_line_per_run_on_shared_axes() -> None:
         colour = spec["encoding"]["color"]
         assert colour["field"] == "run"  # one colour per run, named in a legend that fits a phone:
         assert colour["legend"] == {"direction": "vertical", "orient": "top", "title": None}
-        lines = {name: [row["epoch"] for row in data(spec) if row["run"] == name] for name in runs}
-        assert lines == {"20261128-101500-a0.25-fast": [1, 2, 3], "20261128-121500-a1-seed": [1, 2]}  # epoch rows
+    accuracy, loss = ({name: [row["epoch"] for row in data(spec) if row["run"] == name] for name in runs}
+                      for spec in overlaid)
+    assert accuracy == {fast: [1, 2, 3], seed: [1, 2]}  # at each epoch's end, with points
     assert [row["validation accuracy"] for row in data(overlaid[0])] == pytest.approx([0.2, 0.4, 0.6, 0.3, 0.6])
+    assert overlaid[0]["mark"]["point"] and not overlaid[1]["mark"].get("point")
+    assert loss == {fast: pytest.approx([0.5, 0.9, 1.5, 1.9, 2.5, 2.9]),  # each step row at its place
+                    seed: pytest.approx([0.5, 0.9, 1.5, 1.9])}
 
 
-def test_overlay_of_runs_without_epochs_is_empty_not_an_error() -> None:
-    spec = charts.overlay({"new": epoch_rows(1, 0.1)[:1], "newer": []})[0].to_dict()
-    assert data(spec) == []
+def test_a_run_in_its_first_epoch_has_a_training_loss_line_and_no_accuracy_yet() -> None:
+    accuracy, loss = (chart.to_dict() for chart in charts.overlay({"new": (epoch_rows(1, 0.1)[:2], 1),
+                                                                    "newer": ([], 1)}))
+    assert data(accuracy) == []
+    assert [(row["run"], row["epoch"]) for row in data(loss)] == [("new", 0.5), ("new", 0.9)]
 
 
 def test_a_runs_curves_are_against_the_epoch_each_step_within_its_epoch() -> None:

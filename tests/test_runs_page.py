@@ -9,6 +9,7 @@ import json
 import os
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pyarrow as pa
 import pytest
@@ -68,6 +69,21 @@ def test_any_run_opens_with_its_settings_report_and_curves(runs: Path) -> None:
     assert at.markdown[0].value == "**newer**: finished, epoch 3/3"
 
 
+def test_the_link_to_a_run_names_it_even_when_it_is_the_newest(runs: Path) -> None:
+    make_run(runs, "older", updated=1000.0)
+    make_run(runs, "newer", updated=2000.0)
+    at = open_page()  # the address names no run: it shows the newest, which a later run would replace
+
+    def linked() -> dict[str, list[str]]:
+        (link,) = at.get("page_link")
+        assert link.proto.label == "Link to this run"
+        return parse_qs(link.proto.query_string)
+
+    assert linked() == {app_support.RUN_KEY: ["newer"]}
+    at.selectbox[0].select("older").run()
+    assert linked() == {app_support.RUN_KEY: ["older"]}
+
+
 def test_the_overlay_draws_a_line_per_run(runs: Path) -> None:
     for i, name in enumerate(("a", "b", "c")):
         make_run(runs, name, epochs=2 + i, updated=1000.0 + i)
@@ -76,10 +92,11 @@ def test_the_overlay_draws_a_line_per_run(runs: Path) -> None:
     assert any(c.value.startswith("Choose two or more runs") for c in at.caption)
     at.multiselect[0].select("c").run()
     for page in (at, open_page(compare=["a", "c"])):  # chosen here, or by a link
-        for measure in ("validation accuracy", "training loss"):
-            (rows,) = titled(page, measure)
-            lines = {run: [row["epoch"] for row in rows if row["run"] == run] for run in ("a", "b", "c")}
-            assert lines == {"a": [1, 2], "b": [], "c": [1, 2, 3, 4]}
+        lines = {measure: {run: [row["epoch"] for row in rows if row["run"] == run] for run in ("a", "b", "c")}
+                 for measure in ("validation accuracy", "training loss") for rows in titled(page, measure)}
+        assert lines["validation accuracy"] == {"a": [1, 2], "b": [], "c": [1, 2, 3, 4]}
+        assert lines["training loss"] == {"a": [0.25 * s for s in range(1, 9)], "b": [],  # the step rows
+                                          "c": [0.25 * s for s in range(1, 17)]}
 
 
 def test_the_csv_download_is_the_runs_metrics_built_only_when_asked(runs: Path,
