@@ -11,18 +11,7 @@
 # Flip-translate TTA on any finished run: python bench/tta.py runs/study-*
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data/cifar10-train-jpeg.zip}
-THREADS=${THREADS:-1}
-run() {
-    local name=$1; shift
-    [ -f "runs/$name/report.json" ] && return 0
-    if [ -f "runs/$name/last.pt" ]; then
-        OMP_NUM_THREADS=$THREADS .venv/bin/python -m mobilenet train --resume "runs/$name" --json >> "runs/$name.log" 2>&1
-    else
-        OMP_NUM_THREADS=$THREADS .venv/bin/python -m mobilenet train --data "$DATA" --out "runs/$name" --json "$@" \
-            > "runs/$name.log" 2>&1
-    fi
-}
+run() { bench/run_once.sh "$@"; }
 run study-a1.0-ema-cutout12 --alpha 1 --epochs 40 --ema 0.999 --cutout 12
 run study-a0.25-distill --alpha 0.25 --epochs 30 --teacher checkpoints/mobilenet_v1_a1.0.pt
 T=checkpoints/in-progress/teachers
