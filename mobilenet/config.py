@@ -55,6 +55,11 @@ def _option(default: Any, help: str, **argparse: Any) -> Any:
     return field(default=default, metadata={"help": help, **argparse})
 
 
+# Settings that do not change what a run trains: where it runs and how fast, its data (compared by fingerprint
+# where it matters) and its validation split (what a shipped model and its validating twin differ in).
+NOT_TRAINING = ("val_size", "device", "data_root", "compile", "download", "data")
+
+
 @dataclass
 class TrainConfig:
     data: str = _option("cifar10", "'cifar10' or an image folder / .zip with train/<class>/ (default cifar10)")
@@ -114,6 +119,17 @@ class TrainConfig:
         """The recipe with this run's overrides applied."""
         overrides = {name: getattr(self, name) for name in OVERRIDES}
         return replace(RECIPES[self.recipe], **{k: v for k, v in overrides.items() if v is not None})
+
+    def training_settings(self) -> dict[str, Any]:
+        """What decides how this run trains, besides its data and split: the settings with the recipe's overrides
+        resolved (epochs unset and epochs=30 are the same `fast` run)."""
+        resolved = {name: getattr(self.effective, name) for name in OVERRIDES}
+        return {k: v for k, v in (self.to_dict() | resolved).items() if k not in NOT_TRAINING}
+
+    def setting_differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
+        """The training settings in which two configs differ (data and split aside): name → (self's, other's)."""
+        mine, theirs = self.training_settings(), other.training_settings()
+        return {name: (mine[name], theirs[name]) for name in mine if mine[name] != theirs[name]}
 
     @property
     def teachers(self) -> list[str]:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from . import checkpoint, data
 from .catalog import shipped_order
 from .checkpoint import CheckpointError, ModelCard, TrainingData
-from .config import OVERRIDES, TrainConfig
 from .data import DataError
 from .engines import int8_file
 from .runs import RunFolder
@@ -30,9 +29,6 @@ TTA_WORDS = {"none": "", "flip": " with flip TTA", "flip-translate": " with flip
 TWIN = "validated_by"  # the card's training entry of a model trained on all the images: its Twin
 ALL_IMAGES = "trained on all the images, the held-out ones included; its last epoch, no selection"
 TWIN_MARK = "†"  # beside an accuracy in the cards' overview: its validating twin's
-# TrainConfig settings that do not change what a run trains: where it runs and how fast. The data is compared
-# by its fingerprint, and the validation split is what twins differ in.
-NOT_TRAINING = ("val_size", "device", "data_root", "compile", "download", "data")
 
 
 @dataclass(frozen=True)
@@ -54,19 +50,6 @@ class Twin:
             return None
 
 
-def training_settings(cfg: TrainConfig) -> dict[str, Any]:
-    """What decides how a run trains, besides its data and split: the TrainConfig with the recipe's overrides
-    resolved (epochs unset and epochs=30 are the same `fast` run)."""
-    resolved = {name: getattr(cfg.effective, name) for name in OVERRIDES}
-    return {k: v for k, v in (cfg.to_dict() | resolved).items() if k not in NOT_TRAINING}
-
-
-def setting_differences(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """The training settings in which two configs differ (data and split aside): name → (a's value, b's)."""
-    mine, theirs = training_settings(a), training_settings(b)
-    return {name: (mine[name], theirs[name]) for name in mine if mine[name] != theirs[name]}
-
-
 def validating_twin(run: Path, twin: Path) -> tuple[Twin, dict]:
     """`twin` as the validating twin of `run`, a finished run trained on all the images: the record for the card
     and the twin's report. The twin is a finished run that held out a validation split, trained on the same data
@@ -78,9 +61,9 @@ def validating_twin(run: Path, twin: Path) -> tuple[Twin, dict]:
     split = _card(other).data
     if split is None or not split.holds_out or not report.get("n"):
         raise CheckpointError(f"{other.name} cannot validate {full.name}: it held out no validation images either")
-    configs = full.read_config(), other.read_config()
+    mine, theirs = configs = full.read_config(), other.read_config()
     differences = [f"--{name.replace('_', '-')} {_value(a)} in {full.name}, {_value(b)} in {other.name}"
-                   for name, (a, b) in setting_differences(*configs).items()]
+                   for name, (a, b) in mine.setting_differences(theirs).items()]
     # The same images however they are spelled: by fingerprint where both runs recorded one.
     fingerprints = [s.fingerprint for s in (_card(full).data, split) if s and s.fingerprint]
     sources = [f"fingerprint {f}" for f in fingerprints] if len(fingerprints) == 2 else [c.data for c in configs]

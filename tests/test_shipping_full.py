@@ -124,9 +124,9 @@ def test_a_twin_may_differ_in_where_and_how_fast_it_ran_and_in_how_its_data_is_s
 
 def test_settings_compare_with_the_recipes_values_resolved() -> None:
     base = TrainConfig(data="cifar10", data_root="data")
-    assert shipping.setting_differences(base, replace(base, epochs=30, lr=0.2, tta="flip")) == {}  # fast's own
-    assert shipping.setting_differences(base, replace(base, val_size=0, device="cpu", compile=True)) == {}
-    assert shipping.setting_differences(base, replace(base, lr=0.1, cutout=8)) == {"lr": (0.2, 0.1), "cutout": (0, 8)}
+    assert base.setting_differences(replace(base, epochs=30, lr=0.2, tta="flip")) == {}  # fast's own
+    assert base.setting_differences(replace(base, val_size=0, device="cpu", compile=True)) == {}
+    assert base.setting_differences(replace(base, lr=0.1, cutout=8)) == {"lr": (0.2, 0.1), "cutout": (0, 8)}
 
 
 # ---- the int8 model -----------------------------------------------------------------------------
