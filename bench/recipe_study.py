@@ -1,11 +1,15 @@
 """Validation accuracy per epoch of one or more runs: a markdown table and an Altair chart (HTML).
 
     .venv/bin/python bench/recipe_study.py runs/study-a0.25-seed runs/a0.25-fast --out bench/results/recipe_study.html
+
+A run whose folder is gone can be taken from a chart this script saved earlier: --earlier "CHART.html:LABEL".
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -27,16 +31,29 @@ def label(run: Path) -> str:
                       f"lr {recipe.lr:g}", *changed])
 
 
+def earlier(given: str) -> list[dict]:
+    """The rows of one run, by its label, in a chart this script saved: for runs whose folders are gone."""
+    path, run = given.split(":", 1)
+    saved = re.search(r"var spec = (\{.*?\});\n", Path(path).read_text(), re.S)
+    rows = [row for data in json.loads(saved.group(1))["datasets"].values() for row in data
+            if row["run"] == run] if saved else []
+    if not rows:
+        raise SystemExit(f"{path} has no run labelled {run!r}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="*", type=Path)
+    parser.add_argument("--earlier", action="append", default=[], metavar="CHART:LABEL",
+                        help="a run from a chart this script saved earlier, by its label (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/recipe_study.html"))
     parser.add_argument("--title", default="validation accuracy per epoch: seed recipe against the default")
     args = parser.parse_args()
     frame = pd.DataFrame([
         {"run": label(run), "epoch": row.epoch, "validation accuracy": row.val_acc, "minutes": row.elapsed_s / 60}
         for run in args.runs for row in RunFolder(run).read_metrics() if row.kind == "epoch"
-    ])
+    ] + [row for given in args.earlier for row in earlier(given)])
     table = frame.pivot(index="epoch", columns="run", values="validation accuracy")
     print("| epoch | " + " | ".join(table.columns) + " |\n|---:|" + "---:|" * len(table.columns))
     for epoch, values in table.iterrows():
