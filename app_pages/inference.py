@@ -24,8 +24,7 @@ url = other.text_input("Or paste an image URL", placeholder="https://…")
 photo = other.camera_input("Photo") if other.toggle("Take a photo with the camera") else None
 kept, left_out = app.keep_uploads(uploaded, returning, photo)
 if left_out:
-    files.warning(f"Only the first {answers.MAX_IMAGES} uploaded images are kept and classified; left out: "
-                  f"{', '.join(left_out)}.")
+    files.warning(app.left_out_note(left_out))
 if kept and not uploaded:
     files.caption(f"Showing {len(kept)} image(s) you uploaded before: {', '.join(u.name for u in kept)}.")
     if files.button("Clear them", icon=":material/delete:"):

@@ -47,6 +47,8 @@ INTRO = (
 )
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 UPLOADER_KEY = "uploader"
+# What the uploads a session keeps may weigh together: a dozen phone photos, not 16 files at the 25 MB limit.
+MAX_KEPT_BYTES = 64 * 2**20
 
 
 # ---- shared resources ---------------------------------------------------------------------------
@@ -209,27 +211,42 @@ def paper_comparison() -> pd.DataFrame:
 
 
 def keep_uploads(files: list, returning: bool, photo: object | None = None) -> tuple[list[Upload], list[str]]:
-    """The uploader's first MAX_IMAGES files, remembered in the session, and the names of the ones beyond them.
+    """The uploader's first files, at most MAX_IMAGES of them and MAX_KEPT_BYTES together, remembered in the
+    session, and the names of the ones beyond them.
 
     Streamlit forgets a page's uploader when the visitor opens another page, so on returning the images of the
-    last visit stand in until replaced or removed. Files beyond the first MAX_IMAGES are never read nor kept, and
-    every file of the session but those and the camera's photo leaves the server's memory, so one session holds
-    at most MAX_IMAGES uploads and a photo.
+    last visit stand in until replaced or removed. Files beyond the first are never read nor kept, and every file
+    of the session but those and the camera's photo leaves the server's memory.
     """
     state = st.session_state
     kept, left_out = state.get("kept_uploads", []), state.get("left_out_uploads", [])
-    held = files[:MAX_IMAGES]
+    held = _first_that_fit(files)
     if files:
         held_ids = [f.file_id for f in held]
         if held_ids != state.get("kept_file_ids"):
             kept = [Upload(f.name, f.getvalue()) for f in held]
-            left_out = [f.name for f in files[MAX_IMAGES:]]
+            left_out = [f.name for f in files[len(held):]]
             state.kept_file_ids = held_ids
     elif not returning and state.get("uploader_had_files"):
         kept, left_out, state.kept_file_ids = [], [], None  # the visitor removed them
     state.kept_uploads, state.left_out_uploads, state.uploader_had_files = kept, left_out, bool(files)
     _keep_only_held_uploads([*held, *([photo] if photo else [])])
     return kept, left_out
+
+
+def _first_that_fit(files: list) -> list:
+    held, weight = [], 0
+    for f in files[:MAX_IMAGES]:
+        weight += f.size
+        if weight > MAX_KEPT_BYTES:
+            break
+        held.append(f)
+    return held
+
+
+def left_out_note(left_out: list[str]) -> str:
+    return (f"At most {MAX_IMAGES} uploaded images, {MAX_KEPT_BYTES / 2**20:.0f} MB together, are kept and "
+            f"classified; left out: {', '.join(left_out)}.")
 
 
 def forget_uploads() -> None:

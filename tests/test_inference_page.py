@@ -12,7 +12,7 @@ from helpers import image_bytes, isolate_app, save_model
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import answers, gradcam, intake
+from mobilenet import answers, app_support, gradcam, intake
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
 
@@ -54,11 +54,23 @@ def test_a_session_keeps_at_most_max_images_uploads() -> None:
                                    for i in range(n)]).run()
     left_out = f"left out: {n - 2:02d}.png, {n - 1:02d}.png."
     assert [w.value for w in at.warning if "left out" in w.value] == [
-        f"Only the first {answers.MAX_IMAGES} uploaded images are kept and classified; {left_out}"]
+        f"At most {answers.MAX_IMAGES} uploaded images, 64 MB together, are kept and classified; {left_out}"]
     assert len([c for c in at.caption if " ms for this image" in c.value]) == answers.MAX_IMAGES
     assert [u.name for u in at.session_state.kept_uploads] == [f"{i:02d}.png" for i in range(answers.MAX_IMAGES)]
     at.run()  # any later rerun still says what was left out
     assert any(left_out in w.value for w in at.warning)
+
+
+def test_a_session_keeps_uploads_up_to_a_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    files = [(f"{i}.png", image_bytes(seed=i, size=(40, 30)), "image/png") for i in range(3)]
+    monkeypatch.setattr(app_support, "MAX_KEPT_BYTES", len(files[0][1]) + len(files[1][1]))
+    at = inference_page()
+    at.file_uploader[0].set_value(files).run()
+    assert [u.name for u in at.session_state.kept_uploads] == ["0.png", "1.png"]
+    (warning,) = [w.value for w in at.warning if "left out" in w.value]
+    assert warning.startswith(f"At most {answers.MAX_IMAGES} uploaded images, ")
+    assert warning.endswith("left out: 2.png.")
+    assert len([c for c in at.caption if " ms for this image" in c.value]) == 2
 
 
 def test_every_result_has_its_own_time_a_map_for_any_class_and_downloads() -> None:
