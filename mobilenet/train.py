@@ -112,8 +112,13 @@ class WeightAverage:
         self.updates = state["updates"]
 
 
+WARMUP_SHARE = 0.2  # of a run's steps, at most: a short run warms up for less than the recipe's epochs
+
+
 def onecycle_lr(recipe: Recipe, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    warmup = max(1, round(recipe.warmup_epochs * steps_per_epoch))
+    """Linear warm-up over the recipe's warm-up epochs, or a fifth of the run if that is shorter (so a run of a few
+    epochs still anneals), then linear decay to 0 at the end."""
+    warmup = max(1, round(min(recipe.warmup_epochs * steps_per_epoch, WARMUP_SHARE * total_steps)))
     if step < warmup:
         return recipe.lr * (step + 1) / warmup
     return recipe.lr * max(0.0, 1 - (step - warmup) / max(1, total_steps - warmup))

@@ -79,6 +79,21 @@ def test_seed_plateau_halves_lr_after_six_flat_epochs_down_to_min_lr() -> None:
     assert min(lrs) == pytest.approx(1e-6)
 
 
+def test_onecycle_warms_up_for_the_recipes_epochs_or_a_fifth_of_a_short_run() -> None:
+    fast, per_epoch = RECIPES["fast"], 351
+
+    def lrs(epochs: int) -> list[float]:
+        return [train.onecycle_lr(fast, step, epochs * per_epoch, per_epoch) for step in range(epochs * per_epoch)]
+
+    long = lrs(30)
+    assert long.index(max(long)) == 2 * per_epoch - 1 and max(long) == pytest.approx(fast.lr)  # the recipe's 2 epochs
+    for epochs in (1, 2, 3):  # the warm-up would fill a run of 2 epochs, which would then never anneal
+        short = lrs(epochs)
+        assert short.index(max(short)) == round(0.2 * epochs * per_epoch) - 1 and max(short) == pytest.approx(fast.lr)
+        decay = short[short.index(max(short)):]
+        assert decay[-1] < 0.01 * fast.lr and decay == sorted(decay, reverse=True)  # down to about 0 at the end
+
+
 def test_augment_is_a_crop_and_flip_of_the_padded_image() -> None:
     images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
     out = augment(images, step_generator(0, 0, 0, torch.device("cpu")), pad=2)
