@@ -27,6 +27,7 @@ from typing import Callable
 import streamlit as st
 
 from . import settings
+from .locks import waiting_lock
 
 ADMIN_ENV = "MOBILENET_ADMIN_PASSWORD"
 SIGN_IN_HINT = "sign in as admin to start, stop or resume training"  # why a visitor's controls are disabled
@@ -184,39 +185,48 @@ def guess_gate() -> GuessGate:
 
 class SessionStore:
     """Admin sign-in tokens, kept as HMAC(token, password) with an expiry: the file alone gives neither a token nor
-    a way to test passwords, and a token stops matching once the password changes. Kept in memory and written
-    through to `path` (mode 0600) so that a restart keeps them; one server process owns the file."""
+    a way to test passwords, and a token stops matching once the password changes.
+
+    The file (mode 0600) is the store, so that a restart keeps the sign-ins and every server process on the same
+    runs folder sees the others' sign-ins and sign-outs: each check reads it, each change is a read-modify-write
+    under a lock. While it cannot be written, this process keeps its sign-ins in memory."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time, lifetime_s: float = SESSION_S) -> None:
         self.path, self._clock, self.lifetime_s = path, clock, lifetime_s
         self._lock = threading.Lock()
-        self._expiry = self._read()
+        self._expiry: dict[str, float] = {}
+        self._unsaved = False  # the last write failed: memory holds what the file does not
 
     def issue(self, password: str) -> str:
         token = secrets.token_urlsafe(32)
-        with self._lock:
-            self._expiry[_key(token, password)] = self._clock() + self.lifetime_s
-            self._write()
+        self._update(lambda expiry: expiry.__setitem__(_key(token, password), self._clock() + self.lifetime_s))
         return token
 
     def valid(self, token: str, password: str) -> bool:
         with self._lock:
+            self._load()
             return self._expiry.get(_key(token, password), 0.0) > self._clock()
 
     def revoke(self, token: str, password: str) -> None:
-        with self._lock:
-            if self._expiry.pop(_key(token, password), None) is not None:
-                self._write()
+        self._update(lambda expiry: expiry.pop(_key(token, password), None))
 
-    def _read(self) -> dict[str, float]:
+    def _update(self, change: Callable[[dict[str, float]], object]) -> None:
+        with self._lock, waiting_lock(self.path.with_name(f"{self.path.name}.lock")):
+            self._load()
+            change(self._expiry)
+            self._write()
+
+    def _load(self) -> None:
+        if self._unsaved:
+            return
         try:
             stored = json.loads(self.path.read_text())
-            return {str(k): float(v) for k, v in stored["sessions"].items()}
+            self._expiry = {str(k): float(v) for k, v in stored["sessions"].items()}
         except FileNotFoundError:
-            return {}
+            self._expiry = {}
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-            log.warning("admin sign-ins in %s are unreadable, starting without them: %s", self.path, e)
-            return {}
+            log.warning("admin sign-ins in %s are unreadable, going on without them: %s", self.path, e)
+            self._expiry = {}
 
     def _write(self) -> None:
         now = self._clock()
@@ -228,8 +238,11 @@ class SessionStore:
             with os.fdopen(fd, "w") as f:
                 json.dump({"sessions": self._expiry}, f)
             os.replace(temporary, self.path)
-        except OSError as e:  # the sign-ins still hold until the server restarts
+            self._unsaved = False
+        except OSError as e:  # the sign-ins still hold in this process until it ends
             log.warning("could not save admin sign-ins to %s: %s", self.path, e)
+            temporary.unlink(missing_ok=True)
+            self._unsaved = True
 
 
 def _key(token: str, password: str) -> str:

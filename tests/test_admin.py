@@ -146,6 +146,17 @@ def test_tokens_outlive_a_restart_as_hashes_in_a_private_file(tmp_path: Path) ->
     assert token not in text and PASSWORD not in text
 
 
+def test_server_processes_on_one_runs_folder_share_sign_ins_and_sign_outs(tmp_path: Path) -> None:
+    path = tmp_path / "runs" / ".admin-sessions.json"
+    first, second = SessionStore(path), SessionStore(path)  # two servers, or one restarted beside the other
+    mine, theirs = first.issue(PASSWORD), second.issue(PASSWORD)  # neither write loses the other's token
+    assert all(store.valid(token, PASSWORD) for store in (first, second) for token in (mine, theirs))
+    second.revoke(mine, PASSWORD)  # signing out on one server signs out on both
+    assert not first.valid(mine, PASSWORD) and first.valid(theirs, PASSWORD)
+    path.unlink()  # deleting the file signs every browser out, without a restart
+    assert not first.valid(theirs, PASSWORD) and not second.valid(theirs, PASSWORD)
+
+
 def test_an_unreadable_file_starts_empty_and_an_unwritable_one_still_signs_in(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
     path.write_text("not json")
@@ -153,7 +164,7 @@ def test_an_unreadable_file_starts_empty_and_an_unwritable_one_still_signs_in(tm
     (tmp_path / "sessions.json").unlink()
     (tmp_path / "sessions.json").mkdir()  # a folder where the file should be: it cannot be written
     token = store.issue(PASSWORD)
-    assert store.valid(token, PASSWORD)
+    assert store.valid(token, PASSWORD) and [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
 
 # ---- the training page --------------------------------------------------------------------------------
