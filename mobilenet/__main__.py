@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__, settings, train
 from .checkpoint import CheckpointError
-from .config import TRAIN_OPTIONS, TrainConfig, add_arguments
+from .config import RESUMABLE_CHANGES, TRAIN_OPTIONS, TrainConfig, add_arguments
 from .runs import MetricsRow, RunFolder, run_name
 from .data import IMAGE_SUFFIXES, DataError
 from .display import format_duration
@@ -31,9 +31,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-MACHINE_OPTIONS = {"device", "data_root"}  # where a run trains, not what it is: a resumed run may change them
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     given = {name: value for name, value in vars(args).items() if name in TRAIN_OPTIONS}
     if args.resume:
@@ -41,10 +38,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = folder.read_config()
         if not folder.resumable:
             raise train.TrainError(f"{folder.path} has no last.pt to resume from")
-        changed = sorted(set(given) - MACHINE_OPTIONS)
+        changed = sorted(set(given) - set(RESUMABLE_CHANGES))
         if changed:
-            raise ValueError(f"a resumed run keeps its settings; only --device and --data-root may change (got "
-                             f"{', '.join('--' + n.replace('_', '-') for n in changed)})")
+            may, got = (", ".join("--" + name.replace("_", "-") for name in names)
+                        for names in (RESUMABLE_CHANGES, changed))
+            raise ValueError(f"a resumed run keeps its settings; only {may} may change (got {got})")
         cfg = replace(cfg, **given)
         out = folder.path
     else:

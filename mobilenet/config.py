@@ -55,9 +55,11 @@ def _option(default: Any, help: str, **argparse: Any) -> Any:
     return field(default=default, metadata={"help": help, **argparse})
 
 
-# Settings that do not change what a run trains: where it runs and how fast, its data (compared by fingerprint
-# where it matters) and its validation split (what a shipped model and its validating twin differ in).
-NOT_TRAINING = ("val_size", "device", "data_root", "compile", "download", "data")
+# Settings that do not change what a run trains: where it runs and how fast, how often it validates, its data
+# (compared by fingerprint where it matters) and its validation split (what a shipped model and its validating
+# twin differ in).
+NOT_TRAINING = ("val_size", "val_every", "device", "data_root", "compile", "download", "data")
+RESUMABLE_CHANGES = ("device", "data_root", "val_every")  # a resumed run keeps its other settings
 
 
 @dataclass
@@ -81,6 +83,8 @@ class TrainConfig:
     stem: str = _option("cifar", "cifar: the seed's network; imagenet: the paper's", choices=STEMS)
     seed: int = _option(0, "seed of the validation split, the initialisation and the augmentation")
     val_size: int = _option(5000, "held-out validation images (default 5000; at most 20%% of the data; 0: none)")
+    val_every: int = _option(1, "validate every N epochs, and always after the last (on a CPU, validating with "
+                                "flip-translate TTA costs about a third of an epoch)")
     subset: int | None = _option(None, "use only N training images, a seeded class-balanced sample (smoke runs)")
     device: str = _option("auto", "auto (the GPU when there is one), cpu or cuda")
     compile: bool = _option(False, "torch.compile the model")
@@ -92,7 +96,7 @@ class TrainConfig:
             self.data_root = str(data_root())
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        for name in ("epochs", "batch_size", "subset"):
+        for name in ("epochs", "batch_size", "subset", "val_every"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")

@@ -248,7 +248,7 @@ class Training:
         if self.writer:
             if not resume:
                 self.folder.clear()
-                self.folder.write_config(cfg)
+            self.folder.write_config(cfg)  # on resume too: the settings it may change (RESUMABLE_CHANGES) stay
             self.folder.set_status(RunState.LOADING)
         self.train_set, self.val_set = _load_on_device(cfg, self.device, self.rank, self.world)
         self.build_model()
@@ -380,7 +380,8 @@ class Training:
         train_loss, train_acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
         if recipe.schedule == "plateau":
             self.plateau.step(train_loss)
-        val_loss, val_acc = _validate(self.shipped, self.val_set, recipe)
+        due = (state.epoch + 1) % self.cfg.val_every == 0 or state.epoch + 1 == recipe.epochs
+        val_loss, val_acc = _validate(self.shipped, self.val_set, recipe) if due else (None, None)
         state.epoch, state.step_in_epoch, state.loss_sum, state.correct, state.seen = state.epoch + 1, 0, 0.0, 0, 0
         state.elapsed_s = time.perf_counter() - self.started
         improved = val_acc is not None and val_acc > state.best_acc
@@ -390,7 +391,7 @@ class Training:
                          self.optimizer.param_groups[0]["lr"], img_per_s, state.elapsed_s,
                          state.elapsed_s / state.epoch * (recipe.epochs - state.epoch), val_loss, val_acc)
         if self.writer:
-            if improved or val_acc is None:  # without a validation split the latest weights are the model
+            if improved or not len(self.val_set):  # without a validation split the latest weights are the model
                 card = replace(self.card, training=self.summary(RunState.RUNNING))
                 checkpoint.save(self.folder.best, self.shipped, card)
             # The row before the state: a kill between them replays this epoch and rewrites its row.

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import torch
 
 from mobilenet import checkpoint, train
 from mobilenet.config import RECIPES, TrainConfig
-from mobilenet.runs import read_metrics
+from mobilenet.__main__ import main as cli_main
+from mobilenet.runs import RunFolder, read_metrics
 from mobilenet.train import augment, step_generator
 
 from helpers import tiny_config, wait_for, write_folder
@@ -134,6 +136,30 @@ def test_stop_then_resume_matches_an_uninterrupted_run(folder: Path, tmp_path: P
     assert [r.epoch for r in b] == [1, 2, 3]
     for x, y in zip(a, b):
         assert (x.train_loss, x.val_acc, x.lr) == pytest.approx((y.train_loss, y.val_acc, y.lr))
+
+
+def test_validating_every_n_epochs_changes_no_training_and_may_change_on_resume(
+        folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = config(folder, tmp_path, epochs=5)
+    train.train(cfg, tmp_path / "each")
+
+    def stop_in_epoch_three(row: dict) -> None:
+        if row.epoch == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    run = tmp_path / "every"
+    train.train(replace(cfg, val_every=2), run, on_step=stop_in_epoch_three)
+    assert cli_main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
+    assert "only --device, --data-root, --val-every may change (got --lr)" in capsys.readouterr().err
+    assert cli_main(["train", "--resume", str(run), "--val-every", "4", "--json"]) == 0
+    assert RunFolder(run).read_config().val_every == 4  # kept for the next resume
+    rows, each = epoch_rows(run), {row.epoch: row for row in epoch_rows(tmp_path / "each")}
+    assert [r.epoch for r in rows if r.val_acc is not None] == [2, 4, 5]  # every 2, then every 4, and the last
+    for row in rows:  # the same training, and the same validation where there is one
+        assert row.train_loss == pytest.approx(each[row.epoch].train_loss)
+        assert row.val_acc is None or row.val_acc == pytest.approx(each[row.epoch].val_acc)
+    best = max((r for r in rows if r.val_acc is not None), key=lambda r: r.val_acc)
+    assert json.loads((run / "report.json").read_text())["best_val_acc"] == pytest.approx(best.val_acc)
 
 
 def cli(*args: str, **kwargs) -> subprocess.Popen:
