@@ -15,5 +15,7 @@ run() { bench/run_once.sh "$@"; }
 run study-a1.0-ema-cutout12 --alpha 1 --epochs 40 --ema 0.999 --cutout 12
 run study-a0.25-distill --alpha 0.25 --epochs 30 --teacher checkpoints/mobilenet_v1_a1.0.pt
 T=checkpoints/in-progress/teachers
-run twin-a1.0-distill3-120 --alpha 1 --epochs 120 --tta flip-translate \
+run twin-a1.0-distill3-120 --alpha 1 --epochs 120 --tta flip-translate --val-every 4 \
     --teacher "$T/a1.0-fast-70.pt,$T/a1.0-fast-40.pt,$T/a1.0-cutout12-40.pt"
+# Beside it, one thread each (session 7 on): its full-data run, the model that ships
+#   THREADS=1 bench/run_once.sh full-a1.0-distill3-120 --config runs/twin-a1.0-distill3-120/config.json --val-size 0
