@@ -27,7 +27,7 @@ from .config import Recipe, TrainConfig
 from .data import DataError, ImageSet, check_source, fingerprint, load, split_train_val
 from .device import device_name, pick_device
 from .distill import soft_targets
-from .evaluate import evaluate
+from .evaluate import Evaluation, evaluate
 from .model import MobileNetV1
 from .runs import DiskFull, MetricsRow, RunBusy, RunFolder, RunState, disk_full
 from .tta import InferenceRecipe
@@ -238,6 +238,7 @@ class Training:
         self.on_epoch, self.on_step = on_epoch, on_step
         self.state = LoopState()
         self.targets: torch.Tensor | None = None  # the teachers' probabilities per training image (distillation)
+        self.best_eval: Evaluation | None = None  # best.pt's validation, when this process made it
 
     def run(self, resume: bool) -> dict:
         cfg, recipe = self.cfg, self.recipe
@@ -381,12 +382,13 @@ class Training:
         if recipe.schedule == "plateau":
             self.plateau.step(train_loss)
         due = (state.epoch + 1) % self.cfg.val_every == 0 or state.epoch + 1 == recipe.epochs
-        val_loss, val_acc = _validate(self.shipped, self.val_set, recipe) if due else (None, None)
+        validation = _validate(self.shipped, self.val_set, recipe) if due else None
+        val_loss, val_acc = (_nll(validation), validation.accuracy) if validation else (None, None)
         state.epoch, state.step_in_epoch, state.loss_sum, state.correct, state.seen = state.epoch + 1, 0, 0.0, 0, 0
         state.elapsed_s = time.perf_counter() - self.started
         improved = val_acc is not None and val_acc > state.best_acc
         if improved:
-            state.best_acc = val_acc
+            state.best_acc, self.best_eval = val_acc, validation
         row = MetricsRow("epoch", state.epoch, self.global_step, train_loss, train_acc,
                          self.optimizer.param_groups[0]["lr"], img_per_s, state.elapsed_s,
                          state.elapsed_s / state.epoch * (recipe.epochs - state.epoch), val_loss, val_acc)
@@ -440,7 +442,7 @@ class Training:
         report = {"status": "finished", "epochs": self.recipe.epochs, "best_val_acc": self.state.best_acc}
         if self.writer:
             best_model, best_card = checkpoint.load(self.folder.best)
-            final = evaluate(best_model.to(self.device), self.val_set, best_card.inference)
+            final = self.best_eval or evaluate(best_model.to(self.device), self.val_set, best_card.inference)
             report |= final.to_dict() | {"train_time_s": self.state.elapsed_s, "device": device_name(self.device)}
             self.folder.write_json(self.folder.report, report)
             checkpoint.save(self.folder.best, best_model, replace(best_card, training=self.summary(
@@ -481,12 +483,13 @@ def _sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch
     return loss, logits
 
 
-def _validate(model: torch.nn.Module, val_set: ImageSet, recipe: Recipe) -> tuple[float | None, float | None]:
-    """Validation loss and accuracy; (None, None) without a validation split."""
-    if not len(val_set):
-        return None, None
-    result = evaluate(model, val_set, InferenceRecipe(recipe.normalization, recipe.tta))
-    return F.nll_loss(result.probs.clamp_min(1e-12).log(), result.labels.cpu()).item(), result.accuracy
+def _validate(model: torch.nn.Module, val_set: ImageSet, recipe: Recipe) -> Evaluation | None:
+    """The model on the validation split, fed as it will be served; None without a validation split."""
+    return evaluate(model, val_set, InferenceRecipe(recipe.normalization, recipe.tta)) if len(val_set) else None
+
+
+def _nll(result: Evaluation) -> float:
+    return F.nll_loss(result.probs.clamp_min(1e-12).log(), result.labels.cpu()).item()
 
 
 def _stop_agreed(stop: StopRequest, world: int, device: torch.device) -> bool:

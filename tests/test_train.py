@@ -55,6 +55,18 @@ def test_loss_falls_and_run_folder_is_complete(folder: Path, tmp_path: Path) -> 
     assert "train_state" not in checkpoint.read(run / "best.pt")  # shipped files stay small
 
 
+def test_the_report_is_the_best_epochs_own_validation_not_a_second_pass(folder: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    passes = []
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: passes.append(1) or real(*args, **kwargs))
+    report = train.train(config(folder, tmp_path, epochs=2), tmp_path / "run")
+    assert len(passes) == 2  # one per epoch
+    assert report["accuracy"] == max(row.val_acc for row in epoch_rows(tmp_path / "run"))
+    stored = checkpoint.read(tmp_path / "run" / "best.pt")["card"]["training"]
+    assert stored["val_acc"] == report["accuracy"] and sum(map(sum, report["confusion"])) == 24
+
+
 def test_without_validation_the_model_is_the_last_epochs(folder: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train.train(config(folder, tmp_path, epochs=2, val_size=0, ema=0.9), run)
