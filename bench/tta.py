@@ -53,9 +53,10 @@ def models(given: list[Path], last: bool) -> Iterator[tuple[str, torch.nn.Module
         elif not last:
             yield (path.name, *checkpoint.load(RunFolder(path).best))
         else:
-            model, card = checkpoint.load(RunFolder(path).last)
+            payload = checkpoint.read(RunFolder(path).last)
+            model, card = checkpoint.restore(payload, path.name)
             yield f"{path.name} (last weights)", model, card
-            average = checkpoint.read(RunFolder(path).last)["train_state"].get("ema")
+            average = payload["train_state"].get("ema")
             if average:
                 model = card.build()
                 model.load_state_dict(average["weights"])

@@ -194,14 +194,18 @@ def read(path: Path | str) -> dict[str, Any]:
 
 def load(path: Path | str) -> tuple[MobileNetV1, ModelCard]:
     """The model (eval mode, CPU) and its card."""
-    payload = read(path)
+    return restore(read(path), Path(path).name)
+
+
+def restore(payload: dict[str, Any], name: str) -> tuple[MobileNetV1, ModelCard]:
+    """The model (eval mode, CPU) and card of a payload from read; name names its file in errors."""
     card = ModelCard.from_dict(payload["card"])
     try:
         model = card.build()
         model.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(
-            f"{Path(path).name}: the weights do not match the architecture in its metadata "
+            f"{name}: the weights do not match the architecture in its metadata "
             f"(α={card.alpha}, stem={card.stem}, {card.num_classes} classes): {str(e).splitlines()[0][:200]}"
         ) from None
     return model.eval(), card

@@ -22,9 +22,10 @@ def try_lock(path: Path) -> int | None:
 
 @contextmanager
 def waiting_lock(path: Path) -> Iterator[bool]:
-    """Hold the exclusive lock on path (created if need be), waiting for it; yields False when the lock file
-    cannot be opened, so that the caller goes on unlocked."""
+    """Hold the exclusive lock on path (created, with its folder, if need be), waiting for it; yields False when
+    the lock file cannot be opened, so that the caller goes on unlocked."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError:
         yield False

@@ -139,7 +139,8 @@ def test_a_token_signs_in_until_revoked_expired_or_the_password_changes(tmp_path
 
 def test_tokens_outlive_a_restart_as_hashes_in_a_private_file(tmp_path: Path) -> None:
     path = tmp_path / "runs" / ".admin-sessions.json"
-    token = SessionStore(path).issue(PASSWORD)
+    token = SessionStore(path).issue(PASSWORD)  # the runs folder does not exist yet
+    assert path.with_name(f"{path.name}.lock").exists()  # even the first write held the lock
     assert SessionStore(path).valid(token, PASSWORD)  # a new server process reads them back
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     text = path.read_text()
