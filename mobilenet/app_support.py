@@ -411,7 +411,7 @@ def job_progress(run: RunInfo, rows: list[MetricsRow], stopping: bool) -> tuple[
     """The running job's progress bar (fraction done, text): "starting…" until it trains (a resumed run too,
     whose old rows are there from the start), "stopping…" from Stop until it has saved and ended."""
     last = rows[-1] if rows else None
-    done = min(1.0, last.elapsed_s / max(1e-9, last.elapsed_s + (last.eta_s or 0))) if last else 0.0
+    done = min(1.0, last.epochs_done(run.epochs) / max(run.epochs, 1)) if last else 0.0
     if stopping:
         return done, f"{run.name}: stopping… it saves its state, then ends"
     if last is None or run.state is not RunState.RUNNING:

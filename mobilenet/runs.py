@@ -75,16 +75,22 @@ class MetricsRow:
     eta_s: float | None
     val_loss: float | None = None
     val_acc: float | None = None
+    total_steps: int | None = None  # the whole run's (None in rows written before it was recorded)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def epochs_done(self, epochs: int) -> float:
-        """Where in the run this row stands, in epochs (1.5: half-way through the second epoch). The trainer's ETA
-        is the time per step so far times the steps left, so elapsed / (elapsed + ETA) is the fraction of steps done."""
-        if self.kind == "epoch" or self.eta_s is None or self.elapsed_s + self.eta_s <= 0:
+        """Where in the run this row stands, in epochs (1.5: half-way through the second epoch)."""
+        if self.kind == "epoch":
             return float(self.epoch)
-        return min(max(epochs * self.elapsed_s / (self.elapsed_s + self.eta_s), self.epoch - 1.0), float(self.epoch))
+        if self.total_steps:
+            done = epochs * self.step / self.total_steps
+        elif self.eta_s is not None and self.elapsed_s + self.eta_s > 0:  # earlier rows: their ETA was proportional
+            done = epochs * self.elapsed_s / (self.elapsed_s + self.eta_s)  # to the steps left
+        else:
+            return float(self.epoch)
+        return min(max(done, self.epoch - 1.0), float(self.epoch))
 
     @classmethod
     def from_dict(cls, values: Any) -> MetricsRow:
@@ -99,7 +105,7 @@ class MetricsRow:
             elif value is None and "None" in str(f.type):
                 row[f.name] = None
             elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                row[f.name] = int(value) if f.type == "int" else float(value)
+                row[f.name] = int(value) if str(f.type).startswith("int") else float(value)
             else:
                 raise ValueError(f"metrics row field {f.name} is {value!r}")
         return cls(**row)

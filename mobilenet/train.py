@@ -239,6 +239,7 @@ class Training:
         self.state = LoopState()
         self.targets: torch.Tensor | None = None  # the teachers' probabilities per training image (distillation)
         self.best_eval: Evaluation | None = None  # best.pt's validation, when this process made it
+        self.validation_s = 0.0  # how long this process's last validation took (none yet: counted as nothing)
 
     def run(self, resume: bool) -> dict:
         cfg, recipe = self.cfg, self.recipe
@@ -322,6 +323,7 @@ class Training:
         self.model.train()
         self.window = torch.zeros(3, device=self.device)  # loss sum, correct, seen since the last step row
         self.epoch_images = 0
+        self.epoch_steps = 0
         self.epoch_started = self.last_log = time.perf_counter()
 
     def step(self) -> None:
@@ -344,6 +346,7 @@ class Training:
         hits = (logits.argmax(1) == y).sum()
         self.window += torch.stack([loss.detach() * len(y), hits, torch.tensor(len(y), device=self.device)])
         state.step_in_epoch += 1
+        self.epoch_steps += 1
         self.epoch_images += len(y) * self.world
 
     def images_per_second(self) -> float:
@@ -351,6 +354,16 @@ class Training:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return self.epoch_images / max(time.perf_counter() - self.epoch_started, 1e-9)
+
+    def eta(self, validating_now: bool = False) -> float:
+        """Seconds left: the steps left at this epoch's pace, and the validations left at the last one's length
+        (this process's own: after a resume on another device, or a pause, the whole run's average would mislead)."""
+        recipe, cfg = self.recipe, self.cfg
+        epoch_s = time.perf_counter() - self.epoch_started - (self.validation_s if validating_now else 0.0)
+        step_s = epoch_s / max(self.epoch_steps, 1)
+        validations = sum(1 for e in range(self.state.epoch + 1, recipe.epochs + 1)
+                          if e % cfg.val_every == 0 or e == recipe.epochs)
+        return step_s * (self.total_steps - self.global_step) + self.validation_s * validations
 
     def log_step(self) -> None:
         state = self.state
@@ -364,8 +377,8 @@ class Training:
         done = self.global_step
         elapsed = self.last_log - self.started
         row = MetricsRow("step", state.epoch + 1, done, loss_sum / max(seen, 1), correct / max(seen, 1),
-                         self.optimizer.param_groups[0]["lr"], img_per_s, elapsed,
-                         elapsed / done * (self.total_steps - done))
+                         self.optimizer.param_groups[0]["lr"], img_per_s, elapsed, self.eta(),
+                         total_steps=self.total_steps)
         if self.writer:
             self.folder.append_metrics(row)
             if self.on_step:
@@ -382,7 +395,10 @@ class Training:
         if recipe.schedule == "plateau":
             self.plateau.step(train_loss)
         due = (state.epoch + 1) % self.cfg.val_every == 0 or state.epoch + 1 == recipe.epochs
+        validation_started = time.perf_counter()
         validation = _validate(self.shipped, self.val_set, recipe) if due else None
+        if validation is not None:
+            self.validation_s = time.perf_counter() - validation_started
         val_loss, val_acc = (_nll(validation), validation.accuracy) if validation else (None, None)
         state.epoch, state.step_in_epoch, state.loss_sum, state.correct, state.seen = state.epoch + 1, 0, 0.0, 0, 0
         state.elapsed_s = time.perf_counter() - self.started
@@ -391,7 +407,7 @@ class Training:
             state.best_acc, self.best_eval = val_acc, validation
         row = MetricsRow("epoch", state.epoch, self.global_step, train_loss, train_acc,
                          self.optimizer.param_groups[0]["lr"], img_per_s, state.elapsed_s,
-                         state.elapsed_s / state.epoch * (recipe.epochs - state.epoch), val_loss, val_acc)
+                         self.eta(validating_now=validation is not None), val_loss, val_acc, self.total_steps)
         if self.writer:
             if improved or not len(self.val_set):  # without a validation split the latest weights are the model
                 card = replace(self.card, training=self.summary(RunState.RUNNING))

@@ -72,17 +72,19 @@ def test_metrics_csv_is_the_rows_under_a_header_naming_their_fields() -> None:
     rows = [row(1), row(2, "epoch")]
     text = metrics_csv(rows)
     header, *lines = text.splitlines()
-    assert header == "kind,epoch,step,train_loss,train_acc,lr,img_per_s,elapsed_s,eta_s,val_loss,val_acc"
-    assert lines == ["step,1,1,1.0,0.5,0.1,100.0,1.0,10.0,,", "epoch,1,2,1.0,0.5,0.1,100.0,2.0,10.0,0.9,0.6"]
+    assert header == "kind,epoch,step,train_loss,train_acc,lr,img_per_s,elapsed_s,eta_s,val_loss,val_acc,total_steps"
+    assert lines == ["step,1,1,1.0,0.5,0.1,100.0,1.0,10.0,,,", "epoch,1,2,1.0,0.5,0.1,100.0,2.0,10.0,0.9,0.6,"]
     assert metrics_csv([]) == header + "\n"
 
 
 def test_a_rows_place_in_the_run_in_epochs() -> None:
-    """The trainer's ETA is proportional to the steps left: a step row stands at steps done / all steps."""
-    step = MetricsRow("step", 2, 15, 1.0, 0.5, 0.1, 100.0, elapsed_s=30.0, eta_s=10.0)  # 15 of 20 steps
+    """A step row stands at its steps done / the run's steps, whatever its ETA."""
+    step = MetricsRow("step", 2, 15, 1.0, 0.5, 0.1, 100.0, elapsed_s=30.0, eta_s=99.0, total_steps=20)
     assert step.epochs_done(epochs=2) == 1.5
     assert step.epochs_done(epochs=20) == 2.0  # never outside its own epoch
     assert row(4, "epoch", epoch=3).epochs_done(epochs=5) == 3.0
+    # Rows written before the run's steps were recorded: their ETA was proportional to the steps left.
+    assert MetricsRow("step", 2, 15, 1.0, 0.5, 0.1, 100.0, elapsed_s=30.0, eta_s=10.0).epochs_done(epochs=2) == 1.5
     assert MetricsRow("step", 1, 1, 1.0, 0.5, 0.1, 1.0, 0.0, None).epochs_done(epochs=2) == 1.0  # no ETA: its epoch
 
 

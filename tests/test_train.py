@@ -150,6 +150,27 @@ def test_stop_then_resume_matches_an_uninterrupted_run(folder: Path, tmp_path: P
         assert (x.train_loss, x.val_acc, x.lr) == pytest.approx((y.train_loss, y.val_acc, y.lr))
 
 
+def test_the_eta_follows_this_processs_pace_not_the_time_before_a_resume(folder: Path, tmp_path: Path) -> None:
+    def stop_in_epoch_two(row: dict) -> None:
+        if row.epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    run, cfg = RunFolder(tmp_path / "run"), config(folder, tmp_path, epochs=5)
+    train.train(cfg, run.path, on_step=stop_in_epoch_two)
+    payload = checkpoint.read(run.last)  # as if the run had then been paused for a week, or moved to a faster device
+    payload["train_state"]["loop"]["elapsed_s"] = week = 7 * 24 * 3600.0
+    checkpoint.save(run.last, *checkpoint.restore(payload, "last.pt"), payload["train_state"])
+    before = len(read_metrics(run.path))
+    train.train(cfg, run.path, resume=True)
+    rows = read_metrics(run.path)
+    resumed = [r for r in rows if r.elapsed_s >= week]
+    assert len(resumed) >= 4 and len(rows) - len(resumed) <= before
+    assert all(r.eta_s < 600 for r in resumed) and resumed[-1].eta_s == 0  # seconds left, not days
+    assert all(r.eta_s > 0 for r in resumed if r.step < r.total_steps)
+    epochs = [r.epochs_done(5) for r in rows]
+    assert epochs == sorted(epochs) and epochs[-1] == 5 and len({r.total_steps for r in rows}) == 1
+
+
 def test_validating_every_n_epochs_changes_no_training_and_may_change_on_resume(
         folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cfg = config(folder, tmp_path, epochs=5)
