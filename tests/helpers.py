@@ -9,11 +9,13 @@ import json
 import pickle
 import socket
 import struct
+import subprocess
 import tarfile
 import threading
 import time
 import zipfile
 import zlib
+from contextlib import redirect_stderr, redirect_stdout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
@@ -26,6 +28,7 @@ from PIL import Image
 from torch import nn
 
 from mobilenet import checkpoint
+from mobilenet.__main__ import main
 from mobilenet.checkpoint import ModelCard, TrainingData
 from mobilenet.config import TrainConfig
 from mobilenet.data import CIFAR10_CLASSES
@@ -307,3 +310,15 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m mobilenet ARGS` in this process: its exit code, stdout and stderr. (A process of its own costs
+    seconds of imports; the tests that need one, for signals or the entry point, start it themselves.)"""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit:  # argparse: usage errors, --version
+            code = exit.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())

@@ -7,19 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CLASSES, save_model, write_folder
+from helpers import CLASSES, run_cli, save_model, write_folder
 
 from mobilenet import checkpoint, data, evalsets
 from mobilenet.__main__ import main
 from mobilenet.checkpoint import TrainingData
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mobilenet", *args], capture_output=True, text=True, timeout=300)
-
-
-def test_summary_table() -> None:
-    result = run_cli("summary")
+def test_summary_table_from_python_m_mobilenet() -> None:
+    result = subprocess.run([sys.executable, "-m", "mobilenet", "summary"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0
     assert "3,217,226" in result.stdout and "45,164,106" in result.stdout
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +16,7 @@ from mobilenet.jobs import JobError, JobManager
 from mobilenet.runs import DiskFull, MetricsRow, RunBusy, RunFolder, metrics_csv, thinned
 from mobilenet.train import train
 
-from helpers import write_folder
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import run_cli, write_folder
 
 
 def row(step: int, kind: str = "step", epoch: int = 1) -> MetricsRow:
@@ -190,21 +186,16 @@ def test_a_full_disk_mid_run_says_so_and_keeps_the_last_saved_state(images: Path
     assert JobManager(tmp_path).run_info(out).resumable
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mobilenet", "train", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
-
-
 def test_cli_refuses_a_finished_run_unless_told_to_overwrite(images: Path, tmp_path: Path) -> None:
     out = tmp_path / "done"
     train(tiny(images, tmp_path), out)
     best = RunFolder(out).best.read_bytes()
     options = ["--data", str(images), "--alpha", "0.25", "--epochs", "1", "--batch-size", "8", "--val-size", "12",
                "--device", "cpu", "--data-root", str(tmp_path / "root"), "--seed", "1"]
-    refused = cli(*options, "--out", str(out))
+    refused = run_cli("train", *options, "--out", str(out))
     assert refused.returncode == 2 and "already holds a run" in refused.stderr
     assert RunFolder(out).best.read_bytes() == best and RunFolder(out).report.exists()
-    done = cli(*options, "--out", str(out), "--overwrite", "--json")
+    done = run_cli("train", *options, "--out", str(out), "--overwrite", "--json")
     assert done.returncode == 0, done.stderr
     assert RunFolder(out).best.read_bytes() != best  # another seed's model
     assert jobs.JobManager(tmp_path).run_info(out).state == "finished"
