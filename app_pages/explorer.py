@@ -28,10 +28,10 @@ base = BASE_RESOLUTION[stem]
 resolution = right.select_slider(f"Input resolution (β = resolution / {base})", explore.RESOLUTIONS[stem],
                                  value=base, key="resolution", bind="query-params")
 
-stats = app.stats(alpha, stem, resolution)
+stats = explore.stats_for(alpha, stem, resolution)
 st.caption(f"α = {alpha:g}, β = {explore.beta(stem, resolution):.3g}: input {resolution}×{resolution}, "
            f"{stats.num_classes} classes. Changes are against α = 1, β = 1 with the same stem.")
-for column, total in zip(st.columns(3), explore.totals(stats, app.stats(1.0, stem, base))):
+for column, total in zip(st.columns(3), explore.totals(stats, explore.stats_for(1.0, stem, base))):
     column.metric(total.label, total.value, total.delta, delta_color="inverse")
 
 st.subheader("Layers")

@@ -30,7 +30,6 @@ from .answers import MAX_IMAGES, Upload
 from .jobs import JobManager, RunInfo
 from .shipping import int8_model
 from .runs import MetricsRow, RunFolder, RunState, metrics_csv, thinned
-from .stats import ModelStats
 from .config import OVERRIDES, RECIPES, TrainConfig
 
 if TYPE_CHECKING:
@@ -190,11 +189,6 @@ def engine_note(entry: ModelEntry) -> str | None:
 
 
 # ---- explorer -----------------------------------------------------------------------------------
-
-
-@st.cache_data(max_entries=256, show_spinner=False)
-def stats(alpha: float, stem: str, resolution: int) -> ModelStats:
-    return explore.stats_for(alpha, stem, resolution)
 
 
 @st.cache_data(max_entries=64, show_spinner="Counting parameters and mult-adds over α…")

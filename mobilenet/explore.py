@@ -3,6 +3,7 @@ depthwise-separable block saves, the paper's Tables 6 and 7 beside our counts, a
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ PAPER_TABLE7 = ((1.0, 224, 70.6, 569, 4.2), (1.0, 192, 69.1, 418, 4.2), (1.0, 16
                 (1.0, 128, 64.4, 186, 4.2))
 
 
+@functools.cache  # a pure function of a few thousand settings the sliders offer, each ~0.1 s to count
 def stats_for(alpha: float, stem: str, resolution: int) -> ModelStats:
     """The explorer's network: the seed's 10-class head on the CIFAR stem, the paper's 1000 on ImageNet's."""
     return model_stats(alpha, resolution=resolution, stem=stem)
