@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Carry unfinished runs between sessions through checkpoints/in-progress/ (runs/ is not committed):
+#   bench/carry.sh save      stop the ladder's lanes and their runs (SIGTERM: each saves its exact state), then copy
+#                            every unfinished run's config, metrics, status and last.pt to checkpoints/in-progress/
+#   bench/carry.sh restore   copy each carried run back to runs/ unless runs/ already holds it at a later epoch
+# Commit checkpoints/in-progress/ after save; best.pt stays behind (a run writes it again at its next validation).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CARRIED=checkpoints/in-progress
+epoch() { python3 -c "import json, sys; print(json.load(open(sys.argv[1])).get('epoch', 0))" "$1" 2>/dev/null || echo -1; }
+case ${1:-} in
+    save)
+        pkill -TERM -f "bench/ladder.sh" || true  # the lanes first, so that none starts the next run
+        trainers="mobilenet train --resume runs/|mobilenet train --data .* --out runs/"
+        pkill -TERM -f "$trainers" || true
+        pkill -CONT -f "$trainers" || true  # a paused run acts on the signal once it runs again
+        while pgrep -f "mobilenet train" > /dev/null; do sleep 2; done
+        for run in runs/*/; do
+            run=${run%/}; name=$(basename "$run")
+            [ -f "$run/last.pt" ] && [ ! -f "$run/report.json" ] || continue
+            mkdir -p "$CARRIED/$name"
+            cp "$run/config.json" "$run/metrics.jsonl" "$run/status.json" "$run/last.pt" "$CARRIED/$name/"
+            echo "carried $name at epoch $(epoch "$run/status.json")"
+        done ;;
+    restore)
+        for carried in "$CARRIED"/*/; do
+            carried=${carried%/}; name=$(basename "$carried")
+            [ -f "$carried/last.pt" ] || continue  # teachers/
+            if [ "$(epoch "runs/$name/status.json")" -ge "$(epoch "$carried/status.json")" ]; then
+                echo "runs/$name is at epoch $(epoch "runs/$name/status.json") already: kept"
+            else
+                mkdir -p runs && rm -rf "runs/$name" && cp -r "$carried" "runs/$name" && echo "restored $name"
+            fi
+        done ;;
+    *) echo "usage: bench/carry.sh save|restore" >&2; exit 2 ;;
+esac
