@@ -353,14 +353,16 @@ class Training:
             torch.cuda.synchronize(self.device)
         return self.epoch_images / max(time.perf_counter() - self.epoch_started, 1e-9)
 
-    def eta(self, validating_now: bool = False) -> float:
-        """Seconds left: the steps left at this epoch's pace, and the validations left at the last one's length
-        (this process's own: after a resume on another device, or a pause, the whole run's average would mislead)."""
-        recipe, cfg = self.recipe, self.cfg
-        epoch_s = time.perf_counter() - self.epoch_started - (self.validation_s if validating_now else 0.0)
-        step_s = epoch_s / max(self.epoch_steps, 1)
-        validations = sum(1 for e in range(self.state.epoch + 1, recipe.epochs + 1)
-                          if e % cfg.val_every == 0 or e == recipe.epochs)
+    def validates(self, epoch: int) -> bool:
+        """Whether the end of this (1-based) epoch validates: every val_every epochs, and after the last."""
+        return epoch % self.cfg.val_every == 0 or epoch == self.recipe.epochs
+
+    def eta(self, trained_until: float) -> float:
+        """Seconds left: the steps left at this epoch's pace (its training up to perf_counter() time trained_until),
+        and the validations left at the last one's length. This process's own: after a resume on another device, or
+        a pause, the whole run's average would mislead."""
+        step_s = (trained_until - self.epoch_started) / max(self.epoch_steps, 1)
+        validations = sum(map(self.validates, range(self.state.epoch + 1, self.recipe.epochs + 1)))
         return step_s * (self.total_steps - self.global_step) + self.validation_s * validations
 
     def log_step(self) -> None:
@@ -375,7 +377,7 @@ class Training:
         done = self.global_step
         elapsed = self.last_log - self.started
         row = MetricsRow("step", state.epoch + 1, done, loss_sum / max(seen, 1), correct / max(seen, 1),
-                         self.optimizer.param_groups[0]["lr"], img_per_s, elapsed, self.eta(),
+                         self.optimizer.param_groups[0]["lr"], img_per_s, elapsed, self.eta(self.last_log),
                          total_steps=self.total_steps)
         if self.writer:
             self.folder.append_metrics(row)
@@ -392,12 +394,11 @@ class Training:
         train_loss, train_acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
         if recipe.schedule == "plateau":
             self.plateau.step(train_loss)
-        due = (state.epoch + 1) % self.cfg.val_every == 0 or state.epoch + 1 == recipe.epochs
-        validation_started = time.perf_counter()
-        validation = _validate(self.shipped, self.val_set, recipe) if due else None
+        trained_until = time.perf_counter()
+        validation = _validate(self.shipped, self.val_set, recipe) if self.validates(state.epoch + 1) else None
         if validation is not None:
-            self.validation_s = time.perf_counter() - validation_started
-        val_loss, val_acc = (_nll(validation), validation.accuracy) if validation else (None, None)
+            self.validation_s = time.perf_counter() - trained_until
+        val_loss, val_acc = (_nll(validation), validation.accuracy) if validation is not None else (None, None)
         state.epoch, state.step_in_epoch, state.loss_sum, state.correct, state.seen = state.epoch + 1, 0, 0.0, 0, 0
         state.elapsed_s = time.perf_counter() - self.started
         improved = val_acc is not None and val_acc > state.best_acc
@@ -405,7 +406,7 @@ class Training:
             state.best_acc, self.best_eval = val_acc, validation
         row = MetricsRow("epoch", state.epoch, self.global_step, train_loss, train_acc,
                          self.optimizer.param_groups[0]["lr"], img_per_s, state.elapsed_s,
-                         self.eta(validating_now=validation is not None), val_loss, val_acc, self.total_steps)
+                         self.eta(trained_until), val_loss, val_acc, self.total_steps)
         if self.writer:
             if improved or not len(self.val_set):  # without a validation split the latest weights are the model
                 card = replace(self.card, training=self.summary(RunState.RUNNING))
