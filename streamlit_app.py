@@ -6,7 +6,8 @@ without this script's navigation and sidebar, until someone opens the root page.
 
 import streamlit as st
 
-from mobilenet import app_support as app
+from mobilenet import app_models
+from mobilenet import app_views
 
 st.set_page_config(page_title="MobileNet v1 Studio", page_icon=":material/memory:", layout="wide")
 page = st.navigation({
@@ -19,27 +20,27 @@ page = st.navigation({
               st.Page("app_pages/runs.py", title="Runs", icon=":material/stacked_line_chart:")],
 })
 
-models = app.models()
-if note := app.model_link_note(models):  # in the page, not the sidebar, which a phone keeps closed
+models = app_models.models()
+if note := app_models.model_link_note(models):  # in the page, not the sidebar, which a phone keeps closed
     st.warning(note, icon=":material/link_off:")
 with st.sidebar:
-    st.caption(f":material/memory: Running on {app.device_label()}")
+    st.caption(f":material/memory: Running on {app_models.device_label()}")
     if models.models:
-        key = st.selectbox("Model", models.keys, index=models.keys.index(models.default.key), key=app.MODEL_KEY,
+        key = st.selectbox("Model", models.keys, index=models.keys.index(models.default.key), key=app_models.MODEL_KEY,
                            bind="query-params", help="Shipped checkpoints and finished training runs")
         entry = models.get(key)
         st.caption(entry.describe())
-        if app.has_int8(entry):
-            st.segmented_control("Precision", app.PRECISIONS, default="int8", key=app.PRECISION_KEY,
+        if app_models.has_int8(entry):
+            st.segmented_control("Precision", app_models.PRECISIONS, default="int8", key=app_models.PRECISION_KEY,
                                  help="int8 answers several times faster; switch to fp32 to compare")
-        st.caption(app.engine_caption(entry))
-        if note := app.engine_note(entry):
+        st.caption(app_models.engine_caption(entry))
+        if note := app_models.engine_note(entry):
             st.caption(note)
     else:
         st.caption("No model yet: the page says how to get one.")
     for problem in models.problems:
-        st.warning(f"Skipped {app.for_visitors(problem)}", icon=":material/warning:")
+        st.warning(f"Skipped {app_views.for_visitors(problem)}", icon=":material/warning:")
 
-app.freeze_startup_heap()
-app.steady_live_views()
+app_views.freeze_startup_heap()
+app_views.steady_live_views()
 page.run()

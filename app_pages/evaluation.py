@@ -2,13 +2,14 @@
 
 import streamlit as st
 
-from mobilenet import app_support as app
+from mobilenet import app_models
+from mobilenet import app_views
 from mobilenet import evalsets, settings, visual
 from mobilenet.checkpoint import CheckpointError
 from mobilenet.data import DataError
 
 st.title("Evaluation")
-entry = app.require_model()
+entry = app_models.require_model()
 sources = evalsets.sources(entry.card)
 if not sources:
     st.warning(evalsets.missing_data_message(settings.data_root()))
@@ -30,7 +31,7 @@ if st.session_state.get("evaluation_request") != request:
 
 try:
     with st.spinner(f"Evaluating {entry.key} on {source.label}…"):
-        result, images = app.evaluation(entry, source, limit)
+        result, images = app_models.evaluation(entry, source, limit)
 except (DataError, CheckpointError) as e:
     st.error(str(e))
     st.stop()
@@ -38,12 +39,12 @@ except (DataError, CheckpointError) as e:
 accuracy, count = st.columns(2)
 accuracy.metric("accuracy", f"{result.accuracy:.2%}")
 count.metric("images", f"{result.n:,}")
-if app.has_int8(entry) and st.toggle("Compare int8 with fp32 on these images"):
+if app_models.has_int8(entry) and st.toggle("Compare int8 with fp32 on these images"):
     with st.spinner("Evaluating in int8 and in fp32…"):
-        table, differ = app.precision_comparison(entry, source, limit)
+        table, differ = app_models.precision_comparison(entry, source, limit)
     st.dataframe(table, hide_index=True)
     st.caption(f"{differ:,} of {result.n:,} answers differ between int8 and fp32.")
-app.show_report_charts(result)
+app_views.show_report_charts(result)
 
 st.subheader("Samples: prediction (truth)")
 st.image(visual.sample_tiles(result, images))

@@ -2,17 +2,18 @@
 
 import streamlit as st
 
-from mobilenet import app_support as app
+from mobilenet import app_models
+from mobilenet import app_views
 from mobilenet import charts, explore
 from mobilenet.model import BASE_RESOLUTION, STEMS
 
 st.title("Model explorer")
-st.markdown(app.INTRO)
-entry = app.selected_model()
+st.markdown(app_views.INTRO)
+entry = app_models.selected_model()
 if entry is None:
-    st.info(app.no_model_message())
+    st.info(app_models.no_model_message())
 else:
-    st.markdown(app.model_in_use(entry))
+    st.markdown(app_models.model_in_use(entry))
 for problem in explore.link_problems(st.query_params):  # before the widgets, which drop such values silently
     st.warning(problem, icon=":material/link_off:")
 st.caption("MobileNet v1 (Howard et al. 2017): how the width multiplier α and the resolution multiplier β "
@@ -42,7 +43,7 @@ st.dataframe(explore.layer_table(stats), hide_index=True, column_config={
 })
 
 st.subheader("Cost")
-for column, chart in zip(st.columns(2), charts.alpha_sweep(app.alpha_sweep(stem, resolution), stats)):
+for column, chart in zip(st.columns(2), charts.alpha_sweep(app_models.alpha_sweep(stem, resolution), stats)):
     column.altair_chart(chart, width="stretch")
 st.altair_chart(charts.layer_costs(explore.layer_costs(stats)), width="stretch")
 
@@ -57,7 +58,7 @@ st.altair_chart(charts.separable_savings(savings), width="stretch")
 
 if stem == "imagenet":
     st.subheader("The paper's Tables 6 and 7 beside our counts")
-    comparison = app.paper_comparison()
+    comparison = app_models.paper_comparison()
     st.dataframe(comparison, hide_index=True, width="stretch", column_order=[
         "table", "model", "ImageNet top-1 % (paper)", "mult-adds M (paper)", "mult-adds M (ours)", "params M (paper)",
         "params M (ours)"])  # α and resolution are in the model's name
@@ -65,13 +66,13 @@ if stem == "imagenet":
     st.caption("Our counts include BatchNorm, as torchinfo does; accuracy is the paper's, on ImageNet.")
 
 st.subheader("Accuracy against cost")
-points = app.accuracy_points()
+points = app_models.accuracy_points()
 st.caption("What MobileNet trades: each model here (validation accuracy on CIFAR-10) beside the paper's ImageNet "
            "networks (top-1). Different tasks, so compare the shapes: accuracy falls slowly as the cost shrinks.")
 cost, latency = st.columns(2)
 cost.altair_chart(charts.accuracy_cost(points), width="stretch")
 if latency.button("Measure each model's latency here", icon=":material/timer:"):
-    ours = app.latency_points(points)
+    ours = app_models.latency_points(points)
     if ours.empty:
         latency.info("No model with a validation accuracy here yet.")
     else:

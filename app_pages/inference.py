@@ -3,32 +3,33 @@
 import streamlit as st
 
 from mobilenet import answers
-from mobilenet import app_support as app
+from mobilenet import app_models
+from mobilenet import app_uploads
 from mobilenet import charts
 from mobilenet.intake import ImageError
 from mobilenet.visual import enlarge
 
 st.title("Inference")
-entry = app.require_model()
-clf = app.classifier(entry)
+entry = app_models.require_model()
+clf = app_models.classifier(entry)
 side = clf.card.resolution
-threshold = app.ood_threshold(entry)
+threshold = app_models.ood_threshold(entry)
 st.caption(f"{entry.key} tells apart {', '.join(clf.classes)}. Every image is centre-cropped and resized to "
            f"{side}×{side}, as in training.")
 
 files, other = st.columns(2)
-returning = app.UPLOADER_KEY not in st.session_state  # Streamlit drops the uploader's state on leaving the page
-uploaded = files.file_uploader("Upload images", type=app.UPLOAD_TYPES, accept_multiple_files=True,
-                               key=app.UPLOADER_KEY)
+returning = app_uploads.UPLOADER_KEY not in st.session_state  # Streamlit drops the uploader's state on leaving the page
+uploaded = files.file_uploader("Upload images", type=app_uploads.UPLOAD_TYPES, accept_multiple_files=True,
+                               key=app_uploads.UPLOADER_KEY)
 url = other.text_input("Or paste an image URL", placeholder="https://…")
 photo = other.camera_input("Photo") if other.toggle("Take a photo with the camera") else None
-kept, left_out = app.keep_uploads(uploaded, returning, photo)
+kept, left_out = app_uploads.keep_uploads(uploaded, returning, photo)
 if left_out:
-    files.warning(app.left_out_note(left_out))
+    files.warning(app_uploads.left_out_note(left_out))
 if kept and not uploaded:
     files.caption(f"Showing {len(kept)} image(s) you uploaded before: {', '.join(u.name for u in kept)}.")
     if files.button("Clear them", icon=":material/delete:"):
-        app.forget_uploads()
+        app_uploads.forget_uploads()
         st.rerun()
 
 examples = {path.stem: path for path in answers.examples()}
@@ -75,7 +76,7 @@ for i, result in enumerate(results):
         else:
             heat.image(overlay, caption=f"evidence for {label}")
     bars.vega_lite_chart(charts.top_k(prediction.top), width="stretch")
-    bars.caption(f"{prediction.ms:.1f} ms for this image, on {app.device_label()}")
+    bars.caption(f"{prediction.ms:.1f} ms for this image, on {app_models.device_label()}")
 
 if results:
     table = answers.predictions_table(results)

@@ -7,13 +7,14 @@ from pathlib import Path
 import streamlit as st
 
 from mobilenet import admin
-from mobilenet import app_support as app
+from mobilenet import app_runs
+from mobilenet import app_views
 from mobilenet import settings
-from mobilenet.config import DEFAULT_RECIPE, RECIPES
+from mobilenet.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from mobilenet.jobs import JobError, RunInfo
 
 st.title("Training")
-manager = app.job_manager()
+manager = app_runs.job_manager()
 
 refused = admin.training_refused()
 if refused:
@@ -41,40 +42,40 @@ locked = None if allowed else refused or admin.SIGN_IN_HINT.capitalize() + "."  
 
 left, right = st.columns(2)  # no form: the recipe's defaults and the overrides note follow every choice at once
 LAYOUT = "train/<class>/<image> and optionally test/<class>/<image>, or <class>/<image>"
-source = left.selectbox("Data", app.training_data(admin=allowed), format_func=lambda s: s.label,
-                        help=f"The image folders and .zip files in {app.visible_folder(settings.data_root())}/ that "
-                             f"hold training images ({LAYOUT}), and CIFAR-10.")
+source = left.selectbox("Data", app_runs.training_data(admin=allowed), format_func=lambda s: s.label,
+                        help=f"The image folders and .zip files in {app_views.visible_folder(settings.data_root())}/ "
+                             f"that hold training images ({LAYOUT}), and CIFAR-10.")
 typed = (left.text_input("Data folder", placeholder="/path/to/images or /path/to/images.zip", help=LAYOUT)
-         if source == app.OTHER_DATA else "")
+         if source == app_runs.OTHER_DATA else "")
 recipe = left.selectbox("Recipe", list(RECIPES), index=list(RECIPES).index(DEFAULT_RECIPE),
                         help="fast: this project's recipe; seed: the blog post's, exactly. It sets the defaults below.")
 own = RECIPES[recipe]  # the inputs' keys name the recipe: choosing another one starts them at its values
 batch_size = left.number_input("Batch size", 8, 2048, own.batch_size, step=8, key=f"batch_size-{recipe}")
 alpha = right.slider("α", 0.25, 2.0, 1.0, 0.05, help="width multiplier")
 beta = right.slider("β", 0.5, 2.0, 1.0, 0.125, help="resolution multiplier: input side round(32 × β)")
-epochs = right.number_input("Epochs", 1, app.MAX_EPOCHS, own.epochs, key=f"epochs-{recipe}")
+epochs = right.number_input("Epochs", 1, app_runs.MAX_EPOCHS, own.epochs, key=f"epochs-{recipe}")
 lr = right.number_input("Learning rate", 0.0001, 5.0, own.lr, format="%.4f", key=f"lr-{recipe}")
-overrides = app.recipe_overrides(recipe, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr))
-if note := app.overrides_note(recipe, overrides):
+overrides = app_runs.recipe_overrides(recipe, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr))
+if note := app_runs.overrides_note(recipe, overrides):
     st.caption(note)
 start = st.button("Start", type="primary", disabled=not allowed, help=locked)
 
 if start and allowed:
-    data = typed.strip() if source == app.OTHER_DATA else source.source
-    problem = app.data_problem(data)
+    data = typed.strip() if source == app_runs.OTHER_DATA else source.source
+    problem = app_runs.data_problem(data)
     try:
         if problem:
             st.error(problem)
         else:
-            cfg = app.new_run_config(data=data, recipe=recipe, alpha=float(alpha), beta=float(beta), **overrides)
+            cfg = TrainConfig(data=data, recipe=recipe, alpha=float(alpha), beta=float(beta), **overrides)
             st.success(f"Started {manager.start(cfg).name}.")
     except (JobError, ValueError) as e:
-        st.error(app.for_visitors(str(e)))
+        st.error(app_views.for_visitors(str(e)))
 
 
-page_snapshot = app.runs_snapshot()
+page_snapshot = app_runs.runs_snapshot()
 watching_a_job = page_snapshot.job is not None
-finished = app.finished_runs(page_snapshot)  # as the sidebar's model selector was drawn with them
+finished = app_runs.finished_runs(page_snapshot)  # as the sidebar's model selector was drawn with them
 DELETE_KEY = "delete_asked"  # the run this visitor asked to delete, awaiting Confirm or Cancel, in st.session_state
 
 
@@ -93,27 +94,27 @@ def delete_a_run(runs: list[RunInfo]) -> None:
     if confirm.button("Confirm", type="primary", disabled=not allowed, help=locked) and allowed:
         st.session_state.pop(DELETE_KEY)
         try:
-            app.delete_run(asked)
+            app_runs.delete_run(asked)
         except JobError as e:
-            st.error(app.for_visitors(str(e)))
+            st.error(app_views.for_visitors(str(e)))
             return
         st.toast(f"Deleted {asked.name}.")
         st.rerun()  # the whole app: the model selector loses a finished run's checkpoint
 
 
-@st.fragment(run_every=app.REFRESH_S if watching_a_job else app.IDLE_REFRESH_S)
+@st.fragment(run_every=app_runs.REFRESH_S if watching_a_job else app_runs.IDLE_REFRESH_S)
 def live() -> None:
-    snapshot = app.runs_snapshot()
+    snapshot = app_runs.runs_snapshot()
     job, runs = snapshot.job, snapshot.runs
-    if (job is not None) != watching_a_job or app.finished_runs(snapshot) != finished:
+    if (job is not None) != watching_a_job or app_runs.finished_runs(snapshot) != finished:
         st.rerun(scope="app")  # the whole app: the refresh rate follows the job, the model selector its runs
     running = next((r for r in runs if job and str(r.path.resolve()) == job.get("run")), None)
     if running is not None:
         rows = running.folder.read_metrics()
         stopping = bool(job.get("stopping"))  # recorded with the job: every visitor sees it
-        done, text = app.job_progress(running, rows, stopping)
+        done, text = app_runs.job_progress(running, rows, stopping)
         st.progress(done, text=text)
-        app.show_run_curves(running)
+        app_runs.show_run_curves(running)
         if not stopping and st.button("Stop", disabled=not allowed, help=locked) and allowed:
             manager.stop()
             st.rerun()  # the whole page says "stopping…" until the job has saved and ended
@@ -127,20 +128,20 @@ def live() -> None:
     if not runs:
         return
     st.subheader("Runs")
-    st.dataframe(app.runs_table(runs), hide_index=True, column_config={
+    st.dataframe(app_runs.runs_table(runs), hide_index=True, column_config={
         "best validation accuracy": st.column_config.NumberColumn(format="percent")})
     latest = runs[0]
     if latest is not running:
-        app.show_run_curves(latest)  # its curves stay when it has ended
+        app_runs.show_run_curves(latest)  # its curves stay when it has ended
         if latest.error:
-            st.error(f"{latest.name} failed: {app.failure_reason(latest)}")
-        result = app.report_of(latest)
+            st.error(f"{latest.name} failed: {app_runs.failure_reason(latest)}")
+        result = app_runs.report_of(latest)
         if result:
-            listed = ("it is in the model selector now" if app.in_model_selector(latest)
+            listed = ("it is in the model selector now" if app_runs.in_model_selector(latest)
                       else "its checkpoint does not load, so it is not in the model selector")
             st.markdown(f"**{latest.name}**: validation accuracy {result.accuracy:.2%}; {listed}.")
-            app.show_report_charts(result)
-            if app.downloadable(latest.folder.best):
+            app_views.show_report_charts(result)
+            if app_runs.downloadable(latest.folder.best):
                 st.download_button("Download its checkpoint", latest.folder.best.read_bytes,
                                    file_name=f"{latest.name}.pt", mime="application/octet-stream", on_click="ignore")
     resumable = [r.name for r in runs if r.resumable]
@@ -150,14 +151,14 @@ def live() -> None:
             try:
                 manager.resume(next(r.path for r in runs if r.name == chosen))
             except JobError as e:
-                st.error(app.for_visitors(str(e)))
+                st.error(app_views.for_visitors(str(e)))
             else:
                 st.rerun()  # the whole page follows the job: "starting…" until it trains
     if deletable := [r for r in runs if r is not running and not r.state.live]:
         delete_a_run(deletable)
 
 
-with st.container(key=app.LIVE_VIEW_KEY):  # redrawn without fading
+with st.container(key=app_views.LIVE_VIEW_KEY):  # redrawn without fading
     live()
 st.page_link(st.Page(Path(__file__).with_name("runs.py")), label="Every run: its report and curves, overlays, CSV",
              icon=":material/stacked_line_chart:")

@@ -12,7 +12,7 @@ import pytest
 from helpers import image_bytes, isolate_app, save_model, save_run, write_folder
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import Classifier, app_support, checkpoint, data, evalsets
+from mobilenet import Classifier, app_models, app_views, checkpoint, data, evalsets
 from mobilenet.checkpoint import TrainingData
 from mobilenet.evaluate import evaluate
 
@@ -52,7 +52,7 @@ def test_every_page_renders_without_a_model_and_says_once_how_to_get_one(page: s
     (places / "models").mkdir()
     monkeypatch.setenv("MOBILENET_CHECKPOINTS", str(places / "models"))  # the folder the server is configured with
     at = open_page(page)
-    message = app_support.no_model_message()
+    message = app_models.no_model_message()
     assert [i.value for i in at.info] == [message]  # the explorer needs no model, and says so too
     assert sum(message in text for text in texts(at)) == 1
     assert "`models/`" in message and "checkpoints" not in message and str(places) not in message
@@ -106,9 +106,9 @@ def test_explorer_settings_come_from_the_url() -> None:
 
 def test_the_first_page_says_what_this_is_and_which_model_answers(model: Path) -> None:
     at = open_page("app_pages/explorer.py")
-    assert at.markdown[0].value == app_support.INTRO
+    assert at.markdown[0].value == app_views.INTRO
     for page in ("Model explorer", "Inference", "Evaluation", "Training"):
-        assert f"**{page}**" in app_support.INTRO
+        assert f"**{page}**" in app_views.INTRO
     assert at.markdown[1].value.startswith("Model in use: **mobilenet_v1_a0.25** (α=0.25, cifar stem")
 
 
@@ -137,7 +137,7 @@ def test_a_good_link_gets_no_note(model: Path) -> None:
 def test_accuracy_against_cost_shows_every_model_beside_the_paper(model: Path, places: Path) -> None:
     save_run(places / "runs", "a0.25-seed")
     at = open_page("app_pages/explorer.py")
-    points = app_support.accuracy_points()
+    points = app_models.accuracy_points()
     assert sorted(points.loc[points["data"] == "CIFAR-10 validation (ours)", "model"]) == [
         "mobilenet_v1_a0.25", "runs/a0.25-seed"]
     assert (points["data"] == "ImageNet top-1 (the paper)").sum() == 7

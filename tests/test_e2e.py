@@ -29,7 +29,7 @@ from helpers import CLASSES, image_bytes, make_run, save_model, write_folder
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from mobilenet import Classifier, explore
-from mobilenet.app_support import MAX_EPOCHS
+from mobilenet.app_runs import MAX_EPOCHS
 from mobilenet.config import TrainConfig
 from mobilenet.data import CIFAR10_CLASSES
 from mobilenet.jobs import JobManager

@@ -12,7 +12,7 @@ from helpers import image_bytes, isolate_app, save_model
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import answers, app_support, gradcam, intake
+from mobilenet import answers, app_uploads, gradcam, intake
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
 
@@ -63,7 +63,7 @@ def test_a_session_keeps_at_most_max_images_uploads() -> None:
 
 def test_a_session_keeps_uploads_up_to_a_weight(monkeypatch: pytest.MonkeyPatch) -> None:
     files = [(f"{i}.png", image_bytes(seed=i, size=(40, 30)), "image/png") for i in range(3)]
-    monkeypatch.setattr(app_support, "MAX_KEPT_BYTES", len(files[0][1]) + len(files[1][1]))
+    monkeypatch.setattr(app_uploads, "MAX_KEPT_BYTES", len(files[0][1]) + len(files[1][1]))
     at = inference_page()
     at.file_uploader[0].set_value(files).run()
     assert [u.name for u in at.session_state.kept_uploads] == ["0.png", "1.png"]
@@ -192,7 +192,7 @@ def test_uploaded_files_no_widget_holds_leave_the_servers_memory() -> None:
     from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
     from streamlit.runtime.uploaded_file_manager import UploadedFileRec
 
-    from mobilenet.app_support import drop_files_no_widget_holds
+    from mobilenet.app_uploads import drop_files_no_widget_holds
 
     manager = MemoryUploadedFileManager("/_stcore/upload_file")
     for session, file_id in [("visitor", "old"), ("visitor", "replaced"), ("visitor", "shown"), ("other", "old")]:

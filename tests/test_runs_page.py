@@ -17,7 +17,7 @@ from helpers import isolate_app, make_run, metrics
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import app_support
+from mobilenet import app_runs
 from mobilenet.locks import try_lock
 
 PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "runs.py"
@@ -30,12 +30,12 @@ def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def open_page(run: str | None = None, compare: list[str] | None = None) -> AppTest:
     """A new visitor, by a link naming a run and runs to overlay (the page's shared snapshot lives a refresh)."""
-    app_support._runs_snapshot.clear()
+    app_runs._runs_snapshot.clear()
     at = AppTest.from_file(PAGE, default_timeout=60)
     if run is not None:
-        at.query_params[app_support.RUN_KEY] = run
+        at.query_params[app_runs.RUN_KEY] = run
     if compare is not None:
-        at.query_params[app_support.COMPARE_KEY] = compare
+        at.query_params[app_runs.COMPARE_KEY] = compare
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -79,9 +79,9 @@ def test_the_link_to_a_run_names_it_even_when_it_is_the_newest(runs: Path) -> No
         assert link.proto.label == "Link to this run"
         return parse_qs(link.proto.query_string)
 
-    assert linked() == {app_support.RUN_KEY: ["newer"]}
+    assert linked() == {app_runs.RUN_KEY: ["newer"]}
     at.selectbox[0].select("older").run()
-    assert linked() == {app_support.RUN_KEY: ["older"]}
+    assert linked() == {app_runs.RUN_KEY: ["older"]}
 
 
 def test_the_overlay_draws_a_line_per_run(runs: Path) -> None:
@@ -107,8 +107,8 @@ def test_the_csv_download_is_the_runs_metrics_built_only_when_asked(runs: Path,
     monkeypatch.setattr(MediaFileManager, "add_deferred", lambda self, data, *args, **kwargs: deferred.append(
         (data, kwargs.get("file_name"))) or "deferred-id")
     built: list[int] = []
-    real = app_support.metrics_csv
-    monkeypatch.setattr(app_support, "metrics_csv", lambda rows: built.append(len(rows)) or real(rows))
+    real = app_runs.metrics_csv
+    monkeypatch.setattr(app_runs, "metrics_csv", lambda rows: built.append(len(rows)) or real(rows))
     at = open_page(run="done")
     (button,) = at.get("download_button")
     assert button.label == "Download its metrics (CSV)"
@@ -160,7 +160,7 @@ def test_a_running_runs_curves_follow_its_metrics_and_stay_when_it_ends(runs: Pa
         os.close(fd)
     folder.status.write_text(json.dumps({"state": "stopped", "updated": time.time(), "epoch": 2, "epochs": 2}))
     folder.last.write_bytes(b"saved state")
-    app_support._runs_snapshot.clear()
+    app_runs._runs_snapshot.clear()
     at.run()
     assert at.markdown[0].value == "**live**: stopped, epoch 2/2" and len(titled(at, "accuracy")) == 1
 

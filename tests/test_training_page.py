@@ -15,8 +15,8 @@ from helpers import FakeClock, isolate_app, save_model, write_folder, zip_folder
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import admin, app_support, catalog, settings
-from mobilenet.app_support import RunsSnapshot
+from mobilenet import admin, app_models, app_runs, catalog, settings
+from mobilenet.app_runs import RunsSnapshot
 from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import CIFAR10_CLASSES, CIFAR10_FOLDER
 from mobilenet.evalsets import TrainingSource
@@ -36,7 +36,7 @@ def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def open_page() -> AppTest:
     """A new visitor, after the runs folder changed (the page's shared snapshot lives a refresh)."""
-    app_support._runs_snapshot.clear()
+    app_runs._runs_snapshot.clear()
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -48,7 +48,7 @@ def choose_data(at: AppTest, data: Path) -> None:
     if data.exists() and data.parent.resolve() == settings.data_root().resolve():
         data_box(at).select(listed).run()
     else:
-        data_box(at).select(app_support.OTHER_DATA).run()
+        data_box(at).select(app_runs.OTHER_DATA).run()
         data_folder(at)[0].input(str(data))
 
 
@@ -284,7 +284,7 @@ def live_run(runs: Path, name: str, pid: int = 4194305) -> tuple[RunFolder, int]
 
 def set_state(folder: RunFolder, state: str) -> None:
     folder.status.write_text(json.dumps({"state": state, "updated": time.time(), "epoch": 1, "epochs": 10}))
-    app_support._runs_snapshot.clear()
+    app_runs._runs_snapshot.clear()
 
 
 def progress(at: AppTest) -> str:
@@ -338,11 +338,11 @@ def test_a_run_offers_resume_as_soon_as_its_job_has_stopped(places: Path) -> Non
 def test_a_finished_run_is_said_to_be_in_the_model_selector_only_when_it_is(places: Path) -> None:
     folder = finished_run(places / "runs", "done", updated=time.time())
     at = open_page()
-    assert app_support.models().get("runs/done")
+    assert app_models.models().get("runs/done")
     assert any("it is in the model selector now" in m.value for m in at.markdown)
     folder.best.write_bytes(b"not a checkpoint")
     at = open_page()
-    assert app_support.models().get("runs/done") is None
+    assert app_models.models().get("runs/done") is None
     said = [m.value for m in at.markdown if "validation accuracy" in m.value]
     assert len(said) == 1 and said[0].endswith("; its checkpoint does not load, so it is not in the model selector.")
 
@@ -351,13 +351,13 @@ def test_a_run_that_finishes_while_the_page_is_open_reruns_the_whole_app(places:
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The run finishes between the page's draw (its model selector without the run) and the live view's refresh:
     the whole app reruns, so that the selector lists it."""
-    app_support._runs_snapshot.clear()
-    before = app_support.runs_snapshot()  # no runs yet
+    app_runs._runs_snapshot.clear()
+    before = app_runs.runs_snapshot()  # no runs yet
     finished_run(places / "runs", "done", updated=time.time())
-    app_support._runs_snapshot.clear()
-    after = app_support.runs_snapshot()
+    app_runs._runs_snapshot.clear()
+    after = app_runs.runs_snapshot()
     seen: list[RunsSnapshot] = []
-    monkeypatch.setattr(app_support, "runs_snapshot", lambda: seen.append(after if seen else before) or seen[-1])
+    monkeypatch.setattr(app_runs, "runs_snapshot", lambda: seen.append(after if seen else before) or seen[-1])
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception
     assert len(seen) == 4  # the page and its live view, then both again: the app reran once, and once only
@@ -382,7 +382,7 @@ def test_the_data_choices_are_what_the_data_root_holds(places: Path) -> None:
     (root / "cache").mkdir()  # the decode cache
     download = "CIFAR-10 (downloads about 170 MB when the job starts)"
     at = open_page()
-    assert data_box(at).options == ["more.zip", "shapes", download, app_support.OTHER_DATA.label]
+    assert data_box(at).options == ["more.zip", "shapes", download, app_runs.OTHER_DATA.label]
     assert data_box(at).value.label == "more.zip" and not data_folder(at)  # something that is there
     visitor = visitor_page()
     assert data_box(visitor).options == ["more.zip", "shapes", download]  # no server paths for visitors
@@ -431,7 +431,7 @@ def test_an_admin_deletes_a_run_after_confirming(places: Path) -> None:
     button(at, "Confirm").click().run()
     assert not at.exception and not (places / "runs" / "old").exists()
     assert list(at.dataframe[0].value["run"]) == ["new"]
-    assert app_support.models().get("runs/old") is None and app_support.models().get("runs/new")
+    assert app_models.models().get("runs/old") is None and app_models.models().get("runs/new")
 
 
 def test_a_visitor_cannot_delete_and_the_running_run_is_not_offered(places: Path) -> None:

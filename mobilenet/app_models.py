@@ -1,0 +1,215 @@
+"""The model a visitor chose and what answers for it: the models here, a Classifier on the engine the sidebar chose
+(int8 or fp32), the explorer's tables, and evaluations.
+
+Resources cached with st.cache_resource are shared by every session and never mutated after they are
+built: a Classifier (thread-safe, see mobilenet.infer) and evaluation results (frozen, tensors only read).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import streamlit as st
+
+from . import catalog, checkpoint, engines, evalsets, explore, ood, settings
+from .app_views import link_note, visible_folder
+from .catalog import Catalog, ModelEntry
+from .data import ImageSet
+from .device import device_name, pick_device
+from .evalsets import EvalSource
+from .evaluate import Evaluation, score
+from .infer import Classifier
+from .checkpoint import CheckpointError
+from .shipping import int8_model
+
+if TYPE_CHECKING:
+    from .onnx_export import Quantization  # imports onnx, which a torch-only install lacks
+
+MODEL_KEY = "model"  # the sidebar's model choice in st.session_state and in the URL
+
+
+@st.cache_resource(show_spinner=False)
+def device_label() -> str:
+    return device_name(pick_device())
+
+
+def models() -> Catalog:
+    return catalog.list_models()
+
+
+def selected_model() -> ModelEntry | None:
+    return models().get(st.session_state.get(MODEL_KEY))
+
+
+def no_model_message() -> str:
+    """How to get a model, naming the folders this server is configured with, as visitors may see them."""
+    return (f"No model yet. Train one (`python -m mobilenet train --out {visible_folder(settings.runs_dir())}/NAME`; "
+            f"a finished run appears here by itself) or copy checkpoint files into "
+            f"`{visible_folder(settings.checkpoint_dir())}/`.")
+
+
+def require_model() -> ModelEntry:
+    """The model chosen in the sidebar; without one, a message saying how to get one, and the page stops."""
+    entry = selected_model()
+    if entry is None:
+        st.info(no_model_message())
+        st.stop()
+    return entry
+
+
+def model_link_note(catalog: Catalog) -> str | None:
+    return link_note(MODEL_KEY, "model", catalog.keys, catalog.default.key if catalog.default else None)
+
+
+def model_in_use(entry: ModelEntry | None) -> str:
+    return no_model_message() if entry is None else f"Model in use: **{entry.key}** ({entry.describe()})."
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _accuracy_points(versions: tuple[tuple[str, tuple[int, int]], ...]) -> pd.DataFrame:  # versions: cache key only
+    return explore.accuracy_against_cost([(m.key, m.card) for m in models().models])
+
+
+def accuracy_points() -> pd.DataFrame:
+    """Every model here with a validation accuracy, and the paper's networks: accuracy against cost."""
+    return _accuracy_points(tuple((m.key, m.version) for m in models().models))
+
+
+@st.cache_data(max_entries=16, show_spinner="Timing each model on this machine…")
+def _latency_points(points: pd.DataFrame, chosen: tuple[tuple[str, tuple[int, int], str], ...],
+                    _classifiers: dict[str, Classifier]) -> pd.DataFrame:  # chosen: cache key only
+    return explore.with_latency(points, _classifiers)
+
+
+def latency_points(points: pd.DataFrame) -> pd.DataFrame:
+    """Our models among points, each timed as it answers here on the engine the sidebar chose for it (int8 on the
+    CPU where its file is there); a model whose engine refuses to load is left out (its pages say why)."""
+    classifiers: dict[str, Classifier] = {}
+    for entry in models().models:
+        if entry.key in set(points["model"]):
+            try:
+                classifiers[entry.key] = _classifier(entry.path, entry.version, engine_for(entry))
+            except CheckpointError:
+                continue
+    chosen = tuple((entry.key, entry.version, classifiers[entry.key].engine) for entry in models().models
+                   if entry.key in classifiers)
+    return _latency_points(points, chosen, classifiers)
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading the model…")
+def _classifier(path: Path, version: tuple[int, int], engine: str) -> Classifier:  # version: cache key only
+    return Classifier.load(path, device="auto", engine=engine)
+
+
+def classifier(entry: ModelEntry) -> Classifier:
+    """The model on the engine the sidebar chose; a model file that is refused stops the page with the reason."""
+    try:
+        return _classifier(entry.path, entry.version, engine_for(entry))
+    except CheckpointError as e:
+        st.error(str(e))
+        st.stop()
+
+
+# ---- engines ------------------------------------------------------------------------------------
+
+PRECISION_KEY = "precision"  # the sidebar's choice, where the model has an int8 version: "int8" or "fp32"
+PRECISIONS = ("int8", "fp32")
+
+
+def has_int8(entry: ModelEntry) -> bool:
+    """Whether the model answers in int8 here (its int8 file, onnxruntime and the CPU), so fp32 is an option."""
+    return engines.choose("auto", entry.path, pick_device()) == "int8"
+
+
+def engine_for(entry: ModelEntry, precision: str | None = None) -> str:
+    """The engine that answers for the model: the fastest it has here, or an fp32 one when asked for."""
+    precision = precision or st.session_state.get(PRECISION_KEY, "int8")
+    if precision == "fp32":
+        return engines.fp32_choice(entry.path, pick_device())
+    return engines.choose("auto", entry.path, pick_device())
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _quantization(path: Path, version: tuple[int, int]) -> Quantization | None:  # version: cache key only
+    try:
+        model = int8_model(path, checkpoint.read(path))
+    except CheckpointError:
+        return None  # loading the int8 engine says why
+    return model.quantization if model else None
+
+
+def engine_caption(entry: ModelEntry) -> str:
+    """For the sidebar: which engine and precision answer, and what int8 costs in accuracy."""
+    text = f":material/speed: Answers with {engines.describe(engine_for(entry))}"
+    q = _quantization(entry.path, entry.version) if has_int8(entry) else None
+    if q is not None:
+        where = "Validation accuracy" if q.held_out else f"On {q.images:,} of the images it trained on"
+        text += f". {where}: int8 {q.int8_accuracy:.2%}, fp32 {q.fp32_accuracy:.2%}"
+    return text
+
+
+def engine_note(entry: ModelEntry) -> str | None:
+    """The one-line note that the faster engine needs onnxruntime, when it is what is missing."""
+    return engines.fallback_note(entry.path, pick_device())
+
+
+# ---- explorer -----------------------------------------------------------------------------------
+
+
+@st.cache_data(max_entries=64, show_spinner="Counting parameters and mult-adds over α…")
+def alpha_sweep(stem: str, resolution: int) -> pd.DataFrame:
+    return explore.alpha_sweep(stem, resolution)
+
+
+@st.cache_data(show_spinner=False)
+def paper_comparison() -> pd.DataFrame:
+    return explore.paper_comparison()
+
+
+def ood_threshold(entry: ModelEntry) -> float | None:
+    return ood.threshold(entry.path)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvaluationRun:
+    result: Evaluation
+    images: ImageSet
+    engine: str
+    seconds: float  # for the forward passes, the images already decoded
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _evaluation(path: Path, version: tuple[int, int], source: EvalSource, root: Path, limit: int | None,
+                engine: str) -> EvaluationRun:
+    clf = _classifier(path, version, engine)
+    images = evalsets.load(clf.card, source, root, limit=limit)
+    start = time.perf_counter()
+    probs = clf.probabilities(images.images)
+    return EvaluationRun(score(probs, images), images, engine, time.perf_counter() - start)
+
+
+def evaluation_run(entry: ModelEntry, source: EvalSource, limit: int | None, precision: str | None = None
+                   ) -> EvaluationRun:
+    """A model's results on a source, on the sidebar's engine; computed once per model version and engine, shared."""
+    return _evaluation(entry.path, entry.version, source, settings.data_root(), limit, engine_for(entry, precision))
+
+
+def evaluation(entry: ModelEntry, source: EvalSource, limit: int | None) -> tuple[Evaluation, ImageSet]:
+    run = evaluation_run(entry, source, limit)
+    return run.result, run.images
+
+
+def precision_comparison(entry: ModelEntry, source: EvalSource, limit: int | None) -> tuple[pd.DataFrame, int]:
+    """int8 beside fp32 on the same images: accuracy and images per second of each, and how many answers differ."""
+    runs = [evaluation_run(entry, source, limit, precision) for precision in PRECISIONS]
+    table = pd.DataFrame([{"engine": engines.describe(run.engine), "accuracy": f"{run.result.accuracy:.2%}",
+                           "images per second": round(run.result.n / max(run.seconds, 1e-9))} for run in runs])
+    differ = int((runs[0].result.probs.argmax(1) != runs[1].result.probs.argmax(1)).sum())
+    return table, differ

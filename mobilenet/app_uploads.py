@@ -1,0 +1,82 @@
+"""A visitor's uploads on the Inference page: which files are kept in the session, and which leave the server."""
+
+from __future__ import annotations
+
+
+import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+from .data import IMAGE_SUFFIXES
+from .answers import MAX_IMAGES, Upload
+
+UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
+UPLOADER_KEY = "uploader"
+# What the uploads a session keeps may weigh together: a dozen phone photos, not 16 files at the 25 MB limit.
+MAX_KEPT_BYTES = 64 * 2**20
+
+
+def keep_uploads(files: list, returning: bool, photo: object | None = None) -> tuple[list[Upload], list[str]]:
+    """The uploader's first files, at most MAX_IMAGES of them and MAX_KEPT_BYTES together, remembered in the
+    session, and the names of the ones beyond them.
+
+    Streamlit forgets a page's uploader when the visitor opens another page, so on returning the images of the
+    last visit stand in until replaced or removed. Files beyond the first are never read nor kept, and every file
+    of the session but those and the camera's photo leaves the server's memory.
+    """
+    state = st.session_state
+    kept, left_out = state.get("kept_uploads", []), state.get("left_out_uploads", [])
+    held = _first_that_fit(files)
+    if files:
+        held_ids = [f.file_id for f in held]
+        if held_ids != state.get("kept_file_ids"):
+            kept = [Upload(f.name, f.getvalue()) for f in held]
+            left_out = [f.name for f in files[len(held):]]
+            state.kept_file_ids = held_ids
+    elif not returning and state.get("uploader_had_files"):
+        kept, left_out, state.kept_file_ids = [], [], None  # the visitor removed them
+    state.kept_uploads, state.left_out_uploads, state.uploader_had_files = kept, left_out, bool(files)
+    _keep_only_held_uploads([*held, *([photo] if photo else [])])
+    return kept, left_out
+
+
+def _first_that_fit(files: list) -> list:
+    held, weight = [], 0
+    for f in files[:MAX_IMAGES]:
+        weight += f.size
+        if weight > MAX_KEPT_BYTES:
+            break
+        held.append(f)
+    return held
+
+
+def left_out_note(left_out: list[str]) -> str:
+    return (f"At most {MAX_IMAGES} uploaded images, {MAX_KEPT_BYTES / 2**20:.0f} MB together, are kept and "
+            f"classified; left out: {', '.join(left_out)}.")
+
+
+def forget_uploads() -> None:
+    """Forget the images kept from an earlier visit (the visitor cleared them)."""
+    state = st.session_state
+    state.kept_uploads, state.left_out_uploads, state.kept_file_ids = [], [], None
+
+
+def drop_files_no_widget_holds(manager: object, session_id: str, held: set[str]) -> int:
+    """Remove a session's uploaded files that no widget holds any more; returns how many went.
+
+    Streamlit keeps every file a session uploads until the browser sends a delete or the session ends. A client
+    that never deletes (a script; a page that lost the delete) could then fill the server's memory with one long
+    session (the load benchmark grew it by 0.9 MB per upload). Managers without per-session storage are left
+    alone."""
+    storage = getattr(manager, "file_storage", {}).get(session_id, {})
+    gone = [file_id for file_id in list(storage) if file_id not in held]
+    for file_id in gone:
+        manager.remove_file(session_id, file_id)
+    return len(gone)
+
+
+def _keep_only_held_uploads(held: list) -> None:
+    """On the page with the session's only upload widgets, given the files they hold: drop the session's others."""
+    ctx = get_script_run_ctx()
+    if ctx is None or ctx.uploaded_file_mgr is None:
+        return
+    drop_files_no_widget_holds(ctx.uploaded_file_mgr, ctx.session_id, {f.file_id for f in held})
