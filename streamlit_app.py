@@ -6,8 +6,7 @@ without this script's navigation and sidebar, until someone opens the root page.
 
 import streamlit as st
 
-from mobilenet import app_models
-from mobilenet import app_views
+from mobilenet import app_models, app_views
 
 st.set_page_config(page_title="MobileNet v1 Studio", page_icon=":material/memory:", layout="wide")
 page = st.navigation({

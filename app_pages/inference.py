@@ -2,10 +2,7 @@
 
 import streamlit as st
 
-from mobilenet import answers
-from mobilenet import app_models
-from mobilenet import app_uploads
-from mobilenet import charts
+from mobilenet import answers, app_models, app_uploads, charts, ood
 from mobilenet.intake import ImageError
 from mobilenet.visual import enlarge
 
@@ -13,7 +10,7 @@ st.title("Inference")
 entry = app_models.require_model()
 clf = app_models.classifier(entry)
 side = clf.card.resolution
-threshold = app_models.ood_threshold(entry)
+threshold = ood.threshold(entry.path)
 st.caption(f"{entry.key} tells apart {', '.join(clf.classes)}. Every image is centre-cropped and resized to "
            f"{side}×{side}, as in training.")
 

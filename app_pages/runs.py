@@ -3,9 +3,7 @@ and a run's metrics as CSV. Watching only: nothing here changes a run."""
 
 import streamlit as st
 
-from mobilenet import app_runs
-from mobilenet import app_views
-from mobilenet import charts
+from mobilenet import app_runs, app_views, charts
 from mobilenet.jobs import RunInfo
 
 st.title("Runs")

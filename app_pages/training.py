@@ -6,10 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from mobilenet import admin
-from mobilenet import app_runs
-from mobilenet import app_views
-from mobilenet import settings
+from mobilenet import admin, app_runs, app_views, settings
 from mobilenet.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from mobilenet.jobs import JobError, RunInfo
 

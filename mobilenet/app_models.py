@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
-from . import catalog, checkpoint, engines, evalsets, explore, ood, settings
+from . import catalog, checkpoint, engines, evalsets, explore, settings
 from .app_views import link_note, visible_folder
 from .catalog import Catalog, ModelEntry
 from .data import ImageSet
@@ -168,10 +168,6 @@ def alpha_sweep(stem: str, resolution: int) -> pd.DataFrame:
 @st.cache_data(show_spinner=False)
 def paper_comparison() -> pd.DataFrame:
     return explore.paper_comparison()
-
-
-def ood_threshold(entry: ModelEntry) -> float | None:
-    return ood.threshold(entry.path)
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
