@@ -2,8 +2,7 @@
 
 import streamlit as st
 
-from mobilenet import app_models, app_views
-from mobilenet import evalsets, settings, visual
+from mobilenet import app_models, app_views, evalsets, settings, visual
 from mobilenet.checkpoint import CheckpointError
 from mobilenet.data import DataError
 

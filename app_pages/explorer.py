@@ -2,8 +2,7 @@
 
 import streamlit as st
 
-from mobilenet import app_models, app_views
-from mobilenet import charts, explore
+from mobilenet import app_models, app_views, charts, explore
 from mobilenet.model import BASE_RESOLUTION, STEMS
 
 st.title("Model explorer")
