@@ -29,6 +29,9 @@ ALLOW_PRIVATE_ENV = "MOBILENET_ALLOW_PRIVATE_URLS"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_URL_LENGTH = 2048
+# Of a host's addresses (all checked), the first few are tried: a name with dozens of addresses that never answer
+# would otherwise hold a visitor's request for connect_timeout times as many.
+MAX_TRIED_ADDRESSES = 3
 CHUNK = 64 * 1024
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -162,9 +165,9 @@ def check_url(url: str, allow_private: bool) -> Target:
 
 
 def _connect(target: Target, timeout: float) -> socket.socket:
-    """A TCP (and TLS) connection to one of the checked addresses."""
+    """A TCP (and TLS) connection to one of the first checked addresses."""
     error: OSError | None = None
-    for address in target.addresses:
+    for address in target.addresses[:MAX_TRIED_ADDRESSES]:
         try:
             sock = socket.create_connection((str(address), target.port), timeout=timeout)
             break

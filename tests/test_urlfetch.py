@@ -156,6 +156,21 @@ def test_the_connection_goes_to_the_checked_address(monkeypatch: pytest.MonkeyPa
         canary.close()
 
 
+def test_a_host_with_many_silent_addresses_is_tried_a_few_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    resolver(monkeypatch, [f"203.0.113.{i}" for i in range(1, 21)])
+    monkeypatch.setattr(urlfetch, "is_public_address", lambda ip: True)
+    tried: list[str] = []
+
+    def silent(address: tuple[str, int], timeout: float) -> socket.socket:
+        tried.append(address[0])
+        raise TimeoutError
+
+    monkeypatch.setattr(urlfetch.socket, "create_connection", silent)
+    with pytest.raises(URLError, match="could not connect to many.example within 5 s"):
+        fetch_url("http://many.example/x.png")
+    assert tried == ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+
+
 def test_the_private_setting_allows_loopback_for_a_trusted_install(monkeypatch: pytest.MonkeyPatch,
                                                                    canary: Server) -> None:
     assert fetch_url(canary.url(), allow_private=True) == IMAGE
