@@ -11,16 +11,14 @@ from .tta import InferenceRecipe
 
 
 @torch.inference_mode()
-def predict_probs(
-    model: torch.nn.Module, images: torch.Tensor, recipe: InferenceRecipe, batch_size: int = 500
-) -> torch.Tensor:
+def predict_probs(model: torch.nn.Module, images: torch.Tensor, recipe: InferenceRecipe) -> torch.Tensor:
     """Softmax probabilities (N×classes, float32 on CPU) for uint8 images, fed as the recipe says."""
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for start in range(0, len(images), batch_size):
+    for batch in recipe.batches(images, device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            probs = recipe.probabilities(model, images[start:start + batch_size].to(device, non_blocking=True))
+            probs = recipe.probabilities(model, batch.to(device, non_blocking=True))
         out.append(probs.cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
@@ -67,8 +65,8 @@ class Evaluation:
         }
 
 
-def evaluate(model: torch.nn.Module, data: ImageSet, recipe: InferenceRecipe, batch_size: int = 500) -> Evaluation:
-    return score(predict_probs(model, data.images, recipe, batch_size), data)
+def evaluate(model: torch.nn.Module, data: ImageSet, recipe: InferenceRecipe) -> Evaluation:
+    return score(predict_probs(model, data.images, recipe), data)
 
 
 def score(probs: torch.Tensor, data: ImageSet) -> Evaluation:

@@ -55,7 +55,6 @@ class Prediction:
         return self.top[0][1]
 
 
-BATCH = 500  # images per forward pass: the views of a larger request would take gigabytes
 CACHED_MAPS = 256  # class maps kept per classifier: a page's rerun (a slider, another class) reuses its maps
 
 
@@ -120,9 +119,10 @@ class Classifier:
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """N×3×R×R uint8 → N×classes probabilities on the CPU, in batches of BATCH images."""
+        """N×3×R×R uint8 → N×classes probabilities on the CPU, in forward passes sized for the device."""
         return torch.cat([self.recipe.probabilities(self._engine, batch.to(self.device)).cpu()
-                          for batch in images.split(BATCH)]) if len(images) else torch.empty(0, len(self.classes))
+                          for batch in self.recipe.batches(images, self.device)]
+                         ) if len(images) else torch.empty(0, len(self.classes))
 
     def _top(self, probs: torch.Tensor, topk: int) -> list[tuple[str, float]]:
         values, index = probs.topk(min(topk, len(self.classes)))

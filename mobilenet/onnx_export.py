@@ -263,10 +263,11 @@ def quantize(fp32: onnx.ModelProto, calibration: torch.Tensor, recipe: Inference
         return onnx.load_model(target)
 
 
-def accuracy(model: onnx.ModelProto, images: ImageSet, recipe: InferenceRecipe, batch_size: int = 500) -> float:
+def accuracy(model: onnx.ModelProto, images: ImageSet, recipe: InferenceRecipe) -> float:
     engine = OnnxEngine(model.SerializeToString(), "onnx", threads=None)
-    correct = sum(int((recipe.logits(engine, images.images[i:i + batch_size]).argmax(1)
-                       == images.labels[i:i + batch_size]).sum()) for i in range(0, len(images), batch_size))
+    batches = recipe.batches(images.images, torch.device("cpu"))
+    labels = images.labels.split([len(batch) for batch in batches])
+    correct = sum(int((recipe.logits(engine, batch).argmax(1) == y).sum()) for batch, y in zip(batches, labels))
     return correct / max(len(images), 1)
 
 

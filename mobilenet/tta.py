@@ -33,6 +33,12 @@ SEED_NORMALIZATION = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 # fastest CIFAR-10 trainers do: half for the image and its mirror, half for the four shifted views.
 TTA_MODES = ("none", "flip", "flip-translate")
 
+# Pixels of the views in one forward pass. On a CPU a pass of a few hundred 32×32 views runs at full speed and one
+# of 3,000 (500 images with flip-translate) at 40% of it: its activations no longer stay in the cache
+# (BENCHMARKS.md, "Forward passes"). A GPU wants large passes.
+CPU_PASS_PIXELS = 256 * 32 * 32
+GPU_PASS_PIXELS = 4096 * 32 * 32
+
 
 @dataclass(frozen=True)
 class InferenceRecipe:
@@ -57,6 +63,12 @@ class InferenceRecipe:
             padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
             x = torch.cat([x, padded[..., :h, :w], padded[..., 2:h + 2, 2:w + 2]])
         return x.contiguous(memory_format=torch.channels_last)
+
+    def batches(self, images: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """N×3×H×W images in batches whose views make one forward pass of the right size for the device."""
+        budget = CPU_PASS_PIXELS if device.type == "cpu" else GPU_PASS_PIXELS
+        views = self.views_per_image * images.shape[-2] * images.shape[-1]
+        return images.split(max(1, budget // views)) if len(images) else ()  # split() would give one empty batch
 
     def combine(self, logits: torch.Tensor, n: int) -> torch.Tensor:
         """The views' logits (as ordered by `views`) → one row of logits per image."""
