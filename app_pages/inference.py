@@ -41,11 +41,11 @@ opacity = opacity_column.slider("Map opacity", 0.0, 1.0, 0.6, 0.05, disabled=not
 
 uploads = [*kept, *([answers.Upload(photo.name, photo.getvalue())] if photo else [])]
 uploads += [answers.Upload(path.name, path.read_bytes()) for name, path in examples.items() if name in chosen]
-if url:
-    try:
-        uploads.append(answers.fetch(url))
-    except ImageError as e:
-        st.error(f"**{url}**: {e}")
+try:
+    if from_url := app_uploads.url_image(url):
+        uploads.append(from_url)
+except ImageError as e:
+    st.error(f"**{url}**: {e}")
 uploads, dropped = answers.first_images(uploads)
 if dropped:
     st.warning(dropped)

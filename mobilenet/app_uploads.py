@@ -1,4 +1,5 @@
-"""A visitor's uploads on the Inference page: which files are kept in the session, and which leave the server."""
+"""A visitor's images on the Inference page: which uploads are kept in the session and which leave the server, and
+the image of a pasted URL, fetched once."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from __future__ import annotations
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from . import answers
 from .data import IMAGE_SUFFIXES
 from .answers import MAX_IMAGES, Upload
 
@@ -52,6 +54,20 @@ def _first_that_fit(files: list) -> list:
 def left_out_note(left_out: list[str]) -> str:
     return (f"At most {MAX_IMAGES} uploaded images, {MAX_KEPT_BYTES / 2**20:.0f} MB together, are kept and "
             f"classified; left out: {', '.join(left_out)}.")
+
+
+def url_image(url: str) -> Upload | None:
+    """The image at the URL the visitor pasted, fetched once: the page's reruns (a slider, another class map) reuse
+    it instead of asking the web again. None without a URL. Raises ImageError, and a failed URL is tried again on
+    the next rerun. The session keeps the last URL's image only (at most intake.MAX_BYTES)."""
+    state = st.session_state
+    if not url:
+        state.pop("url_image", None)
+        return None
+    if state.get("url_image", (None,))[0] != url:
+        state.pop("url_image", None)
+        state.url_image = (url, answers.fetch(url))
+    return state.url_image[1]
 
 
 def forget_uploads() -> None:

@@ -254,6 +254,12 @@ def test_an_image_url_is_fetched_and_classified(model: Path, monkeypatch: pytest
     assert not at.exception and not at.error
     assert fetched == ["https://example.org/pictures/cat.png"]
     assert at.markdown[-1].value.startswith("**cat.png**: ")
+    at.slider[0].set_value(3).run()  # a rerun reuses the image instead of fetching it again
+    assert fetched == ["https://example.org/pictures/cat.png"] and at.markdown[-1].value.startswith("**cat.png**: ")
+    at.text_input[0].input("https://example.org/dog.png").run()
+    assert fetched[-1] == "https://example.org/dog.png" and at.markdown[-1].value.startswith("**dog.png**: ")
+    at.text_input[0].input("").run()
+    assert "url_image" not in at.session_state and not any("dog.png" in m.value for m in at.markdown)
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1/cat.png", "file:///etc/passwd", "not a url"])
