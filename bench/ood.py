@@ -128,6 +128,13 @@ def auroc(inside: torch.Tensor, outside: torch.Tensor) -> float:
     return float(greater + ties / 2)
 
 
+@torch.inference_mode()
+def logits_of(model: torch.nn.Module, card: checkpoint.ModelCard, images: torch.Tensor) -> torch.Tensor:
+    """The model's logits as it is served (its card's test-time augmentation), in passes sized for the CPU."""
+    recipe = card.inference
+    return torch.cat([recipe.logits(model.eval(), batch) for batch in recipe.batches(images, torch.device("cpu"))])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="../shared/data/cifar10-train-jpeg.zip")
@@ -155,12 +162,11 @@ def main() -> None:
         _, val = data.split_train_val(full, split.val_size, split.seed, split.subset)
         half = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))
         calibration, test = val.images[half[:len(val) // 2]], val.images[half[len(val) // 2:]]
-        with torch.inference_mode():
-            logits = {name: card.inference.logits(model.eval(), images) for name, images in
-                      (("calibration", calibration), ("test", test), ("foreign", everything_foreign))}
-            if source.twin:  # the shipped model's own answers on the foreign images, under its twin's threshold
-                shipped, shipped_card = checkpoint.load(path)
-                logits["own foreign"] = shipped_card.inference.logits(shipped.eval(), everything_foreign)
+        logits = {name: logits_of(model, card, images) for name, images in
+                  (("calibration", calibration), ("test", test), ("foreign", everything_foreign))}
+        if source.twin:  # the shipped model's own answers on the foreign images, under its twin's threshold
+            shipped, shipped_card = checkpoint.load(path)
+            logits["own foreign"] = logits_of(shipped, shipped_card, everything_foreign)
         msp = {name: values.softmax(1).amax(1) for name, values in logits.items()}
         energy = {name: values.logsumexp(1) for name, values in logits.items()}
         limit = ood.calibrate(msp["calibration"])
