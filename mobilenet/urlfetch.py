@@ -18,6 +18,8 @@ import re
 import socket
 import ssl
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as LookupTimeout
 from dataclasses import dataclass
 from functools import cache
 from urllib.parse import quote, urljoin, urlsplit
@@ -33,6 +35,10 @@ MAX_URL_LENGTH = 2048
 # would otherwise hold a visitor's request for connect_timeout times as many.
 MAX_TRIED_ADDRESSES = 3
 CHUNK = 64 * 1024
+# getaddrinfo has no timeout of its own (a silent name server holds it for the resolver's 10-30 s), so lookups run
+# in a few threads of their own and a visitor waits at most the timeout; a stuck lookup keeps its thread until the
+# resolver gives up, and lookups beyond these threads wait their turn within the same timeout.
+LOOKUP_THREADS = 8
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -77,6 +83,23 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
 
+@cache
+def _lookups() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="url-lookup")
+
+
+def _lookup(host: str, port: int, timeout: float) -> list[IPAddress]:
+    """resolve(), given up after timeout seconds."""
+    answer = _lookups().submit(resolve, host, port)
+    try:
+        return answer.result(timeout)
+    except LookupTimeout:
+        answer.cancel()  # if it is still waiting for a thread, it never runs
+        raise URLError(f"cannot find the host {host}: its name servers did not answer within {timeout:g} s") from None
+    except (OSError, UnicodeError, ValueError):
+        raise URLError(f"cannot find the host {host}") from None
+
+
 @dataclass(frozen=True)
 class Target:
     scheme: str
@@ -117,8 +140,8 @@ def with_scheme(url: str) -> str:
     return f"https://{url}"
 
 
-def check_url(url: str, allow_private: bool) -> Target:
-    """A URL checked and resolved, ready to fetch from; URLError if it must not be."""
+def check_url(url: str, allow_private: bool, lookup_timeout: float = 5.0) -> Target:
+    """A URL checked and resolved (within lookup_timeout seconds), ready to fetch from; URLError if it must not be."""
     if len(url) > MAX_URL_LENGTH:
         raise URLError(f"the URL is longer than {MAX_URL_LENGTH} characters")
     if any(c.isspace() or not c.isprintable() or c == "\\" for c in url):
@@ -149,10 +172,7 @@ def check_url(url: str, allow_private: bool) -> Target:
     if literal is not None:
         addresses = [literal]
     else:
-        try:
-            addresses = resolve(host, port)
-        except (OSError, UnicodeError, ValueError):
-            raise URLError(f"cannot find the host {host}") from None
+        addresses = _lookup(host, port, lookup_timeout)
     if not addresses:
         raise URLError(f"cannot find the host {host}")
     refused = [a for a in addresses if not is_public_address(a)]
@@ -259,12 +279,13 @@ def fetch_url(url: str, *, allow_private: bool | None = None, max_bytes: int = i
               connect_timeout: float = 5.0, read_timeout: float = 10.0, max_redirects: int = 3) -> bytes:
     """The body of an image URL, or URLError (an ImageError) with a message for the person who sent it.
 
-    allow_private None: the MOBILENET_ALLOW_PRIVATE_URLS setting, off unless set. connect_timeout bounds
-    each connection (TCP and TLS); read_timeout bounds the whole answer of each request, however it trickles in.
+    allow_private None: the MOBILENET_ALLOW_PRIVATE_URLS setting, off unless set. connect_timeout bounds each
+    name lookup and each connection (TCP and TLS); read_timeout bounds the whole answer of each request, however
+    it trickles in.
     """
     allow = private_allowed() if allow_private is None else allow_private
     for _ in range(max_redirects + 1):
-        target = check_url(url, allow)
+        target = check_url(url, allow, connect_timeout)
         status, location, body = _get(target, max_bytes, connect_timeout, read_timeout)
         if status == 200:
             return body

@@ -7,6 +7,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -272,6 +273,29 @@ def test_unresolvable_host(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(urlfetch, "resolve", fail)
     with pytest.raises(URLError, match="cannot find the host nowhere.example"):
         fetch_url("http://nowhere.example/x.png")
+
+
+def test_a_silent_name_server_is_given_up_on_and_cannot_tie_up_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
+    silent = threading.Event()
+    looked_up: list[str] = []
+
+    def resolve(host: str, port: int) -> list:
+        looked_up.append(host)
+        if host.startswith("silent"):
+            silent.wait(30)
+        return [PRETEND_PUBLIC]
+
+    monkeypatch.setattr(urlfetch, "resolve", resolve)
+    try:
+        for i in range(urlfetch.LOOKUP_THREADS + 1):  # the last one finds every lookup thread taken
+            start = time.monotonic()
+            with pytest.raises(URLError, match=f"silent{i}.example: its name servers did not answer within 0.2 s"):
+                fetch_url(f"http://silent{i}.example/x.png", connect_timeout=0.2)
+            assert time.monotonic() - start < 2
+    finally:
+        silent.set()
+    assert f"silent{urlfetch.LOOKUP_THREADS}.example" not in looked_up  # given up on before it had a thread
+    assert urlfetch.check_url("http://loud.example/x.png", True, 5).addresses == (PRETEND_PUBLIC,)
 
 
 @pytest.mark.parametrize("typed,meant", [
