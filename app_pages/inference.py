@@ -50,7 +50,7 @@ uploads, dropped = answers.first_images(uploads)
 if dropped:
     st.warning(dropped)
 
-results = answers.classify(clf, uploads, k, threshold)
+results = app_uploads.answers_for(clf, uploads, k, threshold)
 for i, result in enumerate(results):
     if isinstance(result, answers.Failure):
         st.error(f"**{result.name}**: {result.message}")

@@ -1,15 +1,17 @@
-"""A visitor's images on the Inference page: which uploads are kept in the session and which leave the server, and
-the image of a pasted URL, fetched once."""
+"""A visitor's images on the Inference page: which uploads are kept in the session and which leave the server, the
+image of a pasted URL, fetched once, and their answers, made once."""
 
 from __future__ import annotations
 
+import weakref
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from . import answers
+from .answers import MAX_IMAGES, Failure, Result, Upload
 from .data import IMAGE_SUFFIXES
-from .answers import MAX_IMAGES, Upload
+from .infer import Classifier
 
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 UPLOADER_KEY = "uploader"
@@ -68,6 +70,22 @@ def url_image(url: str) -> Upload | None:
         state.pop("url_image", None)
         state.url_image = (url, answers.fetch(url))
     return state.url_image[1]
+
+
+def answers_for(clf: Classifier, uploads: list[Upload], topk: int, threshold: float | None) -> list[Result | Failure]:
+    """answers.classify, remembered in the session: the page's reruns (an opacity, a class map, one more image) do
+    not decode and predict the images it has answered already. The session keeps this run's answers only, for one
+    model, top-k and threshold (the photos at display size: at most MAX_IMAGES × 384×384 pixels)."""
+    state = st.session_state
+    asked = (topk, threshold)
+    model, answered_for, known = state.get("answers", (None, None, {}))
+    if model is None or model() is not clf or answered_for != asked:
+        known = {}
+    new = [u for u in dict.fromkeys(uploads) if u not in known]
+    known |= dict(zip(new, answers.classify(clf, new, topk, threshold)))
+    known = {u: known[u] for u in uploads}
+    state.answers = (weakref.ref(clf), asked, known)
+    return [known[u] for u in uploads]
 
 
 def forget_uploads() -> None:

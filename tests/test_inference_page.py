@@ -188,6 +188,29 @@ def test_a_rerun_reuses_the_map_of_the_same_image_and_class(model: Path, monkeyp
     assert torch.equal(clf.class_map(clf.prepare(data), 3), first)
 
 
+def test_a_rerun_answers_from_the_session_without_decoding_again(model: Path, decodes: list[int]) -> None:
+    save_model(model.with_name("mobilenet_v1_a0.5.pt"), alpha=0.5)
+    at = inference_page()
+    decodes.clear()  # the examples' thumbnails
+    first = [("a.png", image_bytes(seed=1, size=(200, 150)), "image/png"),
+             ("b.png", image_bytes(seed=2, size=(120, 90)), "image/png")]
+    at.file_uploader[0].set_value(first).run()
+    answered, opened = [m.value for m in at.markdown if m.value.startswith("**")], len(decodes)
+    assert len(answered) == 2 and opened == 2
+    at.slider[1].set_value(0.3).run()  # the map's opacity
+    at.selectbox[0].set_value("truck").run()  # another class's map
+    at.toggle[1].set_value(False).run()  # no maps
+    assert len(decodes) == opened and [m.value for m in at.markdown if m.value.startswith("**")] == answered
+    at.file_uploader[0].set_value([*first, ("c.png", image_bytes(seed=3, size=(100, 100)), "image/png")]).run()
+    assert len(decodes) == opened + 1  # only the new image
+    at.slider[0].set_value(2).run()  # another top-k: answered again
+    assert len(decodes) == opened + 4 and len(at.session_state.answers[2]) == 3
+    choice = at.sidebar.selectbox(key="model")
+    choice.set_value(next(m for m in choice.options if m != choice.value)).run()  # another model: answered again
+    assert len(decodes) == opened + 7
+    assert not at.exception
+
+
 def test_uploaded_files_no_widget_holds_leave_the_servers_memory() -> None:
     from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
     from streamlit.runtime.uploaded_file_manager import UploadedFileRec
