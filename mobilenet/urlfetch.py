@@ -18,8 +18,7 @@ import re
 import socket
 import ssl
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as LookupTimeout
+import time
 from dataclasses import dataclass
 from functools import cache
 from urllib.parse import quote, urljoin, urlsplit
@@ -35,10 +34,11 @@ MAX_URL_LENGTH = 2048
 # would otherwise hold a visitor's request for connect_timeout times as many.
 MAX_TRIED_ADDRESSES = 3
 CHUNK = 64 * 1024
-# getaddrinfo has no timeout of its own (a silent name server holds it for the resolver's 10-30 s), so lookups run
-# in a few threads of their own and a visitor waits at most the timeout; a stuck lookup keeps its thread until the
-# resolver gives up, and lookups beyond these threads wait their turn within the same timeout.
+# getaddrinfo has no timeout of its own (a silent name server holds it for the resolver's 10-30 s), so each lookup
+# runs in a thread of its own and a visitor waits at most the timeout. A stuck lookup keeps its thread until the
+# resolver gives up; at most this many at once, and lookups beyond them wait their turn within the same timeout.
 LOOKUP_THREADS = 8
+_lookup_slots = threading.BoundedSemaphore(LOOKUP_THREADS)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -83,21 +83,31 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
 
-@cache
-def _lookups() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="url-lookup")
-
-
 def _lookup(host: str, port: int, timeout: float) -> list[IPAddress]:
     """resolve(), given up after timeout seconds."""
-    answer = _lookups().submit(resolve, host, port)
-    try:
-        return answer.result(timeout)
-    except LookupTimeout:
-        answer.cancel()  # if it is still waiting for a thread, it never runs
-        raise URLError(f"cannot find the host {host}: its name servers did not answer within {timeout:g} s") from None
-    except (OSError, UnicodeError, ValueError):
+    deadline = time.monotonic() + timeout
+    answer: list = []
+
+    def look_up() -> None:
+        try:
+            answer.append(resolve(host, port))
+        except Exception as e:
+            answer.append(e)
+        finally:
+            _lookup_slots.release()
+
+    if _lookup_slots.acquire(timeout=timeout):
+        # A daemon thread: a process that exits (the command line's predict) does not wait for a stuck lookup.
+        lookup = threading.Thread(target=look_up, name=f"url-lookup {host}", daemon=True)
+        lookup.start()
+        lookup.join(max(0.0, deadline - time.monotonic()))
+    if not answer:
+        raise URLError(f"cannot find the host {host}: its name servers did not answer within {timeout:g} s")
+    if isinstance(answer[0], (OSError, UnicodeError, ValueError)):
         raise URLError(f"cannot find the host {host}") from None
+    if isinstance(answer[0], Exception):
+        raise answer[0]
+    return answer[0]
 
 
 @dataclass(frozen=True)

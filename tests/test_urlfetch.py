@@ -7,6 +7,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -296,6 +297,17 @@ def test_a_silent_name_server_is_given_up_on_and_cannot_tie_up_lookups(monkeypat
         silent.set()
     assert f"silent{urlfetch.LOOKUP_THREADS}.example" not in looked_up  # given up on before it had a thread
     assert urlfetch.check_url("http://loud.example/x.png", True, 5).addresses == (PRETEND_PUBLIC,)
+
+
+def test_a_process_does_not_wait_for_a_stuck_lookup_to_exit() -> None:
+    script = ("import time\nfrom mobilenet import urlfetch\n"
+              "urlfetch.resolve = lambda host, port: time.sleep(60)\n"
+              "try:\n    urlfetch.fetch_url('http://silent.example/x.png', connect_timeout=0.2)\n"
+              "except urlfetch.URLError as e:\n    print(e)\n")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
+    assert done.stdout.strip() == "cannot find the host silent.example: its name servers did not answer within 0.2 s"
+    assert time.monotonic() - start < 20
 
 
 @pytest.mark.parametrize("typed,meant", [
