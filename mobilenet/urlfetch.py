@@ -294,6 +294,7 @@ def fetch_url(url: str, *, allow_private: bool | None = None, max_bytes: int = i
     it trickles in.
     """
     allow = private_allowed() if allow_private is None else allow_private
+    url = with_scheme(url)  # a redirect's relative Location is joined to the URL as fetched
     for _ in range(max_redirects + 1):
         target = check_url(url, allow, connect_timeout)
         status, location, body = _get(target, max_bytes, connect_timeout, read_timeout)

@@ -267,6 +267,16 @@ def test_tls_is_verified_against_the_host_name(monkeypatch: pytest.MonkeyPatch, 
         fetch_url(f"https://{PRETEND_PUBLIC}:{server.port}/img")
 
 
+def test_a_url_typed_without_a_scheme_follows_relative_redirects(monkeypatch: pytest.MonkeyPatch, tls_server) -> None:
+    server, cert, _ = tls_server
+    resolver(monkeypatch, [str(PRETEND_PUBLIC)])
+    monkeypatch.setattr(urlfetch, "_tls_context", lambda: ssl.create_default_context(cafile=str(cert)))
+    server.routes.update({"/go": redirect("/img"), "/cdn": redirect(f"//tls.example:{server.port}/img")})
+    assert fetch_url(f"tls.example:{server.port}/go") == IMAGE
+    assert fetch_url(f"tls.example:{server.port}/cdn") == IMAGE
+    assert [path for path, _ in server.requests] == ["/go", "/img", "/cdn", "/img"]
+
+
 def test_unresolvable_host(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(host: str, port: int) -> list:
         raise socket.gaierror("no such host")
