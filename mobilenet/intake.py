@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import BinaryIO, Union
 
@@ -19,6 +21,11 @@ from PIL import Image, ImageOps
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_BYTES = 25 * 1024 * 1024
 MAX_PIXELS = 60_000_000  # phone photos of up to about 50 megapixels pass
+# Decoding takes 4 bytes a pixel, and twice that with transparency: up to about 0.5 GB at MAX_PIXELS. Images over
+# LARGE_PIXELS (as they decode: a JPEG at its reduced scale) decode at most two at a time in a process, so that a
+# crowd of large uploads waits its turn instead of adding up.
+LARGE_PIXELS = 4_000_000
+_large_decodes = threading.BoundedSemaphore(2)
 
 ImageSource = Union[bytes, bytearray, str, os.PathLike, BinaryIO, Image.Image]
 
@@ -92,9 +99,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         img = _to_8bit(img)
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba)  # on white, as alpha_composite would, without its three more full-size copies
+        return rgb
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
@@ -102,6 +110,11 @@ def decodes_smaller(data: bytes) -> bool:
     """Whether decode's draft_side can make these bytes decode at a reduced scale: a JPEG (the signature PIL's
     JPEG plugin accepts), the one format whose decode depends on the size asked for."""
     return data[:3] == b"\xff\xd8\xff"
+
+
+def _turn(size: tuple[int, int]) -> threading.BoundedSemaphore | nullcontext:
+    """Held while an image of this size decodes: one of the two places for large images, or none."""
+    return _large_decodes if size[0] * size[1] > LARGE_PIXELS else nullcontext()
 
 
 def decode(source: ImageSource, draft_side: int | None = None, limits: Limits = Limits()) -> Image.Image:
@@ -114,15 +127,18 @@ def decode(source: ImageSource, draft_side: int | None = None, limits: Limits = 
     try:
         if isinstance(data, Image.Image):
             _check_size(data.size, limits)
-            img = ImageOps.exif_transpose(data)  # a copy: the caller's image is left as it was
-        else:
-            img = _open(data, limits)
-            if draft_side and decodes_smaller(data):
-                img.draft("RGB", (draft_side, draft_side))
+            with _turn(data.size):
+                return _to_rgb(ImageOps.exif_transpose(data))  # a copy: the caller's image is left as it was
+        img = _open(data, limits)
+        if draft_side and decodes_smaller(data):
+            img.draft("RGB", (draft_side, draft_side))
+        with _turn(img.size):
             ImageOps.exif_transpose(img, in_place=True)  # decodes (the first frame) and turns it upright
-        return _to_rgb(img)
+            return _to_rgb(img)
     except ImageError:
         raise
+    except MemoryError:
+        raise ImageError("the server has not enough memory free to decode this image now; try a smaller one") from None
     except Exception as e:  # PIL raises many types for malformed or truncated data
         if "truncated" in str(e):
             raise ImageError("the image file is truncated: it ends before the picture does (an interrupted "

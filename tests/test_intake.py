@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +17,8 @@ from helpers import png
 from PIL import Image
 
 from mobilenet.intake import ImageError, Limits, decode, load_model_input
+
+ROOT = Path(__file__).resolve().parent.parent
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 
@@ -265,3 +271,44 @@ def test_a_folder_is_not_an_image(tmp_path: Path) -> None:
 def test_pixel_limit_applies_to_pil_images_too() -> None:
     with pytest.raises(ImageError, match="megapixels"):
         decode(solid(RED, (100, 100)), limits=Limits(max_pixels=5000))
+
+
+def test_a_transparent_image_decodes_in_two_copies_of_its_pixels(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"  # 16 megapixels, 70 KB: one RGBA copy is 64 MB
+    Image.new("RGBA", (4000, 4000), (255, 0, 0, 128)).save(path)
+    script = ("import resource, sys\nfrom mobilenet import intake\ndata = open(sys.argv[1], 'rb').read()\n"
+              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\nimage = intake.decode(data)\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, image.mode, *image.getpixel((0, 0)))")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True,
+                          cwd=ROOT)
+    grown_kb, *image = done.stdout.split()
+    assert image == ["RGB", "255", "127", "127"]  # half-transparent red on white
+    assert int(grown_kb) < 3 * 64 * 1024  # the RGBA image and the RGB result (measured 123 MB; 306 MB composited)
+
+
+def test_large_images_decode_two_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobilenet import intake
+
+    inside, most, lock = [0], [0], threading.Lock()
+    pairs = threading.Barrier(2, timeout=10)  # two large decodes at once must be possible
+    real = intake._to_rgb
+
+    def converting(img: Image.Image) -> Image.Image:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        pairs.wait()
+        time.sleep(0.2)  # a third decode, were it let in, would arrive meanwhile
+        with lock:
+            inside[0] -= 1
+        return real(img)
+
+    monkeypatch.setattr(intake, "_to_rgb", converting)
+    monkeypatch.setattr(intake, "LARGE_PIXELS", 20 * 20 - 1)
+    data = encode(solid(RED, size=(20, 20)), "PNG")
+    threads = [threading.Thread(target=decode, args=(data,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 2 and not pairs.broken
