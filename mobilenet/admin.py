@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 import streamlit as st
 
@@ -32,6 +32,7 @@ from .locks import waiting_lock
 ADMIN_ENV = "MOBILENET_ADMIN_PASSWORD"
 SIGN_IN_HINT = "sign in as admin to start, stop or resume training"  # why a visitor's controls are disabled
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")  # a proxy's: the visitor is elsewhere
 GUESS_DELAY_S = 1.0  # a client's first wrong guess locks it out this long; each further one doubles it...
 MAX_GUESS_DELAY_S = 60.0  # ...up to this
 FORGET_S = 3600.0  # a client quiet this long after its lockout starts afresh
@@ -57,17 +58,29 @@ def admin_password() -> str | None:
 
 
 def training_refused() -> str | None:
-    """Why nobody may start or stop training here: no password on a server reachable beyond loopback."""
-    if admin_password() is not None or str(st.get_option("server.address") or "") in LOOPBACK:
+    """Why this visitor may not start or stop training: no password, and either the server is reachable beyond
+    loopback or the visitor is not on the server's machine (a reverse proxy on loopback forwards strangers)."""
+    if admin_password() is not None:
         return None
-    _warn_open_server()
-    return (f"Training is switched off: this server is reachable from other machines and has no admin password. "
-            f"The host sets {ADMIN_ENV} (or listens on 127.0.0.1 only) to switch it on.")
+    if str(st.get_option("server.address") or "") not in LOOPBACK:
+        _warn_open_server()
+        return (f"Training is switched off: this server is reachable from other machines and has no admin password. "
+                f"The host sets {ADMIN_ENV} (or listens on 127.0.0.1 only) to switch it on.")
+    if not local_visitor():
+        _warn_proxied_server()
+        return (f"Training is switched off for visitors from other machines: this server has no admin password. The "
+                f"host sets {ADMIN_ENV} to switch it on.")
+    return None
 
 
 @functools.cache
 def _warn_open_server() -> None:
     log.warning("training is off: the server listens beyond loopback and %s is not set", ADMIN_ENV)
+
+
+@functools.cache
+def _warn_proxied_server() -> None:
+    log.warning("training is off for visitors through a proxy or from other machines: %s is not set", ADMIN_ENV)
 
 
 # ---- guesses --------------------------------------------------------------------------------------
@@ -162,6 +175,17 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+def is_local_visitor(peer: str | None, headers: Mapping[str, str]) -> bool:
+    """A browser on the server's own machine: a loopback peer (Streamlit names none for loopback) whose request
+    no proxy forwarded."""
+    return (peer is None or _is_loopback(peer)) and not any(headers.get(name) for name in FORWARDING_HEADERS)
+
+
+def local_visitor() -> bool:
+    """Whether this session's browser is on the server's own machine."""
+    return is_local_visitor(_text(st.context.ip_address), st.context.headers)
 
 
 def client_address() -> str:

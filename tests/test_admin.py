@@ -123,6 +123,15 @@ def test_the_client_address_trusts_the_forwarded_header_only_from_loopback(peer:
 # ---- sign-in tokens -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("peer,headers,local", [
+    (None, {}, True), ("127.0.0.1", {}, True), ("::1", {}, True),
+    (None, {"X-Forwarded-For": "203.0.113.7"}, False), (None, {"X-Real-IP": "203.0.113.7"}, False),
+    (None, {"Forwarded": "for=203.0.113.7"}, False), ("203.0.113.7", {}, False), ("192.168.1.20", {}, False),
+])
+def test_a_local_visitor_is_on_loopback_and_not_forwarded(peer: str | None, headers: dict, local: bool) -> None:
+    assert admin.is_local_visitor(peer, headers) is local
+
+
 def test_a_token_signs_in_until_revoked_expired_or_the_password_changes(tmp_path: Path) -> None:
     clock = FakeClock()
     store = SessionStore(tmp_path / "sessions.json", clock, lifetime_s=100)

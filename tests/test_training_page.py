@@ -210,6 +210,16 @@ def test_no_password_beyond_loopback_switches_training_off(places: Path, monkeyp
     assert not [t for t in at.text_input if t.label == "Admin password"]
 
 
+def test_no_password_behind_a_proxy_switches_training_off_for_its_visitors(places: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admin, "local_visitor", lambda: False)  # the server on loopback, the visitor through nginx
+    at = open_page()
+    assert "Training is switched off for visitors from other machines" in at.warning[0].value
+    assert button(at, "Start").disabled
+    monkeypatch.setattr(admin, "local_visitor", lambda: True)
+    assert not button(open_page(), "Start").disabled
+
+
 def test_messages_name_the_configured_folders_not_server_paths(places: Path) -> None:
     at = open_page()
     fill_form(at, (places / "data" / "nowhere").resolve(), epochs=1)
