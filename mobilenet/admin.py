@@ -158,16 +158,26 @@ class GuessGate:
 
 
 def client_of(peer: str | None, forwarded: str | None) -> str:
-    """The address a guess comes from. Streamlit names the connection's peer (None for loopback). Only a peer on
-    loopback, the reverse proxy of DEPLOY.md, is trusted for X-Forwarded-For, and of that header only the last
-    address, the one the proxy itself saw: what comes before it is whatever the client sent."""
+    """Who a guess comes from: an IPv4 address, or an IPv6 client's /64 (one subscriber usually holds a whole /64,
+    and could otherwise guess from a new address every time). Streamlit names the connection's peer (None for
+    loopback). Only a peer on loopback, the reverse proxy of DEPLOY.md, is trusted for X-Forwarded-For, and of
+    that header only the last address, the one the proxy itself saw: what comes before it is whatever the client
+    sent."""
     if peer is not None and not _is_loopback(peer):
-        return peer
-    last = (forwarded or "").split(",")[-1].strip()
+        return _client(peer) or peer
+    return _client((forwarded or "").split(",")[-1].strip()) or peer or "loopback"
+
+
+def _client(address: str) -> str | None:
     try:
-        return str(ipaddress.ip_address(last))
+        ip = ipaddress.ip_address(address)
     except ValueError:
-        return peer or "loopback"
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def _is_loopback(address: str) -> bool:

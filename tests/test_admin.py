@@ -57,6 +57,17 @@ def test_one_guesser_never_slows_the_admin_on_another_address() -> None:
     assert gate.check("198.51.100.1", PASSWORD, PASSWORD).accepted
 
 
+def test_an_ipv6_guesser_on_new_addresses_of_its_64_never_slows_the_admin() -> None:
+    clock = FakeClock()
+    gate = GuessGate(clock)
+    checked = 0
+    for i in range(600):  # a minute of guesses, each from a new address of one /64
+        checked += gate.check(client_of(None, f"2001:db8::{i:x}"), "guess", PASSWORD).checked
+        clock.advance(0.1)
+    assert checked == 6  # 1 + 2 + 4 + 8 + 16 s of lockouts, then 32 s
+    assert gate.check(client_of(None, "198.51.100.1"), PASSWORD, PASSWORD).accepted
+
+
 def test_many_addresses_together_meet_a_server_wide_ceiling() -> None:
     clock = FakeClock()
     gate = GuessGate(clock, burst=5, rate=0.5)
@@ -111,7 +122,9 @@ def test_parallel_guesses_from_one_address_get_one_check() -> None:
     (None, None, "loopback"),
     (None, "198.51.100.1", "198.51.100.1"),  # behind the proxy on loopback
     (None, "10.0.0.1, 198.51.100.1", "198.51.100.1"),  # what the client claimed comes first, and is ignored
-    (None, "2001:db8::5", "2001:db8::5"),
+    (None, "2001:db8::5", "2001:db8::/64"),  # an IPv6 client is its /64: the addresses a subscriber holds
+    ("2001:db8::1:2:3:4", None, "2001:db8::/64"), ("2001:db8:0:1::5", None, "2001:db8:0:1::/64"),
+    (None, "::ffff:198.51.100.1", "198.51.100.1"),
     ("127.0.0.2", "198.51.100.1", "198.51.100.1"),
     (None, "not-an-address", "loopback"),
 ])
