@@ -65,8 +65,10 @@ for i, result in enumerate(results):
     shown.image(result.photo, caption="the photo")
     seen.image(enlarge(prediction.image), caption=f"what the network saw ({side}×{side})")
     if gradcam:
+        # Keyed by the image and its answer: another model's answer, or another image in this place, starts
+        # from its own top class instead of inheriting a choice made for a different one.
         label = heat.selectbox("Map for class", clf.classes, index=clf.classes.index(prediction.label),
-                               key=f"cam-{i}-{result.name}")
+                               key=f"cam-{i}-{hash(result.upload):x}-{prediction.label}")
         overlay = answers.heatmap(clf, result, label, opacity)
         if overlay is None:
             heat.info(f"Nothing in this image speaks for {label}: its map is zero everywhere.")

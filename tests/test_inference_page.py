@@ -13,6 +13,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from mobilenet import answers, app_uploads, gradcam, intake
+from mobilenet.data import CIFAR10_CLASSES
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
 
@@ -209,6 +210,25 @@ def test_a_rerun_answers_from_the_session_without_decoding_again(model: Path, de
     choice.set_value(next(m for m in choice.options if m != choice.value)).run()  # another model: answered again
     assert len(decodes) == opened + 7
     assert not at.exception
+
+
+def test_the_class_map_follows_the_answer_of_the_model_chosen(model: Path) -> None:
+    save_model(model.with_name("mobilenet_v1_a0.5.pt"), alpha=0.5)
+    at = inference_page()
+    at.file_uploader[0].set_value([("a.png", image_bytes(seed=1, size=(200, 150)), "image/png")]).run()
+
+    def answer() -> str:
+        return next(m.value for m in at.markdown if m.value.startswith("**a.png**")).split(": ")[1].split(" (")[0]
+
+    first = answer()
+    assert at.selectbox[0].value == first
+    other = next(c for c in CIFAR10_CLASSES if c != first)
+    at.selectbox[0].set_value(other).run()
+    at.slider[1].set_value(0.3).run()
+    assert at.selectbox[0].value == other  # a choice stays while the answer does
+    choice = at.sidebar.selectbox(key="model")
+    choice.set_value(next(m for m in choice.options if m != choice.value)).run()
+    assert answer() != first and at.selectbox[0].value == answer()  # another model's answer: its own class
 
 
 def test_uploaded_files_no_widget_holds_leave_the_servers_memory() -> None:
