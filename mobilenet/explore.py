@@ -31,7 +31,9 @@ PAPER_TABLE7 = ((1.0, 224, 70.6, 569, 4.2), (1.0, 192, 69.1, 418, 4.2), (1.0, 16
                 (1.0, 128, 64.4, 186, 4.2))
 
 
-@functools.cache  # a pure function of a few thousand settings the sliders offer, each ~0.1 s to count
+# A pure function of the settings, each ~0.1 s to count. The sliders offer about 1,500; bounded all the same, as a
+# link may ask for any α in range (about 2.5 KB an entry).
+@functools.lru_cache(maxsize=2048)
 def stats_for(alpha: float, stem: str, resolution: int) -> ModelStats:
     """The explorer's network: the seed's 10-class head on the CIFAR stem, the paper's 1000 on ImageNet's."""
     return model_stats(alpha, resolution=resolution, stem=stem)

@@ -219,3 +219,14 @@ def test_link_problems_name_what_the_widgets_would_drop() -> None:
     assert explore.link_problems({"alpha": "0.5", "stem": "imagenet", "resolution": "128", "model": "x"}) == []
     assert explore.link_problems({"alpha": "2.5"}) == ["The link's α = 2.5 is outside 0.25 to 2: showing α = 1."]
     assert len(explore.link_problems({"stem": "x", "resolution": "224"})) == 2  # 224 is not a cifar resolution
+
+
+def test_the_counts_kept_stay_bounded_whatever_links_ask(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(explore, "model_stats", lambda alpha, resolution, stem: (alpha, resolution, stem))
+    explore.stats_for.cache_clear()
+    try:
+        for i in range(3000):  # a crawler's links, each with an α of its own within range
+            assert explore.stats_for(0.25 + i * 1e-4, "cifar", 32) == (0.25 + i * 1e-4, 32, "cifar")
+        assert explore.stats_for.cache_info().currsize <= 2048
+    finally:
+        explore.stats_for.cache_clear()  # the other tests count for real
