@@ -65,7 +65,7 @@ if stem == "imagenet":
 
 st.subheader("Accuracy against cost")
 points = app_models.accuracy_points()
-st.caption("What MobileNet trades: each model here (validation accuracy on CIFAR-10) beside the paper's ImageNet "
+st.caption("What MobileNet trades: each CIFAR-10 model here (validation accuracy) beside the paper's ImageNet "
            "networks (top-1). Different tasks, so compare the shapes: accuracy falls slowly as the cost shrinks.")
 cost, latency = st.columns(2)
 cost.altair_chart(charts.accuracy_cost(points), width="stretch")

@@ -14,6 +14,7 @@ import torch
 
 from .device import device_name, pick_device
 from .checkpoint import ModelCard
+from .data import CIFAR10_CLASSES
 from .engines import describe, precision
 from .infer import Classifier, fold_batchnorm
 from .model import BASE_RESOLUTION, NUM_CLASSES, STEMS, MobileNetV1
@@ -142,12 +143,13 @@ OURS, PAPERS = "CIFAR-10 validation (ours)", "ImageNet top-1 (the paper)"
 
 
 def accuracy_against_cost(models: list[tuple[str, ModelCard]]) -> pd.DataFrame:
-    """Each trained model with a validation accuracy (name, card) beside the paper's ImageNet networks: accuracy
-    against mult-adds and parameters, the picture MobileNet is about. Different tasks: compare the shapes."""
+    """Each CIFAR-10 model with a validation accuracy (name, card) beside the paper's ImageNet networks: accuracy
+    against mult-adds and parameters, the picture MobileNet is about. Different tasks: compare the shapes. Models
+    of other classes (a run on a folder of the host's) are left out: their accuracies measure other tasks."""
     rows = []
     for name, card in models:
         accuracy = card.training.get("val_acc")
-        if accuracy is None:
+        if accuracy is None or card.classes != CIFAR10_CLASSES:
             continue
         stats = model_stats(card.alpha, resolution=card.resolution, stem=card.stem, num_classes=card.num_classes)
         rows.append({"model": name, "label": f"α {card.alpha:g}", "data": OURS, "alpha": card.alpha, "stem": card.stem,

@@ -170,7 +170,8 @@ def test_every_chart_fits_its_container(name: str) -> None:
 def test_accuracy_against_cost_puts_our_models_beside_the_papers() -> None:
     card = save_card()
     no_accuracy = save_card().__class__(**{**card.__dict__, "training": {}})
-    points = explore.accuracy_against_cost([("ours", card), ("untrained", no_accuracy)])
+    shapes = save_card().__class__(**{**card.__dict__, "classes": ("circle", "square")})  # another task
+    points = explore.accuracy_against_cost([("ours", card), ("untrained", no_accuracy), ("shapes", shapes)])
     ours = points[points["data"] == explore.OURS]
     assert ours["model"].tolist() == ["ours"] and ours["accuracy"].item() == 0.9
     assert ours["mult-adds M"].item() == explore.stats_for(1.0, "cifar", 32).mult_adds / 1e6
