@@ -18,7 +18,7 @@ files, other = st.columns(2)
 returning = app_uploads.UPLOADER_KEY not in st.session_state  # Streamlit drops the uploader's state on leaving the page
 uploaded = files.file_uploader("Upload images", type=app_uploads.UPLOAD_TYPES, accept_multiple_files=True,
                                key=app_uploads.UPLOADER_KEY)
-url = other.text_input("Or paste an image URL", placeholder="https://…")
+url = other.text_input("Or paste an image URL", placeholder="https://…").strip()
 photo = other.camera_input("Photo") if other.toggle("Take a photo with the camera") else None
 kept, left_out = app_uploads.keep_uploads(uploaded, returning, photo)
 if left_out:

@@ -256,7 +256,7 @@ def test_an_image_url_is_fetched_and_classified(model: Path, monkeypatch: pytest
     assert at.markdown[-1].value.startswith("**cat.png**: ")
     at.slider[0].set_value(3).run()  # a rerun reuses the image instead of fetching it again
     assert fetched == ["https://example.org/pictures/cat.png"] and at.markdown[-1].value.startswith("**cat.png**: ")
-    at.text_input[0].input("https://example.org/dog.png").run()
+    at.text_input[0].input(" https://example.org/dog.png\n").run()  # pasted on a phone, with spaces around
     assert fetched[-1] == "https://example.org/dog.png" and at.markdown[-1].value.startswith("**dog.png**: ")
     at.text_input[0].input("").run()
     assert "url_image" not in at.session_state and not any("dog.png" in m.value for m in at.markdown)
