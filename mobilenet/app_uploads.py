@@ -30,14 +30,18 @@ def keep_uploads(files: list, returning: bool, photo: object | None = None) -> t
     state = st.session_state
     kept, left_out = state.get("kept_uploads", []), state.get("left_out_uploads", [])
     held = _first_that_fit(files)
-    if files:
+    # Files left out leave the server at once, but the uploader lists them (as a DeletedFile) until removed.
+    listed = {f.file_id for f in state.get(UPLOADER_KEY) or []}
+    if files or listed:
         held_ids = [f.file_id for f in held]
         if held_ids != state.get("kept_file_ids"):
             kept = [Upload(f.name, f.getvalue()) for f in held]
-            left_out = [f.name for f in files[len(held):]]
             state.kept_file_ids = held_ids
+        dropped = {i: name for i, name in state.get("dropped_uploads", {}).items() if i in listed}
+        state.dropped_uploads = dropped | {f.file_id: f.name for f in files[len(held):]}
+        left_out = list(state.dropped_uploads.values())
     elif not returning and state.get("uploader_had_files"):
-        kept, left_out, state.kept_file_ids = [], [], None  # the visitor removed them
+        kept, left_out, state.kept_file_ids, state.dropped_uploads = [], [], None, {}  # the visitor removed them
     state.kept_uploads, state.left_out_uploads, state.uploader_had_files = kept, left_out, bool(files)
     _keep_only_held_uploads([*held, *([photo] if photo else [])])
     return kept, left_out
@@ -55,7 +59,8 @@ def _first_that_fit(files: list) -> list:
 
 def left_out_note(left_out: list[str]) -> str:
     return (f"At most {MAX_IMAGES} uploaded images, {MAX_KEPT_BYTES / 2**20:.0f} MB together, are kept and "
-            f"classified; left out: {', '.join(left_out)}.")
+            f"classified; left out: {', '.join(left_out)}. The server does not keep files it left out: to classify "
+            f"one, remove it and upload it again.")
 
 
 def url_image(url: str) -> Upload | None:
