@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
-from . import catalog, checkpoint, engines, evalsets, explore, settings
+from . import catalog, checkpoint, data, engines, evalsets, explore, settings
 from .app_views import link_note, visible_folder
 from .catalog import Catalog, ModelEntry
 from .data import ImageSet
@@ -182,8 +182,8 @@ class EvaluationRun:
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _evaluation(path: Path, version: tuple[int, int], source: EvalSource, root: Path, limit: int | None,
-                engine: str) -> EvaluationRun:
+def _evaluation(path: Path, version: tuple[int, int], source: EvalSource, data_version: str | None, root: Path,
+                limit: int | None, engine: str) -> EvaluationRun:  # version, data_version: cache key only
     clf = _classifier(path, version, engine)
     images = evalsets.load(clf.card, source, root, limit=limit)
     start = time.perf_counter()
@@ -193,8 +193,10 @@ def _evaluation(path: Path, version: tuple[int, int], source: EvalSource, root: 
 
 def evaluation_run(entry: ModelEntry, source: EvalSource, limit: int | None, precision: str | None = None
                    ) -> EvaluationRun:
-    """A model's results on a source, on the sidebar's engine; computed once per model version and engine, shared."""
-    return _evaluation(entry.path, entry.version, source, settings.data_root(), limit, engine_for(entry, precision))
+    """A model's results on a source, on the sidebar's engine; computed once per model version, data version (a
+    folder or .zip replaced in the data root is evaluated afresh) and engine, shared."""
+    return _evaluation(entry.path, entry.version, source, data.fingerprint(source.source),
+                       settings.data_root(), limit, engine_for(entry, precision))
 
 
 def evaluation(entry: ModelEntry, source: EvalSource, limit: int | None) -> tuple[Evaluation, ImageSet]:

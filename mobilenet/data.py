@@ -336,7 +336,7 @@ def split_train_val(full: ImageSet, val_size: int, seed: int, subset: int | None
     return full.subset(train_idx), full.subset(val_idx)
 
 
-def fingerprint(source: str, root: Path | str | None = None) -> str | None:
+def fingerprint(source: str) -> str | None:
     """A short content hash that names a data source wherever it lies: a .zip's bytes, a folder's files.
 
     "cifar10" is the fixed torchvision archive, so its name is its fingerprint; None when the source is missing.

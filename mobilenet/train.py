@@ -289,7 +289,7 @@ class Training:
         self.shipped = self.average.model if self.average else self.model  # what is validated and saved as best.pt
         self.card = ModelCard(cfg.alpha, cfg.stem, cfg.resolution, self.train_set.classes,
                               recipe.normalization.mean, recipe.normalization.std, tta=recipe.tta,
-                              data=TrainingData(cfg.data, fingerprint(cfg.data, cfg.data_root), cfg.val_size, cfg.seed,
+                              data=TrainingData(cfg.data, fingerprint(cfg.data), cfg.val_size, cfg.seed,
                                                 cfg.subset))
         self.train_model = torch.compile(self.model) if cfg.compile else self.model
         if self.world > 1:

@@ -6,6 +6,7 @@ sidebar is checked on the default page, the explorer.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -210,6 +211,10 @@ def test_evaluation_on_a_generated_folder(model: Path, places: Path) -> None:
     assert len(at.image) in (1, 2)  # the sample tiles, and the mistakes unless there are none
     at.run()  # the result stays on screen across reruns
     assert {m.label: m.value for m in at.metric} == metrics
+    shutil.rmtree(places / "data" / "small")
+    write_folder(places / "data" / "small", per_class=8)  # the host replaced the folder: evaluated afresh
+    at.button[0].click().run()
+    assert {m.label: m.value for m in at.metric}["images"] == "24"
 
 
 def test_evaluation_knows_which_images_the_model_trained_on(places: Path) -> None:
