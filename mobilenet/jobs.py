@@ -123,11 +123,21 @@ class JobManager:
             job = self.active() or {}
             raise JobError(f"a training job is already running ({Path(str(job.get('run', '?'))).name}); stop it first")
         try:
+            self._forget_last_job()  # until this job's record is written, it shows as starting
             process = self._spawn(folder, args, cfg, fd)
             self._record({"run": str(run.resolve()), "pid": process.pid, "started": time.time()})
         finally:
             os.close(fd)  # the job process keeps the lock until it ends
         return run
+
+    def _forget_last_job(self) -> None:
+        """Remove the ended job's record: read while the next one starts, it would name the old run and process (a
+        stop would signal whatever process has that number now, a delete would not see the new run as busy)."""
+        try:
+            self.job_path.unlink(missing_ok=True)
+        except OSError as e:
+            log.error("cannot remove the last job's record %s: %s", self.job_path, e)
+            raise JobError("the runs folder cannot be written to; see the server log") from None
 
     def _record(self, job: dict) -> None:
         """Write the job's record; without it the job runs all the same, and the page shows it as starting."""

@@ -235,6 +235,27 @@ def test_delete_refuses_the_run_a_job_trains_or_a_process_writes(tmp_path: Path)
     assert not written.exists()
 
 
+def test_a_starting_job_is_never_taken_for_the_last_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = tmp_path / "runs"
+    old = a_run(runs, "old")
+    fd = a_job(runs, str(old.resolve()), 4194305)  # the last job's record stays behind when it ends
+    os.close(fd)
+    manager = JobManager(runs)
+    seen = []
+
+    def spawn(folder: RunFolder, args: list, cfg: TrainConfig | None, fd: int) -> subprocess.Popen:
+        seen.append(manager.active())  # another visitor's page, while the trainer is being started
+        with pytest.raises(JobError, match="a training job is starting"):
+            manager.delete(old)
+        assert not manager.stop()  # no process to signal yet (the old number may be anyone's now)
+        return subprocess.Popen(["true"])
+
+    monkeypatch.setattr(manager, "_spawn", spawn)
+    manager.start(TrainConfig(data="cifar10", alpha=0.25, epochs=1), name="new")
+    assert seen == [{"run": "?", "pid": None, "started": None}]
+    assert json.loads((runs / ".job.json").read_text())["run"] == str((runs / "new").resolve())
+
+
 def test_stop_is_recorded_with_the_job_for_every_watcher(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     run = a_run(runs, "slow")
