@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .model import MobileNetV1
+from .model import MobileNetV1, check_alpha, input_resolution
 from .tta import SEED_NORMALIZATION, InferenceRecipe, Normalization
 
 FORMAT = "mobilenet-v1-checkpoint"
@@ -66,6 +66,10 @@ class ModelCard:
             object.__setattr__(self, "data", TrainingData(str(t["data"]), None, int(t.get("val_size", 5000)),
                                                           int(t.get("seed", 0)), t.get("subset")))
         InferenceRecipe(SEED_NORMALIZATION, self.tta)  # a ValueError for an unknown mode
+        check_alpha(self.alpha)
+        input_resolution(self.stem, resolution=self.resolution)  # a known stem, a side it can take
+        if not self.classes or len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("a card needs class names and three channel means and deviations")
 
     @property
     def num_classes(self) -> int:
@@ -98,7 +102,7 @@ class ModelCard:
                 tta=str(data.get("tta") or ("flip" if data.get("training", {}).get("flip_tta") else "none")),
                 data=None if given is None else TrainingData(**given),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint metadata is incomplete or malformed ({e})") from None
 
 
@@ -184,12 +188,21 @@ def read(path: Path | str) -> dict[str, Any]:
     if payload.get("version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path.name} has format version {payload.get('version')}; this program reads {FORMAT_VERSION}")
+    if not isinstance(payload.get("card"), dict):
+        raise CheckpointError(f"{path.name} holds no model card")
     state = payload.get("state_dict")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(_plain(v) for v in state.values()):
         raise CheckpointError(f"{path.name} holds no weights")
     if weights_digest(state) != payload.get("digest"):
         raise CheckpointError(f"{path.name} is damaged or was modified: its weights do not match their digest")
     return payload
+
+
+def _plain(tensor: object) -> bool:
+    """A dense tensor whose elements all have storage of their own: a view that repeats a few stored values
+    (expand) would stand for terabytes once the digest made it contiguous."""
+    return (isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided
+            and tensor.numel() * tensor.element_size() <= tensor.untyped_storage().nbytes())
 
 
 def load(path: Path | str) -> tuple[MobileNetV1, ModelCard]:

@@ -92,6 +92,36 @@ def test_garbage_files_are_refused(tmp_path: Path, content: bytes) -> None:
         checkpoint.load(path)
 
 
+def crafted(tmp_path: Path, change) -> Path:
+    """A checkpoint of this project whose payload was changed by hand (digest made to match)."""
+    path, _ = saved(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    if all(t.layout == torch.strided and t.stride()[-1:] != (0,) for t in payload["state_dict"].values()):
+        payload["digest"] = checkpoint.weights_digest(payload["state_dict"])
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda p: p.pop("card"), "holds no model card"),
+    (lambda p: p.update(card="oops"), "holds no model card"),
+    (lambda p: p["card"].update(training=[], tta=None), "metadata is incomplete or malformed"),
+    (lambda p: p["card"].update(resolution=10**6), "metadata is incomplete or malformed"),
+    (lambda p: p["card"].update(alpha=1e9), "metadata is incomplete or malformed"),
+    (lambda p: p["card"].update(classes=[]), "metadata is incomplete or malformed"),
+    (lambda p: p["card"].update(stem="mystery"), "metadata is incomplete or malformed"),
+    # 4 bytes stored, a terabyte once made contiguous for the digest
+    (lambda p: p["state_dict"].update({"classifier.bias": torch.zeros(1).expand(2**38)}), "holds no weights"),
+    (lambda p: p["state_dict"].update({"classifier.bias": torch.zeros(3).to_sparse()}), "holds no weights"),
+])
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+def test_crafted_checkpoints_are_refused_in_words(tmp_path: Path, change, words: str) -> None:
+    path = crafted(tmp_path, lambda payload: change(payload) and None)
+    with pytest.raises(CheckpointError, match=words):
+        checkpoint.load(path)
+
+
 def test_other_torch_files_are_refused(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a MobileNet"):
