@@ -20,7 +20,7 @@ from .evaluate import Evaluation
 from .checkpoint import CheckpointError
 from .jobs import JobManager, RunInfo
 from .runs import MetricsRow, RunFolder, RunState, metrics_csv, thinned
-from .config import OVERRIDES, RECIPES
+from .config import OVERRIDES, RECIPES, TrainConfig
 
 # ---- training -----------------------------------------------------------------------------------
 
@@ -196,11 +196,16 @@ def run_link_note(names: list[str]) -> str | None:
 
 
 def run_settings(run: RunInfo) -> str:
-    """A run's recipe, α, β and epochs, and the recipe's values it overrode, for people."""
-    cfg = run.config
-    said = f"recipe {cfg.get('recipe')}, α = {cfg.get('alpha'):g}, β = {cfg.get('beta'):g}, {run.epochs} epochs"
+    """A run's recipe, α, β, stem and epochs, the recipe's values it overrode and its teachers, for people."""
+    cfg = TrainConfig.from_dict(run.config)
+    said = f"recipe {cfg.recipe}, α = {cfg.alpha:g}, β = {cfg.beta:g}, {run.epochs} epochs"
+    if cfg.stem != "cifar":
+        said += f", the {cfg.stem} stem"
     changed = [f"{name.replace('_', ' ')} {value:g}" if isinstance(value, (int, float)) else f"{name} {value}"
-               for name in OVERRIDES if (value := cfg.get(name)) is not None]
+               for name in OVERRIDES if (value := getattr(cfg, name)) is not None]
+    if cfg.teachers:
+        names = ", ".join(Path(t).name for t in cfg.teachers)
+        changed.append(f"distilled from {names} (weight {cfg.distill:g})")
     return said + ("; overrides: " + ", ".join(changed) if changed else "; no overrides")
 
 

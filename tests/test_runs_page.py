@@ -49,14 +49,16 @@ def titled(at: AppTest, title: str | list[str]) -> list[list[dict]]:
 
 
 def test_any_run_opens_with_its_settings_report_and_curves(runs: Path) -> None:
-    make_run(runs, "older", epochs=2, updated=1000.0, cutout=8)
+    make_run(runs, "older", epochs=2, updated=1000.0, cutout=8, teacher="/srv/t/a.pt, /srv/t/b.pt", stem="imagenet",
+             beta=0.25)
     make_run(runs, "newer", epochs=3, updated=2000.0)
     at = open_page()
     assert at.selectbox[0].value == "newer" and at.selectbox[0].options == ["newer", "older"]
     at = open_page(run="older")
     assert at.selectbox[0].value == "older" and not at.warning
     assert at.markdown[0].value == "**older**: finished, epoch 2/2"
-    assert "recipe fast, α = 0.25, β = 1, 2 epochs; overrides: epochs 2, cutout 8" in [c.value for c in at.caption]
+    assert ("recipe fast, α = 0.25, β = 0.25, 2 epochs, the imagenet stem; overrides: epochs 2, cutout 8, distilled "
+            "from a.pt, b.pt (weight 0.5)") in [c.value for c in at.caption]
     assert "Validation accuracy 100.00%" in [m.value for m in at.markdown]  # its confusion matrix: all right
     assert titled(at, "accuracy per class") and titled(at, ["confusion matrix", "rows: truth, columns: prediction"])
     (loss,) = titled(at, "loss")
