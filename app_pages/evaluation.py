@@ -21,7 +21,7 @@ if source.seen:
                f"on images it has not seen.", icon=":material/warning:")
 limit = size.radio("Images", [None, 1000, 5000], horizontal=True,
                    format_func=lambda n: "all" if n is None else f"{n:,} (a class-balanced sample)")
-request = (entry.key, entry.version, source, limit)
+request = (entry.key, entry.version, app_models.engine_for(entry), source, limit)  # another engine: asked again
 if st.button("Evaluate", type="primary", icon=":material/play_arrow:"):
     st.session_state.evaluation_request = request
 if st.session_state.get("evaluation_request") != request:

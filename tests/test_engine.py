@@ -274,6 +274,11 @@ def test_the_app_says_which_engine_answers_and_switches_to_fp32(tmp_path: Path,
     table = at.dataframe[0].value
     assert list(table["engine"]) == ["ONNX Runtime, int8", "ONNX Runtime, fp32"]
     assert "answers differ between int8 and fp32" in " ".join(c.value for c in at.caption)
+    at.session_state["precision"] = "fp32"  # the sidebar's other engine: evaluated only when asked
+    at.run()
+    assert not at.metric
+    at.button[0].click().run()
+    assert not at.exception and {m.label for m in at.metric} == {"accuracy", "images"}
 
     at = AppTest.from_file(APP, default_timeout=60)
     at.session_state["precision"] = "fp32"
