@@ -17,10 +17,16 @@ for problem in explore.link_problems(st.query_params):  # before the widgets, wh
 st.caption("MobileNet v1 (Howard et al. 2017): how the width multiplier α and the resolution multiplier β "
            "change its size and cost. The settings are in the address bar: copy it to share this view.")
 
+
+def each_stem_starts_at_its_own_resolution() -> None:
+    st.session_state.resolution = BASE_RESOLUTION[st.session_state.stem]  # β = 1: 64 fits both, but means β = 2 or 0.29
+
+
 left, middle, right = st.columns(3)
 alpha = left.slider("Width multiplier α", explore.ALPHA_MIN, explore.ALPHA_MAX, 1.0, explore.ALPHA_STEP,
                     key="alpha", bind="query-params", help="Every layer's channels are scaled by α.")
 stem = middle.radio("Stem", STEMS, horizontal=True, key="stem", bind="query-params",
+                    on_change=each_stem_starts_at_its_own_resolution,
                     help="cifar: the seed's CIFAR-10 network (32×32 input, 10 classes). "
                          "imagenet: the paper's network (224×224 input, 1000 classes).")
 base = BASE_RESOLUTION[stem]

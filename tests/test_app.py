@@ -105,6 +105,15 @@ def test_explorer_settings_come_from_the_url() -> None:
     assert "Table 6" in at.dataframe[1].value["table"].tolist()  # the paper's figures beside ours
 
 
+def test_another_stem_starts_at_its_own_resolution() -> None:
+    at = open_page("app_pages/explorer.py")
+    at.select_slider(key="resolution").set_value(64).run()  # β = 2 for CIFAR's stem
+    at.radio(key="stem").set_value("imagenet").run()
+    assert at.select_slider(key="resolution").value == 224 and not at.exception
+    at.radio(key="stem").set_value("cifar").run()
+    assert at.select_slider(key="resolution").value == 32
+
+
 def test_the_first_page_says_what_this_is_and_which_model_answers(model: Path) -> None:
     at = open_page("app_pages/explorer.py")
     assert at.markdown[0].value == app_views.INTRO
