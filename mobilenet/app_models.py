@@ -80,27 +80,27 @@ def accuracy_points() -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=16, show_spinner="Timing each model on this machine…")
-def _latency_points(points: pd.DataFrame, chosen: tuple[tuple[str, tuple[int, int], str], ...],
-                    _classifiers: dict[str, Classifier]) -> pd.DataFrame:  # chosen: cache key only
-    return explore.with_latency(points, _classifiers)
+def _latency_points(points: pd.DataFrame, chosen: tuple[tuple[str, Path, tuple[int, int], str], ...]) -> pd.DataFrame:
+    classifiers: dict[str, Classifier] = {}
+    for key, path, version, engine in chosen:
+        try:
+            classifiers[key] = _classifier(path, version, engine)
+        except CheckpointError:
+            continue
+    return explore.with_latency(points, classifiers)
 
 
 def latency_points(points: pd.DataFrame) -> pd.DataFrame:
     """Our models among points, each timed as it answers here on the engine the sidebar chose for it (int8 on the
-    CPU where its file is there); a model whose engine refuses to load is left out (its pages say why)."""
-    classifiers: dict[str, Classifier] = {}
-    for entry in models().models:
-        if entry.key in set(points["model"]):
-            try:
-                classifiers[entry.key] = _classifier(entry.path, entry.version, engine_for(entry))
-            except CheckpointError:
-                continue
-    chosen = tuple((entry.key, entry.version, classifiers[entry.key].engine) for entry in models().models
-                   if entry.key in classifiers)
-    return _latency_points(points, chosen, classifiers)
+    CPU where its file is there), once per set of model versions and engines: the models load only to be timed. A
+    model whose engine refuses to load is left out (its pages say why)."""
+    shown = set(points["model"])
+    return _latency_points(points, tuple((entry.key, entry.path, entry.version, engine_for(entry))
+                                         for entry in models().models if entry.key in shown))
 
 
-@st.cache_resource(max_entries=6, show_spinner="Loading the model…")
+# A few models on their engines: each holds its weights (up to ~15 MB at α = 1) and its caches of class maps.
+@st.cache_resource(max_entries=8, show_spinner="Loading the model…")
 def _classifier(path: Path, version: tuple[int, int], engine: str) -> Classifier:  # version: cache key only
     return Classifier.load(path, device="auto", engine=engine)
 

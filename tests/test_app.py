@@ -291,3 +291,16 @@ def test_a_skipped_checkpoint_is_named_without_the_server_path(model: Path, plac
     warnings = [w.value for w in at.sidebar.warning]
     assert len(warnings) == 1 and warnings[0].startswith("Skipped gone: ")
     assert str(places) not in warnings[0] and "checkpoints/gone.pt" in warnings[0]
+
+
+def test_measuring_each_models_latency_again_loads_no_model(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobilenet import app_models
+
+    asked = []
+    real = app_models._classifier
+    monkeypatch.setattr(app_models, "_classifier", lambda *key: asked.append(key) or real(*key))
+    at = open_page("app_pages/explorer.py")
+    for _ in range(2):
+        next(b for b in at.button if b.label == "Measure each model's latency here").click().run()
+        assert not at.exception
+    assert len(asked) == 1  # the times are kept: no model is loaded (nor evicted from the cache) to ask for them
