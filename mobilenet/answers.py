@@ -124,6 +124,13 @@ def classify(clf: Classifier, uploads: list[Upload], topk: int = 5, threshold: f
     return results
 
 
+def top_k(result: Result | Failure, k: int) -> Result | Failure:
+    """An answer with its k most likely classes (of the ones it has)."""
+    if isinstance(result, Failure):
+        return result
+    return dataclasses.replace(result, prediction=dataclasses.replace(result.prediction, top=result.prediction.top[:k]))
+
+
 def heatmap(clf: Classifier, result: Result, label: str, opacity: float) -> Image.Image | None:
     """The class activation map of `label` over the photo; None when nothing in the image speaks for it.
 

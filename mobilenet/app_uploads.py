@@ -78,19 +78,19 @@ def url_image(url: str) -> Upload | None:
 
 
 def answers_for(clf: Classifier, uploads: list[Upload], topk: int, threshold: float | None) -> list[Result | Failure]:
-    """answers.classify, remembered in the session: the page's reruns (an opacity, a class map, one more image) do
-    not decode and predict the images it has answered already. The session keeps this run's answers only, for one
-    model, top-k and threshold (the photos at display size: at most MAX_IMAGES × 384×384 pixels)."""
+    """answers.classify, remembered in the session: the page's reruns (an opacity, a class map, the classes to
+    show, one more image) do not decode and predict the images it has answered already. The session keeps this
+    run's answers only, with every class, for one model and threshold (the photos at display size: at most
+    MAX_IMAGES × 384×384 pixels)."""
     state = st.session_state
-    asked = (topk, threshold)
     model, answered_for, known = state.get("answers", (None, None, {}))
-    if model is None or model() is not clf or answered_for != asked:
+    if model is None or model() is not clf or answered_for != threshold:
         known = {}
     new = [u for u in dict.fromkeys(uploads) if u not in known]
-    known |= dict(zip(new, answers.classify(clf, new, topk, threshold)))
+    known |= dict(zip(new, answers.classify(clf, new, len(clf.classes), threshold)))
     known = {u: known[u] for u in uploads}
-    state.answers = (weakref.ref(clf), asked, known)
-    return [known[u] for u in uploads]
+    state.answers = (weakref.ref(clf), threshold, known)
+    return [answers.top_k(known[u], topk) for u in uploads]
 
 
 def forget_uploads() -> None:

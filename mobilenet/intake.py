@@ -26,6 +26,7 @@ MAX_PIXELS = 60_000_000  # phone photos of up to about 50 megapixels pass
 # crowd of large uploads waits its turn instead of adding up.
 LARGE_PIXELS = 4_000_000
 _large_decodes = threading.BoundedSemaphore(2)
+ORIENTATION = 0x0112  # the EXIF tag
 
 ImageSource = Union[bytes, bytearray, str, os.PathLike, BinaryIO, Image.Image]
 
@@ -127,6 +128,8 @@ def decode(source: ImageSource, draft_side: int | None = None, limits: Limits = 
     try:
         if isinstance(data, Image.Image):
             _check_size(data.size, limits)
+            if data.mode == "RGB" and data.getexif().get(ORIENTATION, 1) == 1:
+                return data  # already upright RGB (one decode made it): a full-size copy would only cost memory
             with _turn(data.size):
                 return _to_rgb(ImageOps.exif_transpose(data))  # a copy: the caller's image is left as it was
         img = _open(data, limits)

@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 from helpers import image_bytes, isolate_app, save_model
@@ -228,11 +229,13 @@ def test_a_rerun_answers_from_the_session_without_decoding_again(model: Path, de
     assert len(decodes) == opened and [m.value for m in at.markdown if m.value.startswith("**")] == answered
     at.file_uploader[0].set_value([*first, ("c.png", image_bytes(seed=3, size=(100, 100)), "image/png")]).run()
     assert len(decodes) == opened + 1  # only the new image
-    at.slider[0].set_value(2).run()  # another top-k: answered again
-    assert len(decodes) == opened + 4 and len(at.session_state.answers[2]) == 3
+    at.slider[0].set_value(2).run()  # fewer classes shown: the same answers
+    assert len(decodes) == opened + 1 and len(at.session_state.answers[2]) == 3
+    shown = [pa.ipc.open_stream(chart.proto.data.data).read_all().num_rows for chart in at.get("vega_lite_chart")]
+    assert shown == [2, 2, 2]  # each image's chart: its two most likely classes
     choice = at.sidebar.selectbox(key="model")
     choice.set_value(next(m for m in choice.options if m != choice.value)).run()  # another model: answered again
-    assert len(decodes) == opened + 7
+    assert len(decodes) == opened + 4
     assert not at.exception
 
 

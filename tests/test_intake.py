@@ -312,3 +312,16 @@ def test_large_images_decode_two_at_a_time(monkeypatch: pytest.MonkeyPatch) -> N
     for thread in threads:
         thread.join()
     assert most[0] == 2 and not pairs.broken
+
+
+def test_an_upright_rgb_image_is_taken_as_it_is_and_any_other_copied() -> None:
+    upright = solid(RED, size=(40, 30))
+    assert decode(upright) is upright  # nothing to do: no full-size copy of a photo decoded once already
+    turned = solid(RED, size=(40, 30))
+    exif = turned.getexif()
+    exif[0x0112] = 6
+    turned = Image.open(io.BytesIO(encode(turned, "PNG", exif=exif)))
+    upright_again = decode(turned)
+    assert upright_again.size == (30, 40) and turned.size == (40, 30)  # turned, and the caller's left as it was
+    rgba = solid((255, 0, 0, 255), size=(4, 4), mode="RGBA")
+    assert decode(rgba) is not rgba and decode(rgba).mode == "RGB" and rgba.mode == "RGBA"
