@@ -7,6 +7,7 @@ built: a Classifier (thread-safe, see mobilenet.infer) and evaluation results (f
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,14 +182,20 @@ class EvaluationRun:
     seconds: float  # for the forward passes, the images already decoded
 
 
+# One evaluation at a time per server: each takes all of a small box's CPU (or GPU memory for 4,096 views a pass)
+# for seconds to a minute; visitors who ask for others meanwhile wait their turn instead of dividing it.
+_evaluating = threading.Lock()
+
+
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _evaluation(path: Path, version: tuple[int, int], source: EvalSource, data_version: str | None, root: Path,
                 limit: int | None, engine: str) -> EvaluationRun:  # version, data_version: cache key only
     clf = _classifier(path, version, engine)
-    images = evalsets.load(clf.card, source, root, limit=limit)
-    start = time.perf_counter()
-    probs = clf.probabilities(images.images)
-    return EvaluationRun(score(probs, images), images, engine, time.perf_counter() - start)
+    with _evaluating:
+        images = evalsets.load(clf.card, source, root, limit=limit)
+        start = time.perf_counter()
+        probs = clf.probabilities(images.images)
+        return EvaluationRun(score(probs, images), images, engine, time.perf_counter() - start)
 
 
 def evaluation_run(entry: ModelEntry, source: EvalSource, limit: int | None, precision: str | None = None

@@ -7,6 +7,8 @@ sidebar is checked on the default page, the explorer.
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -224,6 +226,33 @@ def test_evaluation_on_a_generated_folder(model: Path, places: Path) -> None:
     write_folder(places / "data" / "small", per_class=8)  # the host replaced the folder: evaluated afresh
     at.button[0].click().run()
     assert {m.label: m.value for m in at.metric}["images"] == "24"
+
+
+def test_evaluations_take_turns(model: Path, places: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_folder(places / "data" / "small", per_class=4)
+    inside, most, lock = [0], [0], threading.Lock()
+    load = evalsets.load
+
+    def loading(*args, **kwargs) -> data.ImageSet:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.3)  # another visitor's evaluation, were it let in, would start meanwhile
+        with lock:
+            inside[0] -= 1
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(evalsets, "load", loading)
+    entry = app_models.models().default
+    source = evalsets.sources(entry.card)[0]
+    visitors = [threading.Thread(target=app_models._evaluation, args=(entry.path, entry.version, source, None,
+                                                                       places / "data", limit, "torch"))
+                for limit in (None, 6, 9)]  # three different evaluations at once
+    for visitor in visitors:
+        visitor.start()
+    for visitor in visitors:
+        visitor.join()
+    assert most[0] == 1
 
 
 def test_evaluation_knows_which_images_the_model_trained_on(places: Path) -> None:
