@@ -46,7 +46,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = replace(cfg, **given)
         out = folder.path
     else:
-        base = RunFolder(Path(args.config).parent).read_config().to_dict() if args.config else {}
+        given_config = Path(args.config) if args.config else None
+        if given_config is None:
+            base = {}
+        else:  # a config.json, or a run folder's
+            base = (RunFolder(given_config).read_config() if given_config.is_dir() else TrainConfig.read(given_config)
+                    ).to_dict()
         cfg = TrainConfig.from_dict(base | given)
         out = Path(args.out) if args.out else settings.runs_dir() / run_name(cfg)
     recipe = cfg.effective
@@ -260,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model into a run folder")
     options = p.add_argument_group("training settings (default: the recipe's, or the --config file's)")
     add_arguments(options, defaults=False)
-    p.add_argument("--config", metavar="FILE", help="start from a run's config.json; options given here override it")
+    p.add_argument("--config", metavar="FILE", help="start from a config.json (or a run folder's); options given here "
+                                                   "override it")
     p.add_argument("--out", help="run folder (default: a new folder in MOBILENET_RUNS or runs/)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its best.pt is lost)")
     p.add_argument("--resume", metavar="RUN_DIR",

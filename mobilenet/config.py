@@ -7,7 +7,9 @@ folder's config.json and of what the app's job manager launches.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from .model import STEMS, check_alpha, check_stem, input_resolution
@@ -62,6 +64,10 @@ NOT_TRAINING = ("val_size", "val_every", "device", "data_root", "compile", "down
 RESUMABLE_CHANGES = ("device", "data_root", "val_every")  # a resumed run keeps its other settings
 
 
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
+_TYPE_WORDS = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
+
+
 @dataclass
 class TrainConfig:
     data: str = _option("cifar10", "'cifar10' or an image folder / .zip with train/<class>/ (default cifar10)")
@@ -92,10 +98,17 @@ class TrainConfig:
     download: bool = _option(True, "download CIFAR-10 when it is missing")
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # a hand-edited config.json may hold anything
+            value, kind = getattr(self, f.name), f.type.removesuffix(" | None")
+            if value is None and f.type.endswith(" | None"):
+                continue
+            if not isinstance(value, _TYPES[kind]) or (isinstance(value, bool) and kind != "bool"):
+                raise ValueError(f"{f.name.replace('_', '-')} must be {_TYPE_WORDS[kind]}, got {value!r}")
+            if value not in f.metadata.get("choices", (value,)):
+                raise ValueError(f"{f.name.replace('_', '-')} must be one of {', '.join(f.metadata['choices'])}, "
+                                 f"got {value!r}")
         if not self.data_root:
             self.data_root = str(data_root())
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         for name in ("epochs", "batch_size", "subset", "val_every"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -145,6 +158,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def read(cls, path: Path) -> TrainConfig:
+        """A config from a JSON file; ValueError, naming the file, for one that cannot be read or is no config."""
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+        except ValueError as e:  # not JSON, or not a config
+            raise ValueError(f"{path}: {e}") from None
 
     @classmethod
     def from_dict(cls, values: Any) -> TrainConfig:

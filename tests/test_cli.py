@@ -100,3 +100,27 @@ def test_evaluate_on_a_folder_without_images_is_a_message(trained: tuple[Path, P
     (tmp_path / "empty").mkdir()
     assert main(["evaluate", "--checkpoint", str(trained[0]), "--data", str(tmp_path / "empty")]) == 2
     assert "holds no images" in capsys.readouterr().err
+
+
+def test_train_starts_from_the_config_file_it_is_given(tmp_path: Path) -> None:
+    mine = tmp_path / "settings" / "my.json"
+    mine.parent.mkdir()
+    mine.write_text(json.dumps({"data": str(tmp_path / "nowhere"), "alpha": 0.25}))
+    result = run_cli("train", "--config", str(mine), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "nowhere" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "settings" / "my.json").write_text("{not json")
+    result = run_cli("train", "--config", str(mine), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and f"{mine}:" in result.stderr
+
+
+@pytest.mark.parametrize("values,words", [
+    ({"device": 5}, "device must be text, got 5"), ({"seed": "x"}, "seed must be a whole number"),
+    ({"teacher": 5}, "teacher must be text"), ({"tta": "bogus"}, "tta must be one of none, flip, flip-translate"),
+    ({"val_size": 2.5}, "val-size must be a whole number"), ({"compile": 1}, "compile must be true or false"),
+    ({"lr": True}, "lr must be a number"), ({"data_root": 5}, "data-root must be text"),
+])
+def test_a_hand_edited_config_is_refused_in_words(tmp_path: Path, values: dict, words: str) -> None:
+    bad = tmp_path / "config.json"
+    bad.write_text(json.dumps(values))
+    result = run_cli("train", "--config", str(bad))
+    assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
