@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import zipfile
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -111,7 +112,12 @@ class _Tree:
         self.has_splits = any(f.parts[len(self.top.parts)] in SPLITS for f in self.files)
 
     def read(self, name: PurePosixPath) -> bytes:
-        return self.zip.read(str(name)) if self.zip is not None else (self.path / name).read_bytes()
+        """A file's bytes; none for one that cannot be read (a damaged or encrypted member, a compression zipfile
+        lacks, a file gone), which then counts as an unreadable image."""
+        try:
+            return self.zip.read(str(name)) if self.zip is not None else (self.path / name).read_bytes()
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError, OSError):
+            return b""
 
     def split_files(self, split: str) -> list[tuple[PurePosixPath, str]]:
         """(file, class name) pairs of a split, sorted; a folder without train/ and test/ is all train."""
@@ -198,7 +204,8 @@ def _load_folder(path: Path, split: str, side: int) -> ImageSet:
         keep[bad] = False
         labels = labels[keep]
         names = ", ".join(str(pairs[i][0]) for i in bad[:3])
-        print(f"warning: skipped {len(bad)} unreadable image(s) in {path}: {names}{' …' if len(bad) > 3 else ''}")
+        print(f"warning: skipped {len(bad)} unreadable image(s) in {path}: {names}{' …' if len(bad) > 3 else ''}",
+              file=sys.stderr)  # stdout may be --json
     if len(labels) == 0:
         raise DataError(f"no readable images in {path} ({split})")
     return ImageSet(images, labels, classes)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
+import zipfile
 from functools import partial
 from pathlib import Path
 
@@ -62,7 +63,25 @@ def test_unreadable_images_are_skipped_with_a_warning(image_folder: Path, tmp_pa
     (image_folder / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     loaded = data.load(str(image_folder), "train", root=tmp_path)
     assert len(loaded) == 36
-    assert "skipped 1 unreadable" in capsys.readouterr().out
+    assert "skipped 1 unreadable" in capsys.readouterr().err  # stdout may be a command's --json
+
+
+def test_damaged_and_encrypted_zip_members_are_skipped_as_unreadable(image_folder: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    archive = zip_folder(image_folder, tmp_path / "images.zip")  # stored: each file's bytes appear as they are
+    with zipfile.ZipFile(archive) as z:
+        damaged, encrypted = [i for i in z.infolist() if i.filename.startswith("train/")][:2]
+    blob = bytearray(archive.read_bytes())
+    blob[blob.find((image_folder / damaged.filename).read_bytes()) + 40] ^= 0xFF  # its CRC no longer matches
+    central = blob.find(b"PK\x01\x02")  # the central directory's entries, to the one of this member
+    while blob[central + 46:central + 46 + len(encrypted.filename)] != encrypted.filename.encode():
+        central = blob.find(b"PK\x01\x02", central + 4)
+    blob[encrypted.header_offset + 6] |= 0x1  # both its headers say it is encrypted: zipfile wants a password
+    blob[central + 8] |= 0x1
+    archive.write_bytes(bytes(blob))
+    loaded = data.load(str(archive), "train", root=tmp_path)
+    assert len(loaded) == 36 - 2
+    assert "skipped 2 unreadable" in capsys.readouterr().err
 
 
 def test_cache_is_used_and_invalidated(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
