@@ -163,10 +163,15 @@ def sources(card: ModelCard, root: Path | None = None) -> list[EvalSource]:
 def named(card: ModelCard, source: str, split: str, root: Path | None = None) -> EvalSource:
     """The command line's --data and --split as a source, by the app's rule: "val" is the held-out validation
     split; otherwise the test split, or all the images of a folder that has none."""
+    if source != "cifar10":  # CIFAR-10 is checked as it loads: it may be downloaded
+        data.check_source(source, root)
     if split == VAL:
         if not held_out(card):
             raise DataError("this model held no validation split out of its training data: every image of it was "
                             "trained on")
+        if card.data is not None and card.data.fingerprint and not trained_on(card, source):
+            raise DataError(f"{describe_source(source)} is not the data this model was trained on "
+                            f"({describe_source(card.data.source)}): its validation split is not in it")
         return EvalSource(f"validation split held out in training ({describe_source(source)})", source, VAL)
     chosen = evaluation_split(source)
     if chosen is None:

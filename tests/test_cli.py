@@ -93,6 +93,14 @@ def test_evaluate_takes_a_folder_with_only_train_as_the_app_does(trained: tuple[
     assert json.loads(out)["n"] == 15 and f"all images ({evalsets.SEEN_NOTE})" in err and "--split val" in err
     assert main(["evaluate", "--checkpoint", str(model), "--data", str(folder), "--split", "val", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 3
+    assert main(["evaluate", "--checkpoint", str(model), "--data", str(other), "--split", "val"]) == 2
+    assert "other is not the data this model was trained on (shapes)" in capsys.readouterr().err
+
+
+def test_evaluate_on_data_that_is_not_there_says_so(trained: tuple[Path, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    assert main(["evaluate", "--checkpoint", str(trained[0]), "--data", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
 
 
 def test_evaluate_on_a_folder_without_images_is_a_message(trained: tuple[Path, Path], tmp_path: Path,
