@@ -207,8 +207,16 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def write_cards(folder: Path) -> None:
+    """The folder's README.md cards, saying what they leave out."""
+    from . import shipping
+
+    for note in shipping.write_cards(folder):
+        print(f"note: left out of {folder / 'README.md'}: {note}", file=sys.stderr)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    from .shipping import Twin, export, write_cards
+    from .shipping import Twin, export
 
     card = export(Path(args.run_dir), Path(args.out), args.data_description, args.validated_by)
     write_cards(Path(args.out).parent)
@@ -219,7 +227,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_record_data(args: argparse.Namespace) -> int:
-    from .shipping import record_data, write_cards
+    from .shipping import record_data
 
     path = Path(args.checkpoint)
     card = record_data(path, args.data)
@@ -230,7 +238,6 @@ def cmd_record_data(args: argparse.Namespace) -> int:
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .engines import NEEDS_ONNXRUNTIME, EngineError, onnxruntime_available
-    from .shipping import write_cards
 
     if not onnxruntime_available():
         raise EngineError(NEEDS_ONNXRUNTIME)

@@ -125,11 +125,13 @@ def record_data(path: Path, source: str) -> ModelCard:
     found = data.fingerprint(source)
     if found is None:
         raise DataError(f"{source} does not exist")
+    if source != "cifar10" and "train" not in data.available_splits(source):
+        raise DataError(f"{source} holds no training images: expected train/<class>/<image> or <class>/<image>")
     split = card.data or TrainingData(source, None)
     if split.fingerprint and split.fingerprint != found:
         raise DataError(f"{source} is not the data {path.name} was trained on (fingerprint {found}, its card says "
                         f"{split.fingerprint})")
-    name = source if source == "cifar10" else Path(source).name
+    name = source if source == "cifar10" else Path(source).resolve().name  # "." by its name
     recorded = replace(card, data=replace(split, source=name, fingerprint=found))
     checkpoint.replace_card(path, recorded)
     return recorded
@@ -138,14 +140,29 @@ def record_data(path: Path, source: str) -> ModelCard:
 CARDS_START, CARDS_END = "<!-- cards: written by python -m mobilenet export -->", "<!-- /cards -->"
 
 
-def write_cards(folder: Path) -> None:
-    """Rewrite the cards section of folder/README.md from the checkpoints in the folder."""
+def write_cards(folder: Path) -> list[str]:
+    """Rewrite the cards section of folder/README.md from the checkpoints in the folder (a README without one gets
+    one at its end); returns what was left out and why: .pt files that are no checkpoint, int8 files refused."""
     readme = folder / "README.md"
-    text = readme.read_text() if readme.exists() else f"# Shipped models\n\n{CARDS_START}\n{CARDS_END}\n"
-    head, rest = text.split(CARDS_START, 1)
-    tail = rest.split(CARDS_END, 1)[1]
-    shipped = [(p.name, ModelCard.from_dict(payload["card"]), int8_model(p, payload))
-               for p in folder.glob("*.pt") for payload in [checkpoint.read(p)]]
+    text = readme.read_text() if readme.exists() else "# Shipped models\n"
+    head, found, rest = text.partition(CARDS_START)
+    if not found:
+        head, rest = text.rstrip("\n") + "\n\n", CARDS_END + "\n"
+    tail = rest.partition(CARDS_END)[2] if CARDS_END in rest else rest  # a lone start marker: nothing of it lost
+    shipped, left_out = [], []
+    for path in sorted(folder.glob("*.pt")):
+        try:
+            payload = checkpoint.read(path)
+            card = ModelCard.from_dict(payload["card"])
+        except CheckpointError as e:
+            left_out.append(f"{path.name}: {e}")
+            continue
+        try:
+            int8 = int8_model(path, payload)
+        except CheckpointError as e:  # an OnnxError too
+            int8 = None
+            left_out.append(f"{int8_file(path).name}: {e}")
+        shipped.append((path.name, card, int8))
     shipped.sort(key=lambda item: shipped_order(item[0], item[1]))
     overview = ["| model | α | parameters | mult-adds per image | validation accuracy | int8 (ONNX Runtime) |",
                 "|---|---:|---:|---:|---:|---:|"]
@@ -159,6 +176,7 @@ def write_cards(folder: Path) -> None:
                          f"last epoch, with no selection (its card names the twin)."]
     sections = ["\n".join(overview)] + [card_markdown(name, card, int8) for name, card, int8 in shipped]
     readme.write_text(f"{head}{CARDS_START}\n\n" + "\n\n".join(sections) + f"\n\n{CARDS_END}{tail}")
+    return left_out
 
 
 def int8_cell(model: OnnxModel | None) -> str:

@@ -197,3 +197,25 @@ def test_recording_the_training_data_changes_the_card_only(tmp_path: Path) -> No
         shipping.record_data(shipped / "m.pt", str(other))
     with pytest.raises(DataError, match="does not exist"):
         shipping.record_data(shipped / "m.pt", str(tmp_path / "missing.zip"))
+    (tmp_path / "setup.py").write_text("print('not images')")
+    with pytest.raises(DataError, match="setup.py is neither a folder nor a .zip file"):
+        shipping.record_data(shipped / "m.pt", str(tmp_path / "setup.py"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty holds no training images"):
+        shipping.record_data(shipped / "m.pt", str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("readme,kept", [
+    ("# Our models\n\nHand-written, no cards yet.\n", ["# Our models\n\nHand-written, no cards yet.\n\n"]),
+    (f"# Models\n{shipping.CARDS_START}\nNotes after a lone marker.\n", ["# Models\n", "Notes after a lone marker.\n"]),
+])
+def test_cards_go_into_any_readme_and_a_stray_file_is_left_out_in_words(tmp_path: Path, readme: str,
+                                                                        kept: list[str]) -> None:
+    shipped = tmp_path / "checkpoints"
+    save_model(shipped / "mobilenet_v1_a0.25.pt")
+    (shipped / "README.md").write_text(readme)
+    (shipped / "junk.pt").write_bytes(b"not a checkpoint")
+    assert shipping.write_cards(shipped) == ["junk.pt: junk.pt is not a checkpoint file"]
+    text = (shipped / "README.md").read_text()
+    assert all(part in text for part in kept) and "### `mobilenet_v1_a0.25.pt`" in text
+    assert text.count(shipping.CARDS_START) == 1 and text.count(shipping.CARDS_END) == 1
