@@ -90,7 +90,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress.close()
     if report.get("status") == "stopped":
         print(f"stopped; resume with: python -m mobilenet train --resume {out}", file=sys.stderr)
-    elif "confusion" in report:
+    elif "confusion" not in report:
+        print(f"finished: {RunFolder(out).best}, the last epoch's model (no validation split, so no accuracy)",
+              file=sys.stderr)
+    else:
         from .evaluate import Evaluation, format_report
 
         result = Evaluation.from_report(report)

@@ -109,10 +109,10 @@ def downloadable(path: Path) -> bool:
 
 
 def report_of(run: RunInfo) -> Evaluation | None:
-    """A finished run's results, or None when its report.json is missing or malformed."""
+    """A finished run's results, or None when its report.json is missing or malformed, or it validated nothing."""
     report = run.report
     try:
-        return Evaluation.from_report(report) if report else None
+        return Evaluation.from_report(report) if report and "confusion" in report else None
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
         log.warning("run %s has a malformed report.json: %s", run.path, e)
         return None

@@ -198,6 +198,8 @@ def load(card: ModelCard, source: EvalSource, root: Path | None = None, download
     else:
         images = data.load(source.source, source.split, card.resolution, root=root, download=download)
     images = data.match_classes(images, card.classes)
+    if not len(images):
+        raise DataError(f"{source.label} holds no images to evaluate on")
     if limit is not None and limit < len(images):
         images = images.subset(data.stratified_split(images.labels, limit, seed=0)[1])
     return images

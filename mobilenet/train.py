@@ -453,15 +453,20 @@ class Training:
         return {"status": "stopped", "epoch": self.state.epoch, "step": self.state.step_in_epoch}
 
     def finish(self) -> dict:
-        """The final report: the best model evaluated on the validation split, also written into its card."""
-        report = {"status": "finished", "epochs": self.recipe.epochs, "best_val_acc": self.state.best_acc}
+        """The final report: the best model evaluated on the validation split, also written into its card. Without
+        a validation split there is nothing to score (the model is the last epoch's): no accuracy, not 0%."""
+        best_acc = self.state.best_acc if self.state.best_acc >= 0 else None
+        report = {"status": "finished", "epochs": self.recipe.epochs, "best_val_acc": best_acc}
         if self.writer:
             best_model, best_card = checkpoint.load(self.folder.best)
-            final = self.best_eval or evaluate(best_model.to(self.device), self.val_set, best_card.inference)
-            report |= final.to_dict() | {"train_time_s": self.state.elapsed_s, "device": device_name(self.device)}
+            report |= {"train_time_s": self.state.elapsed_s, "device": device_name(self.device)}
+            training = self.summary(RunState.FINISHED)
+            if len(self.val_set):
+                final = self.best_eval or evaluate(best_model.to(self.device), self.val_set, best_card.inference)
+                report |= final.to_dict()
+                training |= {"val_acc": final.accuracy, "per_class": final.per_class}
             self.folder.write_json(self.folder.report, report)
-            checkpoint.save(self.folder.best, best_model, replace(best_card, training=self.summary(
-                RunState.FINISHED) | {"val_acc": final.accuracy, "per_class": final.per_class}))
+            checkpoint.save(self.folder.best, best_model, replace(best_card, training=training))
             self.save_last(RunState.FINISHED)
             self.set_status(RunState.FINISHED)
         return report

@@ -69,11 +69,14 @@ def test_the_report_is_the_best_epochs_own_validation_not_a_second_pass(folder: 
 
 def test_without_validation_the_model_is_the_last_epochs(folder: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    train.train(config(folder, tmp_path, epochs=2, val_size=0, ema=0.9), run)
+    report = train.train(config(folder, tmp_path, epochs=2, val_size=0, ema=0.9), run)
     best, last = checkpoint.read(run / "best.pt"), checkpoint.read(run / "last.pt")
     average = last["train_state"]["ema"]["weights"]  # what ships is the average, after the last epoch
     assert all(torch.equal(best["state_dict"][k], average[k]) for k in average)
     assert best["card"]["training"]["epochs"] == 2
+    # nothing was scored: no accuracy anywhere rather than 0% on 0 images
+    assert best["card"]["training"]["val_acc"] is None and report["best_val_acc"] is None
+    assert "accuracy" not in report and "accuracy" not in json.loads((run / "report.json").read_text())
 
 
 def test_seed_recipe_is_the_seed() -> None:
