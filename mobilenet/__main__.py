@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: a new folder in MOBILENET_RUNS or runs/)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its best.pt is lost)")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a stopped or killed run (only --device and --data-root may change)")
+                   help="continue a stopped or killed run (only --device, --data-root and --val-every may change)")
     p.add_argument("--json", action="store_true", help="one JSON line per epoch on stdout")
     p.set_defaults(run=cmd_train)
 

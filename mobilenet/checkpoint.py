@@ -169,6 +169,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def read(path: Path | str) -> dict[str, Any]:
     """The checked payload of a checkpoint file, loaded without executing code."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives; anything else is not ours

@@ -80,7 +80,9 @@ def score(probs: torch.Tensor, data: ImageSet) -> Evaluation:
 def format_report(result: Evaluation) -> str:
     width = max(len(c) for c in result.classes)
     lines = [f"accuracy {result.accuracy:.2%} on {result.n} images", "", "per-class accuracy:"]
-    lines += [f"  {c:<{width}}  {acc:6.2%}" for c, acc in result.per_class.items()]
+    present = (result.confusion.sum(1) > 0).tolist()  # a class without images has no accuracy, not 0%
+    lines += [f"  {c:<{width}}  {acc:6.2%}" if shown else f"  {c:<{width}}     n/a (no images)"
+              for (c, acc), shown in zip(result.per_class.items(), present)]
     short = [c[:5] for c in result.classes]
     lines += ["", "confusion matrix (rows: truth, columns: prediction):",
               " " * (width + 2) + "".join(f"{s:>7}" for s in short)]

@@ -286,6 +286,7 @@ def export_onnx(checkpoint_path: Path, source: str, root: Path | None = None, fp
     if trained_on is None:
         raise OnnxError(f"{checkpoint_path.name} does not record its training data: the validation split to measure "
                         f"on and the training images to calibrate on are unknown")
+    data.check_source(source, root)
     found = data.fingerprint(source)
     if trained_on.fingerprint and found != trained_on.fingerprint:
         raise DataError(f"{source} is not the data {checkpoint_path.name} was trained on (fingerprint {found}, its "

@@ -158,3 +158,8 @@ def test_train_state_is_kept_for_resuming(tmp_path: Path) -> None:
     restored = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     restored.load_state_dict(payload["train_state"]["optimizer"])
     assert payload["train_state"]["loop"]["epoch"] == 2
+
+
+def test_a_folder_is_not_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        checkpoint.load(tmp_path)

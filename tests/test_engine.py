@@ -316,3 +316,12 @@ def test_the_explorer_times_each_model_on_the_sidebars_engine(tmp_path: Path, mo
         assert any(f"mobilenet_v1_a0.25 on {described}" in c.value for c in at.caption)
     next(b for b in at.button if b.label == "Measure latency on this machine").click().run()
     assert any("with PyTorch, fp32" in c.value for c in at.caption)  # any α and resolution: a random torch model
+
+
+def test_export_onnx_says_when_its_data_is_not_there(shipped_copy: Path, tmp_path: Path) -> None:
+    from mobilenet.data import DataError
+
+    before = int8_file(shipped_copy).read_bytes()
+    with pytest.raises(DataError, match="not found"):
+        export_onnx(shipped_copy, str(tmp_path / "nope"))
+    assert int8_file(shipped_copy).read_bytes() == before

@@ -231,3 +231,11 @@ def test_the_counts_kept_stay_bounded_whatever_links_ask(monkeypatch: pytest.Mon
         assert explore.stats_for.cache_info().currsize <= 2048
     finally:
         explore.stats_for.cache_clear()  # the other tests count for real
+
+
+def test_the_report_gives_no_accuracy_to_a_class_without_images() -> None:
+    from mobilenet.evaluate import format_report
+
+    result, _ = evaluation([0, 0, 2], [0, 1, 2], classes=("cat", "dog", "ship"))
+    lines = format_report(result).splitlines()
+    assert "  cat   50.00%" in lines and "  dog      n/a (no images)" in lines and "  ship  100.00%" in lines
