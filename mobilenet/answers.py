@@ -71,11 +71,12 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def fetch(url: str) -> Upload:
-    """An image from the web, through the project's guarded fetcher (raises ImageError)."""
+def fetch(url: str, visitor: str | None = None) -> Upload:
+    """An image from the web, through the project's guarded fetcher, for a visitor (their address: one name lookup
+    at a time each); raises ImageError."""
     from .urlfetch import fetch_url
 
-    return Upload(url.rsplit("/", 1)[-1][:80] or url[:80], fetch_url(url))
+    return Upload(url.rsplit("/", 1)[-1][:80] or url[:80], fetch_url(url, owner=visitor))
 
 
 def first_images(uploads: list[Upload]) -> tuple[list[Upload], str | None]:

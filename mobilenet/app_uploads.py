@@ -9,6 +9,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from . import answers
+from .admin import client_address
 from .answers import MAX_IMAGES, Failure, Result, Upload
 from .data import IMAGE_SUFFIXES
 from .infer import Classifier
@@ -73,7 +74,7 @@ def url_image(url: str) -> Upload | None:
         return None
     if state.get("url_image", (None,))[0] != url:
         state.pop("url_image", None)
-        state.url_image = (url, answers.fetch(url))
+        state.url_image = (url, answers.fetch(url, client_address()))
     return state.url_image[1]
 
 

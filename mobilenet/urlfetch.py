@@ -39,6 +39,9 @@ CHUNK = 64 * 1024
 # resolver gives up; at most this many at once, and lookups beyond them wait their turn within the same timeout.
 LOOKUP_THREADS = 8
 _lookup_slots = threading.BoundedSemaphore(LOOKUP_THREADS)
+# Whose lookups are running (a visitor's address): one each, so that one visitor cannot hold every lookup thread.
+_looking_up: set[str] = set()
+_looking_up_lock = threading.Lock()
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -83,10 +86,16 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
 
-def _lookup(host: str, port: int, timeout: float) -> list[IPAddress]:
-    """resolve(), given up after timeout seconds."""
+def _lookup(host: str, port: int, timeout: float, owner: str | None = None) -> list[IPAddress]:
+    """resolve(), given up after timeout seconds; at most one running lookup per owner (None: no limit)."""
     deadline = time.monotonic() + timeout
     answer: list = []
+    if owner is not None:
+        with _looking_up_lock:
+            if owner in _looking_up:
+                raise URLError("the last address you gave is still being looked up (its name servers are slow); "
+                               "try again in half a minute")
+            _looking_up.add(owner)
 
     def look_up() -> None:
         try:
@@ -95,12 +104,15 @@ def _lookup(host: str, port: int, timeout: float) -> list[IPAddress]:
             answer.append(e)
         finally:
             _lookup_slots.release()
+            _looking_up.discard(owner)
 
     if _lookup_slots.acquire(timeout=timeout):
         # A daemon thread: a process that exits (the command line's predict) does not wait for a stuck lookup.
         lookup = threading.Thread(target=look_up, name=f"url-lookup {host}", daemon=True)
         lookup.start()
         lookup.join(max(0.0, deadline - time.monotonic()))
+    else:
+        _looking_up.discard(owner)
     if not answer:
         raise URLError(f"cannot find the host {host}: its name servers did not answer within {timeout:g} s")
     if isinstance(answer[0], (OSError, UnicodeError, ValueError)):
@@ -150,8 +162,9 @@ def with_scheme(url: str) -> str:
     return f"https://{url}"
 
 
-def check_url(url: str, allow_private: bool, lookup_timeout: float = 5.0) -> Target:
-    """A URL checked and resolved (within lookup_timeout seconds), ready to fetch from; URLError if it must not be."""
+def check_url(url: str, allow_private: bool, lookup_timeout: float = 5.0, owner: str | None = None) -> Target:
+    """A URL checked and resolved (within lookup_timeout seconds; one lookup at a time per owner), ready to fetch
+    from; URLError if it must not be."""
     if len(url) > MAX_URL_LENGTH:
         raise URLError(f"the URL is longer than {MAX_URL_LENGTH} characters")
     if any(c.isspace() or not c.isprintable() or c == "\\" for c in url):
@@ -182,7 +195,7 @@ def check_url(url: str, allow_private: bool, lookup_timeout: float = 5.0) -> Tar
     if literal is not None:
         addresses = [literal]
     else:
-        addresses = _lookup(host, port, lookup_timeout)
+        addresses = _lookup(host, port, lookup_timeout, owner)
     if not addresses:
         raise URLError(f"cannot find the host {host}")
     refused = [a for a in addresses if not is_public_address(a)]
@@ -286,17 +299,19 @@ def _check_headers(response: http.client.HTTPResponse, max_bytes: int) -> None:
 
 
 def fetch_url(url: str, *, allow_private: bool | None = None, max_bytes: int = intake.MAX_BYTES,
-              connect_timeout: float = 5.0, read_timeout: float = 10.0, max_redirects: int = 3) -> bytes:
+              connect_timeout: float = 5.0, read_timeout: float = 10.0, max_redirects: int = 3,
+              owner: str | None = None) -> bytes:
     """The body of an image URL, or URLError (an ImageError) with a message for the person who sent it.
 
     allow_private None: the MOBILENET_ALLOW_PRIVATE_URLS setting, off unless set. connect_timeout bounds each
     name lookup and each connection (TCP and TLS); read_timeout bounds the whole answer of each request, however
-    it trickles in.
+    it trickles in. owner (a visitor's address) gets one name lookup at a time: a lookup that outlives its timeout
+    keeps a thread until the resolver gives up.
     """
     allow = private_allowed() if allow_private is None else allow_private
     url = with_scheme(url)  # a redirect's relative Location is joined to the URL as fetched
     for _ in range(max_redirects + 1):
-        target = check_url(url, allow, connect_timeout)
+        target = check_url(url, allow, connect_timeout, owner)
         status, location, body = _get(target, max_bytes, connect_timeout, read_timeout)
         if status == 200:
             return body

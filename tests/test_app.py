@@ -291,7 +291,8 @@ def test_an_image_url_is_fetched_and_classified(model: Path, monkeypatch: pytest
     from mobilenet import urlfetch
 
     fetched = []
-    monkeypatch.setattr(urlfetch, "fetch_url", lambda url: fetched.append(url) or image_bytes(size=(200, 150)))
+    monkeypatch.setattr(urlfetch, "fetch_url",
+                        lambda url, owner: fetched.append(url) or image_bytes(size=(200, 150)))
     at = open_page("app_pages/inference.py")
     at.text_input[0].input("https://example.org/pictures/cat.png").run()
     assert not at.exception and not at.error

@@ -309,6 +309,32 @@ def test_a_silent_name_server_is_given_up_on_and_cannot_tie_up_lookups(monkeypat
     assert urlfetch.check_url("http://loud.example/x.png", True, 5).addresses == (PRETEND_PUBLIC,)
 
 
+def test_one_visitor_has_one_lookup_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    silent = threading.Event()
+
+    def resolve(host: str, port: int) -> list:
+        if host.startswith("silent"):
+            silent.wait(30)
+        return [PRETEND_PUBLIC]
+
+    monkeypatch.setattr(urlfetch, "resolve", resolve)
+    try:
+        with pytest.raises(URLError, match="did not answer within 0.2 s"):
+            urlfetch.check_url("http://silent1.example/", True, 0.2, owner="203.0.113.7")
+        start = time.monotonic()
+        with pytest.raises(URLError, match="the last address you gave is still being looked up"):
+            urlfetch.check_url("http://silent2.example/", True, 0.2, owner="203.0.113.7")  # refused at once
+        assert time.monotonic() - start < 0.1
+        assert urlfetch.check_url("http://loud.example/", True, 5, owner="198.51.100.1").addresses == (PRETEND_PUBLIC,)
+    finally:
+        silent.set()
+    for _ in range(100):  # the stuck lookup ends, and its visitor may look up again
+        if "203.0.113.7" not in urlfetch._looking_up:
+            break
+        time.sleep(0.05)
+    assert urlfetch.check_url("http://loud.example/", True, 5, owner="203.0.113.7").addresses == (PRETEND_PUBLIC,)
+
+
 def test_a_process_does_not_wait_for_a_stuck_lookup_to_exit() -> None:
     script = ("import time\nfrom mobilenet import urlfetch\n"
               "urlfetch.resolve = lambda host, port: time.sleep(60)\n"
