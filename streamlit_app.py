@@ -9,6 +9,7 @@ import streamlit as st
 from mobilenet import app_models, app_views
 
 st.set_page_config(page_title="MobileNet v1 Studio", page_icon=":material/memory:", layout="wide")
+app_views.one_thread_per_visitor()
 page = st.navigation({
     "Learn": [st.Page("app_pages/explorer.py", title="Model explorer", icon=":material/account_tree:", default=True)],
     "Use": [

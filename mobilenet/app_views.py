@@ -7,6 +7,7 @@ import gc
 from pathlib import Path
 
 import streamlit as st
+import torch
 
 from . import charts, settings
 from .evaluate import Evaluation
@@ -56,7 +57,19 @@ def show_report_charts(result: Evaluation) -> None:
     confusion.altair_chart(charts.confusion(result), width="stretch")
 
 
-# ---- the server's heap ---------------------------------------------------------------------------
+# ---- the server, once ----------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def one_thread_per_visitor() -> None:
+    """Once per server, before any page's torch work: one intra-op thread, as Classifier.load sets on a CPU.
+
+    Many visitors' small tensors gain nothing from splitting across cores that their page runs share, and a
+    thread that ran torch keeps the count it started with: set later, the first visitors' pages (the explorer's
+    latency among them) would run, and be timed, on every core and the rest on one.
+    """
+    torch.set_num_threads(1)
+
 
 
 @st.cache_resource(show_spinner=False)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import image_bytes, isolate_app, save_model, save_run, write_folder
 from streamlit.testing.v1 import AppTest
 
@@ -334,3 +335,13 @@ def test_measuring_each_models_latency_again_loads_no_model(model: Path, monkeyp
         next(b for b in at.button if b.label == "Measure each model's latency here").click().run()
         assert not at.exception
     assert len(asked) == 1  # the times are kept: no model is loaded (nor evicted from the cache) to ask for them
+
+
+def test_the_app_runs_torch_on_one_thread_per_visitor_from_its_first_page() -> None:
+    torch.set_num_threads(2)  # a fresh server: torch's default, every core
+    open_page("app_pages/explorer.py")  # no model loaded: the explorer counts and may time a network
+    seen: list[int] = []
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # a later page run
+    later.start()
+    later.join()
+    assert seen == [1]
