@@ -17,7 +17,7 @@ refused = admin.training_refused()
 if refused:
     st.warning(refused)
 gated = not refused and admin.admin_password() is not None
-allowed = not refused and (not gated or admin.signed_in())
+allowed = admin.may_train()
 with st.container():  # one slot, whatever it shows: the controls below keep their place in the page, so a
     # sign-in redraws them in place instead of adding them anew beside their stale copies
     if gated and allowed:
@@ -101,6 +101,8 @@ def delete_a_run(runs: list[RunInfo]) -> None:
 
 @st.fragment(run_every=app_runs.REFRESH_S if watching_a_job else app_runs.IDLE_REFRESH_S)
 def live() -> None:
+    if admin.may_train() != allowed:  # signed out in another tab, expired, a new password: the whole page follows
+        st.rerun(scope="app")
     snapshot = app_runs.runs_snapshot()
     job, runs = snapshot.job, snapshot.runs
     if (job is not None) != watching_a_job or app_runs.finished_runs(snapshot) != finished:

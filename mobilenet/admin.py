@@ -73,6 +73,12 @@ def training_refused() -> str | None:
     return None
 
 
+def may_train() -> bool:
+    """Whether this session may start, stop, resume and delete runs now: training is on for it, and it is the
+    admin's where there is a password."""
+    return training_refused() is None and (admin_password() is None or signed_in())
+
+
 @functools.cache
 def _warn_open_server() -> None:
     log.warning("training is off: the server listens beyond loopback and %s is not set", ADMIN_ENV)

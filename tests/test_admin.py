@@ -9,11 +9,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import FakeClock, isolate_app
+from helpers import FakeClock, isolate_app, make_run
 from streamlit.testing.v1 import AppTest
 
 from mobilenet import admin
 from mobilenet.admin import GuessGate, SessionStore, Verdict, client_of
+from mobilenet.jobs import JobManager
 
 PASSWORD = "s3cret"
 PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "training.py"
@@ -293,3 +294,27 @@ def test_a_guesser_is_locked_out_and_the_admin_elsewhere_is_not(gated: FakeClock
     owner = open_page()
     password_field(owner).input(PASSWORD).run()
     assert not start_disabled(owner) and not owner.error
+
+
+def test_a_sign_in_revoked_elsewhere_disables_the_live_views_controls_at_once(gated: FakeClock,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import local_script_runner
+
+    runs = admin.settings.runs_dir()
+    make_run(runs, "old", updated=1.0)
+    make_run(runs, "new", updated=2.0)
+    at = open_page()
+    password_field(at).input(PASSWORD).run()
+    at.session_state["delete_asked"] = "old"  # the admin asked to delete a run: Confirm is on offer
+    at.run()
+    admin.sessions_file().unlink()  # signed out in another tab (or the sign-in expired)
+    # The live view's own runs (its timer, a click inside it) run the fragment alone, not the page.
+    live = next(iter(at._fragment_storage._fragments))
+    rerun = local_script_runner.RerunData
+    monkeypatch.setattr(local_script_runner, "RerunData", lambda **kw: rerun(**kw, fragment_id_queue=[live]))
+    deleted = []
+    monkeypatch.setattr(JobManager, "delete", lambda self, run: deleted.append(run))
+    next(b for b in at.button if b.label == "Confirm").click().run()
+    assert deleted == [] and (runs / "old").exists()
+    monkeypatch.setattr(local_script_runner, "RerunData", rerun)
+    assert start_disabled(at.run())
