@@ -115,8 +115,12 @@ def live() -> None:
         st.progress(done, text=text)
         app_runs.show_run_curves(running)
         if not stopping and st.button("Stop", disabled=not allowed, help=locked) and allowed:
-            manager.stop()
-            st.rerun()  # the whole page says "stopping…" until the job has saved and ended
+            try:
+                manager.stop()
+            except JobError as e:
+                st.error(app_views.for_visitors(str(e)))
+            else:
+                st.rerun()  # the whole page says "stopping…" until the job has saved and ended
     elif job:
         st.caption("A job is starting…")
     else:

@@ -183,6 +183,9 @@ class JobManager:
             os.killpg(int(job["pid"]), signal.SIGTERM)  # the job leads its own session and process group
         except ProcessLookupError:
             return False
+        except PermissionError:  # started by another user (a server under another account, sudo)
+            log.error("cannot stop the job %s: it belongs to another user", job)
+            raise JobError("the job belongs to another user of this machine: stop it there") from None
         return True
 
     def delete(self, run: Path | str) -> None:
@@ -197,7 +200,11 @@ class JobManager:
             raise JobError("a training job is starting; try again in a moment")
         if job is not None and job.get("run") == str(path):
             raise JobError(f"{folder.name} is being trained; stop it first")
-        fd = try_lock(folder.lock)  # held while deleting: a trainer that starts on the run meanwhile finds it busy
+        try:
+            fd = try_lock(folder.lock)  # held while deleting: a trainer that starts on the run meanwhile finds it busy
+        except OSError as e:  # a read-only disk, a folder of another user's
+            log.error("cannot delete the run %s: %s", path, e)
+            raise JobError(f"{folder.name} could not be deleted; see the server log") from None
         if fd is None:
             raise JobError(f"{folder.name} is being trained by another process")
         try:
@@ -235,12 +242,17 @@ class JobManager:
     def scan(self) -> tuple[list[RunInfo], list[str]]:
         """All readable runs, newest first, and the names of folders skipped because they hold no readable run."""
         try:
-            folders = sorted(p for p in self.runs_dir.iterdir() if p.is_dir() and RunFolder(p).config.exists())
+            entries = sorted(self.runs_dir.iterdir())
         except OSError:
             return [], []
         job = self.active()
         runs, skipped = [], []
-        for path in folders:
+        for path in entries:
+            try:
+                if not (path.is_dir() and RunFolder(path).config.exists()):
+                    continue
+            except OSError:  # a folder this server may not read (lost+found on a disk of its own): no run of ours
+                continue
             try:
                 runs.append(self.run_info(path, job))
             except (ValueError, OSError) as e:

@@ -133,7 +133,10 @@ class RunStatus:
                 or not isinstance(epoch, int) or not isinstance(epochs, int) \
                 or not (error is None or isinstance(error, str)):
             raise ValueError("malformed status")
-        return cls(state, pid, float(updated), epoch, epochs, error)
+        try:
+            return cls(state, pid, float(updated), epoch, epochs, error)
+        except OverflowError:  # a time of 400 digits
+            raise ValueError("malformed status") from None
 
 
 def run_name(cfg: TrainConfig) -> str:
@@ -241,7 +244,7 @@ class RunFolder:
     def _json(self, path: Path) -> Any:
         try:
             return json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             return None
 
     def read_config(self) -> TrainConfig:
@@ -309,7 +312,7 @@ def _parse_rows(text: bytes) -> list[MetricsRow]:
     for line in text.splitlines():
         try:
             rows.append(MetricsRow.from_dict(json.loads(line)))
-        except ValueError:  # UnicodeDecodeError and JSONDecodeError among them
+        except (ValueError, OverflowError, RecursionError):  # UnicodeDecodeError, JSONDecodeError, a 400-digit number
             continue
     return rows
 

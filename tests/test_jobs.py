@@ -295,3 +295,26 @@ def test_cifar10_offline_fails_in_words_for_the_app_and_for_the_command_line(tmp
     assert error.startswith("CIFAR-10 could not be downloaded: this server has no internet access. Choose an image "
                             f"folder or .zip in {tmp_path / 'data'} instead")
     assert "--" not in error
+
+
+def test_a_run_or_job_this_server_may_not_touch_is_refused_in_words(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from mobilenet import jobs
+
+    runs = tmp_path / "runs"
+    manager = JobManager(runs)
+    run = a_run(runs, "read-only")
+    monkeypatch.setattr(jobs, "try_lock", lambda path: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only")))
+    with pytest.raises(JobError, match="read-only could not be deleted; see the server log"):
+        manager.delete(run)
+    monkeypatch.undo()
+    fd = a_job(runs, str(run.resolve()), 4194305)
+    try:
+        monkeypatch.setattr(os, "killpg", lambda pid, sig: (_ for _ in ()).throw(PermissionError(errno.EPERM, "no")))
+        with pytest.raises(JobError, match="belongs to another user"):
+            manager.stop()
+    finally:
+        os.close(fd)
+    assert run.exists()

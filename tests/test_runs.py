@@ -16,7 +16,7 @@ from mobilenet.jobs import JobError, JobManager
 from mobilenet.runs import DiskFull, MetricsRow, RunBusy, RunFolder, metrics_csv, thinned
 from mobilenet.train import train
 
-from helpers import run_cli, write_folder
+from helpers import make_run, run_cli, write_folder
 
 
 def row(step: int, kind: str = "step", epoch: int = 1) -> MetricsRow:
@@ -183,7 +183,8 @@ def test_a_full_disk_mid_run_says_so_and_keeps_the_last_saved_state(images: Path
     status = RunFolder(out).read_status()
     assert status.state == "failed" and status.error.startswith("disk full")
     assert checkpoint.read(RunFolder(out).last)["train_state"]["loop"]["epoch"] == 1
-    assert JobManager(tmp_path).run_info(out).resumable
+    info = JobManager(tmp_path).run_info(out)
+    assert info.resumable and (info.epoch, info.epochs) == (1, 3)  # what its saved state holds: epoch 2 is lost
 
 
 def test_cli_refuses_a_finished_run_unless_told_to_overwrite(images: Path, tmp_path: Path) -> None:
@@ -199,3 +200,22 @@ def test_cli_refuses_a_finished_run_unless_told_to_overwrite(images: Path, tmp_p
     assert done.returncode == 0, done.stderr
     assert RunFolder(out).best.read_bytes() != best  # another seed's model
     assert jobs.JobManager(tmp_path).run_info(out).state == "finished"
+
+
+def test_malformed_run_files_leave_that_run_out_and_the_others_shown(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = tmp_path / "runs"
+    for name in ("huge-time", "deep-report", "bad-metrics", "good"):
+        make_run(runs, name, epochs=2, updated=1.0)
+    (runs / "huge-time" / "status.json").write_text('{"state": "finished", "updated": 1' + "0" * 400 + "}")
+    (runs / "deep-report" / "report.json").write_text("[" * 100_000 + "]" * 100_000)
+    with open(runs / "bad-metrics" / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "epoch", "epoch": 3, "step": 1' + "0" * 400 + "}\n" + "[" * 100_000 + "\n")
+    real_is_dir = Path.is_dir
+    monkeypatch.setattr(Path, "is_dir", lambda self: (_ for _ in ()).throw(PermissionError(13, "denied"))
+                        if self.name == "lost+found" else real_is_dir(self))
+    (runs / "lost+found").mkdir()  # a folder this server may not read
+    found, skipped = JobManager(runs).scan()
+    assert sorted(r.name for r in found) == ["bad-metrics", "deep-report", "good", "huge-time"] and skipped == []
+    by_name = {r.name: r for r in found}
+    assert by_name["deep-report"].report is None and len(RunFolder(runs / "bad-metrics").read_metrics()) == 2 * 5
