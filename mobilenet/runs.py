@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from .config import TrainConfig
 from .locks import is_locked, keep_from_children, release_kept, try_lock
@@ -317,32 +317,39 @@ def _parse_rows(text: bytes) -> list[MetricsRow]:
     return rows
 
 
+def _holds(f: BinaryIO, at: int, expected: bytes) -> bool:
+    f.seek(at)
+    return f.read(len(expected)) == expected
+
+
 class _MetricsLogs:
     """The rows of recently read metrics files and how far each was read, shared by the threads of a process.
 
-    A file is re-read from the start when it was replaced (a new inode: a resume truncates it) or shrank.
+    A file is re-read from the start when it was replaced (a new inode: a resume truncates it), shrank, or no longer
+    holds the line read last where it was (a new file on a freed inode: a deleted run's name used again).
     Only whole lines are kept; a last line without its newline is parsed on each read until it has one.
     """
 
     def __init__(self, files: int = 64) -> None:
         self._lock = threading.Lock()
-        self._files: OrderedDict[Path, tuple[int, int, tuple[MetricsRow, ...]]] = OrderedDict()
+        self._files: OrderedDict[Path, tuple[tuple[int, int], int, bytes, tuple[MetricsRow, ...]]] = OrderedDict()
         self._max = files
 
     def read(self, path: Path) -> list[MetricsRow]:
         try:
             with open(path, "rb") as f:
                 stat = os.fstat(f.fileno())
-                inode, size = stat.st_ino, stat.st_size
+                identity, size = (stat.st_dev, stat.st_ino), stat.st_size
                 with self._lock:
-                    known, offset, rows = self._files.get(path, (inode, 0, ()))
-                    if known != inode or size < offset:
+                    known, offset, last, rows = self._files.get(path, (identity, 0, b"", ()))
+                    if known != identity or size < offset or not _holds(f, offset - len(last), last):
                         offset, rows = 0, ()
                     f.seek(offset)
                     new = f.read(size - offset)
                     whole = new.rfind(b"\n") + 1
                     rows += tuple(_parse_rows(new[:whole]))
-                    self._files[path] = (inode, offset + whole, rows)
+                    last = new[max(0, new.rfind(b"\n", 0, whole - 1) + 1):whole] if whole else last
+                    self._files[path] = (identity, offset + whole, last, rows)
                     self._files.move_to_end(path)
                     while len(self._files) > self._max:
                         self._files.popitem(last=False)

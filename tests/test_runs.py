@@ -53,6 +53,10 @@ def test_metrics_are_read_incrementally_whole_lines_only(tmp_path: Path) -> None
     assert [(r.kind, r.step) for r in folder.read_metrics()] == [("step", 1), ("step", 3), ("epoch", 4)]
     folder.truncate_metrics(step=1, epoch=0)  # a resume replaces the file: it is read again from the start
     assert [r.step for r in folder.read_metrics()] == [1]
+    # A new file at the same place and as long, on the same inode (a deleted run's name used again): read afresh.
+    with open(folder.metrics, "r+") as f:
+        f.write(line(row(7)))
+    assert [r.step for r in folder.read_metrics()] == [7]
 
 
 def test_thinned_keeps_every_epoch_and_the_last_step() -> None:
