@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
+# is_locked's shared probes (every watcher's page, each refresh) hold a lock for microseconds: a free lock is
+# tried again for this long before it counts as held, so that a probe at that instant refuses no one.
+PROBE_WAIT_S = 0.1
+
+
 def try_lock(path: Path) -> int | None:
     """An fd holding the exclusive lock on path (created if need be), or None when another process holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+    deadline = time.monotonic() + PROBE_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.005)
 
 
 @contextmanager

@@ -318,3 +318,31 @@ def test_a_run_or_job_this_server_may_not_touch_is_refused_in_words(tmp_path: Pa
     finally:
         os.close(fd)
     assert run.exists()
+
+
+def test_a_watchers_probe_at_that_instant_does_not_make_a_free_lock_look_held(tmp_path: Path) -> None:
+    import fcntl
+    import threading
+    import time
+
+    from mobilenet.locks import is_locked
+
+    lock = tmp_path / ".job.lock"
+    lock.touch()
+    probing, probe = threading.Event(), os.open(lock, os.O_RDONLY)
+
+    def watcher() -> None:  # is_locked's shared probe, held a little longer than a real one
+        fcntl.flock(probe, fcntl.LOCK_SH)
+        probing.set()
+        time.sleep(0.02)
+        fcntl.flock(probe, fcntl.LOCK_UN)
+
+    thread = threading.Thread(target=watcher)
+    thread.start()
+    probing.wait()
+    fd = try_lock(lock)
+    thread.join()
+    os.close(probe)
+    assert fd is not None and is_locked(lock)
+    os.close(fd)
+    assert not is_locked(lock)
