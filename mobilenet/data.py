@@ -352,14 +352,22 @@ def fingerprint(source: str) -> str | None:
         return "cifar10"
     path = Path(source)
     try:
-        stat = path.stat()
+        return _fingerprint(path.resolve(), source_version(path))
     except OSError:
         return None
-    return _fingerprint(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+def source_version(path: Path) -> tuple:
+    """What changes when a source's images do, cheaply: a file's size and time; for a folder, the time of every
+    folder in it (adding, removing or renaming an image changes its folder's), without a stat of each image."""
+    stat = path.stat()
+    if not path.is_dir():
+        return stat.st_size, stat.st_mtime_ns
+    return tuple((folder, os.stat(folder).st_mtime_ns) for folder, _, _ in os.walk(path))
 
 
 @lru_cache(maxsize=32)
-def _fingerprint(path: Path, mtime_ns: int, size: int) -> str:  # mtime_ns, size: part of the cache key only
+def _fingerprint(path: Path, version: tuple) -> str:  # version: part of the cache key only
     h = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:

@@ -45,7 +45,7 @@ def _cifar_present(root: Path) -> bool:
 
 
 @lru_cache(maxsize=64)
-def _splits(path: Path, mtime_ns: int) -> tuple[str, ...]:  # mtime_ns: part of the cache key only
+def _splits(path: Path, version: tuple) -> tuple[str, ...]:  # version: part of the cache key only
     try:
         return tuple(data.available_splits(str(path)))
     except (DataError, OSError, zipfile.BadZipFile):
@@ -55,7 +55,7 @@ def _splits(path: Path, mtime_ns: int) -> tuple[str, ...]:  # mtime_ns: part of 
 def _splits_now(path: Path) -> tuple[str, ...]:
     """The splits a folder or .zip holds as it is now; none when it is gone or unreadable."""
     try:
-        return _splits(path, path.stat().st_mtime_ns)
+        return _splits(path, data.source_version(path))
     except OSError:
         return ()
 

@@ -180,3 +180,14 @@ def test_parallel_decode_after_torch_has_run_parallel_code(tmp_path: Path) -> No
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "600", result.stderr[-500:]
+
+
+def test_a_folders_fingerprint_follows_images_added_or_removed_in_its_class_folders(image_folder: Path,
+                                                                                     tmp_path: Path) -> None:
+    before = data.fingerprint(str(image_folder))
+    added = image_folder / "train" / "cat" / "extra.png"
+    added.write_bytes((image_folder / "train" / "dog").iterdir().__next__().read_bytes())
+    with_one_more = data.fingerprint(str(image_folder))
+    added.unlink()
+    assert with_one_more != before and data.fingerprint(str(image_folder)) == before
+    assert data.fingerprint(str(tmp_path / "nowhere")) is None
