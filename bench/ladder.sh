@@ -4,7 +4,8 @@
 # in two lanes side by side, one thread each (two one-thread runs train faster together than one two-thread run):
 #   THREADS=1 setsid nohup nice -n 5 bench/ladder.sh twin > /tmp/twin-lane.log 2>&1 &
 #   THREADS=1 setsid nohup nice -n 5 bench/ladder.sh full > /tmp/full-lane.log 2>&1 &
-# The twin lane trains each α's validating twin (the seeded 5,000 images held out; its last epoch is the evidence),
+# The twin lane trains each α's validating twin (the seeded 5,000 images held out; the card gives its best validated
+# epoch, which should be its last),
 # the full lane the model that ships: the twin's config on all 50,000 images, started once the twin has started.
 # Each run resumes where it stopped (bench/run_once.sh); a lane ends at a run that was stopped or failed.
 # Then: DEVELOPERS.md, "Shipping a model" (export --validated-by the twin, export-onnx, bench/ood.py --write).
