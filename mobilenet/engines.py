@@ -73,7 +73,11 @@ class OnnxEngine:
         # Spinning threads would take the cores from concurrent requests and any training job.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.name, self.threads, self._input, self._output = name, threads, INPUT, OUTPUT
-        self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        try:
+            self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's own types: Fail, InvalidGraph, InvalidArgument, …
+            raise EngineError(f"ONNX Runtime {ort.__version__} cannot run the {name} model "
+                              f"({str(e).splitlines()[0][:200]})") from None
 
     def __call__(self, views: torch.Tensor) -> torch.Tensor:
         out = self._session.run([self._output], {self._input: views.contiguous().numpy()})[0]

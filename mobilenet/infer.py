@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -20,7 +21,7 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .checkpoint import ModelCard
+from .checkpoint import CheckpointError, ModelCard
 from .checkpoint import load as load_checkpoint
 from .catalog import default_checkpoint
 from .device import pick_device
@@ -28,6 +29,9 @@ from .engines import Engine, TorchEngine, choose, onnx_engine
 from .gradcam import class_maps, target_block
 from .intake import ImageError, ImageSource, Limits, load_model_input
 from .runs import RunFolder
+
+log = logging.getLogger(__name__)
+
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy with every Conv2d → BatchNorm2d pair folded into one conv (eval-mode inference only)."""
@@ -93,7 +97,14 @@ class Classifier:
         model, card = load_checkpoint(path)
         chosen_device = pick_device(device)
         name = choose(engine, path, chosen_device)
-        runner = None if name == "torch" else onnx_engine(name, path, model, card, threads)
+        runner = None
+        if name != "torch":
+            try:
+                runner = onnx_engine(name, path, model, card, threads)
+            except CheckpointError as e:  # an EngineError or OnnxError: the int8 file beside it cannot serve
+                if engine != "auto":
+                    raise
+                log.warning("%s: %s; answering with PyTorch", path.name, e)
         classifier = cls(model, card, chosen_device, limits, runner)
         if threads is not None and classifier.device.type == "cpu":
             torch.set_num_threads(threads)

@@ -37,6 +37,9 @@ from .tta import InferenceRecipe
 FORMAT = "mobilenet-v1-onnx"
 FORMAT_VERSION = 1
 OPSET = 17
+# The file format version: the oldest that opset 17 needs (onnx 1.12), so that any ONNX Runtime from 1.13 on reads
+# our files; the onnx package writes its newest (14 with onnx 1.23), which ONNX Runtime 1.20 refuses.
+IR_VERSION = 8
 INPUT, OUTPUT = "images", "logits"
 # What the fp32 graph and its int8 quantization are made of: standard operators of the default domain only.
 ALLOWED_OPS = frozenset({"Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm", "QuantizeLinear", "DequantizeLinear"})
@@ -134,7 +137,7 @@ def graph(folded: nn.Module, card: ModelCard) -> onnx.ModelProto:
                                                                                 ["batch", 3, side, side])],
                           [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", card.num_classes])],
                           weights),
-        opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mobilenet-v1-studio")
+        opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mobilenet-v1-studio", ir_version=IR_VERSION)
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -146,6 +149,7 @@ def stamp(model: onnx.ModelProto, precision: str, card: ModelCard, weights_diges
             "card": json.dumps(card.to_dict()), "weights_digest": weights_digest}
     if quantization is not None:
         meta["quantization"] = json.dumps(asdict(quantization))
+    model.ir_version = IR_VERSION  # the quantizer writes its onnx's newest
     del model.metadata_props[:]
     helper.set_model_props(model, meta)
     helper.set_model_props(model, meta | {"digest": digest(model)})

@@ -3,6 +3,7 @@ choosing an engine, the torch-only fallback, and the app on each engine."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +73,7 @@ def test_every_shipped_model_has_an_int8_model_within_half_a_point(path: Path) -
     int8 = onnx_export.read(int8_file(path), card, weights_digest(model.state_dict()))
     q = int8.quantization
     assert int8.precision == "int8" and q.held_out == (card.data.val_size > 0)
+    assert onnx.load_model_from_string(int8.model).ir_version == onnx_export.IR_VERSION  # ONNX Runtime ≥ 1.13 reads it
     if q.held_out:
         assert q.images == card.data.val_size
         assert q.fp32_accuracy == pytest.approx(card.training["val_acc"], abs=0.001)  # the same graph, the same images
@@ -325,3 +327,17 @@ def test_export_onnx_says_when_its_data_is_not_there(shipped_copy: Path, tmp_pat
     with pytest.raises(DataError, match="not found"):
         export_onnx(shipped_copy, str(tmp_path / "nope"))
     assert int8_file(shipped_copy).read_bytes() == before
+
+
+def test_an_int8_file_onnx_runtime_cannot_run_is_refused_in_words_and_auto_answers_with_torch(
+        shipped_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = onnx.load_model(int8_file(shipped_copy))
+    meta = {p.key: p.value for p in model.metadata_props}
+    del model.graph.node[5]  # stamped as ours, but no longer a graph ONNX Runtime can run
+    stamp(model, "int8", ModelCard.from_dict(json.loads(meta["card"])), meta["weights_digest"],
+          onnx_export.Quantization(**json.loads(meta["quantization"])))
+    int8_file(shipped_copy).write_bytes(model.SerializeToString())
+    with pytest.raises(EngineError, match="ONNX Runtime .* cannot run the int8 model"):
+        Classifier.load(shipped_copy, device="cpu", engine="int8")
+    assert Classifier.load(shipped_copy, device="cpu", engine="auto").engine == "torch"
+    assert "answering with PyTorch" in caplog.text
