@@ -84,7 +84,8 @@ class Classifier:
 
         engine: "torch", "onnx" (ONNX Runtime, fp32), "int8" (ONNX Runtime, the int8 model beside the
         checkpoint) or "auto": int8 on the CPU when that file is there and onnxruntime is installed, else
-        torch (see mobilenet.engines). Raises EngineError when the engine asked for cannot run here.
+        torch (see mobilenet.engines); ONNX Runtime runs on the CPU, so device "auto" means the CPU for "onnx"
+        and "int8" even on a machine with a GPU. Raises EngineError when the engine asked for cannot run here.
 
         threads sets torch's intra-op threads for the whole process when running on the CPU (None leaves
         it alone). One 32×32 image is too small to split across cores: with the cores busy, threads
@@ -95,7 +96,7 @@ class Classifier:
         if path.is_dir():
             path = RunFolder(path).best
         model, card = load_checkpoint(path)
-        chosen_device = pick_device(device)
+        chosen_device = pick_device("cpu" if device == "auto" and engine in ("onnx", "int8") else device)
         name = choose(engine, path, chosen_device)
         runner = None
         if name != "torch":
@@ -146,7 +147,8 @@ class Classifier:
         return Prediction(self._top(probs, topk), to_pil(image), (time.perf_counter() - start) * 1000)
 
     def predict_batch(self, sources: list[ImageSource], topk: int = 5) -> list[Prediction | ImageError]:
-        """One forward pass for all readable sources; an unreadable one gives its ImageError in its place."""
+        """All readable sources in passes sized for the device (InferenceRecipe.batches); an unreadable one gives
+        its ImageError in its place."""
         start = time.perf_counter()
         prepared: list[torch.Tensor | ImageError] = []
         for source in sources:
@@ -170,6 +172,8 @@ class Classifier:
     def class_map(self, image: torch.Tensor, class_index: int) -> torch.Tensor:
         """The map of a prepared model input (3×R×R uint8) for class_index, computed once per input and class
         while it stays among the CACHED_MAPS most recently used: the map is a function of the input alone."""
+        if not 0 <= class_index < self.card.num_classes:  # on a GPU an index out of range breaks the device
+            raise ValueError(f"class index {class_index} is not one of this model's {self.card.num_classes} classes")
         key = (hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest(), class_index)
         with self._maps_lock:
             if key in self._maps:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -69,6 +69,13 @@ class Quantization:
     measured_on: str = VALIDATION  # or TRAINING: images the model trained on, since it held none out
     method: str = ("static, QDQ, per-channel int8 weights, uint8 activations, MinMax calibration; "
                    "first convolution and classifier in fp32")
+
+    def __post_init__(self) -> None:  # read from a file's metadata, which a hand may have edited
+        kinds = {"float": (int, float), "int": int, "str": str}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, kinds[f.type]) or isinstance(value, bool):
+                raise ValueError(f"quantization record field {f.name} is {value!r}")
 
     @property
     def loss(self) -> float:
@@ -206,7 +213,7 @@ def read(path: Path, card: ModelCard, weights_digest: str) -> OnnxModel:
     try:
         stamped = ModelCard.from_dict(json.loads(meta["card"]))
         quantization = Quantization(**json.loads(meta["quantization"])) if "quantization" in meta else None
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
         raise OnnxError(f"{path.name} has incomplete or malformed metadata ({e})") from None
     if serving(stamped) != serving(card):
         raise OnnxError(f"{path.name} describes another model than its checkpoint (architecture or input)")
@@ -303,9 +310,10 @@ def export_onnx(checkpoint_path: Path, source: str, root: Path | None = None, fp
         measured_on = TRAINING
     source_digest = weights_digest(model.state_dict())
     fp32 = stamp(graph(fold_batchnorm(model), card), "fp32", card, source_digest)
-    int8 = quantize(fp32, calibration_sample(train, calibration_images, trained_on.seed), card.inference)
+    sample = calibration_sample(train, calibration_images, trained_on.seed)  # fewer where the data holds fewer
+    int8 = quantize(fp32, sample, card.inference)
     report = Quantization(accuracy(fp32, measured, card.inference), accuracy(int8, measured, card.inference),
-                          len(measured), calibration_images, trained_on.seed, measured_on)
+                          len(measured), len(sample), trained_on.seed, measured_on)
     if report.loss > MAX_INT8_LOSS:
         raise OnnxError(f"{checkpoint_path.name}: the int8 model is not shipped: it loses {report.loss:.2%} of "
                         f"accuracy on {report.images} {measured_on} images ({report.int8_accuracy:.2%} against "

@@ -146,6 +146,19 @@ def test_changed_accuracy_figures_are_refused(shipped_copy: Path) -> None:
     assert "damaged or was modified" in refusal(shipped_copy)
 
 
+@pytest.mark.parametrize("field,value", [("quantization", '{"fp32_accuracy": "x", "int8_accuracy": 0.8, "images": 1, '
+                                                          '"calibration_images": 1, "calibration_seed": 0}'),
+                                         ("card", "[" * 100_000 + "]" * 100_000)])
+def test_restamped_malformed_metadata_is_refused_in_words(shipped_copy: Path, field: str, value: str) -> None:
+    model = onnx.load_model(int8_file(shipped_copy))
+    meta = {p.key: p.value for p in model.metadata_props}
+    del model.metadata_props[:]
+    helper.set_model_props(model, meta | {field: value})  # restamped by hand: the digest is anyone's to compute
+    helper.set_model_props(model, meta | {field: value, "digest": onnx_export.digest(model)})
+    int8_file(shipped_copy).write_bytes(model.SerializeToString())
+    assert "has incomplete or malformed metadata" in refusal(shipped_copy)
+
+
 def test_foreign_files_are_refused(shipped_copy: Path) -> None:
     int8_file(shipped_copy).write_bytes(b"#!/bin/sh\necho not a model\n")
     assert "is not an ONNX model" in refusal(shipped_copy)
@@ -246,6 +259,9 @@ def test_export_measures_int8_on_the_validation_split_and_refuses_a_loss(tmp_pat
     assert q.images == 12 and q.calibration_images == 16 and q.calibration_seed == 3
     assert path.with_suffix(".onnx").is_file()
     assert Classifier.load(path, device="cpu").engine == "int8"
+    # 48 training images (60 less the 12 held out): the record says how many calibrated, not how many were asked
+    assert export_onnx(path, str(folder), root=tmp_path / "data", calibration_images=512).quantization \
+        .calibration_images == 47
 
     int8_file(path).unlink()
     monkeypatch.setattr(onnx_export, "MAX_INT8_LOSS", -1.0)  # any int8 model now "loses" too much
@@ -341,3 +357,12 @@ def test_an_int8_file_onnx_runtime_cannot_run_is_refused_in_words_and_auto_answe
         Classifier.load(shipped_copy, device="cpu", engine="int8")
     assert Classifier.load(shipped_copy, device="cpu", engine="auto").engine == "torch"
     assert "answering with PyTorch" in caplog.text
+
+
+def test_onnx_runtime_engines_run_on_the_cpu_on_a_machine_with_a_gpu(shipped_copy: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # device "auto" would be the GPU
+    clf = Classifier.load(shipped_copy, engine="int8")
+    assert (clf.engine, clf.device.type) == ("int8", "cpu")
+    with pytest.raises(ValueError, match="class index 10 is not one of this model's 10 classes"):
+        clf.class_map(torch.zeros(3, 32, 32, dtype=torch.uint8), 10)
