@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from . import catalog, checkpoint, data, engines, evalsets, explore, settings
-from .app_views import link_note, visible_folder
+from .app_views import for_visitors, link_note, visible_folder
 from .catalog import Catalog, ModelEntry
 from .data import ImageSet
 from .device import device_name, pick_device
@@ -107,9 +107,19 @@ def _classifier(path: Path, version: tuple[int, int], engine: str) -> Classifier
 
 
 def classifier(entry: ModelEntry) -> Classifier:
-    """The model on the engine the sidebar chose; a model file that is refused stops the page with the reason."""
+    """The model on the engine the sidebar chose, or on PyTorch when that engine cannot serve it here (an int8 file
+    ONNX Runtime refuses, made from other weights, …), which the page says; a model file that is refused stops the
+    page with the reason."""
+    engine = engine_for(entry)
     try:
-        return _classifier(entry.path, entry.version, engine_for(entry))
+        return _classifier(entry.path, entry.version, engine)
+    except CheckpointError as e:
+        if engine == "torch":
+            st.error(str(e))
+            st.stop()
+        st.warning(f"{for_visitors(str(e))}. PyTorch answers instead.", icon=":material/warning:")
+    try:
+        return _classifier(entry.path, entry.version, "torch")
     except CheckpointError as e:
         st.error(str(e))
         st.stop()

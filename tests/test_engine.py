@@ -14,7 +14,7 @@ import onnx
 import pyarrow as pa
 import pytest
 import torch
-from helpers import isolate_app, random_model, save_random_checkpoint, write_folder
+from helpers import image_bytes, isolate_app, random_model, save_random_checkpoint, write_folder
 from onnx import helper
 from streamlit.testing.v1 import AppTest
 
@@ -366,3 +366,16 @@ def test_onnx_runtime_engines_run_on_the_cpu_on_a_machine_with_a_gpu(shipped_cop
     assert (clf.engine, clf.device.type) == ("int8", "cpu")
     with pytest.raises(ValueError, match="class index 10 is not one of this model's 10 classes"):
         clf.class_map(torch.zeros(3, 32, 32, dtype=torch.uint8), 10)
+
+
+def test_the_app_answers_with_pytorch_when_the_int8_file_cannot_serve(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    places = isolate_app(tmp_path, monkeypatch)
+    shipped = places / "checkpoints" / "mobilenet_v1_a0.25.pt"
+    shutil.copy(CHECKPOINTS / shipped.name, shipped)
+    shutil.copy(int8_file(CHECKPOINTS / "mobilenet_v1_a0.5.pt"), int8_file(shipped))  # another model's int8 file
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.switch_page("app_pages/inference.py").run()
+    assert [w.value for w in at.warning if "PyTorch answers instead" in w.value]
+    at.file_uploader[0].set_value([("a.png", image_bytes(size=(64, 48)), "image/png")]).run()
+    assert not at.exception and not at.error and at.markdown[-1].value.startswith("**a.png**: ")
