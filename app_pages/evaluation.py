@@ -24,12 +24,13 @@ limit = size.radio("Images", [None, 1000, 5000], horizontal=True,
 request = (entry.key, entry.version, app_models.engine_for(entry), source, limit)  # another engine: asked again
 if st.button("Evaluate", type="primary", icon=":material/play_arrow:"):
     st.session_state.evaluation_request = request
+    st.session_state.evaluation_data = app_models.data_version(source)
 if st.session_state.get("evaluation_request") != request:
     st.stop()
 
 try:
     with st.spinner(f"Evaluating {entry.key} on {source.label}…"):
-        result, images = app_models.evaluation(entry, source, limit)
+        result, images = app_models.evaluation(entry, source, limit, st.session_state.evaluation_data)
 except (DataError, CheckpointError) as e:
     st.error(str(e))
     st.stop()
@@ -39,7 +40,8 @@ accuracy.metric("accuracy", f"{result.accuracy:.2%}")
 count.metric("images", f"{result.n:,}")
 if app_models.has_int8(entry) and st.toggle("Compare int8 with fp32 on these images"):
     with st.spinner("Evaluating in int8 and in fp32…"):
-        table, differ = app_models.precision_comparison(entry, source, limit)
+        table, differ = app_models.precision_comparison(entry, source, limit,
+                                                             st.session_state.evaluation_data)
     st.dataframe(table, hide_index=True)
     st.caption(f"{differ:,} of {result.n:,} answers differ between int8 and fp32.")
 app_views.show_report_charts(result)

@@ -110,19 +110,38 @@ def classifier(entry: ModelEntry) -> Classifier:
     """The model on the engine the sidebar chose, or on PyTorch when that engine cannot serve it here (an int8 file
     ONNX Runtime refuses, made from other weights, …), which the page says; a model file that is refused stops the
     page with the reason."""
-    engine = engine_for(entry)
-    try:
-        return _classifier(entry.path, entry.version, engine)
-    except CheckpointError as e:
-        if engine == "torch":
-            st.error(str(e))
-            st.stop()
-        st.warning(f"{for_visitors(str(e))}. PyTorch answers instead.", icon=":material/warning:")
+    wanted = _fastest_engine(entry, st.session_state.get(PRECISION_KEY, "int8"))
+    if wanted != "torch":
+        if _refusal(entry, wanted) is None:
+            try:
+                return _classifier(entry.path, entry.version, wanted)
+            except CheckpointError as e:
+                _refuse(entry, wanted, str(e))
+        st.warning(f"{for_visitors(_refusal(entry, wanted) or '')}. PyTorch answers instead.",
+                   icon=":material/warning:")
     try:
         return _classifier(entry.path, entry.version, "torch")
     except CheckpointError as e:
         st.error(str(e))
         st.stop()
+
+
+# Engines that could not serve a model version here, and why: tried once per server, not on every page run of every
+# visitor (a failed load is not cached by st.cache_resource); the sidebar then names the engine that answers.
+_refusals: dict[tuple[Path, tuple[int, int], str], str] = {}
+_refusals_lock = threading.Lock()
+MAX_REFUSALS = 64
+
+
+def _refusal(entry: ModelEntry, engine: str) -> str | None:
+    return _refusals.get((entry.path, entry.version, engine))
+
+
+def _refuse(entry: ModelEntry, engine: str, why: str) -> None:
+    with _refusals_lock:
+        if len(_refusals) >= MAX_REFUSALS:
+            del _refusals[next(iter(_refusals))]
+        _refusals[(entry.path, entry.version, engine)] = why
 
 
 # ---- engines ------------------------------------------------------------------------------------
@@ -133,15 +152,20 @@ PRECISIONS = ("int8", "fp32")
 
 def has_int8(entry: ModelEntry) -> bool:
     """Whether the model answers in int8 here (its int8 file, onnxruntime and the CPU), so fp32 is an option."""
-    return engines.choose("auto", entry.path, pick_device()) == "int8"
+    return engine_for(entry, "int8") == "int8"
 
 
-def engine_for(entry: ModelEntry, precision: str | None = None) -> str:
-    """The engine that answers for the model: the fastest it has here, or an fp32 one when asked for."""
-    precision = precision or st.session_state.get(PRECISION_KEY, "int8")
+def _fastest_engine(entry: ModelEntry, precision: str) -> str:
     if precision == "fp32":
         return engines.fp32_choice(entry.path, pick_device())
     return engines.choose("auto", entry.path, pick_device())
+
+
+def engine_for(entry: ModelEntry, precision: str | None = None) -> str:
+    """The engine that answers for the model: the fastest it has here, or an fp32 one when asked for; PyTorch
+    where that engine was tried and could not serve the model."""
+    wanted = _fastest_engine(entry, precision or st.session_state.get(PRECISION_KEY, "int8"))
+    return "torch" if _refusal(entry, wanted) else wanted
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -208,22 +232,30 @@ def _evaluation(path: Path, version: tuple[int, int], source: EvalSource, data_v
         return EvaluationRun(score(probs, images), images, engine, time.perf_counter() - start)
 
 
-def evaluation_run(entry: ModelEntry, source: EvalSource, limit: int | None, precision: str | None = None
-                   ) -> EvaluationRun:
-    """A model's results on a source, on the sidebar's engine; computed once per model version, data version (a
-    folder or .zip replaced in the data root is evaluated afresh) and engine, shared."""
-    return _evaluation(entry.path, entry.version, source, data.fingerprint(source.source),
-                       settings.data_root(), limit, engine_for(entry, precision))
+def data_version(source: EvalSource) -> str | None:
+    """The source's images as they are now (a folder or .zip replaced in the data root is evaluated afresh): taken
+    when a visitor asks for an evaluation, not on each page run (for a folder it lists every image)."""
+    return data.fingerprint(source.source)
 
 
-def evaluation(entry: ModelEntry, source: EvalSource, limit: int | None) -> tuple[Evaluation, ImageSet]:
-    run = evaluation_run(entry, source, limit)
+def evaluation_run(entry: ModelEntry, source: EvalSource, limit: int | None, version: str | None,
+                   precision: str | None = None) -> EvaluationRun:
+    """A model's results on a source at a data version, on the sidebar's engine; computed once per model version,
+    data version and engine, shared."""
+    return _evaluation(entry.path, entry.version, source, version, settings.data_root(), limit,
+                       engine_for(entry, precision))
+
+
+def evaluation(entry: ModelEntry, source: EvalSource, limit: int | None, version: str | None
+               ) -> tuple[Evaluation, ImageSet]:
+    run = evaluation_run(entry, source, limit, version)
     return run.result, run.images
 
 
-def precision_comparison(entry: ModelEntry, source: EvalSource, limit: int | None) -> tuple[pd.DataFrame, int]:
+def precision_comparison(entry: ModelEntry, source: EvalSource, limit: int | None, version: str | None
+                         ) -> tuple[pd.DataFrame, int]:
     """int8 beside fp32 on the same images: accuracy and images per second of each, and how many answers differ."""
-    runs = [evaluation_run(entry, source, limit, precision) for precision in PRECISIONS]
+    runs = [evaluation_run(entry, source, limit, version, precision) for precision in PRECISIONS]
     table = pd.DataFrame([{"engine": engines.describe(run.engine), "accuracy": f"{run.result.accuracy:.2%}",
                            "images per second": round(run.result.n / max(run.seconds, 1e-9))} for run in runs])
     differ = int((runs[0].result.probs.argmax(1) != runs[1].result.probs.argmax(1)).sum())

@@ -207,8 +207,11 @@ def test_a_camera_photo_is_classified(model: Path) -> None:
     assert at.markdown[-1].value.startswith("**camera.jpg**: ")
 
 
-def test_evaluation_on_a_generated_folder(model: Path, places: Path) -> None:
+def test_evaluation_on_a_generated_folder(model: Path, places: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_folder(places / "data" / "small", per_class=4)  # cat, dog and ship; train/ and test/
+    fingerprints = []
+    fingerprint = data.fingerprint
+    monkeypatch.setattr(data, "fingerprint", lambda source: fingerprints.append(source) or fingerprint(source))
     at = open_page("app_pages/evaluation.py")
     assert at.selectbox[0].value.label == "small: test split"
     assert not at.metric  # nothing runs before the button
@@ -223,6 +226,7 @@ def test_evaluation_on_a_generated_folder(model: Path, places: Path) -> None:
     assert len(at.image) in (1, 2)  # the sample tiles, and the mistakes unless there are none
     at.run()  # the result stays on screen across reruns
     assert {m.label: m.value for m in at.metric} == metrics
+    assert len(fingerprints) == 1  # the data is looked at when asked for, not on every page run
     shutil.rmtree(places / "data" / "small")
     write_folder(places / "data" / "small", per_class=8)  # the host replaced the folder: evaluated afresh
     at.button[0].click().run()

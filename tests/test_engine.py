@@ -374,8 +374,17 @@ def test_the_app_answers_with_pytorch_when_the_int8_file_cannot_serve(tmp_path: 
     shipped = places / "checkpoints" / "mobilenet_v1_a0.25.pt"
     shutil.copy(CHECKPOINTS / shipped.name, shipped)
     shutil.copy(int8_file(CHECKPOINTS / "mobilenet_v1_a0.5.pt"), int8_file(shipped))  # another model's int8 file
+    loads = []
+    load = Classifier.load.__func__
+    monkeypatch.setattr(Classifier, "load", classmethod(lambda cls, path, **kw: loads.append(kw["engine"])
+                                                         or load(cls, path, **kw)))
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.switch_page("app_pages/inference.py").run()
     assert [w.value for w in at.warning if "PyTorch answers instead" in w.value]
     at.file_uploader[0].set_value([("a.png", image_bytes(size=(64, 48)), "image/png")]).run()
     assert not at.exception and not at.error and at.markdown[-1].value.startswith("**a.png**: ")
+    at.run()
+    assert [w.value for w in at.warning if "PyTorch answers instead" in w.value]
+    assert loads == ["int8", "torch"]  # the refusal is remembered, not tried again on each page run
+    assert [c.value for c in at.sidebar.caption if "Answers with PyTorch, fp32" in c.value]
+    assert not at.sidebar.segmented_control  # no int8 to compare with
