@@ -60,7 +60,7 @@ class InferenceRecipe:
             x = torch.cat([x, x.flip(3)])
         if self.tta == "flip-translate":
             h, w = x.shape[-2:]
-            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+            padded = F.pad(x, (1, 1, 1, 1), mode="reflect" if min(h, w) > 1 else "replicate")  # reflect needs 2 px
             x = torch.cat([x, padded[..., :h, :w], padded[..., 2:h + 2, 2:w + 2]])
         return x.contiguous(memory_format=torch.channels_last)
 

@@ -29,6 +29,13 @@ def test_flip_translate_views_are_the_image_its_mirror_and_their_one_pixel_shift
         torch.testing.assert_close(shifted[..., :-1, :-1], source[..., 1:, 1:])
 
 
+def test_a_one_pixel_input_has_its_shifted_views_too() -> None:  # the imagenet stem takes inputs this small
+    x = images(2, side=1)
+    views = InferenceRecipe(SEED_NORMALIZATION, "flip-translate").views(x)
+    assert views.shape == (12, 3, 1, 1)
+    torch.testing.assert_close(views, SEED_NORMALIZATION.apply(x).repeat(6, 1, 1, 1))
+
+
 def test_the_image_and_its_mirror_weigh_as_much_as_the_four_shifted_views() -> None:
     recipe = InferenceRecipe(SEED_NORMALIZATION, "flip-translate")
     n = 2
