@@ -109,7 +109,9 @@ class _Tree:
             and self.files[0].parts[len(self.top.parts)] not in SPLITS
         ):
             self.top /= self.files[0].parts[len(self.top.parts)]
-        self.has_splits = any(f.parts[len(self.top.parts)] in SPLITS for f in self.files)
+        # train/<class>/<image>; a class folder that happens to be named train holds its images directly.
+        self.has_splits = any(len(f.parts) == len(self.top.parts) + 3 and f.parts[len(self.top.parts)] in SPLITS
+                              for f in self.files)
 
     def read(self, name: PurePosixPath) -> bytes:
         """A file's bytes; none for one that cannot be read (a damaged or encrypted member, a compression zipfile

@@ -39,6 +39,14 @@ def test_bare_class_folder_has_only_train(tmp_path: Path) -> None:
         data.load(str(folder), "test", root=tmp_path)
 
 
+def test_a_class_named_like_a_split_is_a_class(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "bare", per_class=4, splits=("",))
+    (folder / "cat").rename(folder / "train")
+    loaded = data.load(str(folder), "train", root=tmp_path)
+    check_imageset(loaded, 12, classes=("dog", "ship", "train"))
+    assert data.available_splits(str(folder)) == ["train"]
+
+
 @pytest.mark.parametrize("top", ["", "wrapped/"])
 def test_zip_of_either_layout(image_folder: Path, tmp_path: Path, top: str) -> None:
     archive = zip_folder(image_folder, tmp_path / "images.zip", top)
