@@ -59,7 +59,9 @@ class Prediction:
         return self.top[0][1]
 
 
-CACHED_MAPS = 256  # class maps kept per classifier: a page's rerun (a slider, another class) reuses its maps
+# Class maps kept per classifier, by size (4 KB each at 32×32, 16 MB at 2048×2048): a page's rerun (a slider,
+# another class) reuses its maps.
+CACHED_MAP_BYTES = 16 << 20
 
 
 class Classifier:
@@ -75,6 +77,7 @@ class Classifier:
         # Folded too: eval-mode BN is affine, so the maps agree with the unfolded model's to 2e-6, at 30% less cost.
         self._cam_model = fold_batchnorm(model).to(self.device).requires_grad_(False)
         self._maps: OrderedDict[tuple[bytes, int], torch.Tensor] = OrderedDict()
+        self._maps_bytes = 0
         self._maps_lock = threading.Lock()
 
     @classmethod
@@ -171,7 +174,7 @@ class Classifier:
 
     def class_map(self, image: torch.Tensor, class_index: int) -> torch.Tensor:
         """The map of a prepared model input (3×R×R uint8) for class_index, computed once per input and class
-        while it stays among the CACHED_MAPS most recently used: the map is a function of the input alone."""
+        while it stays among the most recently used (CACHED_MAP_BYTES): the map is a function of the input alone."""
         if not 0 <= class_index < self.card.num_classes:  # on a GPU an index out of range breaks the device
             raise ValueError(f"class index {class_index} is not one of this model's {self.card.num_classes} classes")
         key = (hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest(), class_index)
@@ -183,9 +186,11 @@ class Classifier:
         block = target_block(self.card.stem, self.card.resolution)
         cam = class_maps(self._cam_model, x, torch.tensor([class_index], device=self.device), block)[0]
         with self._maps_lock:
-            self._maps[key] = cam
-            while len(self._maps) > CACHED_MAPS:
-                self._maps.popitem(last=False)
+            if key not in self._maps:
+                self._maps[key] = cam
+                self._maps_bytes += cam.nbytes
+            while self._maps_bytes > CACHED_MAP_BYTES and len(self._maps) > 1:
+                self._maps_bytes -= self._maps.popitem(last=False)[1].nbytes
         return cam
 
 

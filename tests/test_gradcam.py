@@ -11,7 +11,7 @@ import torch
 from helpers import random_model
 from PIL import Image
 
-from mobilenet import Classifier
+from mobilenet import Classifier, infer
 from mobilenet.checkpoint import load as load_checkpoint
 from mobilenet.gradcam import class_maps, target_block
 
@@ -94,3 +94,14 @@ def test_the_folded_model_gives_the_maps_of_the_trained_one(clf: Classifier) -> 
     for k in range(len(clf.classes)):
         unfolded = class_maps(model.eval(), x, torch.tensor([k]), target_block(clf.card.stem, clf.card.resolution))
         torch.testing.assert_close(clf.class_map(image, k), unfolded[0], atol=1e-5, rtol=0)
+
+
+def test_kept_maps_are_bounded_by_their_bytes(clf: Classifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    computed = []
+    real = infer.class_maps
+    monkeypatch.setattr(infer, "class_maps", lambda *args: computed.append(int(args[2])) or real(*args))
+    monkeypatch.setattr(infer, "CACHED_MAP_BYTES", 3 * 32 * 32 * 4)  # three 32×32 float maps
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    for k in (0, 1, 2, 3, 0, 3, 2):
+        clf.class_map(image, k)
+    assert computed == [0, 1, 2, 3, 0]  # 0 was the oldest when 3 came; 3 and 2 were still kept
