@@ -24,7 +24,7 @@ from .device import device_name, pick_device
 from .evalsets import EvalSource
 from .evaluate import Evaluation, score
 from .infer import Classifier
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, ModelCard
 from .shipping import int8_model
 
 if TYPE_CHECKING:
@@ -211,7 +211,6 @@ def paper_comparison() -> pd.DataFrame:
 @dataclass(frozen=True)
 class EvaluationRun:
     result: Evaluation
-    images: ImageSet
     engine: str
     seconds: float  # for the forward passes, the images already decoded
 
@@ -221,15 +220,23 @@ class EvaluationRun:
 _evaluating = threading.Lock()
 
 
+# The decoded images (30 MB per 10,000 at 32×32) are kept for the last two evaluations, shared by their engines;
+# results (a few hundred KB) for the last eight. Images evicted meanwhile come back from the data cache on disk.
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _evaluation_images(path: Path, version: tuple[int, int], source: EvalSource, data_version: str | None,
+                       root: Path, limit: int | None, _card: ModelCard) -> ImageSet:  # the card is path's
+    return evalsets.load(_card, source, root, limit=limit)
+
+
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _evaluation(path: Path, version: tuple[int, int], source: EvalSource, data_version: str | None, root: Path,
                 limit: int | None, engine: str) -> EvaluationRun:  # version, data_version: cache key only
     clf = _classifier(path, version, engine)
     with _evaluating:
-        images = evalsets.load(clf.card, source, root, limit=limit)
+        images = _evaluation_images(path, version, source, data_version, root, limit, clf.card)
         start = time.perf_counter()
         probs = clf.probabilities(images.images)
-        return EvaluationRun(score(probs, images), images, engine, time.perf_counter() - start)
+        return EvaluationRun(score(probs, images), engine, time.perf_counter() - start)
 
 
 def data_version(source: EvalSource) -> str | None:
@@ -249,7 +256,8 @@ def evaluation_run(entry: ModelEntry, source: EvalSource, limit: int | None, ver
 def evaluation(entry: ModelEntry, source: EvalSource, limit: int | None, version: str | None
                ) -> tuple[Evaluation, ImageSet]:
     run = evaluation_run(entry, source, limit, version)
-    return run.result, run.images
+    return run.result, _evaluation_images(entry.path, entry.version, source, version, settings.data_root(), limit,
+                                          entry.card)
 
 
 def precision_comparison(entry: ModelEntry, source: EvalSource, limit: int | None, version: str | None

@@ -260,6 +260,21 @@ def test_evaluations_take_turns(model: Path, places: Path, monkeypatch: pytest.M
     assert most[0] == 1
 
 
+def test_engines_evaluated_on_the_same_images_share_them(model: Path, places: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime")
+    write_folder(places / "data" / "small", per_class=4)
+    loads = []
+    load = evalsets.load
+    monkeypatch.setattr(evalsets, "load", lambda *args, **kwargs: loads.append(args[1]) or load(*args, **kwargs))
+    entry = app_models.models().default
+    source = evalsets.sources(entry.card)[0]
+    runs = [app_models._evaluation(entry.path, entry.version, source, None, places / "data", None, engine)
+            for engine in ("torch", "onnx")]
+    assert loads == [source]  # decoded once, kept once
+    assert [run.result.n for run in runs] == [12, 12]
+
+
 def test_evaluation_knows_which_images_the_model_trained_on(places: Path) -> None:
     trained = write_folder(places / "data" / "renamed-training-data", per_class=5, splits=("train",))
     save_model(places / "checkpoints" / "mobilenet_v1_a0.25.pt",
