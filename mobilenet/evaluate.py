@@ -12,14 +12,15 @@ from .tta import InferenceRecipe
 
 @torch.inference_mode()
 def predict_probs(model: torch.nn.Module, images: torch.Tensor, recipe: InferenceRecipe) -> torch.Tensor:
-    """Softmax probabilities (N×classes, float32 on CPU) for uint8 images, fed as the recipe says."""
+    """Softmax probabilities (N×classes, float32 on CPU) for uint8 images, fed as the recipe says.
+
+    In fp32 on every device, as the Classifier serves: a validation accuracy on a card is the served model's.
+    """
     model.eval()
     device = next(model.parameters()).device
     out = []
     for batch in recipe.batches(images, device):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            probs = recipe.probabilities(model, batch.to(device, non_blocking=True))
-        out.append(probs.cpu())
+        out.append(recipe.probabilities(model, batch.to(device, non_blocking=True)).cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
 

@@ -17,6 +17,7 @@ from mobilenet import Classifier, ImageError, Prediction, checkpoint, data
 from mobilenet.checkpoint import CheckpointError
 from mobilenet.evaluate import predict_probs
 from mobilenet.infer import fold_batchnorm
+from mobilenet.tta import SEED_NORMALIZATION, InferenceRecipe
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +124,15 @@ def test_load_a_run_folder_and_a_missing_default(checkpoint_file: Path, tmp_path
     monkeypatch.setenv("MOBILENET_CHECKPOINTS", str(tmp_path / "none"))
     with pytest.raises(CheckpointError, match="default model"):
         Classifier.load()
+
+
+def test_evaluation_runs_in_fp32_as_the_classifier_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU, bf16 autocast in validation scored another model than the one served: a card's accuracy would
+    not be the served model's."""
+    def no_autocast(*args, **kwargs):
+        raise AssertionError("autocast in evaluation")
+
+    monkeypatch.setattr(torch, "autocast", no_autocast)
+    probs = predict_probs(random_model(), torch.zeros(4, 3, 32, 32, dtype=torch.uint8),
+                          InferenceRecipe(SEED_NORMALIZATION, "flip"))
+    assert probs.dtype == torch.float32 and probs.shape == (4, 10)
