@@ -54,6 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     ).to_dict()
         cfg = TrainConfig.from_dict(base | given)
         out = Path(args.out) if args.out else settings.runs_dir() / run_name(cfg)
+        cfg = cfg.anchored()
     recipe = cfg.effective
     bars: list = []  # the progress bar, made at the first step so errors before training print alone
     if args.json:

@@ -7,6 +7,7 @@ architecture its metadata describes. Writes are atomic, so a crash never leaves 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
@@ -14,7 +15,7 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -117,14 +118,19 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def atomic_torch_save(obj: Any, path: Path | str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over path."""
+def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> None:
+    """write(file) into a temporary file in path's folder, fsync, then rename over path: the old file or the new
+    one, never half of one. OSError naming path (not the temporary file) for a folder or a missing parent."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder: give a file name", str(path))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such folder", str(path.parent))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide the file from a web server's user
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -136,6 +142,10 @@ def atomic_torch_save(obj: Any, path: Path | str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_torch_save(obj: Any, path: Path | str) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save(path: Path | str, model: torch.nn.Module, card: ModelCard, train_state: dict | None = None) -> None:

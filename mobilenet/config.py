@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -125,8 +126,8 @@ class TrainConfig:
             raise ValueError(f"distill must be above 0 and at most 1, got {self.distill!r}")
         if self.val_size < 0:
             raise ValueError(f"val-size must be 0 or more, got {self.val_size}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         check_alpha(self.alpha)
         check_stem(self.stem)
         input_resolution(self.stem, self.beta)
@@ -147,6 +148,15 @@ class TrainConfig:
         """The training settings in which two configs differ (data and split aside): name → (self's, other's)."""
         mine, theirs = self.training_settings(), other.training_settings()
         return {name: (mine[name], theirs[name]) for name in mine if mine[name] != theirs[name]}
+
+    def anchored(self) -> TrainConfig:
+        """The config with its data, data root and teachers as absolute paths, as a run records it: resumed from
+        another working directory, or by the app, it finds them."""
+        def absolute(path: str) -> str:
+            return str(Path(path).resolve())
+
+        return replace(self, data=self.data if self.data == "cifar10" else absolute(self.data),
+                       data_root=absolute(self.data_root), teacher=",".join(map(absolute, self.teachers)))
 
     @property
     def teachers(self) -> list[str]:

@@ -14,7 +14,14 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for, but no CUDA GPU is available; use cpu or auto")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA GPUs "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return device
 
 
 def device_name(device: torch.device) -> str:

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig
@@ -100,9 +100,8 @@ class JobManager:
         folder = RunFolder((self.runs_dir / name).resolve())
         if folder.path.exists():
             raise JobError(f"a run named {name} already exists")
-        data = cfg.data if cfg.data == "cifar10" else str(Path(cfg.data).resolve())
         return self._launch(folder, ["train", "--config", str(folder.config), "--out", str(folder.path)],
-                            replace(cfg, data=data, data_root=str(Path(cfg.data_root).resolve())))
+                            cfg.anchored())
 
     def resume(self, run: Path | str) -> Path:
         folder = RunFolder(run)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from . import checkpoint, data
-from .checkpoint import CheckpointError, ModelCard, weights_digest
+from .checkpoint import CheckpointError, ModelCard, atomic_write, weights_digest
 from .data import DataError, ImageSet, split_train_val, stratified_split
 from .engines import OnnxEngine, int8_file
 from .infer import fold_batchnorm
@@ -174,16 +173,7 @@ def digest(model: onnx.ModelProto) -> str:
 
 
 def write(model: onnx.ModelProto, path: Path) -> None:
-    """Atomically: a temporary file in the same folder, then renamed over path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(model.SerializeToString(deterministic=True))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(model.SerializeToString(deterministic=True)))
 
 
 # ---- reading ------------------------------------------------------------------------------------

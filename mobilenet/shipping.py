@@ -105,6 +105,9 @@ def export(run: Path, out: Path, data_description: str | None = None, validated_
     elif validated_by is not None:
         raise CheckpointError(f"{folder.name} held out its own validation split and is measured on it: "
                               f"--validated-by is for a run trained on all the images (--val-size 0)")
+    if "accuracy" not in report:
+        raise CheckpointError(f"{folder.name} held out no images (too few for a validation split), so it has no "
+                              f"validation accuracy to ship with")
     stats = model_stats(card.alpha, resolution=card.resolution, stem=card.stem, num_classes=card.num_classes)
     training = card.training | {
         "data": data_description or card.training.get("data"), "val_acc": report["accuracy"], "val_n": report["n"],

@@ -28,7 +28,7 @@ from .data import DataError, ImageSet, check_source, fingerprint, load, split_tr
 from .device import device_name, pick_device
 from .distill import soft_targets
 from .evaluate import Evaluation, evaluate
-from .model import MobileNetV1
+from .model import MobileNetV1, feature_sides
 from .runs import DiskFull, MetricsRow, RunBusy, RunFolder, RunState, RunStatus, disk_full
 from .tta import InferenceRecipe
 
@@ -40,14 +40,16 @@ class TrainError(RuntimeError):
 # ---- random streams: each a pure function of the seed and where in training it is used ---------
 
 
+# Generator seeds are taken modulo 2**64: the same streams as torch's own for every seed it accepts, and any
+# integer seed (a date, 20240101) works.
 def order_generator(seed: int, epoch: int) -> torch.Generator:
     """The shuffling of one epoch (on the CPU, so every device sees the same order)."""
-    return torch.Generator().manual_seed(seed * 10007 + epoch)
+    return torch.Generator().manual_seed((seed * 10007 + epoch) % 2**64)
 
 
 def step_generator(seed: int, epoch: int, step: int, device: torch.device) -> torch.Generator:
     """The augmentation of one training step, so it never depends on history."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
+    return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + step) % 2**64)
 
 
 # ---- pieces of the loop ------------------------------------------------------------------------
@@ -218,7 +220,7 @@ def train(
     except Exception as e:
         if disk_full(e):
             e = DiskFull("disk full: the last saved state is kept; free space, then resume")
-        if rank == 0 and folder.path.exists():
+        if rank == 0 and folder.path.exists() and not folder.writer_alive:  # not another live process's run
             saved = folder.read_status() or RunStatus(RunState.FAILED)  # the epochs its last state holds, not 0
             folder.set_status(RunState.FAILED, saved.epoch, saved.epochs,
                               error=(e.in_app if isinstance(e, DataError) else str(e))[:500])
@@ -248,11 +250,16 @@ class Training:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         if self.writer:
+            saved = self.folder.read_status() if resume else None  # the epochs its last.pt holds, until it loads
             if not resume:
                 self.folder.clear()
             self.folder.write_config(cfg)  # on resume too: the settings it may change (RESUMABLE_CHANGES) stay
-            self.folder.set_status(RunState.LOADING)
+            self.folder.set_status(RunState.LOADING, *((saved.epoch, saved.epochs) if saved else ()))
         self.train_set, self.val_set = _load_on_device(cfg, self.device, self.rank, self.world)
+        per_step = min(recipe.batch_size, len(self.train_set)) // self.world
+        if per_step == 1 and min(feature_sides(cfg.stem, cfg.resolution)) == 1:
+            raise TrainError("batch normalisation needs more than one value per channel, and at this input size the "
+                             "last feature map is 1×1: train with a batch of at least 2 images (and per process)")
         self.build_model()
         self.steps_per_epoch = max(1, len(self.train_set) // recipe.batch_size)
         self.total_steps = self.steps_per_epoch * recipe.epochs
@@ -291,8 +298,8 @@ class Training:
         self.shipped = self.average.model if self.average else self.model  # what is validated and saved as best.pt
         self.card = ModelCard(cfg.alpha, cfg.stem, cfg.resolution, self.train_set.classes,
                               recipe.normalization.mean, recipe.normalization.std, tta=recipe.tta,
-                              data=TrainingData(cfg.data, fingerprint(cfg.data), cfg.val_size, cfg.seed,
-                                                cfg.subset))
+                              data=TrainingData(cfg.data, fingerprint(cfg.data), len(self.val_set), cfg.seed,
+                                                cfg.subset))  # val_size as held out: at most a fifth of the images
         self.train_model = torch.compile(self.model) if cfg.compile else self.model
         if self.world > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -301,6 +308,7 @@ class Training:
     def restore(self) -> None:
         payload = checkpoint.read(self.folder.last)
         saved = payload["train_state"]
+        self._check_same_data(payload["card"])
         self.model.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.plateau.load_state_dict(saved["plateau"])
@@ -311,6 +319,19 @@ class Training:
             self.targets = saved["targets"].to(self.device)
         if self.writer:
             self.folder.truncate_metrics(self.global_step, self.state.epoch)
+
+    def _check_same_data(self, saved_card: dict) -> None:
+        """The saved state goes on only with the images it trained on: other images re-draw the validation split
+        (the model would be scored on images it trained on) and misalign distillation targets."""
+        saved = (saved_card.get("data") or {}).get("fingerprint")
+        if saved is None:
+            return  # a run from before fingerprints were recorded
+        classes = tuple(saved_card["classes"])
+        if saved != self.card.data.fingerprint or classes != self.train_set.classes:
+            what = (f"its classes changed ({', '.join(classes)} → {', '.join(self.train_set.classes)})"
+                    if classes != self.train_set.classes else "its images changed")
+            raise TrainError(f"{self.cfg.data}: {what} since this run started; resuming would mix held-out and "
+                             f"training images. Put the data back as it was, or start a new run")
 
     # ---- one step, one epoch -----------------------------------------------------------------------
 

@@ -132,3 +132,37 @@ def test_a_hand_edited_config_is_refused_in_words(tmp_path: Path, values: dict, 
     bad.write_text(json.dumps(values))
     result = run_cli("train", "--config", str(bad))
     assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_run_records_where_its_data_is_so_that_it_resumes_from_anywhere(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_folder(tmp_path / "images", per_class=10)
+    result = run_cli("train", "--data", "images", "--out", "run", "--alpha", "0.25", "--epochs", "1", "--batch-size",
+                     "16", "--val-size", "6", "--device", "cpu", "--data-root", "root")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["data"], config["data_root"]) == (str(tmp_path / "images"), str(tmp_path / "root"))
+
+    out = tmp_path / "shipped"
+    out.mkdir()
+    for target, words in ((out, "is a folder"), (tmp_path / "nowhere" / "m.pt", "no such folder")):
+        result = run_cli("export", "run", str(target))
+        assert result.returncode == 2 and words in result.stderr and ".tmp" not in result.stderr, result.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_a_run_with_too_few_images_to_hold_any_out_is_not_exported_as_validated(tmp_path: Path) -> None:
+    write_folder(tmp_path / "images", per_class=1)  # 3 images: a fifth of them is none
+    run = tmp_path / "run"
+    assert run_cli("train", "--data", str(tmp_path / "images"), "--out", str(run), "--alpha", "0.25", "--epochs",
+                   "1", "--batch-size", "2", "--device", "cpu", "--data-root", str(tmp_path / "root")).returncode == 0
+    assert checkpoint.load(run / "best.pt")[1].data.val_size == 0  # as held out, not as asked
+    result = run_cli("export", str(run), str(tmp_path / "m.pt"))
+    assert result.returncode == 2 and "held none out" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("device", ["cuda:x", "cuda:", "gpu"])
+def test_a_device_that_is_no_device_is_refused_in_words(tmp_path: Path, device: str) -> None:
+    result = run_cli("train", "--data", str(tmp_path), "--device", device, "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "device must be auto, cpu, cuda or cuda:N" in result.stderr

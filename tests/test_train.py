@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -13,9 +14,9 @@ import torch
 
 from mobilenet import checkpoint, train
 from mobilenet.config import RECIPES, TrainConfig
-from mobilenet.data import ImageSet
+from mobilenet.data import DataError, ImageSet
 from mobilenet.__main__ import main as cli_main
-from mobilenet.runs import RunFolder, read_metrics
+from mobilenet.runs import RunFolder, RunState, read_metrics
 from mobilenet.train import augment, step_generator
 
 from helpers import run_cli, tiny_config, wait_for, write_folder
@@ -308,3 +309,50 @@ def test_before_its_first_validation_a_run_guesses_its_length_from_the_training_
                                 ("cat",))
     # α=1 on the 2-core CPU: 170 training images a second; its 30,000 views then took 45 s
     assert training._validation_guess(step_s=128 / 170) == pytest.approx(45, rel=0.1)
+
+
+@pytest.mark.parametrize("change", ["an image removed", "a class added"])
+def test_a_run_resumes_only_on_the_images_it_trained_on(folder: Path, tmp_path: Path, change: str) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(folder, images)
+    run, cfg = RunFolder(tmp_path / "run"), config(images, tmp_path, epochs=3)
+    train.train(cfg, run.path, on_step=lambda row: row.epoch == 2 and os.kill(os.getpid(), signal.SIGTERM))
+    saved = run.read_status().epoch
+    if change == "an image removed":
+        next((images / "train" / "cat").iterdir()).unlink()
+    else:
+        shutil.copytree(images / "train" / "cat", images / "train" / "cow")
+    with pytest.raises(train.TrainError, match="since this run started; resuming would mix held-out and training"):
+        train.train(cfg, run.path, resume=True)
+    assert run.read_status().epoch == saved and run.resumable  # the saved state stays for when the data is back
+
+
+def test_any_whole_seed_gives_its_own_streams_and_small_seeds_keep_theirs() -> None:
+    first = torch.rand(4, generator=step_generator(20240101, 3, 7, torch.device("cpu")))  # a date: beyond 2**64
+    assert not torch.equal(first, torch.rand(4, generator=step_generator(20240102, 3, 7, torch.device("cpu"))))
+    kept = torch.Generator().manual_seed((5 * 1_000_003 + 3) * 1_000_003 + 7)  # the streams of the runs so far
+    ours = step_generator(5, 3, 7, torch.device("cpu"))
+    assert torch.equal(torch.rand(4, generator=ours), torch.rand(4, generator=kept))
+    assert torch.equal(torch.randperm(9, generator=train.order_generator(10**30, 2)),
+                       torch.randperm(9, generator=train.order_generator(10**30, 2)))
+
+
+def test_a_failed_resume_leaves_the_status_of_a_run_another_process_is_writing(folder: Path, tmp_path: Path) -> None:
+    run = RunFolder(tmp_path / "run")
+    train.train(config(folder, tmp_path, epochs=2), run.path, on_step=lambda row: os.kill(os.getpid(), signal.SIGTERM))
+    moved = config(tmp_path / "moved", tmp_path, epochs=2)
+    (run.config).write_text(json.dumps(moved.to_dict()))  # its data no longer where it was
+    before = run.status.read_text()
+    with run.writing():  # as a live trainer holds it
+        with pytest.raises(DataError, match="moved"):
+            train.train(moved, run.path, resume=True)
+        assert run.status.read_text() == before
+    with pytest.raises(DataError, match="moved"):  # with nobody writing it, the run says it failed
+        train.train(moved, run.path, resume=True)
+    assert run.read_status().state == RunState.FAILED and run.read_status().epoch == json.loads(before)["epoch"]
+
+
+def test_a_one_image_batch_with_a_one_pixel_last_feature_map_is_refused_in_words(folder: Path,
+                                                                                tmp_path: Path) -> None:
+    with pytest.raises(train.TrainError, match="at least 2 images"):
+        train.train(config(folder, tmp_path, batch_size=1, beta=0.25), tmp_path / "run")
