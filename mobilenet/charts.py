@@ -121,8 +121,7 @@ def _top_k_template() -> dict:
 
 def per_class(result: Evaluation) -> alt.Chart:
     """Accuracy of the classes that had images: a class absent from the data has no accuracy, not 0%."""
-    present = (result.confusion.sum(1) > 0).tolist()
-    frame = pd.DataFrame([item for item, shown in zip(result.per_class.items(), present) if shown],
+    frame = pd.DataFrame([(c, acc) for c, acc in result.per_class.items() if acc is not None],
                          columns=["class", "accuracy"])
     return alt.Chart(frame).mark_bar().encode(
         x=alt.X("class:N", sort=None, title=None),

@@ -40,9 +40,10 @@ class Evaluation:
         return float(self.confusion.diag().sum() / max(self.n, 1))
 
     @property
-    def per_class(self) -> dict[str, float]:
-        totals = self.confusion.sum(1).clamp(min=1)
-        return {c: float(v) for c, v in zip(self.classes, self.confusion.diag() / totals)}
+    def per_class(self) -> dict[str, float | None]:
+        """Each class's accuracy; None for a class without images (it has no accuracy, not 0%)."""
+        totals = self.confusion.sum(1)
+        return {c: float(hit / n) if n else None for c, hit, n in zip(self.classes, self.confusion.diag(), totals)}
 
     def mistakes(self, k: int = 16) -> list[tuple[int, int, int, float]]:
         """Most confident wrong predictions: (index, truth, prediction, confidence)."""
@@ -53,8 +54,14 @@ class Evaluation:
 
     @classmethod
     def from_report(cls, report: dict) -> Evaluation:
-        """The counts of a saved report (no probabilities: mistakes() is empty)."""
-        return cls(tuple(report["classes"]), torch.tensor(report["confusion"]), torch.empty(0, 0), torch.empty(0))
+        """The counts of a saved report (no probabilities: mistakes() is empty); ValueError for a report whose
+        confusion matrix is not a square table of counts, one row per distinct class."""
+        classes, confusion = tuple(report["classes"]), torch.tensor(report["confusion"])
+        k = len(classes)
+        if (not all(isinstance(c, str) for c in classes) or len(set(classes)) != k or confusion.shape != (k, k)
+                or confusion.dtype != torch.int64 or bool((confusion < 0).any())):
+            raise ValueError(f"not a confusion matrix of counts for {k} distinct classes")
+        return cls(classes, confusion, torch.empty(0, 0), torch.empty(0))
 
     def to_dict(self) -> dict:
         return {
@@ -81,9 +88,8 @@ def score(probs: torch.Tensor, data: ImageSet) -> Evaluation:
 def format_report(result: Evaluation) -> str:
     width = max(len(c) for c in result.classes)
     lines = [f"accuracy {result.accuracy:.2%} on {result.n} images", "", "per-class accuracy:"]
-    present = (result.confusion.sum(1) > 0).tolist()  # a class without images has no accuracy, not 0%
-    lines += [f"  {c:<{width}}  {acc:6.2%}" if shown else f"  {c:<{width}}     n/a (no images)"
-              for (c, acc), shown in zip(result.per_class.items(), present)]
+    lines += [f"  {c:<{width}}  {acc:6.2%}" if acc is not None else f"  {c:<{width}}     n/a (no images)"
+              for c, acc in result.per_class.items()]
     short = [c[:5] for c in result.classes]
     lines += ["", "confusion matrix (rows: truth, columns: prediction):",
               " " * (width + 2) + "".join(f"{s:>7}" for s in short)]

@@ -218,7 +218,7 @@ def int8_markdown(model: OnnxModel) -> str:
 def card_markdown(name: str, card: ModelCard, int8: OnnxModel | None = None) -> str:
     """A model card for checkpoints/README.md, from the metadata stored in the checkpoint (and its int8 model)."""
     t = card.training
-    per_class = " · ".join(f"{c} {a:.1%}" for c, a in t.get("per_class", {}).items())
+    per_class = " · ".join(f"{c} {a:.1%}" for c, a in t.get("per_class", {}).items() if a is not None)
     minutes = t.get("train_time_s", 0) / 60
     fingerprint = f"; fingerprint `{card.data.fingerprint}`" if card.data and card.data.fingerprint else ""
     twin = Twin.of(card)

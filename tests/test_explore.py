@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +241,4 @@ def test_the_report_gives_no_accuracy_to_a_class_without_images() -> None:
     result, _ = evaluation([0, 0, 2], [0, 1, 2], classes=("cat", "dog", "ship"))
     lines = format_report(result).splitlines()
     assert "  cat   50.00%" in lines and "  dog      n/a (no images)" in lines and "  ship  100.00%" in lines
+    assert json.loads(json.dumps(result.to_dict()))["per_class"] == {"cat": 0.5, "dog": None, "ship": 1.0}  # --json

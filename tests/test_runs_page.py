@@ -140,6 +140,17 @@ def test_a_malformed_run_folder_is_skipped_with_a_warning(runs: Path) -> None:
     assert at.selectbox[0].options == ["good"]
 
 
+@pytest.mark.parametrize("confusion", [[[1, 0], [0, 1]], [], [[1.5, 0, 0], [0, 1, 0], [0, 0, 1]],
+                                       [[-1, 0, 0], [0, 1, 0], [0, 0, 1]]])
+def test_a_damaged_report_shows_the_run_without_results(runs: Path, confusion: list) -> None:
+    folder = make_run(runs, "damaged")
+    report = json.loads(folder.report.read_text())
+    folder.report.write_text(json.dumps(report | {"classes": ["cat", "dog", "ship"], "confusion": confusion}))
+    at = open_page(run="damaged")
+    assert at.markdown[0].value.startswith("**damaged**: finished")
+    assert not [m.value for m in at.markdown if m.value.startswith("Validation accuracy")]
+
+
 def test_without_runs_the_page_says_where_they_come_from(runs: Path) -> None:
     at = open_page(run="anything")
     assert "there is no run here yet" in at.warning[0].value
