@@ -8,6 +8,7 @@ from mobilenet.data import DataError
 
 st.title("Evaluation")
 entry = app_models.require_model()
+app_models.classifier(entry)  # loaded before the request is made: says so when its engine falls back to PyTorch
 sources = evalsets.sources(entry.card)
 if not sources:
     st.warning(evalsets.missing_data_message(settings.data_root()))

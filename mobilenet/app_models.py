@@ -85,7 +85,7 @@ def _latency_points(points: pd.DataFrame, chosen: tuple[tuple[str, Path, tuple[i
     classifiers: dict[str, Classifier] = {}
     for key, path, version, engine in chosen:
         try:
-            classifiers[key] = _classifier(path, version, engine)
+            classifiers[key] = _serving(path, version, engine)[0]
         except CheckpointError:
             continue
     return explore.with_latency(points, classifiers)
@@ -110,20 +110,24 @@ def classifier(entry: ModelEntry) -> Classifier:
     """The model on the engine the sidebar chose, or on PyTorch when that engine cannot serve it here (an int8 file
     ONNX Runtime refuses, made from other weights, …), which the page says; a model file that is refused stops the
     page with the reason."""
-    wanted = _fastest_engine(entry, st.session_state.get(PRECISION_KEY, "int8"))
-    if wanted != "torch":
-        if _refusal(entry, wanted) is None:
-            try:
-                return _classifier(entry.path, entry.version, wanted)
-            except CheckpointError as e:
-                _refuse(entry, wanted, str(e))
-        st.warning(f"{for_visitors(_refusal(entry, wanted) or '')}. PyTorch answers instead.",
-                   icon=":material/warning:")
     try:
-        return _classifier(entry.path, entry.version, "torch")
+        clf, why = _serving(entry.path, entry.version, _fastest_engine(entry, st.session_state.get(PRECISION_KEY)))
     except CheckpointError as e:
         st.error(str(e))
         st.stop()
+    if why:
+        st.warning(f"{for_visitors(why)}. PyTorch answers instead.", icon=":material/warning:")
+    return clf
+
+
+def _serving(path: Path, version: tuple[int, int], engine: str) -> tuple[Classifier, str | None]:
+    """The model on an engine, or on PyTorch when that engine cannot serve it here: (classifier, why not)."""
+    if engine != "torch" and _refusal(path, version, engine) is None:
+        try:
+            return _classifier(path, version, engine), None
+        except CheckpointError as e:
+            _refuse(path, version, engine, str(e))
+    return _classifier(path, version, "torch"), _refusal(path, version, engine)
 
 
 # Engines that could not serve a model version here, and why: tried once per server, not on every page run of every
@@ -133,15 +137,15 @@ _refusals_lock = threading.Lock()
 MAX_REFUSALS = 64
 
 
-def _refusal(entry: ModelEntry, engine: str) -> str | None:
-    return _refusals.get((entry.path, entry.version, engine))
+def _refusal(path: Path, version: tuple[int, int], engine: str) -> str | None:
+    return _refusals.get((path, version, engine))
 
 
-def _refuse(entry: ModelEntry, engine: str, why: str) -> None:
+def _refuse(path: Path, version: tuple[int, int], engine: str, why: str) -> None:
     with _refusals_lock:
         if len(_refusals) >= MAX_REFUSALS:
             del _refusals[next(iter(_refusals))]
-        _refusals[(entry.path, entry.version, engine)] = why
+        _refusals[(path, version, engine)] = why
 
 
 # ---- engines ------------------------------------------------------------------------------------
@@ -155,7 +159,7 @@ def has_int8(entry: ModelEntry) -> bool:
     return engine_for(entry, "int8") == "int8"
 
 
-def _fastest_engine(entry: ModelEntry, precision: str) -> str:
+def _fastest_engine(entry: ModelEntry, precision: str | None) -> str:
     if precision == "fp32":
         return engines.fp32_choice(entry.path, pick_device())
     return engines.choose("auto", entry.path, pick_device())
@@ -164,8 +168,8 @@ def _fastest_engine(entry: ModelEntry, precision: str) -> str:
 def engine_for(entry: ModelEntry, precision: str | None = None) -> str:
     """The engine that answers for the model: the fastest it has here, or an fp32 one when asked for; PyTorch
     where that engine was tried and could not serve the model."""
-    wanted = _fastest_engine(entry, precision or st.session_state.get(PRECISION_KEY, "int8"))
-    return "torch" if _refusal(entry, wanted) else wanted
+    wanted = _fastest_engine(entry, precision or st.session_state.get(PRECISION_KEY))
+    return "torch" if _refusal(entry.path, entry.version, wanted) else wanted
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -231,12 +235,12 @@ def _evaluation_images(path: Path, version: tuple[int, int], source: EvalSource,
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _evaluation(path: Path, version: tuple[int, int], source: EvalSource, data_version: str | None, root: Path,
                 limit: int | None, engine: str) -> EvaluationRun:  # version, data_version: cache key only
-    clf = _classifier(path, version, engine)
+    clf = _serving(path, version, engine)[0]
     with _evaluating:
         images = _evaluation_images(path, version, source, data_version, root, limit, clf.card)
         start = time.perf_counter()
         probs = clf.probabilities(images.images)
-        return EvaluationRun(score(probs, images), engine, time.perf_counter() - start)
+        return EvaluationRun(score(probs, images), clf.engine, time.perf_counter() - start)
 
 
 def data_version(source: EvalSource) -> str | None:

@@ -388,3 +388,22 @@ def test_the_app_answers_with_pytorch_when_the_int8_file_cannot_serve(tmp_path: 
     assert loads == ["int8", "torch"]  # the refusal is remembered, not tried again on each page run
     assert [c.value for c in at.sidebar.caption if "Answers with PyTorch, fp32" in c.value]
     assert not at.sidebar.segmented_control  # no int8 to compare with
+
+
+def test_evaluation_and_latency_answer_with_pytorch_when_the_int8_file_cannot_serve(tmp_path: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch
+                                                                                    ) -> None:
+    places = isolate_app(tmp_path, monkeypatch)
+    shipped = places / "checkpoints" / "mobilenet_v1_a0.25.pt"
+    shutil.copy(CHECKPOINTS / shipped.name, shipped)
+    int8_file(shipped).write_bytes(int8_file(CHECKPOINTS / shipped.name).read_bytes()[:100_000])  # cut short
+    write_folder(places / "data" / "small", per_class=2, splits=("test",))
+    at = AppTest.from_file(APP, default_timeout=60).run()  # a fresh server: the explorer first
+    [measure] = [b for b in at.button if b.label == "Measure each model's latency here"]
+    measure.click().run()
+    assert not at.exception and not [i.value for i in at.info if "No model" in i.value]
+    at.switch_page("app_pages/evaluation.py").run()
+    assert [w.value for w in at.warning if "PyTorch answers instead" in w.value]
+    [evaluate] = [b for b in at.button if b.label == "Evaluate"]
+    evaluate.click().run()
+    assert not at.exception and not at.error and {m.label for m in at.metric} >= {"accuracy", "images"}
