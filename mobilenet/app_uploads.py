@@ -13,6 +13,7 @@ from .admin import client_address
 from .answers import MAX_IMAGES, Failure, Result, Upload
 from .data import IMAGE_SUFFIXES
 from .infer import Classifier
+from .intake import ImageError
 
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 UPLOADER_KEY = "uploader"
@@ -66,16 +67,23 @@ def left_out_note(left_out: list[str]) -> str:
 
 def url_image(url: str) -> Upload | None:
     """The image at the URL the visitor pasted, fetched once: the page's reruns (a slider, another class map) reuse
-    it instead of asking the web again. None without a URL. Raises ImageError, and a failed URL is tried again on
-    the next rerun. The session keeps the last URL's image only (at most intake.MAX_BYTES)."""
+    it, or its failure, instead of asking the web again (a silent host would cost each rerun its timeout). None
+    without a URL; ImageError for a URL that failed. The session keeps the last URL's outcome only (at most
+    intake.MAX_BYTES)."""
     state = st.session_state
     if not url:
         state.pop("url_image", None)
         return None
     if state.get("url_image", (None,))[0] != url:
         state.pop("url_image", None)
-        state.url_image = (url, answers.fetch(url, client_address()))
-    return state.url_image[1]
+        try:
+            state.url_image = (url, answers.fetch(url, client_address()))
+        except ImageError as e:
+            state.url_image = (url, str(e))
+    fetched = state.url_image[1]
+    if isinstance(fetched, str):
+        raise ImageError(fetched)
+    return fetched
 
 
 def answers_for(clf: Classifier, uploads: list[Upload], topk: int, threshold: float | None) -> list[Result | Failure]:

@@ -329,10 +329,17 @@ def test_an_image_url_is_fetched_and_classified(model: Path, monkeypatch: pytest
 @pytest.mark.parametrize("url", ["http://127.0.0.1/cat.png", "file:///etc/passwd", "not a url"])
 def test_a_refused_url_is_a_message(model: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MOBILENET_ALLOW_PRIVATE_URLS", raising=False)
+    from mobilenet import urlfetch
+
+    asked = []
+    fetch_url = urlfetch.fetch_url
+    monkeypatch.setattr(urlfetch, "fetch_url", lambda url, owner: asked.append(url) or fetch_url(url, owner=owner))
     at = open_page("app_pages/inference.py")
     at.text_input[0].input(url).run()
     assert not at.exception
     assert len(at.error) == 1 and at.error[0].value.startswith(f"**{url}**: ")
+    at.slider[0].set_value(3).run()  # a rerun shows the same answer without asking again
+    assert len(at.error) == 1 and at.error[0].value.startswith(f"**{url}**: ") and len(asked) == 1
 
 
 def test_a_skipped_checkpoint_is_named_without_the_server_path(model: Path, places: Path) -> None:
