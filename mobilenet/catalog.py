@@ -81,8 +81,13 @@ def finished_runs(folder: Path) -> list[RunFolder]:
 
 
 @lru_cache(maxsize=128)
-def _card(path: Path, version: tuple[int, int]) -> ModelCard:  # version: part of the cache key only
-    return ModelCard.from_dict(checkpoint.read(path)["card"])
+def _card(path: Path, version: tuple[int, int]) -> ModelCard | str:  # version: part of the cache key only
+    """The card, or why the file is refused: a damaged file is read and hashed once per version, not on every
+    page run of every visitor."""
+    try:
+        return ModelCard.from_dict(checkpoint.read(path)["card"])
+    except CheckpointError as e:
+        return str(e)
 
 
 def shipped_order(name: str, card: ModelCard) -> tuple:
@@ -99,9 +104,13 @@ def list_models() -> Catalog:
         try:
             stat = path.stat()
             version = (stat.st_mtime_ns, stat.st_size)
-            models.append(ModelEntry(key, path, _card(path, version), version))
-        except (OSError, CheckpointError) as e:
-            problems.append(f"{key}: {e}")
+            card = _card(path, version)
+        except OSError as e:
+            card = str(e)
+        if isinstance(card, str):
+            problems.append(f"{key}: {card}")
+        else:
+            models.append(ModelEntry(key, path, card, version))
     shipped = [m for m in models if not m.key.startswith(RUN_PREFIX)]
     shipped.sort(key=lambda m: shipped_order(m.path.name, m.card))
     return Catalog(tuple(shipped + models[len(shipped):]), tuple(problems))

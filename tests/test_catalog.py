@@ -43,13 +43,18 @@ def test_without_the_default_the_first_model_is_chosen_and_nothing_is_none(place
     assert catalog.list_models().default.key == "runs/only"
 
 
-def test_a_broken_checkpoint_is_reported_not_listed(places: Path) -> None:
+def test_a_broken_checkpoint_is_reported_not_listed(places: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (places / "checkpoints").mkdir()
     (places / "checkpoints" / "broken.pt").write_bytes(b"not a checkpoint")
     save_model(places / "checkpoints" / "good.pt")
-    models = catalog.list_models()
-    assert models.keys == ["good"]
-    assert len(models.problems) == 1 and models.problems[0].startswith("broken: broken.pt ")
+    reads = []
+    read = checkpoint.read
+    monkeypatch.setattr(checkpoint, "read", lambda path: reads.append(Path(path).name) or read(path))
+    for _ in range(3):  # each page run of each visitor asks
+        models = catalog.list_models()
+        assert models.keys == ["good"]
+        assert len(models.problems) == 1 and models.problems[0].startswith("broken: broken.pt ")
+    assert sorted(reads) == ["broken.pt", "good.pt"]  # each read once
 
 
 def test_a_retrained_checkpoint_is_read_again(places: Path) -> None:
