@@ -35,7 +35,7 @@ with st.expander("Or try an example (CIFAR-10 training images: the models have s
     chosen = st.pills("Examples", list(examples), selection_mode="multi", label_visibility="collapsed")
 
 topk, show_cam, opacity_column = st.columns(3)
-k = topk.slider("Classes to show", 1, len(clf.classes), min(5, len(clf.classes)))
+k = topk.slider("Classes to show", 1, len(clf.classes), min(5, len(clf.classes))) if len(clf.classes) > 1 else 1
 gradcam = show_cam.toggle("Class activation map: where the network found its evidence", value=True)
 opacity = opacity_column.slider("Map opacity", 0.0, 1.0, 0.6, 0.05, disabled=not gradcam)
 

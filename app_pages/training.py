@@ -80,6 +80,7 @@ def delete_a_run(runs: list[RunInfo]) -> None:
     """Delete, then Confirm or Cancel: the runs no job or trainer is writing."""
     asked = next((r for r in runs if r.name == st.session_state.get(DELETE_KEY)), None)
     if asked is None:
+        st.session_state.pop(DELETE_KEY, None)  # a run no longer deletable (resumed meanwhile) is not asked again
         pick, act = st.columns([3, 1], vertical_alignment="bottom")
         chosen = pick.selectbox("Run to delete", [r.name for r in runs])
         act.button("Delete", disabled=not allowed, help=locked, on_click=st.session_state.__setitem__,

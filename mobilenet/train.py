@@ -256,6 +256,9 @@ class Training:
             self.folder.write_config(cfg)  # on resume too: the settings it may change (RESUMABLE_CHANGES) stay
             self.folder.set_status(RunState.LOADING, *((saved.epoch, saved.epochs) if saved else ()))
         self.train_set, self.val_set = _load_on_device(cfg, self.device, self.rank, self.world)
+        if len(self.train_set.classes) < 2:
+            raise TrainError(f"{cfg.data} holds one class ({self.train_set.classes[0]}): a classifier needs at least "
+                             f"two class folders")
         per_step = min(recipe.batch_size, len(self.train_set)) // self.world
         if per_step == 1 and min(feature_sides(cfg.stem, cfg.resolution)) == 1:
             raise TrainError("batch normalisation needs more than one value per channel, and at this input size the "

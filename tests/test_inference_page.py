@@ -272,3 +272,10 @@ def test_uploaded_files_no_widget_holds_leave_the_servers_memory() -> None:
     assert list(manager.file_storage["other"]) == ["old"]  # another session's files are its own
     assert [s.byte_length for stats in manager.get_stats().values() for s in stats] == [2000]
     assert drop_files_no_widget_holds(manager, "nobody", set()) == 0 and "nobody" not in manager.file_storage
+
+
+def test_a_one_class_model_answers_with_its_class(model: Path) -> None:
+    save_model(model, classes=("cat",))
+    at = inference_page()
+    at.file_uploader[0].set_value([("a.png", image_bytes(size=(40, 40)), "image/png")]).run()
+    assert not at.exception and at.markdown[-1].value.startswith("**a.png**: cat (100%)")

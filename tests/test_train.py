@@ -356,3 +356,11 @@ def test_a_one_image_batch_with_a_one_pixel_last_feature_map_is_refused_in_words
                                                                                 tmp_path: Path) -> None:
     with pytest.raises(train.TrainError, match="at least 2 images"):
         train.train(config(folder, tmp_path, batch_size=1, beta=0.25), tmp_path / "run")
+
+
+def test_one_class_is_no_classifier(tmp_path: Path) -> None:
+    images = write_folder(tmp_path / "images", per_class=10, splits=("",))
+    for other in ("dog", "ship"):
+        shutil.rmtree(images / other)
+    with pytest.raises(train.TrainError, match="holds one class \\(cat\\)"):
+        train.train(config(images, tmp_path), tmp_path / "run")

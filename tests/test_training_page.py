@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import shutil
 import time
 from pathlib import Path
 
@@ -461,3 +462,19 @@ def test_a_finished_runs_curves_stay_with_its_report(places: Path) -> None:
     titles = [c.get("title") for c in charts]
     assert titles[:3] == ["loss", "accuracy", "learning rate"] and len(charts) == 5  # then per class, confusion
     assert all(c["width"] == "container" for c in charts[:3])  # they fit a phone
+
+
+def test_a_delete_asked_for_a_run_that_went_away_is_not_asked_again_when_it_is_back(places: Path) -> None:
+    finished_run(places / "runs", "old", updated=time.time() - 60)
+    finished_run(places / "runs", "new", updated=time.time())
+    at = open_page()
+    next(s for s in at.selectbox if s.label == "Run to delete").select("old").run()
+    button(at, "Delete").click().run()
+    shutil.move(places / "runs" / "old", places / "away")  # moved away: no longer to delete
+    app_runs._runs_snapshot.clear()
+    at.run()
+    assert not at.warning
+    shutil.move(places / "away", places / "runs" / "old")
+    app_runs._runs_snapshot.clear()
+    at.run()
+    assert not at.warning and not [b for b in at.button if b.label == "Confirm"]
