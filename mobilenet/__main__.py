@@ -212,9 +212,13 @@ def positive_int(text: str) -> int:
 
 
 def write_cards(folder: Path) -> None:
-    """The folder's README.md cards, saying what they leave out."""
+    """The folder's README.md cards where it keeps them, saying what they leave out."""
     from . import shipping
 
+    if not shipping.keeps_cards(folder):
+        print(f"note: {folder / 'README.md'} left as it is: cards are written in the checkpoints folder's README, or "
+              f"in a README with the line {shipping.CARDS_START}", file=sys.stderr)
+        return
     for note in shipping.write_cards(folder):
         print(f"note: left out of {folder / 'README.md'}: {note}", file=sys.stderr)
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import checkpoint, data
+from . import checkpoint, data, settings
 from .catalog import shipped_order
 from .checkpoint import CheckpointError, ModelCard, TrainingData
 from .data import DataError
@@ -141,6 +141,18 @@ def record_data(path: Path, source: str) -> ModelCard:
 
 
 CARDS_START, CARDS_END = "<!-- cards: written by python -m mobilenet export -->", "<!-- /cards -->"
+
+
+def keeps_cards(folder: Path) -> bool:
+    """Whether the commands that change a model rewrite folder/README.md's cards: the checkpoints folder the app
+    serves, or a README that has a cards section already; never another project's README."""
+    readme = folder / "README.md"
+    if folder.resolve() == settings.checkpoint_dir().resolve():
+        return True
+    try:
+        return CARDS_START in readme.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def write_cards(folder: Path) -> list[str]:

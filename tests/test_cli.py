@@ -166,3 +166,21 @@ def test_a_run_with_too_few_images_to_hold_any_out_is_not_exported_as_validated(
 def test_a_device_that_is_no_device_is_refused_in_words(tmp_path: Path, device: str) -> None:
     result = run_cli("train", "--data", str(tmp_path), "--device", device, "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "device must be auto, cpu, cuda or cuda:N" in result.stderr
+
+
+def test_export_leaves_another_projects_readme_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOBILENET_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    write_folder(tmp_path / "images", per_class=10)
+    assert run_cli("train", "--data", str(tmp_path / "images"), "--out", str(tmp_path / "run"), "--alpha", "0.25",
+                   "--epochs", "1", "--batch-size", "16", "--val-size", "6", "--device", "cpu", "--data-root",
+                   str(tmp_path / "root")).returncode == 0
+    theirs = tmp_path / "project"
+    theirs.mkdir()
+    (theirs / "README.md").write_text("# My own project\n")
+    result = run_cli("export", str(tmp_path / "run"), str(theirs / "m.pt"))
+    assert result.returncode == 0 and "left as it is" in result.stderr
+    assert (theirs / "README.md").read_text() == "# My own project\n"
+    ours = tmp_path / "checkpoints"  # the folder the app serves: its README gets the cards
+    ours.mkdir()
+    assert run_cli("export", str(tmp_path / "run"), str(ours / "m.pt")).returncode == 0
+    assert "### `m.pt`" in (ours / "README.md").read_text()

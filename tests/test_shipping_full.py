@@ -61,9 +61,11 @@ def copy_run(source: Path, target: Path, **settings) -> Path:
 
 
 def test_a_full_data_model_ships_with_its_twins_validation_accuracy(runs: Runs, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+                                                                   capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     shipped = tmp_path / "checkpoints"
     shipped.mkdir()
+    monkeypatch.setenv("MOBILENET_CHECKPOINTS", str(shipped))  # the folder the app serves keeps the cards
     assert main(["export", str(runs.twin), str(shipped / "validated.pt")]) == 0
     assert main(["export", str(runs.full), str(shipped / "full.pt"), "--data-description", "three classes",
                  "--validated-by", str(runs.twin)]) == 0
@@ -133,9 +135,11 @@ def test_settings_compare_with_the_recipes_values_resolved() -> None:
 
 
 def test_a_full_data_models_int8_model_is_measured_on_its_training_images(runs: Runs, tmp_path: Path,
-                                                                         capsys: pytest.CaptureFixture) -> None:
+                                                                         capsys: pytest.CaptureFixture,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     shipped = tmp_path / "checkpoints"
     shipped.mkdir()
+    monkeypatch.setenv("MOBILENET_CHECKPOINTS", str(shipped))  # the folder the app serves keeps the cards
     path = shipped / "full.pt"
     shipping.export(runs.full, path, validated_by=runs.twin)
     assert main(["export-onnx", str(path), "--data", str(runs.data), "--data-root", str(runs.root)]) == 0
