@@ -20,6 +20,7 @@ from .checkpoint import CheckpointError, ModelCard
 ENGINES = ("auto", "torch", "onnx", "int8")
 RUNTIMES = {"torch": "PyTorch", "onnx": "ONNX Runtime", "int8": "ONNX Runtime"}
 NEEDS_ONNXRUNTIME = "The faster int8 engine needs ONNX Runtime: pip install onnxruntime onnx."
+MAX_INT8_LOSS = 0.005  # an int8 model that loses more accuracy than this against fp32 does not ship
 
 
 class EngineError(CheckpointError):

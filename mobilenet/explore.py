@@ -15,7 +15,7 @@ import torch
 from .device import device_name, pick_device
 from .checkpoint import ModelCard
 from .data import CIFAR10_CLASSES
-from .engines import describe, precision
+from .engines import MAX_INT8_LOSS, describe, precision
 from .infer import Classifier, fold_batchnorm
 from .model import BASE_RESOLUTION, NUM_CLASSES, STEMS, MobileNetV1
 from .stats import ModelStats, model_stats
@@ -246,4 +246,6 @@ def latency_caption(timed: pd.DataFrame) -> str:
         by_engine.setdefault(engine, []).append(name)
     engines = "; ".join(f"{', '.join(names)} on {engine}" for engine, names in by_engine.items())
     return (f"Timed here on {', '.join(dict.fromkeys(timed['device']))}: one image per call as each model answers "
-            f"on the engine the sidebar chose (its test-time augmentation included, decoding aside): {engines}.")
+            f"on the engine the sidebar chose (its test-time augmentation included, decoding aside): {engines}. "
+            f"Accuracy is each card's fp32 validation accuracy; an int8 model is shipped only within "
+            f"{MAX_INT8_LOSS:.1%} of it.")

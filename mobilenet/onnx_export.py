@@ -29,7 +29,7 @@ from torch import nn
 from . import checkpoint, data
 from .checkpoint import CheckpointError, ModelCard, atomic_write, weights_digest
 from .data import DataError, ImageSet, split_train_val, stratified_split
-from .engines import OnnxEngine, int8_file
+from .engines import MAX_INT8_LOSS, OnnxEngine, int8_file
 from .infer import fold_batchnorm
 from .tta import InferenceRecipe
 
@@ -43,7 +43,6 @@ INPUT, OUTPUT = "images", "logits"
 # What the fp32 graph and its int8 quantization are made of: standard operators of the default domain only.
 ALLOWED_OPS = frozenset({"Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm", "QuantizeLinear", "DequantizeLinear"})
 MAX_BYTES = 64 * 1024 * 1024  # an α=1 fp32 graph is 13 MB
-MAX_INT8_LOSS = 0.005  # an int8 model that loses more accuracy than this against fp32 does not ship
 CALIBRATION_IMAGES = 512
 # A model trained on all the images has no held-out ones: int8 is measured against fp32 on a seeded sample of its
 # training images this large (at most a fifth of them), and calibrated on others.
