@@ -86,14 +86,23 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """16- and 32-bit grayscale → L, scaled rather than clipped: 16-bit from its full range, 32-bit from its own."""
+    """16- and 32-bit grayscale → L, scaled rather than clipped: 16-bit from its full range, 32-bit and float from
+    their own finite range (NaN and infinities at its ends, a flat image mid-grey). A transparency key (a 16-bit
+    PNG's tRNS) becomes an alpha channel: LA."""
+    key = img.info.get("transparency")
     if img.mode.startswith("I;16"):
-        lo, hi = 0, 65535
-        img = img.convert("I")
+        out = img.convert("I").point(lambda v: v * (255 / 65535) + 0.5).convert("L")
     else:
-        lo, hi = img.getextrema()
-    scale = 255 / (hi - lo) if hi > lo else 0.0
-    return img.point(lambda v: v * scale + (0.5 - lo * scale)).convert("L")
+        values = np.asarray(img, dtype=np.float32)
+        finite = values[np.isfinite(values)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        values = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
+        scaled = (values - lo) * (255 / (hi - lo)) + 0.5 if hi > lo else np.full(values.shape, 128.0)
+        out = Image.fromarray(scaled.astype(np.uint8), "L")
+    if not isinstance(key, (int, float)):
+        return out
+    alpha = np.where(np.asarray(img) == key, 0, 255).astype(np.uint8)
+    return Image.merge("LA", (out, Image.fromarray(alpha, "L")))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

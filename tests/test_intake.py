@@ -71,6 +71,14 @@ def gray16(fmt: str) -> bytes:
     return encode(Image.fromarray(np.array([[0, 257 * 100, 65535]], dtype=np.uint16)), fmt)
 
 
+def gray16_keyed() -> bytes:
+    """0, 40000 (the tRNS key: transparent) and 65535."""
+    image = Image.fromarray(np.array([[0, 40000, 65535]], dtype=np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", transparency=40000)
+    return buffer.getvalue()
+
+
 def rgb16_png(alpha: bool) -> bytes:
     pixel = (0x8000, 0xFFFF, 0x0000) + ((0,) if alpha else ())
     return png(1, 1, 16, 6 if alpha else 2, b"\0" + struct.pack(f">{len(pixel)}H", *pixel))
@@ -138,6 +146,12 @@ ACCEPTED = [
     ("16-bit rgba png transparent", lambda: rgb16_png(alpha=True), all_close(WHITE, 0)),
     ("32-bit float tiff", lambda: encode(Image.fromarray(np.array([[-1.0, 0.0, 1.0]], np.float32)), "TIFF"),
      lambda img: pixels(img) == [(0, 0, 0), (128, 128, 128), WHITE]),
+    ("float tiff with nan and inf", lambda: encode(Image.fromarray(np.array([[np.nan, 0.2, 1.0, np.inf]], np.float32)),
+                                                    "TIFF"),
+     lambda img: pixels(img) == [(0, 0, 0), (0, 0, 0), WHITE, WHITE]),
+    ("flat float tiff", lambda: encode(Image.fromarray(np.full((2, 2), 3.0, np.float32)), "TIFF"),
+     all_close((128, 128, 128), 0)),
+    ("16-bit gray png with a transparency key", gray16_keyed, lambda img: pixels(img) == [(0, 0, 0), WHITE, WHITE]),
     ("grayscale jpeg", lambda: encode(solid(90, mode="L"), "JPEG"), all_close((90, 90, 90), 1)),
     ("1-bit png", lambda: encode(Image.new("1", (8, 8), 1), "PNG"), all_close(WHITE, 0)),
 ]
