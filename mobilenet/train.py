@@ -345,7 +345,11 @@ class Training:
     def begin_epoch(self, order: torch.Tensor) -> None:
         self.order = order
         self.model.train()
-        self.window = torch.zeros(3, device=self.device)  # loss sum, correct, seen since the last step row
+        # This epoch's loss sum, correct and seen, added step by step in float64 from the saved totals: the same sums
+        # whenever the rows are logged or the run resumed (the plateau schedule reads them).
+        state = self.state
+        self.totals = torch.tensor([state.loss_sum, state.correct, state.seen], dtype=torch.float64,
+                                   device=self.device)
         self.epoch_images = 0
         self.epoch_steps = 0
         self.epoch_started = self.last_log = time.perf_counter()
@@ -368,7 +372,7 @@ class Training:
         if self.average:
             self.average.update(self.model)
         hits = (logits.argmax(1) == y).sum()
-        self.window += torch.stack([loss.detach() * len(y), hits, torch.tensor(len(y), device=self.device)])
+        self.totals += torch.stack([loss.detach() * len(y), hits, torch.tensor(len(y), device=self.device)]).double()
         state.step_in_epoch += 1
         self.epoch_steps += 1
         self.epoch_images += len(y) * self.world
@@ -401,11 +405,10 @@ class Training:
     def log_step(self) -> None:
         state = self.state
         img_per_s = self.images_per_second()
-        loss_sum, correct, seen = self.window.tolist()
-        self.window.zero_()
-        state.loss_sum += loss_sum
-        state.correct += int(correct)
-        state.seen += int(seen)
+        before = state.loss_sum, state.correct, state.seen
+        state.loss_sum, correct, seen = self.totals.tolist()
+        state.correct, state.seen = int(correct), int(seen)
+        loss_sum, correct, seen = (now - then for now, then in zip((state.loss_sum, state.correct, state.seen), before))
         self.last_log = time.perf_counter()
         done = self.global_step
         elapsed = self.last_log - self.started
