@@ -192,7 +192,12 @@ COMPARE_KEY = "compare"  # the runs it overlays, in st.session_state and in the 
 
 
 def run_link_note(names: list[str]) -> str | None:
-    return link_note(RUN_KEY, "run", names, names[0] if names else None)
+    """Notes on the link's run and its runs to overlay that this server does not have (the selectors drop them)."""
+    notes = [link_note(RUN_KEY, "run", names, names[0] if names else None)]
+    unknown = [name for name in st.query_params.get_all(COMPARE_KEY) if name not in names]
+    if unknown:
+        notes.append(f"Left out of the overlay, not on this server: {', '.join(map(repr, unknown))}.")
+    return " ".join(note for note in notes if note) or None
 
 
 def run_settings(run: RunInfo) -> str:

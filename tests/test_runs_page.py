@@ -132,6 +132,14 @@ def test_a_link_to_a_missing_run_says_so(runs: Path) -> None:
     assert at.selectbox[0].value == "real" and at.markdown[0].value.startswith("**real**")
 
 
+def test_a_link_to_runs_to_overlay_that_are_missing_says_so(runs: Path) -> None:
+    make_run(runs, "real")
+    make_run(runs, "other")
+    at = open_page(compare=["real", "gone"])
+    assert [w.value for w in at.warning] == ["Left out of the overlay, not on this server: 'gone'."]
+    assert at.multiselect[0].value == ["real"]
+
+
 def test_a_malformed_run_folder_is_skipped_with_a_warning(runs: Path) -> None:
     make_run(runs, "good")
     (make_run(runs, "broken").config).write_text("[1, 2]")
