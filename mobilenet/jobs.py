@@ -228,11 +228,10 @@ class JobManager:
             state = state if starting else RunState.INTERRUPTED
         if state in (RunState.INTERRUPTED, RunState.STOPPED) and not folder.resumable:
             state, error = RunState.FAILED, NOT_SAVED
-        epochs = [r for r in folder.read_metrics() if r.kind == "epoch"]
-        accs = [r.val_acc for r in epochs if r.val_acc is not None]
-        return RunInfo(folder.name, folder.path, state, status.epoch or len(epochs),
+        summary = folder.metrics_summary()
+        return RunInfo(folder.name, folder.path, state, status.epoch or summary.epochs,
                        status.epochs or config.effective.epochs,  # a run that failed as it began says none
-                       max(accs) if accs else None, config.to_dict(), status.updated, error)
+                       summary.best_val_acc, config.to_dict(), status.updated, error)
 
     def runs(self) -> list[RunInfo]:
         """All readable runs, newest first."""

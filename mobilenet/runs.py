@@ -275,6 +275,26 @@ class RunFolder:
         """
         return _metrics_logs.read(self.metrics)
 
+    def metrics_summary(self) -> MetricsSummary:
+        """The epochs metrics.jsonl records and the best validation accuracy among them, once per version of the
+        file: a listing of many finished runs reads none of them again (the rows of at most 64 files are kept)."""
+        try:
+            stat = self.metrics.stat()
+        except OSError:
+            return MetricsSummary(0, None)
+        key = (self.metrics, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        with _summaries_lock:
+            if key in _summaries:
+                return _summaries[key]
+        epochs = [r for r in self.read_metrics() if r.kind == "epoch"]
+        accs = [r.val_acc for r in epochs if r.val_acc is not None]
+        summary = MetricsSummary(len(epochs), max(accs) if accs else None)
+        with _summaries_lock:
+            _summaries[key] = summary
+            while len(_summaries) > MAX_SUMMARIES:
+                _summaries.popitem(last=False)
+        return summary
+
     @property
     def resumable(self) -> bool:
         """Has what resuming needs (whether it should be resumed is its state's business)."""
@@ -284,6 +304,17 @@ class RunFolder:
     def started(self) -> bool:
         """Training has written into this folder (a folder with only config.json has not started)."""
         return any(p.exists() for p in (self.metrics, self.last, self.best, self.report))
+
+
+@dataclass(frozen=True)
+class MetricsSummary:
+    epochs: int  # epoch rows
+    best_val_acc: float | None
+
+
+_summaries: OrderedDict[tuple, MetricsSummary] = OrderedDict()
+_summaries_lock = threading.Lock()
+MAX_SUMMARIES = 4096
 
 
 def read_metrics(run: Path | str) -> list[MetricsRow]:
@@ -343,7 +374,7 @@ class _MetricsLogs:
                 with self._lock:
                     known, offset, last, rows = self._files.get(path, (identity, 0, b"", ()))
                     if known != identity or size < offset or not _holds(f, offset - len(last), last):
-                        offset, rows = 0, ()
+                        offset, last, rows = 0, b"", ()
                     f.seek(offset)
                     new = f.read(size - offset)
                     whole = new.rfind(b"\n") + 1

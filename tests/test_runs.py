@@ -59,6 +59,31 @@ def test_metrics_are_read_incrementally_whole_lines_only(tmp_path: Path) -> None
     assert [r.step for r in folder.read_metrics()] == [7]
 
 
+def test_a_metrics_file_read_while_it_is_empty_again_is_read_when_it_fills(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.metrics.write_text(line(row(1)) + line(row(2)))
+    assert len(folder.read_metrics()) == 2
+    folder.metrics.unlink()
+    with open(folder.metrics, "a") as f:  # a run of the same name, read before its first line
+        assert folder.read_metrics() == []
+        f.write(line(row(5)))
+    assert [r.step for r in folder.read_metrics()] == [5]
+
+
+def test_a_listing_reads_a_runs_metrics_once_per_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = make_run(tmp_path / "runs", "done", epochs=3)
+    reads = []
+    read = RunFolder.read_metrics
+    monkeypatch.setattr(RunFolder, "read_metrics", lambda self: reads.append(self.name) or read(self))
+    manager = JobManager(tmp_path / "runs")
+    assert [r.epoch for r in manager.runs()] == [3] and len(reads) == 1
+    assert [r.epoch for r in manager.runs()] == [3] and len(reads) == 1  # unchanged: not read again
+    with open(folder.metrics, "a") as f:
+        f.write(line(row(99, "epoch", epoch=4)))
+    assert folder.metrics_summary().epochs == 4 and len(reads) == 2
+
+
 def test_thinned_keeps_every_epoch_and_the_last_step() -> None:
     rows = [row(i, "epoch" if i % 100 == 99 else "step", epoch=1 + i // 100) for i in range(1000)]
     kept = thinned(rows, 50)
