@@ -33,7 +33,7 @@ try:
     with st.spinner(f"Evaluating {entry.key} on {source.label}…"):
         result, images = app_models.evaluation(entry, source, limit, st.session_state.evaluation_data)
 except (DataError, CheckpointError) as e:
-    st.error(str(e))
+    st.error(app_views.for_visitors(e.in_app if isinstance(e, DataError) else str(e)))
     st.stop()
 
 accuracy, count = st.columns(2)

@@ -113,7 +113,7 @@ def classifier(entry: ModelEntry) -> Classifier:
     try:
         clf, why = _serving(entry.path, entry.version, _fastest_engine(entry, st.session_state.get(PRECISION_KEY)))
     except CheckpointError as e:
-        st.error(str(e))
+        st.error(for_visitors(str(e)))
         st.stop()
     if why:
         st.warning(f"{for_visitors(why)}. PyTorch answers instead.", icon=":material/warning:")

@@ -14,7 +14,7 @@ from . import catalog, charts, checkpoint, data, evalsets, settings
 from .app_models import models
 from .app_views import for_visitors, link_note
 from .data import DataError
-from .display import format_duration
+from .display import format_duration, quoted
 from .evalsets import TrainingSource
 from .evaluate import Evaluation
 from .checkpoint import CheckpointError
@@ -196,7 +196,7 @@ def run_link_note(names: list[str]) -> str | None:
     notes = [link_note(RUN_KEY, "run", names, names[0] if names else None)]
     unknown = [name for name in st.query_params.get_all(COMPARE_KEY) if name not in names]
     if unknown:
-        notes.append(f"Left out of the overlay, not on this server: {', '.join(map(repr, unknown))}.")
+        notes.append(f"Left out of the overlay, not on this server: {', '.join(map(quoted, unknown))}.")
     return " ".join(note for note in notes if note) or None
 
 

@@ -10,6 +10,7 @@ import streamlit as st
 import torch
 
 from . import charts, settings
+from .display import quoted
 from .evaluate import Evaluation
 
 INTRO = (
@@ -29,7 +30,7 @@ def link_note(key: str, what: str, names: list[str], default: str | None) -> str
     if asked is None or asked in names:
         return None
     instead = f"showing {default}" if default else f"there is no {what} here yet"
-    return f"The link's {what} {asked!r} is not on this server: {instead}."
+    return f"The link's {what} {quoted(asked)} is not on this server: {instead}."
 
 
 def visible_folder(path: Path) -> str:

@@ -1,8 +1,15 @@
-"""Numbers for people."""
+"""Numbers and strangers' text for people."""
 
 from __future__ import annotations
 
 import math
+
+
+def quoted(text: str, limit: int = 60) -> str:
+    """Text a stranger chose (a link's value) for a Markdown message: as code, so it adds no links, images or
+    emphasis of its own, and at most `limit` characters."""
+    text = text.replace("`", "'").replace("\n", " ")
+    return f"`{text[:limit]}{'…' if len(text) > limit else ''}`"
 
 
 def format_duration(seconds: float | None) -> str:

@@ -15,6 +15,7 @@ import torch
 from .device import device_name, pick_device
 from .checkpoint import ModelCard
 from .data import CIFAR10_CLASSES
+from .display import quoted
 from .engines import MAX_INT8_LOSS, describe, precision
 from .infer import Classifier, fold_batchnorm
 from .model import BASE_RESOLUTION, NUM_CLASSES, STEMS, MobileNetV1
@@ -46,7 +47,7 @@ def link_problems(params: Mapping[str, str]) -> list[str]:
     problems = []
     stem = params.get("stem", STEMS[0])
     if stem not in STEMS:
-        problems.append(f"The link's stem {stem!r} is not one of {', '.join(STEMS)}: showing {STEMS[0]}.")
+        problems.append(f"The link's stem {quoted(stem)} is not one of {', '.join(STEMS)}: showing {STEMS[0]}.")
         stem = STEMS[0]
     if "alpha" in params:
         try:
@@ -54,11 +55,11 @@ def link_problems(params: Mapping[str, str]) -> list[str]:
         except ValueError:
             alpha = float("nan")
         if not ALPHA_MIN <= alpha <= ALPHA_MAX:
-            problems.append(f"The link's α = {params['alpha']} is outside {ALPHA_MIN:g} to {ALPHA_MAX:g}: "
+            problems.append(f"The link's α = {quoted(params['alpha'])} is outside {ALPHA_MIN:g} to {ALPHA_MAX:g}: "
                             f"showing α = 1.")
     if "resolution" in params and params["resolution"] not in map(str, RESOLUTIONS[stem]):
         sides = RESOLUTIONS[stem]
-        problems.append(f"The link's resolution {params['resolution']} is not offered for the {stem} stem "
+        problems.append(f"The link's resolution {quoted(params['resolution'])} is not offered for the {stem} stem "
                         f"({sides[0]} to {sides[-1]} in steps of {sides[1] - sides[0]}): showing "
                         f"{BASE_RESOLUTION[stem]}.")
     return problems

@@ -126,12 +126,15 @@ def test_the_first_page_says_what_this_is_and_which_model_answers(model: Path) -
 
 
 @pytest.mark.parametrize("link,note", [
-    ({"alpha": "7"}, "The link's α = 7 is outside 0.25 to 2: showing α = 1."),
-    ({"alpha": "wide"}, "The link's α = wide is outside 0.25 to 2: showing α = 1."),
-    ({"stem": "resnet"}, "The link's stem 'resnet' is not one of cifar, imagenet: showing cifar."),
+    ({"alpha": "7"}, "The link's α = `7` is outside 0.25 to 2: showing α = 1."),
+    ({"alpha": "wide"}, "The link's α = `wide` is outside 0.25 to 2: showing α = 1."),
+    ({"stem": "resnet"}, "The link's stem `resnet` is not one of cifar, imagenet: showing cifar."),
     ({"stem": "imagenet", "resolution": "32"},
-     "The link's resolution 32 is not offered for the imagenet stem (64 to 448 in steps of 16): showing 224."),
-    ({"model": "nonexistent"}, "The link's model 'nonexistent' is not on this server: showing mobilenet_v1_a0.25."),
+     "The link's resolution `32` is not offered for the imagenet stem (64 to 448 in steps of 16): showing 224."),
+    ({"model": "nonexistent"}, "The link's model `nonexistent` is not on this server: showing mobilenet_v1_a0.25."),
+    ({"model": "x **Session expired.** [Sign in](https://evil.example/) ![](https://evil.example/t.gif) `"},
+     "The link's model `x **Session expired.** [Sign in](https://evil.example/) ![](…` is not on this "
+     "server: showing mobilenet_v1_a0.25."),  # a stranger's Markdown, shown as code
 ])
 def test_a_bad_link_value_is_named_not_ignored(model: Path, link: dict, note: str) -> None:
     at = AppTest.from_file(APP, default_timeout=60)
@@ -371,3 +374,11 @@ def test_the_app_runs_torch_on_one_thread_per_visitor_from_its_first_page() -> N
     later.start()
     later.join()
     assert seen == [1]
+
+
+def test_an_evaluation_error_names_no_server_path(model: Path, places: Path) -> None:
+    (places / "data" / "cifar-10-batches-py").mkdir()  # an extract that was interrupted
+    at = open_page("app_pages/evaluation.py")
+    assert at.selectbox[0].value.source == "cifar10"
+    at.button[0].click().run()
+    assert not at.exception and at.error and not [e.value for e in at.error if str(places) in e.value]

@@ -128,7 +128,7 @@ def test_the_csv_download_is_the_runs_metrics_built_only_when_asked(runs: Path,
 def test_a_link_to_a_missing_run_says_so(runs: Path) -> None:
     make_run(runs, "real")
     at = open_page(run="gone")
-    assert [w.value for w in at.warning] == ["The link's run 'gone' is not on this server: showing real."]
+    assert [w.value for w in at.warning] == ["The link's run `gone` is not on this server: showing real."]
     assert at.selectbox[0].value == "real" and at.markdown[0].value.startswith("**real**")
 
 
@@ -136,7 +136,7 @@ def test_a_link_to_runs_to_overlay_that_are_missing_says_so(runs: Path) -> None:
     make_run(runs, "real")
     make_run(runs, "other")
     at = open_page(compare=["real", "gone"])
-    assert [w.value for w in at.warning] == ["Left out of the overlay, not on this server: 'gone'."]
+    assert [w.value for w in at.warning] == ["Left out of the overlay, not on this server: `gone`."]
     assert at.multiselect[0].value == ["real"]
 
 
