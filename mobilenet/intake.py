@@ -8,6 +8,7 @@ EXIF orientation, transparency on white, and the odd modes (CMYK, 16-bit, palett
 from __future__ import annotations
 
 import io
+import math
 import os
 import threading
 from contextlib import nullcontext
@@ -88,17 +89,24 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16- and 32-bit grayscale → L, scaled rather than clipped: 16-bit from its full range, 32-bit and float from
     their own finite range (NaN and infinities at its ends, a flat image mid-grey). A transparency key (a 16-bit
-    PNG's tRNS) becomes an alpha channel: LA."""
+    PNG's tRNS) becomes an alpha channel: LA. One full-size copy in 32 bits at a time."""
     key = img.info.get("transparency")
     if img.mode.startswith("I;16"):
-        out = img.convert("I").point(lambda v: v * (255 / 65535) + 0.5).convert("L")
+        lo, hi = 0, 65535
+        source = img.convert("I")
     else:
-        values = np.asarray(img, dtype=np.float32)
-        finite = values[np.isfinite(values)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        values = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
-        scaled = (values - lo) * (255 / (hi - lo)) + 0.5 if hi > lo else np.full(values.shape, 128.0)
-        out = Image.fromarray(scaled.astype(np.uint8), "L")
+        lo, hi = img.getextrema()
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # a NaN or infinite pixel among them
+            values = np.array(img, dtype=np.float32)
+            values[~np.isfinite(values)] = np.nan
+            lo, hi = (float(np.nanmin(values)), float(np.nanmax(values))) if not np.isnan(values).all() else (0, 0)
+            del values
+        source = img
+    if hi > lo:
+        scale = 255 / (hi - lo)  # point() then clips: NaN and -inf to 0, +inf to 255
+        out = source.point(lambda v: v * scale + (0.5 - lo * scale)).convert("L")
+    else:
+        out = Image.new("L", img.size, 128)
     if not isinstance(key, (int, float)):
         return out
     alpha = np.where(np.asarray(img) == key, 0, 255).astype(np.uint8)
