@@ -6,10 +6,11 @@ without this script's navigation and sidebar, until someone opens the root page.
 
 import streamlit as st
 
-from mobilenet import app_models, app_views
+from mobilenet import app_models, app_uploads, app_views
 
 st.set_page_config(page_title="MobileNet v1 Studio", page_icon=":material/memory:", layout="wide")
 app_views.one_thread_per_visitor()
+app_uploads.cap_uploads()
 page = st.navigation({
     "Learn": [st.Page("app_pages/explorer.py", title="Model explorer", icon=":material/account_tree:", default=True)],
     "Use": [

@@ -4,6 +4,7 @@ image of a pasted URL, fetched once, and their answers, made once."""
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
@@ -19,6 +20,9 @@ UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 UPLOADER_KEY = "uploader"
 # What the uploads a session keeps may weigh together: a dozen phone photos, not 16 files at the 25 MB limit.
 MAX_KEPT_BYTES = 64 * 2**20
+# What a session's uploads may weigh in the server's store as they arrive, before any page has run (a client that
+# uploads and never runs a page, a script, would otherwise pile them up): beyond it its oldest files are dropped.
+MAX_SESSION_UPLOAD_BYTES = 2 * MAX_KEPT_BYTES
 
 
 def keep_uploads(files: list, returning: bool, photo: object | None = None) -> tuple[list[Upload], list[str]]:
@@ -120,6 +124,35 @@ def drop_files_no_widget_holds(manager: object, session_id: str, held: set[str])
     for file_id in gone:
         manager.remove_file(session_id, file_id)
     return len(gone)
+
+
+def cap_session_uploads(manager: object) -> None:
+    """Make Streamlit's upload store keep at most MAX_SESSION_UPLOAD_BYTES per session, the newest files: done
+    where files arrive, since the page's own clean-up (drop_files_no_widget_holds) needs a page run. Once per store;
+    a store without per-session storage is left alone."""
+    if getattr(manager, "_capped", False) or not hasattr(manager, "file_storage"):
+        return
+    add = manager.add_file
+
+    def add_file(session_id: str, file: Any) -> None:
+        add(session_id, file)
+        storage = manager.file_storage.get(session_id, {})
+        over = sum(len(f.data) for f in list(storage.values())) - MAX_SESSION_UPLOAD_BYTES
+        for file_id in [i for i in list(storage) if i != file.file_id]:  # oldest first
+            if over <= 0:
+                break
+            over -= len(storage[file_id].data)
+            manager.remove_file(session_id, file_id)
+
+    manager.add_file = add_file
+    manager._capped = True
+
+
+def cap_uploads() -> None:
+    """The entry script's part: cap this server's upload store (see cap_session_uploads)."""
+    ctx = get_script_run_ctx()
+    if ctx is not None and ctx.uploaded_file_mgr is not None:
+        cap_session_uploads(ctx.uploaded_file_mgr)
 
 
 def _keep_only_held_uploads(held: list) -> None:

@@ -274,6 +274,30 @@ def test_uploaded_files_no_widget_holds_leave_the_servers_memory() -> None:
     assert drop_files_no_widget_holds(manager, "nobody", set()) == 0 and "nobody" not in manager.file_storage
 
 
+def test_a_session_uploading_without_running_a_page_keeps_only_its_newest_files(monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.uploaded_file_manager import UploadedFileRec
+
+    monkeypatch.setattr(app_uploads, "MAX_SESSION_UPLOAD_BYTES", 3000)
+    manager = MemoryUploadedFileManager("/_stcore/upload_file")
+    app_uploads.cap_session_uploads(manager)
+    app_uploads.cap_session_uploads(manager)  # each page run asks: capped once
+    manager.add_file("other", UploadedFileRec("theirs", "theirs.png", "image/png", b"x" * 1000))
+    for i in range(10):  # a script's PUTs, no page run between them
+        manager.add_file("script", UploadedFileRec(f"f{i}", f"{i}.png", "image/png", b"x" * 1000))
+    assert list(manager.file_storage["script"]) == ["f7", "f8", "f9"]
+    assert list(manager.file_storage["other"]) == ["theirs"]
+    assert sum(s.byte_length for stats in manager.get_stats().values() for s in stats) == 4000
+
+
+def test_the_app_caps_its_upload_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    capped = []
+    monkeypatch.setattr(app_uploads, "cap_session_uploads", capped.append)
+    inference_page()
+    assert capped and all(hasattr(manager, "file_storage") for manager in capped)  # the server's own store
+
+
 def test_a_one_class_model_answers_with_its_class(model: Path) -> None:
     save_model(model, classes=("cat",))
     at = inference_page()
