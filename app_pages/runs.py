@@ -44,7 +44,7 @@ def run_view() -> None:
         st.error(f"{run.name} failed: {app_runs.failure_reason(run)}")
     if result := app_runs.report_of(run):
         st.markdown(f"Validation accuracy {result.accuracy:.2%}")
-        app_views.show_report_charts(result)
+        app_runs.show_run_report_charts(run)
     if not app_runs.show_run_curves(run):
         st.caption("No metrics yet: the curves appear with the first training steps.")
 

@@ -144,7 +144,7 @@ def live() -> None:
             listed = ("it is in the model selector now" if app_runs.in_model_selector(latest)
                       else "its checkpoint does not load, so it is not in the model selector")
             st.markdown(f"**{latest.name}**: validation accuracy {result.accuracy:.2%}; {listed}.")
-            app_views.show_report_charts(result)
+            app_runs.show_run_report_charts(latest)
             if app_runs.downloadable(latest.folder.best):
                 st.download_button("Download its checkpoint", latest.folder.best.read_bytes,
                                    file_name=f"{latest.name}.pt", mime="application/octet-stream", on_click="ignore")

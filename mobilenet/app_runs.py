@@ -109,13 +109,33 @@ def downloadable(path: Path) -> bool:
 
 
 def report_of(run: RunInfo) -> Evaluation | None:
-    """A finished run's results, or None when its report.json is missing or malformed, or it validated nothing."""
-    report = run.report
+    """A finished run's results, or None when its report.json is missing or malformed, or it validated nothing;
+    read once per version of the file for all visitors."""
+    return _report(run.folder.report, _identity(run.folder.report))
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _report(path: Path, identity: tuple[int, int, int]) -> Evaluation | None:  # identity: cache key only
+    report = RunFolder(path.parent).read_report()
     try:
         return Evaluation.from_report(report) if report and "confusion" in report else None
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-        log.warning("run %s has a malformed report.json: %s", run.path, e)
+        log.warning("run %s has a malformed report.json: %s", path.parent, e)
         return None
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _report_charts(path: Path, identity: tuple[int, int, int]) -> list[dict]:  # identity: cache key only
+    result = _report(path, identity)
+    return [charts.per_class(result).to_dict(), charts.confusion(result).to_dict()] if result else []
+
+
+def show_run_report_charts(run: RunInfo) -> None:
+    """A finished run's accuracy per class and confusion matrix, side by side (stacked on a phone), built once per
+    version of its report for all visitors (every watcher's refresh drew them anew)."""
+    specs = _report_charts(run.folder.report, _identity(run.folder.report))
+    for column, spec in zip(st.columns(len(specs)) if specs else (), specs):
+        column.vega_lite_chart(spec, width="stretch")
 
 
 def recipe_overrides(recipe: str, **chosen) -> dict:

@@ -17,7 +17,7 @@ from helpers import isolate_app, make_run, metrics
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import app_runs
+from mobilenet import app_runs, charts
 from mobilenet.locks import try_lock
 
 PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "runs.py"
@@ -69,6 +69,18 @@ def test_any_run_opens_with_its_settings_report_and_curves(runs: Path) -> None:
     assert titled(at, "accuracy") and titled(at, "learning rate")
     at.selectbox[0].select("newer").run()
     assert at.markdown[0].value == "**newer**: finished, epoch 3/3"
+
+
+def test_a_runs_report_is_drawn_from_specs_built_once_for_every_visitor(runs: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    make_run(runs, "done")
+    built = []
+    per_class = charts.per_class
+    monkeypatch.setattr(charts, "per_class", lambda result: built.append(result.n) or per_class(result))
+    for _ in range(3):  # visitors, or one visitor's refreshes
+        at = open_page(run="done")
+        assert titled(at, "accuracy per class")
+    assert len(built) == 1
 
 
 def test_the_link_to_a_run_names_it_even_when_it_is_the_newest(runs: Path) -> None:
