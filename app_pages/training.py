@@ -109,23 +109,24 @@ def live() -> None:
     if (job is not None) != watching_a_job or app_runs.finished_runs(snapshot) != finished:
         st.rerun(scope="app")  # the whole app: the refresh rate follows the job, the model selector its runs
     running = next((r for r in runs if job and str(r.path.resolve()) == job.get("run")), None)
+    stopping = bool(job and job.get("stopping"))  # recorded with the job: every visitor sees it
     if running is not None:
-        rows = running.folder.read_metrics()
-        stopping = bool(job.get("stopping"))  # recorded with the job: every visitor sees it
-        done, text = app_runs.job_progress(running, rows, stopping)
+        done, text = app_runs.job_progress(running, running.folder.read_metrics(), stopping)
         st.progress(done, text=text)
         app_runs.show_run_curves(running)
-        if not stopping and st.button("Stop", disabled=not allowed, help=locked) and allowed:
-            try:
-                manager.stop()
-            except JobError as e:
-                st.error(app_views.for_visitors(str(e)))
-            else:
-                st.rerun()  # the whole page says "stopping…" until the job has saved and ended
+    elif job and job.get("pid"):
+        st.caption("A job is training a run that is no longer in the runs folder (moved or renamed).")
     elif job:
         st.caption("A job is starting…")
     else:
         st.caption("No training job is running.")
+    if job and job.get("pid") and not stopping and st.button("Stop", disabled=not allowed, help=locked) and allowed:
+        try:
+            manager.stop()
+        except JobError as e:
+            st.error(app_views.for_visitors(str(e)))
+        else:
+            st.rerun()  # the whole page says "stopping…" until the job has saved and ended
 
     for name in snapshot.skipped:
         st.warning(f"{name} is left out: it holds no readable run.")

@@ -478,3 +478,18 @@ def test_a_delete_asked_for_a_run_that_went_away_is_not_asked_again_when_it_is_b
     app_runs._runs_snapshot.clear()
     at.run()
     assert not at.warning and not [b for b in at.button if b.label == "Confirm"]
+
+
+def test_a_job_whose_run_folder_was_moved_can_still_be_stopped(places: Path) -> None:
+    job = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    folder, fd = live_run(places / "runs", "moved", job.pid)
+    try:
+        shutil.move(folder.path, places / "elsewhere")
+        app_runs._runs_snapshot.clear()
+        at = open_page()
+        assert "no longer in the runs folder" in " ".join(c.value for c in at.caption)
+        button(at, "Stop").click().run()
+        assert job.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        job.kill()
+        os.close(fd)
