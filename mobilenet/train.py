@@ -242,6 +242,7 @@ class Training:
         self.targets: torch.Tensor | None = None  # the teachers' probabilities per training image (distillation)
         self.best_eval: Evaluation | None = None  # best.pt's validation, when this process made it
         self.validation_s = 0.0  # how long this process's last validation took (0: none yet)
+        self.resumed_pace = 0.0  # img/s of the last row before a resume
 
     def run(self, resume: bool) -> dict:
         cfg, recipe = self.cfg, self.recipe
@@ -322,6 +323,8 @@ class Training:
             self.targets = saved["targets"].to(self.device)
         if self.writer:
             self.folder.truncate_metrics(self.global_step, self.state.epoch)
+        rows = self.folder.read_metrics()  # a run stopped on an epoch's last step ends it here with no step of its own
+        self.resumed_pace = rows[-1].img_per_s if rows else 0.0
 
     def _check_same_data(self, saved_card: dict) -> None:
         """The saved state goes on only with the images it trained on: other images re-draw the validation split
@@ -391,7 +394,10 @@ class Training:
         """Seconds left: the steps left at this epoch's pace (its training up to perf_counter() time trained_until),
         and the validations left at the last one's length. This process's own: after a resume on another device, or
         a pause, the whole run's average would mislead."""
-        step_s = (trained_until - self.epoch_started) / max(self.epoch_steps, 1)
+        if self.epoch_steps:
+            step_s = (trained_until - self.epoch_started) / self.epoch_steps
+        else:  # resumed at an epoch's end: the pace it had when it stopped
+            step_s = self.recipe.batch_size / self.resumed_pace if self.resumed_pace else 0.0
         validations = sum(map(self.validates, range(self.state.epoch + 1, self.recipe.epochs + 1)))
         validation_s = self.validation_s or self._validation_guess(step_s)
         return step_s * (self.total_steps - self.global_step) + validation_s * validations
@@ -423,7 +429,7 @@ class Training:
     def end_epoch(self) -> None:
         """Totals over all ranks, the schedule, validation, then best.pt, the row and last.pt."""
         recipe, state = self.recipe, self.state
-        img_per_s = self.images_per_second()
+        img_per_s = self.images_per_second() if self.epoch_steps else self.resumed_pace
         totals = torch.tensor([state.loss_sum, state.correct, state.seen], device=self.device, dtype=torch.float64)
         if self.world > 1:
             dist.all_reduce(totals)

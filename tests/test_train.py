@@ -365,3 +365,21 @@ def test_one_class_is_no_classifier(tmp_path: Path) -> None:
         shutil.rmtree(images / other)
     with pytest.raises(train.TrainError, match="holds one class \\(cat\\)"):
         train.train(config(images, tmp_path), tmp_path / "run")
+
+
+def test_a_run_resumed_at_an_epochs_end_logs_the_pace_it_had(folder: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    run, cfg = tmp_path / "run", config(folder, tmp_path, epochs=3)
+    calls = []
+    stop_agreed = train._stop_agreed
+
+    def stop_on_the_last_step_of_epoch_two(stop, world, device) -> bool:
+        calls.append(1)
+        return len(calls) == 12 or stop_agreed(stop, world, device)  # 6 steps an epoch
+
+    monkeypatch.setattr(train, "_stop_agreed", stop_on_the_last_step_of_epoch_two)
+    assert train.train(cfg, run)["status"] == "stopped"
+    monkeypatch.setattr(train, "_stop_agreed", stop_agreed)
+    train.train(cfg, run, resume=True)
+    second = next(r for r in epoch_rows(run) if r.epoch == 2)
+    assert second.img_per_s > 0 and second.eta_s > 0
