@@ -32,7 +32,8 @@ with st.sidebar:
         entry = models.get(key)
         st.caption(entry.describe())
         if app_models.has_int8(entry):
-            st.segmented_control("Precision", app_models.PRECISIONS, default="int8", key=app_models.PRECISION_KEY,
+            st.segmented_control("Precision", app_models.PRECISIONS, default="int8", required=True,
+                                 key=app_models.PRECISION_KEY,
                                  help="int8 answers several times faster; switch to fp32 to compare")
         st.caption(app_models.engine_caption(entry))
         if note := app_models.engine_note(entry):
