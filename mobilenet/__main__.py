@@ -43,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             may, got = (", ".join("--" + name.replace("_", "-") for name in names)
                         for names in (RESUMABLE_CHANGES, changed))
             raise ValueError(f"a resumed run keeps its settings; only {may} may change (got {got})")
-        cfg = replace(cfg, **given)
+        cfg = replace(cfg, **given).anchored()
         out = folder.path
     else:
         given_config = Path(args.config) if args.config else None

@@ -19,7 +19,7 @@ import streamlit as st
 from . import catalog, checkpoint, data, engines, evalsets, explore, settings
 from .app_views import for_visitors, link_note, visible_folder
 from .catalog import Catalog, ModelEntry
-from .data import ImageSet
+from .data import DataError, ImageSet
 from .device import device_name, pick_device
 from .evalsets import EvalSource
 from .evaluate import Evaluation, score
@@ -132,20 +132,30 @@ def _serving(path: Path, version: tuple[int, int], engine: str) -> tuple[Classif
 
 # Engines that could not serve a model version here, and why: tried once per server, not on every page run of every
 # visitor (a failed load is not cached by st.cache_resource); the sidebar then names the engine that answers.
-_refusals: dict[tuple[Path, tuple[int, int], str], str] = {}
+_refusals: dict[tuple, str] = {}
 _refusals_lock = threading.Lock()
 MAX_REFUSALS = 64
 
 
+def _refusal_key(path: Path, version: tuple[int, int], engine: str) -> tuple:
+    """The model's version and, for int8, its int8 file's: export-onnx writes that file alone, and a refusal holds
+    for the file it refused."""
+    try:
+        stat = engines.int8_file(path).stat() if engine == "int8" else None
+    except OSError:
+        stat = None
+    return path, version, engine, stat and (stat.st_mtime_ns, stat.st_size)
+
+
 def _refusal(path: Path, version: tuple[int, int], engine: str) -> str | None:
-    return _refusals.get((path, version, engine))
+    return _refusals.get(_refusal_key(path, version, engine))
 
 
 def _refuse(path: Path, version: tuple[int, int], engine: str, why: str) -> None:
     with _refusals_lock:
         if len(_refusals) >= MAX_REFUSALS:
             del _refusals[next(iter(_refusals))]
-        _refusals[(path, version, engine)] = why
+        _refusals[_refusal_key(path, version, engine)] = why
 
 
 # ---- engines ------------------------------------------------------------------------------------
@@ -229,6 +239,8 @@ _evaluating = threading.Lock()
 @st.cache_resource(max_entries=2, show_spinner=False)
 def _evaluation_images(path: Path, version: tuple[int, int], source: EvalSource, data_version: str | None,
                        root: Path, limit: int | None, _card: ModelCard) -> ImageSet:  # the card is path's
+    if data.fingerprint(source.source) != data_version:  # decoded again for a result of data since replaced
+        raise DataError(f"{source.label} changed since it was evaluated: evaluate it again")
     return evalsets.load(_card, source, root, limit=limit)
 
 

@@ -136,12 +136,13 @@ def cap_session_uploads(manager: object) -> None:
 
     def add_file(session_id: str, file: Any) -> None:
         add(session_id, file)
-        storage = manager.file_storage.get(session_id, {})
-        over = sum(len(f.data) for f in list(storage.values())) - MAX_SESSION_UPLOAD_BYTES
-        for file_id in [i for i in list(storage) if i != file.file_id]:  # oldest first
+        # A copy: a page run may remove files meanwhile (remove_file of one already gone does nothing).
+        sizes = {i: len(f.data) for i, f in list(manager.file_storage.get(session_id, {}).items())}
+        over = sum(sizes.values()) - MAX_SESSION_UPLOAD_BYTES
+        for file_id in [i for i in sizes if i != file.file_id]:  # oldest first
             if over <= 0:
                 break
-            over -= len(storage[file_id].data)
+            over -= sizes[file_id]
             manager.remove_file(session_id, file_id)
 
     manager.add_file = add_file

@@ -7,6 +7,8 @@ A model's key is stable and safe to put in a URL: a shipped checkpoint's file st
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -81,12 +83,29 @@ def finished_runs(folder: Path) -> list[RunFolder]:
 
 
 @lru_cache(maxsize=128)
-def _card(path: Path, version: tuple[int, int]) -> ModelCard | str:  # version: part of the cache key only
-    """The card, or why the file is refused: a damaged file is read and hashed once per version, not on every
-    page run of every visitor."""
+def _card(path: Path, version: tuple[int, int]) -> ModelCard:  # version: part of the cache key only
+    return ModelCard.from_dict(checkpoint.read(path)["card"])
+
+
+# Files refused lately, and why: a damaged file is read and hashed once a minute, not on every page run of every
+# visitor; after a minute it is tried again (a refusal may have passed: memory, a file's mode fixed by chmod).
+_refused: dict[tuple[Path, tuple[int, int]], tuple[float, str]] = {}
+_refused_lock = threading.Lock()
+RETRY_REFUSED_S = 60.0
+
+
+def _card_or_problem(path: Path, version: tuple[int, int]) -> ModelCard | str:
+    with _refused_lock:
+        refused = _refused.get((path, version))
+    if refused is not None and time.monotonic() - refused[0] < RETRY_REFUSED_S:
+        return refused[1]
     try:
-        return ModelCard.from_dict(checkpoint.read(path)["card"])
+        return _card(path, version)
     except CheckpointError as e:
+        with _refused_lock:
+            _refused[(path, version)] = (time.monotonic(), str(e))
+            while len(_refused) > 128:
+                del _refused[next(iter(_refused))]
         return str(e)
 
 
@@ -104,7 +123,7 @@ def list_models() -> Catalog:
         try:
             stat = path.stat()
             version = (stat.st_mtime_ns, stat.st_size)
-            card = _card(path, version)
+            card = _card_or_problem(path, version)
         except OSError as e:
             card = str(e)
         if isinstance(card, str):

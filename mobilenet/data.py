@@ -62,7 +62,7 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[to
     """Seeded split keeping each class's share: (train indices, validation indices), both sorted."""
     if not 0 <= val_size < len(labels):
         raise DataError(f"validation size {val_size} must be between 0 and {len(labels) - 1}")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed % 2**64)  # any whole seed, as the training streams
     classes, counts = labels.unique(return_counts=True)
     quotas = (counts.double() * val_size / len(labels)).floor().long()
     # Hand the rounding remainder to the classes with the largest fractional parts, in order.

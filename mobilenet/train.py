@@ -293,7 +293,7 @@ class Training:
 
     def build_model(self) -> None:
         cfg, recipe = self.cfg, self.recipe
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed % 2**64)
         self.model = MobileNetV1(len(self.train_set.classes), cfg.alpha, cfg.stem).to(
             self.device, memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, recipe)
@@ -302,8 +302,8 @@ class Training:
         self.shipped = self.average.model if self.average else self.model  # what is validated and saved as best.pt
         self.card = ModelCard(cfg.alpha, cfg.stem, cfg.resolution, self.train_set.classes,
                               recipe.normalization.mean, recipe.normalization.std, tta=recipe.tta,
-                              data=TrainingData(cfg.data, fingerprint(cfg.data), len(self.val_set), cfg.seed,
-                                                cfg.subset))  # val_size as held out: at most a fifth of the images
+                              data=TrainingData(cfg.data, fingerprint(cfg.data), cfg.val_size, cfg.seed,
+                                                cfg.subset))
         self.train_model = torch.compile(self.model) if cfg.compile else self.model
         if self.world > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -465,7 +465,8 @@ class Training:
     def summary(self, status: RunState) -> dict:
         """The card's account of this training."""
         cfg, recipe, state = self.cfg, self.recipe, self.state
-        return {"data": cfg.data, "recipe": cfg.recipe, "epochs": state.epoch, "planned_epochs": recipe.epochs,
+        return {"data": Path(cfg.data).name,  # by name, not this machine's path: cards ship
+                "recipe": cfg.recipe, "epochs": state.epoch, "planned_epochs": recipe.epochs,
                 "batch_size": recipe.batch_size, "lr": recipe.lr, "label_smoothing": recipe.label_smoothing,
                 "weight_decay": recipe.weight_decay, "ema": recipe.ema, "cutout": recipe.cutout, "seed": cfg.seed,
                 "val_size": cfg.val_size, "subset": cfg.subset,

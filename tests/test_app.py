@@ -227,9 +227,10 @@ def test_evaluation_on_a_generated_folder(model: Path, places: Path, monkeypatch
     images = data.match_classes(test_split, card.classes)
     assert metrics["accuracy"] == f"{evaluate(net, images, card.inference).accuracy:.2%}"
     assert len(at.image) in (1, 2)  # the sample tiles, and the mistakes unless there are none
+    asked = len(fingerprints)
     at.run()  # the result stays on screen across reruns
     assert {m.label: m.value for m in at.metric} == metrics
-    assert len(fingerprints) == 1  # the data is looked at when asked for, not on every page run
+    assert len(fingerprints) == asked  # the data is looked at when asked for, not on every page run
     shutil.rmtree(places / "data" / "small")
     write_folder(places / "data" / "small", per_class=8)  # the host replaced the folder: evaluated afresh
     at.button[0].click().run()
@@ -253,7 +254,8 @@ def test_evaluations_take_turns(model: Path, places: Path, monkeypatch: pytest.M
     monkeypatch.setattr(evalsets, "load", loading)
     entry = app_models.models().default
     source = evalsets.sources(entry.card)[0]
-    visitors = [threading.Thread(target=app_models._evaluation, args=(entry.path, entry.version, source, None,
+    version = data.fingerprint(source.source)
+    visitors = [threading.Thread(target=app_models._evaluation, args=(entry.path, entry.version, source, version,
                                                                        places / "data", limit, "torch"))
                 for limit in (None, 6, 9)]  # three different evaluations at once
     for visitor in visitors:
@@ -272,7 +274,8 @@ def test_engines_evaluated_on_the_same_images_share_them(model: Path, places: Pa
     monkeypatch.setattr(evalsets, "load", lambda *args, **kwargs: loads.append(args[1]) or load(*args, **kwargs))
     entry = app_models.models().default
     source = evalsets.sources(entry.card)[0]
-    runs = [app_models._evaluation(entry.path, entry.version, source, None, places / "data", None, engine)
+    version = data.fingerprint(source.source)
+    runs = [app_models._evaluation(entry.path, entry.version, source, version, places / "data", None, engine)
             for engine in ("torch", "onnx")]
     assert loads == [source]  # decoded once, kept once
     assert [run.result.n for run in runs] == [12, 12]
@@ -382,3 +385,14 @@ def test_an_evaluation_error_names_no_server_path(model: Path, places: Path) -> 
     assert at.selectbox[0].value.source == "cifar10"
     at.button[0].click().run()
     assert not at.exception and at.error and not [e.value for e in at.error if str(places) in e.value]
+
+
+def test_images_decoded_again_for_a_result_of_replaced_data_are_refused(model: Path, places: Path) -> None:
+    write_folder(places / "data" / "small", per_class=4)
+    entry = app_models.models().default
+    source = evalsets.sources(entry.card)[0]
+    before = data.fingerprint(source.source)
+    shutil.rmtree(places / "data" / "small")
+    write_folder(places / "data" / "small", per_class=8)  # replaced after the result was computed on `before`
+    with pytest.raises(data.DataError, match="changed since it was evaluated"):
+        app_models._evaluation_images(entry.path, entry.version, source, before, places / "data", None, entry.card)

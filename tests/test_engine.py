@@ -388,6 +388,10 @@ def test_the_app_answers_with_pytorch_when_the_int8_file_cannot_serve(tmp_path: 
     assert loads == ["int8", "torch"]  # the refusal is remembered, not tried again on each page run
     assert [c.value for c in at.sidebar.caption if "Answers with PyTorch, fp32" in c.value]
     assert not at.sidebar.segmented_control  # no int8 to compare with
+    shutil.copy(int8_file(CHECKPOINTS / shipped.name), int8_file(shipped))  # export-onnx wrote the right one
+    at.run()
+    assert [c.value for c in at.sidebar.caption if "Answers with ONNX Runtime, int8" in c.value]
+    assert not [w.value for w in at.warning if "PyTorch answers instead" in w.value]
 
 
 def test_evaluation_and_latency_answer_with_pytorch_when_the_int8_file_cannot_serve(tmp_path: Path,

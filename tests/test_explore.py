@@ -201,7 +201,7 @@ def test_the_latency_caption_names_each_engine_once() -> None:
     caption = explore.latency_caption(timed)
     assert ": a, c on ONNX Runtime, int8; b on PyTorch, fp32. " in caption
     assert caption.endswith("Accuracy is each card's fp32 validation accuracy; an int8 model is shipped only within "
-                            "0.5% of it.")  # the int8 rows are timed in int8, not measured in it
+                            "0.5 points of it.")  # the int8 rows are timed in int8, not measured in it
     assert explore.latency_caption(timed).startswith("Timed here on CPU, 1 thread: ")
 
 
