@@ -328,6 +328,16 @@ def test_a_run_resumes_only_on_the_images_it_trained_on(folder: Path, tmp_path: 
     assert run.read_status().epoch == saved and run.resumable  # the saved state stays for when the data is back
 
 
+def test_files_beside_the_images_do_not_stop_a_resume(folder: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(folder, images)
+    run, cfg = RunFolder(tmp_path / "run"), config(images, tmp_path, epochs=2)
+    train.train(cfg, run.path, on_step=lambda row: os.kill(os.getpid(), signal.SIGTERM))
+    (images / ".DS_Store").write_bytes(b"finder")
+    (images / "train" / "README.txt").write_text("where these came from")
+    assert train.train(cfg, run.path, resume=True)["status"] == "finished"
+
+
 def test_any_whole_seed_gives_its_own_streams_and_small_seeds_keep_theirs() -> None:
     first = torch.rand(4, generator=step_generator(20240101, 3, 7, torch.device("cpu")))  # a date: beyond 2**64
     assert not torch.equal(first, torch.rand(4, generator=step_generator(20240102, 3, 7, torch.device("cpu"))))
