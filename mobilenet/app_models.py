@@ -24,6 +24,7 @@ from .device import device_name, pick_device
 from .evalsets import EvalSource
 from .evaluate import Evaluation, score
 from .infer import Classifier
+from .memo import Memo
 from .checkpoint import CheckpointError, ModelCard
 from .shipping import int8_model
 
@@ -132,9 +133,7 @@ def _serving(path: Path, version: tuple[int, int], engine: str) -> tuple[Classif
 
 # Engines that could not serve a model version here, and why: tried once per server, not on every page run of every
 # visitor (a failed load is not cached by st.cache_resource); the sidebar then names the engine that answers.
-_refusals: dict[tuple, str] = {}
-_refusals_lock = threading.Lock()
-MAX_REFUSALS = 64
+_refusals: Memo[str] = Memo(size=64)
 
 
 def _refusal_key(path: Path, version: tuple[int, int], engine: str) -> tuple:
@@ -152,10 +151,7 @@ def _refusal(path: Path, version: tuple[int, int], engine: str) -> str | None:
 
 
 def _refuse(path: Path, version: tuple[int, int], engine: str, why: str) -> None:
-    with _refusals_lock:
-        if len(_refusals) >= MAX_REFUSALS:
-            del _refusals[next(iter(_refusals))]
-        _refusals[_refusal_key(path, version, engine)] = why
+    _refusals.put(_refusal_key(path, version, engine), why)
 
 
 # ---- engines ------------------------------------------------------------------------------------

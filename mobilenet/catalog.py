@@ -7,14 +7,13 @@ A model's key is stable and safe to put in a URL: a shipped checkpoint's file st
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from . import checkpoint
 from .checkpoint import CheckpointError, ModelCard
+from .memo import Memo
 from .runs import RunFolder, RunState
 from .settings import checkpoint_dir, runs_dir
 
@@ -89,23 +88,16 @@ def _card(path: Path, version: tuple[int, int]) -> ModelCard:  # version: part o
 
 # Files refused lately, and why: a damaged file is read and hashed once a minute, not on every page run of every
 # visitor; after a minute it is tried again (a refusal may have passed: memory, a file's mode fixed by chmod).
-_refused: dict[tuple[Path, tuple[int, int]], tuple[float, str]] = {}
-_refused_lock = threading.Lock()
-RETRY_REFUSED_S = 60.0
+_refused: Memo[str] = Memo(size=128, max_age_s=60.0)
 
 
 def _card_or_problem(path: Path, version: tuple[int, int]) -> ModelCard | str:
-    with _refused_lock:
-        refused = _refused.get((path, version))
-    if refused is not None and time.monotonic() - refused[0] < RETRY_REFUSED_S:
-        return refused[1]
+    if (refused := _refused.get((path, version))) is not None:
+        return refused
     try:
         return _card(path, version)
     except CheckpointError as e:
-        with _refused_lock:
-            _refused[(path, version)] = (time.monotonic(), str(e))
-            while len(_refused) > 128:
-                del _refused[next(iter(_refused))]
+        _refused.put((path, version), str(e))
         return str(e)
 
 

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Iterator
 
 from .config import TrainConfig
 from .locks import is_locked, keep_from_children, release_kept, try_lock
+from .memo import Memo
 
 
 JOB_LOCK_FD_ENV = "MOBILENET_JOB_LOCK_FD"  # an app job's slot lock (mobilenet.jobs), inherited by the trainer
@@ -283,16 +284,12 @@ class RunFolder:
         except OSError:
             return MetricsSummary(0, None)
         key = (self.metrics, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        with _summaries_lock:
-            if key in _summaries:
-                return _summaries[key]
+        if (summary := _summaries.get(key)) is not None:
+            return summary
         epochs = [r for r in self.read_metrics() if r.kind == "epoch"]
         accs = [r.val_acc for r in epochs if r.val_acc is not None]
         summary = MetricsSummary(len(epochs), max(accs) if accs else None)
-        with _summaries_lock:
-            _summaries[key] = summary
-            while len(_summaries) > MAX_SUMMARIES:
-                _summaries.popitem(last=False)
+        _summaries.put(key, summary)
         return summary
 
     @property
@@ -312,9 +309,7 @@ class MetricsSummary:
     best_val_acc: float | None
 
 
-_summaries: OrderedDict[tuple, MetricsSummary] = OrderedDict()
-_summaries_lock = threading.Lock()
-MAX_SUMMARIES = 4096
+_summaries: Memo[MetricsSummary] = Memo(size=4096)
 
 
 def read_metrics(run: Path | str) -> list[MetricsRow]:

@@ -55,7 +55,7 @@ def test_a_broken_checkpoint_is_reported_not_listed(places: Path, monkeypatch: p
         assert models.keys == ["good"]
         assert len(models.problems) == 1 and models.problems[0].startswith("broken: broken.pt ")
     assert sorted(reads) == ["broken.pt", "good.pt"]  # each read once
-    monkeypatch.setattr(catalog, "RETRY_REFUSED_S", 0.0)  # a minute later: a refusal may have passed
+    monkeypatch.setattr(catalog._refused, "max_age_s", 0.0)  # a minute later: a refusal may have passed
     catalog.list_models()
     assert sorted(reads) == ["broken.pt", "broken.pt", "good.pt"]
 
