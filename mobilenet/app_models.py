@@ -235,9 +235,17 @@ _evaluating = threading.Lock()
 @st.cache_resource(max_entries=2, show_spinner=False)
 def _evaluation_images(path: Path, version: tuple[int, int], source: EvalSource, data_version: str | None,
                        root: Path, limit: int | None, _card: ModelCard) -> ImageSet:  # the card is path's
-    if data.fingerprint(source.source) != data_version:  # decoded again for a result of data since replaced
+    decoded = source, data_version, root, limit
+    # The first decode of a version follows the click that took its fingerprint; a later one (after eviction) may
+    # be for a result shown from data since replaced, so that one looks at the data again.
+    if _decoded.get(decoded) and data.fingerprint(source.source) != data_version:
         raise DataError(f"{source.label} changed since it was evaluated: evaluate it again")
-    return evalsets.load(_card, source, root, limit=limit)
+    images = evalsets.load(_card, source, root, limit=limit)
+    _decoded.put(decoded, True)
+    return images
+
+
+_decoded: Memo[bool] = Memo(size=64)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

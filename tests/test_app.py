@@ -391,8 +391,21 @@ def test_images_decoded_again_for_a_result_of_replaced_data_are_refused(model: P
     write_folder(places / "data" / "small", per_class=4)
     entry = app_models.models().default
     source = evalsets.sources(entry.card)[0]
-    before = data.fingerprint(source.source)
+    before = app_models.data_version(source)
+    app_models.evaluation(entry, source, None, before)
     shutil.rmtree(places / "data" / "small")
     write_folder(places / "data" / "small", per_class=8)  # replaced after the result was computed on `before`
+    app_models._evaluation_images.clear()  # its images evicted by later evaluations
     with pytest.raises(data.DataError, match="changed since it was evaluated"):
-        app_models._evaluation_images(entry.path, entry.version, source, before, places / "data", None, entry.card)
+        app_models.evaluation(entry, source, None, before)
+
+
+def test_an_evaluation_looks_at_its_data_once(model: Path, places: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_folder(places / "data" / "small", per_class=4)
+    entry = app_models.models().default
+    source = evalsets.sources(entry.card)[0]
+    looks = []
+    fingerprint = data.fingerprint
+    monkeypatch.setattr(data, "fingerprint", lambda src: looks.append(src) or fingerprint(src))
+    app_models.evaluation(entry, source, None, app_models.data_version(source))  # a click
+    assert len(looks) == 1
