@@ -103,8 +103,18 @@ def latency_points(points: pd.DataFrame) -> pd.DataFrame:
 
 # A few models on their engines: each holds its weights (up to ~15 MB at α = 1) and its caches of class maps.
 @st.cache_resource(max_entries=8, show_spinner="Loading the model…")
-def _classifier(path: Path, version: tuple[int, int], engine: str) -> Classifier:  # version: cache key only
+def _classifier(path: Path, version: tuple[int, int], engine: str, engine_version: tuple[int, int] | None
+                ) -> Classifier:  # the versions: cache key only
     return Classifier.load(path, device="auto", engine=engine)
+
+
+def _engine_version(path: Path, engine: str) -> tuple[int, int] | None:
+    """The version of the file an engine serves beside the checkpoint: export-onnx writes the int8 file alone."""
+    try:
+        stat = engines.int8_file(path).stat() if engine == "int8" else None
+    except OSError:
+        return None
+    return stat and (stat.st_mtime_ns, stat.st_size)
 
 
 def classifier(entry: ModelEntry) -> Classifier:
@@ -125,10 +135,10 @@ def _serving(path: Path, version: tuple[int, int], engine: str) -> tuple[Classif
     """The model on an engine, or on PyTorch when that engine cannot serve it here: (classifier, why not)."""
     if engine != "torch" and _refusal(path, version, engine) is None:
         try:
-            return _classifier(path, version, engine), None
+            return _classifier(path, version, engine, _engine_version(path, engine)), None
         except CheckpointError as e:
             _refuse(path, version, engine, str(e))
-    return _classifier(path, version, "torch"), _refusal(path, version, engine)
+    return _classifier(path, version, "torch", None), _refusal(path, version, engine)
 
 
 # Engines that could not serve a model version here, and why: tried once per server, not on every page run of every
@@ -137,13 +147,8 @@ _refusals: Memo[str] = Memo(size=64)
 
 
 def _refusal_key(path: Path, version: tuple[int, int], engine: str) -> tuple:
-    """The model's version and, for int8, its int8 file's: export-onnx writes that file alone, and a refusal holds
-    for the file it refused."""
-    try:
-        stat = engines.int8_file(path).stat() if engine == "int8" else None
-    except OSError:
-        stat = None
-    return path, version, engine, stat and (stat.st_mtime_ns, stat.st_size)
+    """A refusal holds for the model's version and the engine's file it refused."""
+    return path, version, engine, _engine_version(path, engine)
 
 
 def _refusal(path: Path, version: tuple[int, int], engine: str) -> str | None:

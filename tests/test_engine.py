@@ -4,6 +4,7 @@ choosing an engine, the torch-only fallback, and the app on each engine."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from helpers import image_bytes, isolate_app, random_model, save_random_checkpoi
 from onnx import helper
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import Classifier, checkpoint, engines, onnx_export
+from mobilenet import Classifier, app_models, checkpoint, engines, onnx_export
 from mobilenet.__main__ import main
 from mobilenet.checkpoint import ModelCard, weights_digest
 from mobilenet.engines import NEEDS_ONNXRUNTIME, EngineError, OnnxEngine, choose, int8_file
@@ -411,3 +412,16 @@ def test_evaluation_and_latency_answer_with_pytorch_when_the_int8_file_cannot_se
     [evaluate] = [b for b in at.button if b.label == "Evaluate"]
     evaluate.click().run()
     assert not at.exception and not at.error and {m.label for m in at.metric} >= {"accuracy", "images"}
+
+
+def test_the_app_serves_an_int8_file_written_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    places = isolate_app(tmp_path, monkeypatch)
+    path = Path(shutil.copy(CHECKPOINTS / "mobilenet_v1_a0.25.pt", places / "checkpoints"))
+    shutil.copy(int8_file(CHECKPOINTS / "mobilenet_v1_a0.25.pt"), places / "checkpoints")
+    entry = app_models.models().default
+    served, why = app_models._serving(path, entry.version, "int8")
+    assert why is None and served.engine == "int8" and app_models._serving(path, entry.version, "int8")[0] is served
+    stat = int8_file(path).stat()
+    os.utime(int8_file(path), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # export-onnx wrote it again
+    again, why = app_models._serving(path, entry.version, "int8")
+    assert why is None and again is not served and again.engine == "int8"
