@@ -81,8 +81,8 @@ def job_progress(run: RunInfo, rows: list[MetricsRow], stopping: bool) -> tuple[
         return done, f"{run.name}: stopping… it saves its state, then ends"
     if last is None or run.state is not RunState.RUNNING:
         return done, f"{run.name}: starting… loading data"
-    return done, (f"{run.name}: epoch {last.epoch}/{run.epochs}, {last.img_per_s:.0f} img/s, "
-                  f"ETA {format_duration(last.eta_s)}")
+    return done, (f"{run.name}: {done * run.epochs:.1f}/{run.epochs} epochs, {last.img_per_s:.0f} img/s, "
+                  f"ETA {format_duration(last.eta_s)}")  # the runs table's count too: epochs done
 
 
 def _identity(path: Path) -> tuple[int, int, int]:

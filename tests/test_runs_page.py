@@ -18,7 +18,9 @@ from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 from mobilenet import app_runs, charts
+from mobilenet.jobs import RunInfo
 from mobilenet.locks import try_lock
+from mobilenet.runs import MetricsRow, RunState
 
 PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "runs.py"
 
@@ -205,3 +207,11 @@ def test_the_training_page_links_here(runs: Path) -> None:
         at.run()
         assert not at.exception, [e.value for e in at.exception]
         assert [link.proto.page for link in at.get("page_link")] == ["runs"]
+
+
+def test_the_progress_bar_counts_epochs_done_as_the_runs_table_does(tmp_path: Path) -> None:
+    info = RunInfo("live", tmp_path, RunState.RUNNING, epoch=2, epochs=4, best_val_acc=None, config={}, updated=0.0)
+    row = MetricsRow("step", epoch=3, step=250, train_loss=1.0, train_acc=0.5, lr=0.1, img_per_s=170.0,
+                     elapsed_s=60.0, eta_s=30.0, total_steps=400)  # half-way through the third of four epochs
+    done, text = app_runs.job_progress(info, [row], stopping=False)
+    assert done == 0.625 and text.startswith("live: 2.5/4 epochs, 170 img/s, ETA ")
