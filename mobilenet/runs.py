@@ -189,6 +189,16 @@ class RunFolder:
         finally:
             release_kept(fd)
 
+    def mark_failed(self, error: str) -> None:
+        """Record that a run (or its start) failed, keeping the epochs its last state holds; written under the writer
+        lock, so never over the status of another live process that writes the run meanwhile."""
+        try:
+            with self.writing():
+                saved = self.read_status() or RunStatus(RunState.FAILED)
+                self.set_status(RunState.FAILED, saved.epoch, saved.epochs, error=error[:500])
+        except RunBusy:
+            pass  # the run is that process's now
+
     @property
     def writer_alive(self) -> bool:
         """A live process holds the writer lock (readers never create or write anything)."""

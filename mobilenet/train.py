@@ -30,7 +30,7 @@ from .device import device_name, pick_device
 from .distill import soft_targets
 from .evaluate import Evaluation, evaluate
 from .model import MobileNetV1, feature_sides
-from .runs import DiskFull, MetricsRow, RunBusy, RunFolder, RunState, RunStatus, disk_full
+from .runs import DiskFull, MetricsRow, RunBusy, RunFolder, RunState, disk_full
 from .tta import InferenceRecipe
 
 
@@ -221,10 +221,8 @@ def train(
     except Exception as e:
         if disk_full(e):
             e = DiskFull("disk full: the last saved state is kept; free space, then resume")
-        if rank == 0 and folder.path.exists() and not folder.writer_alive:  # not another live process's run
-            saved = folder.read_status() or RunStatus(RunState.FAILED)  # the epochs its last state holds, not 0
-            folder.set_status(RunState.FAILED, saved.epoch, saved.epochs,
-                              error=(e.in_app if isinstance(e, DataError) else str(e))[:500])
+        if rank == 0 and folder.path.exists():
+            folder.mark_failed(e.in_app if isinstance(e, DataError) else str(e))
         raise e
     finally:
         if distributed:

@@ -13,7 +13,7 @@ import pytest
 from mobilenet import checkpoint, jobs
 from mobilenet.config import TrainConfig
 from mobilenet.jobs import JobError, JobManager
-from mobilenet.runs import DiskFull, MetricsRow, RunBusy, RunFolder, metrics_csv, thinned
+from mobilenet.runs import DiskFull, MetricsRow, RunBusy, RunFolder, RunState, metrics_csv, thinned
 from mobilenet.train import train
 
 from helpers import make_run, run_cli, write_folder
@@ -146,6 +146,25 @@ def test_one_writer_at_a_time_and_a_dead_writers_debris_is_cleared(tmp_path: Pat
             with RunFolder(folder.path).writing():
                 pass
     assert not folder.writer_alive
+
+
+def test_a_failure_is_recorded_under_the_writer_lock_and_never_over_a_live_writers_status(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.set_status(RunState.STOPPED, 3, 10)
+    with folder.writing():  # another live trainer started meanwhile
+        folder.set_status(RunState.LOADING, 3, 10)
+        folder.mark_failed("its data moved")
+    assert folder.read_status().state is RunState.LOADING
+    locked_while_written = []
+    set_status = RunFolder.set_status
+    monkeypatch.setattr(RunFolder, "set_status", lambda self, *a, **k: (
+        locked_while_written.append(RunFolder(self.path).writer_alive), set_status(self, *a, **k)))
+    folder.mark_failed("its data moved")  # nobody writes it: the run says it failed, with the epochs it keeps
+    status = folder.read_status()
+    assert locked_while_written == [True] and (status.state, status.epoch, status.error) == (
+        RunState.FAILED, 3, "its data moved")
 
 
 def test_forked_children_never_hold_the_writer_lock(tmp_path: Path) -> None:
