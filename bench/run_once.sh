@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10-train-jpeg.zip}
 export OMP_NUM_THREADS=${THREADS:-1}
 name=$1; shift
+[ -x .venv/bin/python ] || { echo "no .venv here: run the README's test install first" >&2; exit 2; }
 [ -f "runs/$name/report.json" ] && exit 0
 if [ -f "runs/$name/last.pt" ]; then
     .venv/bin/python -m mobilenet train --resume "runs/$name" --json >> "runs/$name.log" 2>&1
