@@ -14,7 +14,7 @@ case ${1:-} in
         trainers="mobilenet train --resume runs/|mobilenet train --data .* --out runs/"
         pkill -TERM -f "$trainers" || true
         pkill -CONT -f "$trainers" || true  # a paused run acts on the signal once it runs again
-        while pgrep -f "mobilenet train" > /dev/null; do sleep 2; done
+        while pgrep -f "$trainers" > /dev/null; do sleep 2; done
         for run in runs/*/; do
             run=${run%/}; name=$(basename "$run")
             [ -f "$run/last.pt" ] && [ ! -f "$run/report.json" ] || continue

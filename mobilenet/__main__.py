@@ -1,4 +1,4 @@
-"""Command line: python -m mobilenet {summary,train,evaluate,predict} …"""
+"""Command line: python -m mobilenet {summary,train,evaluate,predict,export,record-data,export-onnx} …"""
 
 from __future__ import annotations
 
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its best.pt is lost)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a stopped or killed run (only --device, --data-root and --val-every may change)")
-    p.add_argument("--json", action="store_true", help="one JSON line per epoch on stdout")
+    p.add_argument("--json", action="store_true", help="one JSON line per epoch, then one with the report, on stdout")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")

@@ -71,7 +71,8 @@ _TYPE_WORDS = {"str": "text", "int": "a whole number", "float": "a number", "boo
 
 @dataclass
 class TrainConfig:
-    data: str = _option("cifar10", "'cifar10' or an image folder / .zip with train/<class>/ (default cifar10)")
+    data: str = _option("cifar10", "'cifar10' or an image folder / .zip with train/<class>/ or <class>/ "
+                                   "(default cifar10)")
     recipe: str = _option(DEFAULT_RECIPE, "training recipe (default fast)", choices=tuple(RECIPES))
     epochs: int | None = _option(None, "default: the recipe's")
     batch_size: int | None = _option(None, "default: the recipe's")
@@ -84,7 +85,8 @@ class TrainConfig:
                               choices=TTA_MODES)
     teacher: str = _option("", "trained checkpoint(s) to distil from, comma-separated for an ensemble: their "
                                "averaged predictions on each training image join the labels as targets")
-    distill: float = _option(0.5, "weight of the teachers' targets against the labels (with --teacher)")
+    distill: float = _option(0.5, "weight of the teachers' targets against the labels (with --teacher; default "
+                                  "0.5, above 0, at most 1)")
     alpha: float = _option(1.0, "width multiplier α (default 1.0)")
     beta: float = _option(1.0, "resolution multiplier β (default 1.0)")
     stem: str = _option("cifar", "cifar: the seed's network; imagenet: the paper's", choices=STEMS)
@@ -92,8 +94,9 @@ class TrainConfig:
     val_size: int = _option(5000, "held-out validation images (default 5000; at most 20%% of the data; 0: none)")
     val_every: int = _option(1, "validate every N epochs, and always after the last (on a CPU, validating with "
                                 "flip-translate TTA costs about a third of an epoch)")
-    subset: int | None = _option(None, "use only N training images, a seeded class-balanced sample (smoke runs)")
-    device: str = _option("auto", "auto (the GPU when there is one), cpu or cuda")
+    subset: int | None = _option(None, "use only N images, a seeded class-balanced sample, the validation split "
+                                       "among them (smoke runs)")
+    device: str = _option("auto", "auto (the GPU when there is one), cpu, cuda or cuda:N")
     compile: bool = _option(False, "torch.compile the model")
     data_root: str = _option("", "where CIFAR-10 and the decode cache live (default: MOBILENET_DATA or data)")
     download: bool = _option(True, "download CIFAR-10 when it is missing")
