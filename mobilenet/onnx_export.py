@@ -87,13 +87,12 @@ class Quantization:
 
 @dataclass(frozen=True)
 class OnnxModel:
-    """A checked ONNX file: its serialized model (what ONNX Runtime is given), precision and card."""
+    """A checked int8 file: its serialized model (what ONNX Runtime is given), card and quantization record."""
 
     path: Path
     model: bytes
-    precision: str  # "fp32" or "int8"
     card: ModelCard
-    quantization: Quantization | None
+    quantization: Quantization
 
 
 # ---- the graph ----------------------------------------------------------------------------------
@@ -179,7 +178,8 @@ def write(model: onnx.ModelProto, path: Path) -> None:
 
 
 def read(path: Path, card: ModelCard, weights_digest: str) -> OnnxModel:
-    """A checked ONNX file made from the checkpoint whose card and weights' digest are given (raises OnnxError)."""
+    """The checked int8 file made by export-onnx from the checkpoint whose card and weights' digest are given
+    (raises OnnxError)."""
     if not path.is_file():
         raise OnnxError(f"{path.name} does not exist")
     if path.stat().st_size > MAX_BYTES:
@@ -206,7 +206,10 @@ def read(path: Path, card: ModelCard, weights_digest: str) -> OnnxModel:
         raise OnnxError(f"{path.name} has incomplete or malformed metadata ({e})") from None
     if serving(stamped) != serving(card):
         raise OnnxError(f"{path.name} describes another model than its checkpoint (architecture or input)")
-    return OnnxModel(path, blob, meta.get("precision", "?"), stamped, quantization)
+    if meta.get("precision") != "int8" or quantization is None:
+        raise OnnxError(f"{path.name} is not an int8 model made by export-onnx (no quantization record)")
+    check_interface(model, card, path.name)
+    return OnnxModel(path, blob, stamped, quantization)
 
 
 def serving(card: ModelCard) -> ModelCard:
@@ -223,9 +226,25 @@ def check_operators(model: onnx.ModelProto, name: str) -> None:
                       if n.domain not in ("", "ai.onnx") or n.op_type not in ALLOWED_OPS})
     if unknown:
         raise OnnxError(f"{name} is refused: it uses operators a MobileNet v1 does not need ({', '.join(unknown)})")
-    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node for a in n.attribute if a.HasField("t"))]
+    attributes = [a for n in model.graph.node for a in n.attribute]
+    if model.graph.sparse_initializer or any(a.tensors or a.HasField("sparse_tensor") or a.sparse_tensors
+                                             or a.HasField("g") or a.graphs for a in attributes):
+        raise OnnxError(f"{name} is refused: it holds sparse tensors or subgraphs, which our models never need")
+    tensors = [*model.graph.initializer, *(a.t for a in attributes if a.HasField("t"))]
     if any(t.data_location == TensorProto.EXTERNAL or t.external_data for t in tensors):
         raise OnnxError(f"{name} is refused: it reads tensors from files outside itself")
+
+
+def check_interface(model: onnx.ModelProto, card: ModelCard, name: str) -> None:
+    """One input and one output, named and shaped as graph() writes them for this card: images in, logits out."""
+    def shape(value: onnx.ValueInfoProto) -> list[int | str]:
+        return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
+    side = card.resolution
+    expected = [(INPUT, [3, side, side]), (OUTPUT, [card.num_classes])]
+    found = [(v.name, shape(v)[1:]) for v in (*model.graph.input, *model.graph.output)]
+    if found != expected:
+        raise OnnxError(f"{name} is refused: it takes and gives {found}, not the model's {expected}")
 
 
 # ---- int8 ---------------------------------------------------------------------------------------

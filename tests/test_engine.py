@@ -73,7 +73,7 @@ def test_every_shipped_model_has_an_int8_model_within_half_a_point(path: Path) -
     model, card = checkpoint.load(path)
     int8 = onnx_export.read(int8_file(path), card, weights_digest(model.state_dict()))
     q = int8.quantization
-    assert int8.precision == "int8" and q.held_out == (card.data.val_size > 0)
+    assert q.held_out == (card.data.val_size > 0)
     assert onnx.load_model_from_string(int8.model).ir_version == onnx_export.IR_VERSION  # ONNX Runtime ≥ 1.13 reads it
     if q.held_out:
         assert q.images == card.data.val_size
@@ -425,3 +425,42 @@ def test_the_app_serves_an_int8_file_written_again(tmp_path: Path, monkeypatch: 
     os.utime(int8_file(path), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # export-onnx wrote it again
     again, why = app_models._serving(path, entry.version, "int8")
     assert why is None and again is not served and again.engine == "int8"
+
+
+def restamped(shipped: Path, change) -> None:
+    """The int8 file beside `shipped` with `change` applied to its graph, stamped again as export-onnx stamps it
+    (the digests are anyone's to compute)."""
+    model = onnx.load_model(int8_file(shipped))
+    meta = {p.key: p.value for p in model.metadata_props}
+    change(model)
+    stamp(model, "int8", ModelCard.from_dict(json.loads(meta["card"])), meta["weights_digest"],
+          onnx_export.Quantization(**json.loads(meta["quantization"])))
+    int8_file(shipped).write_bytes(model.SerializeToString())
+
+
+def test_sparse_tensors_and_subgraphs_are_refused_even_when_stamped(shipped_copy: Path) -> None:
+    def sparse(proto: onnx.ModelProto) -> None:  # ONNX Runtime reads a sparse initializer's external data
+        values = helper.make_tensor("secret", onnx.TensorProto.FLOAT, [2], [0.0, 0.0])
+        values.data_location = onnx.TensorProto.EXTERNAL
+        values.external_data.add(key="location", value="secret.bin")
+        indices = helper.make_tensor("secret_indices", onnx.TensorProto.INT64, [2], [0, 1])
+        proto.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [2]))
+
+    restamped(shipped_copy, sparse)
+    assert "sparse tensors or subgraphs" in refusal(shipped_copy)
+    shutil.copy(int8_file(CHECKPOINTS / "mobilenet_v1_a0.25.pt"), int8_file(shipped_copy))
+    restamped(shipped_copy, lambda proto: proto.graph.node[1].attribute.append(
+        helper.make_attribute("body", helper.make_graph([], "inner", [], []))))
+    assert "sparse tensors or subgraphs" in refusal(shipped_copy)
+
+
+def test_an_int8_slot_holds_an_int8_model_of_the_checkpoints_interface(shipped_copy: Path) -> None:
+    stamped_with(shipped_copy, lambda proto: None)  # the fp32 graph, stamped "int8" but with no quantization record
+    assert "not an int8 model made by export-onnx" in refusal(shipped_copy)
+    shutil.copy(int8_file(CHECKPOINTS / "mobilenet_v1_a0.25.pt"), int8_file(shipped_copy))
+    restamped(shipped_copy, lambda proto: proto.graph.output[0].type.tensor_type.shape.dim[1].__setattr__(
+        "dim_value", 12))  # twelve logits for a ten-class card
+    assert "not the model's" in refusal(shipped_copy)
+    shutil.copy(int8_file(CHECKPOINTS / "mobilenet_v1_a0.25.pt"), int8_file(shipped_copy))
+    restamped(shipped_copy, lambda proto: proto.graph.input[0].__setattr__("name", "x"))
+    assert "not the model's" in refusal(shipped_copy)
