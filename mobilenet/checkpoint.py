@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import pickle
 import tempfile
@@ -40,10 +41,27 @@ class TrainingData:
     seed: int = 0
     subset: int | None = None
 
+    def __post_init__(self) -> None:  # read from a file, which a hand may have edited
+        def whole(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not (isinstance(self.source, str) and (self.fingerprint is None or isinstance(self.fingerprint, str))
+                and whole(self.val_size) and self.val_size >= 0 and whole(self.seed)
+                and (self.subset is None or whole(self.subset) and self.subset > 0)):
+            raise ValueError(f"the card's training data is malformed: {self}")
+
     @property
     def holds_out(self) -> bool:
         """Whether training held a validation split out of the source (val_size 0: it trained on all of it)."""
         return self.val_size > 0
+
+
+# The numbers in a card's `training` that pages and the cards README format (the rest is shown as text).
+NUMBERS_FOR_PEOPLE = ("epochs", "val_acc", "val_n", "params", "mult_adds", "train_time_s")
+
+
+def _number_or_none(value: object) -> bool:
+    return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,17 @@ class ModelCard:
         input_resolution(self.stem, resolution=self.resolution)  # a known stem, a side it can take
         if not self.classes or len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("a card needs class names and three channel means and deviations")
+        if len(set(self.classes)) != len(self.classes) or not all(self.classes):
+            raise ValueError("a card's class names must be distinct and not empty")
+        if not all(math.isfinite(v) for v in self.mean) or not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise ValueError("a card's channel means must be finite and its deviations positive")
+        for key in NUMBERS_FOR_PEOPLE:
+            if not _number_or_none(t.get(key)):
+                raise ValueError(f"the card's {key} is not a number: {t.get(key)!r}")
+        per_class = t.get("per_class", {})
+        if not isinstance(per_class, dict) or not all(isinstance(c, str) and _number_or_none(a)
+                                                      for c, a in per_class.items()):
+            raise ValueError("the card's per-class accuracies are malformed")
 
     @property
     def num_classes(self) -> int:
@@ -95,9 +124,9 @@ class ModelCard:
                 alpha=float(data["alpha"]),
                 stem=str(data["stem"]),
                 resolution=int(data["resolution"]),
-                classes=tuple(str(c) for c in data["classes"]),
-                mean=tuple(float(v) for v in data["mean"]),
-                std=tuple(float(v) for v in data["std"]),
+                classes=tuple(str(c) for c in _listed(data["classes"])),
+                mean=tuple(float(v) for v in _listed(data["mean"])),
+                std=tuple(float(v) for v in _listed(data["std"])),
                 training=dict(data.get("training", {})),
                 # Cards written before `tta` was a field said "flip_tta" in `training`.
                 tta=str(data.get("tta") or ("flip" if data.get("training", {}).get("flip_tta") else "none")),
@@ -105,6 +134,12 @@ class ModelCard:
             )
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint metadata is incomplete or malformed ({e})") from None
+
+
+def _listed(value: Any) -> list:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
 
 
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -203,7 +238,7 @@ def read(path: Path | str) -> dict[str, Any]:
     if not isinstance(payload.get("card"), dict):
         raise CheckpointError(f"{path.name} holds no model card")
     state = payload.get("state_dict")
-    if not isinstance(state, dict) or not all(_plain(v) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and _plain(v) for k, v in state.items()):
         raise CheckpointError(f"{path.name} holds no weights")
     if weights_digest(state) != payload.get("digest"):
         raise CheckpointError(f"{path.name} is damaged or was modified: its weights do not match their digest")

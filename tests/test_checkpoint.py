@@ -97,7 +97,8 @@ def crafted(tmp_path: Path, change) -> Path:
     path, _ = saved(tmp_path)
     payload = torch.load(path, weights_only=True)
     change(payload)
-    if all(t.layout == torch.strided and t.stride()[-1:] != (0,) for t in payload["state_dict"].values()):
+    if all(isinstance(k, str) and t.layout == torch.strided and t.stride()[-1:] != (0,)
+           for k, t in payload["state_dict"].items()):
         payload["digest"] = checkpoint.weights_digest(payload["state_dict"])
     torch.save(payload, path)
     return path
@@ -114,6 +115,14 @@ def crafted(tmp_path: Path, change) -> Path:
     # 4 bytes stored, a terabyte once made contiguous for the digest
     (lambda p: p["state_dict"].update({"classifier.bias": torch.zeros(1).expand(2**38)}), "holds no weights"),
     (lambda p: p["state_dict"].update({"classifier.bias": torch.zeros(3).to_sparse()}), "holds no weights"),
+    (lambda p: p["state_dict"].update({1: torch.zeros(1)}), "holds no weights"),
+    (lambda p: p["card"].update(classes="abc"), "metadata is incomplete or malformed"),
+    (lambda p: p["card"].update(classes=["a", "a", "b"]), "metadata is incomplete or malformed"),
+    (lambda p: p["card"].update(std=[0, 0, 0]), "metadata is incomplete or malformed"),  # answers NaN
+    (lambda p: p["card"].update(data={"source": "x.zip", "fingerprint": None, "val_size": "5000"}),
+     "metadata is incomplete or malformed"),
+    (lambda p: p["card"]["training"].update(per_class=[0.5]), "metadata is incomplete or malformed"),
+    (lambda p: p["card"]["training"].update(val_acc="high"), "metadata is incomplete or malformed"),
 ])
 @pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
 def test_crafted_checkpoints_are_refused_in_words(tmp_path: Path, change, words: str) -> None:
