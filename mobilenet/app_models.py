@@ -18,7 +18,7 @@ import streamlit as st
 
 from . import catalog, checkpoint, data, engines, evalsets, explore, settings
 from .app_views import for_visitors, link_note, visible_folder
-from .catalog import Catalog, ModelEntry
+from .catalog import Catalog, ModelEntry, Version
 from .data import DataError, ImageSet
 from .device import device_name, pick_device
 from .evalsets import EvalSource
@@ -72,7 +72,7 @@ def model_in_use(entry: ModelEntry | None) -> str:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _accuracy_points(versions: tuple[tuple[str, tuple[int, int]], ...]) -> pd.DataFrame:  # versions: cache key only
+def _accuracy_points(versions: tuple[tuple[str, Version], ...]) -> pd.DataFrame:  # versions: cache key only
     return explore.accuracy_against_cost([(m.key, m.card) for m in models().models])
 
 
@@ -82,7 +82,7 @@ def accuracy_points() -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=16, show_spinner="Timing each model on this machine…")
-def _latency_points(points: pd.DataFrame, chosen: tuple[tuple[str, Path, tuple[int, int], str], ...]) -> pd.DataFrame:
+def _latency_points(points: pd.DataFrame, chosen: tuple[tuple[str, Path, Version, str], ...]) -> pd.DataFrame:
     classifiers: dict[str, Classifier] = {}
     for key, path, version, engine in chosen:
         try:
@@ -103,18 +103,8 @@ def latency_points(points: pd.DataFrame) -> pd.DataFrame:
 
 # A few models on their engines: each holds its weights (up to ~15 MB at α = 1) and its caches of class maps.
 @st.cache_resource(max_entries=8, show_spinner="Loading the model…")
-def _classifier(path: Path, version: tuple[int, int], engine: str, engine_version: tuple[int, int] | None
-                ) -> Classifier:  # the versions: cache key only
+def _classifier(path: Path, version: Version, engine: str) -> Classifier:  # version: cache key only
     return Classifier.load(path, device="auto", engine=engine)
-
-
-def _engine_version(path: Path, engine: str) -> tuple[int, int] | None:
-    """The version of the file an engine serves beside the checkpoint: export-onnx writes the int8 file alone."""
-    try:
-        stat = engines.int8_file(path).stat() if engine == "int8" else None
-    except OSError:
-        return None
-    return stat and (stat.st_mtime_ns, stat.st_size)
 
 
 def classifier(entry: ModelEntry) -> Classifier:
@@ -131,14 +121,14 @@ def classifier(entry: ModelEntry) -> Classifier:
     return clf
 
 
-def _serving(path: Path, version: tuple[int, int], engine: str) -> tuple[Classifier, str | None]:
+def _serving(path: Path, version: Version, engine: str) -> tuple[Classifier, str | None]:
     """The model on an engine, or on PyTorch when that engine cannot serve it here: (classifier, why not)."""
     if engine != "torch" and _refusal(path, version, engine) is None:
         try:
-            return _classifier(path, version, engine, _engine_version(path, engine)), None
+            return _classifier(path, version, engine), None
         except CheckpointError as e:
             _refuse(path, version, engine, str(e))
-    return _classifier(path, version, "torch", None), _refusal(path, version, engine)
+    return _classifier(path, version, "torch"), _refusal(path, version, engine)
 
 
 # Engines that could not serve a model version here, and why: tried once per server, not on every page run of every
@@ -146,17 +136,12 @@ def _serving(path: Path, version: tuple[int, int], engine: str) -> tuple[Classif
 _refusals: Memo[str] = Memo(size=64)
 
 
-def _refusal_key(path: Path, version: tuple[int, int], engine: str) -> tuple:
-    """A refusal holds for the model's version and the engine's file it refused."""
-    return path, version, engine, _engine_version(path, engine)
+def _refusal(path: Path, version: Version, engine: str) -> str | None:
+    return _refusals.get((path, version, engine))
 
 
-def _refusal(path: Path, version: tuple[int, int], engine: str) -> str | None:
-    return _refusals.get(_refusal_key(path, version, engine))
-
-
-def _refuse(path: Path, version: tuple[int, int], engine: str, why: str) -> None:
-    _refusals.put(_refusal_key(path, version, engine), why)
+def _refuse(path: Path, version: Version, engine: str, why: str) -> None:
+    _refusals.put((path, version, engine), why)
 
 
 # ---- engines ------------------------------------------------------------------------------------
@@ -166,8 +151,9 @@ PRECISIONS = ("int8", "fp32")
 
 
 def has_int8(entry: ModelEntry) -> bool:
-    """Whether the model answers in int8 here (its int8 file, onnxruntime and the CPU), so fp32 is an option."""
-    return engine_for(entry, "int8") == "int8"
+    """Whether the model answers in int8 here (its int8 file, checked, onnxruntime and the CPU), so fp32 is an
+    option."""
+    return engine_for(entry, "int8") == "int8" and _quantization(entry.path, entry.version) is not None
 
 
 def _fastest_engine(entry: ModelEntry, precision: str | None) -> str:
@@ -184,18 +170,19 @@ def engine_for(entry: ModelEntry, precision: str | None = None) -> str:
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def _quantization(path: Path, version: tuple[int, int]) -> Quantization | None:  # version: cache key only
+def _quantization(path: Path, version: Version) -> Quantization | None:  # version: cache key only
     try:
         model = int8_model(path, checkpoint.read(path))
-    except CheckpointError:
-        return None  # loading the int8 engine says why
+    except CheckpointError as e:
+        _refuse(path, version, "int8", str(e))  # then no page offers int8 for it; loading it would say the same
+        return None
     return model.quantization if model else None
 
 
 def engine_caption(entry: ModelEntry) -> str:
     """For the sidebar: which engine and precision answer, and what int8 costs in accuracy."""
-    text = f":material/speed: Answers with {engines.describe(engine_for(entry))}"
     q = _quantization(entry.path, entry.version) if has_int8(entry) else None
+    text = f":material/speed: Answers with {engines.describe(engine_for(entry))}"
     if q is not None:
         where = "Validation accuracy" if q.held_out else f"On {q.images:,} of the images it trained on"
         text += f". {where}: int8 {q.int8_accuracy:.2%}, fp32 {q.fp32_accuracy:.2%}"
@@ -238,7 +225,7 @@ _evaluating = threading.Lock()
 # The decoded images (30 MB per 10,000 at 32×32) are kept for the last two evaluations, shared by their engines;
 # results (a few hundred KB) for the last eight. Images evicted meanwhile come back from the data cache on disk.
 @st.cache_resource(max_entries=2, show_spinner=False)
-def _evaluation_images(path: Path, version: tuple[int, int], source: EvalSource, data_version: str | None,
+def _evaluation_images(path: Path, version: Version, source: EvalSource, data_version: str | None,
                        root: Path, limit: int | None, _card: ModelCard) -> ImageSet:  # the card is path's
     decoded = source, data_version, root, limit
     # The first decode of a version follows the click that took its fingerprint; a later one (after eviction) may
@@ -254,7 +241,7 @@ _decoded: Memo[bool] = Memo(size=64)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _evaluation(path: Path, version: tuple[int, int], source: EvalSource, data_version: str | None, root: Path,
+def _evaluation(path: Path, version: Version, source: EvalSource, data_version: str | None, root: Path,
                 limit: int | None, engine: str) -> EvaluationRun:  # version, data_version: cache key only
     clf = _serving(path, version, engine)[0]
     with _evaluating:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import checkpoint
 from .checkpoint import CheckpointError, ModelCard
+from .engines import int8_file
 from .memo import Memo
 from .runs import RunFolder, RunState
 from .settings import checkpoint_dir, runs_dir
@@ -33,12 +34,26 @@ def default_checkpoint() -> Path:
     return path
 
 
+# A model's files as they are now: the checkpoint's (mtime_ns, size), then its int8 file's where it has one.
+Version = tuple[int, ...]
+
+
+def model_version(path: Path) -> Version:
+    """Raises OSError when the checkpoint is not there."""
+    stat = path.stat()
+    try:
+        int8 = int8_file(path).stat()
+    except OSError:
+        return stat.st_mtime_ns, stat.st_size
+    return stat.st_mtime_ns, stat.st_size, int8.st_mtime_ns, int8.st_size
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     key: str
     path: Path
     card: ModelCard
-    version: tuple[int, int]  # the file's (mtime_ns, size): a retrained best.pt is a new version
+    version: Version  # a retrained best.pt, or an int8 file exported again, is a new version
 
     def describe(self) -> str:
         """One line for people: architecture, input, classes, training and accuracy."""
@@ -82,7 +97,7 @@ def finished_runs(folder: Path) -> list[RunFolder]:
 
 
 @lru_cache(maxsize=128)
-def _card(path: Path, version: tuple[int, int]) -> ModelCard:  # version: part of the cache key only
+def _card(path: Path, version: Version) -> ModelCard:  # version: part of the cache key only
     return ModelCard.from_dict(checkpoint.read(path)["card"])
 
 
@@ -91,7 +106,7 @@ def _card(path: Path, version: tuple[int, int]) -> ModelCard:  # version: part o
 _refused: Memo[str] = Memo(size=128, max_age_s=60.0)
 
 
-def _card_or_problem(path: Path, version: tuple[int, int]) -> ModelCard | str:
+def _card_or_problem(path: Path, version: Version) -> ModelCard | str:
     if (refused := _refused.get((path, version))) is not None:
         return refused
     try:
@@ -113,8 +128,7 @@ def list_models() -> Catalog:
     models, problems = [], []
     for key, path in candidates:
         try:
-            stat = path.stat()
-            version = (stat.st_mtime_ns, stat.st_size)
+            version = model_version(path)
             card = _card_or_problem(path, version)
         except OSError as e:
             card = str(e)

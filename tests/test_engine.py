@@ -379,14 +379,16 @@ def test_the_app_answers_with_pytorch_when_the_int8_file_cannot_serve(tmp_path: 
     load = Classifier.load.__func__
     monkeypatch.setattr(Classifier, "load", classmethod(lambda cls, path, **kw: loads.append(kw["engine"])
                                                          or load(cls, path, **kw)))
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = AppTest.from_file(APP, default_timeout=60).run()  # the explorer: its sidebar offers no int8 either
+    assert [c.value for c in at.sidebar.caption if "Answers with PyTorch, fp32" in c.value]
+    assert not at.sidebar.segmented_control
     at.switch_page("app_pages/inference.py").run()
     assert [w.value for w in at.warning if "PyTorch answers instead" in w.value]
     at.file_uploader[0].set_value([("a.png", image_bytes(size=(64, 48)), "image/png")]).run()
     assert not at.exception and not at.error and at.markdown[-1].value.startswith("**a.png**: ")
     at.run()
     assert [w.value for w in at.warning if "PyTorch answers instead" in w.value]
-    assert loads == ["int8", "torch"]  # the refusal is remembered, not tried again on each page run
+    assert loads == ["torch"]  # the file's check refused it once, remembered: int8 is not tried on each page run
     assert [c.value for c in at.sidebar.caption if "Answers with PyTorch, fp32" in c.value]
     assert not at.sidebar.segmented_control  # no int8 to compare with
     shutil.copy(int8_file(CHECKPOINTS / shipped.name), int8_file(shipped))  # export-onnx wrote the right one
@@ -418,12 +420,12 @@ def test_the_app_serves_an_int8_file_written_again(tmp_path: Path, monkeypatch: 
     places = isolate_app(tmp_path, monkeypatch)
     path = Path(shutil.copy(CHECKPOINTS / "mobilenet_v1_a0.25.pt", places / "checkpoints"))
     shutil.copy(int8_file(CHECKPOINTS / "mobilenet_v1_a0.25.pt"), places / "checkpoints")
-    entry = app_models.models().default
-    served, why = app_models._serving(path, entry.version, "int8")
-    assert why is None and served.engine == "int8" and app_models._serving(path, entry.version, "int8")[0] is served
+    served, why = app_models._serving(path, app_models.models().default.version, "int8")
+    assert why is None and served.engine == "int8"
+    assert app_models._serving(path, app_models.models().default.version, "int8")[0] is served
     stat = int8_file(path).stat()
     os.utime(int8_file(path), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # export-onnx wrote it again
-    again, why = app_models._serving(path, entry.version, "int8")
+    again, why = app_models._serving(path, app_models.models().default.version, "int8")
     assert why is None and again is not served and again.engine == "int8"
 
 
@@ -464,3 +466,19 @@ def test_an_int8_slot_holds_an_int8_model_of_the_checkpoints_interface(shipped_c
     shutil.copy(int8_file(CHECKPOINTS / "mobilenet_v1_a0.25.pt"), int8_file(shipped_copy))
     restamped(shipped_copy, lambda proto: proto.graph.input[0].__setattr__("name", "x"))
     assert "not the model's" in refusal(shipped_copy)
+
+
+def test_the_app_shows_the_figures_of_an_int8_file_exported_again(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    places = isolate_app(tmp_path, monkeypatch)
+    shipped = Path(shutil.copy(CHECKPOINTS / "mobilenet_v1_a0.25.pt", places / "checkpoints"))
+    shutil.copy(int8_file(CHECKPOINTS / shipped.name), int8_file(shipped))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert [c.value for c in at.sidebar.caption if "int8 82.84%" in c.value]
+    model = onnx.load_model(int8_file(shipped))
+    meta = {p.key: p.value for p in model.metadata_props}
+    figures = onnx_export.Quantization(**json.loads(meta["quantization"]) | {"int8_accuracy": 0.8})
+    stamp(model, "int8", ModelCard.from_dict(json.loads(meta["card"])), meta["weights_digest"], figures)
+    int8_file(shipped).write_bytes(model.SerializeToString())  # as export-onnx writes it, on other calibration
+    at.run()
+    assert [c.value for c in at.sidebar.caption if "int8 80.00%" in c.value]
