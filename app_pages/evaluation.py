@@ -11,7 +11,7 @@ entry = app_models.require_model()
 app_models.classifier(entry)  # loaded before the request is made: says so when its engine falls back to PyTorch
 sources = evalsets.sources(entry.card)
 if not sources:
-    st.warning(evalsets.missing_data_message(settings.data_root()))
+    st.warning(app_views.for_visitors(evalsets.missing_data_message(settings.data_root())))
     st.stop()
 
 st.caption(evalsets.training_note(entry.card))

@@ -387,6 +387,12 @@ def test_an_evaluation_error_names_no_server_path(model: Path, places: Path) -> 
     assert not at.exception and at.error and not [e.value for e in at.error if str(places) in e.value]
 
 
+def test_the_evaluation_page_without_data_names_no_server_path(model: Path, places: Path) -> None:
+    at = open_page("app_pages/evaluation.py")  # an empty data folder
+    (warning,) = [w.value for w in at.warning if "No evaluation data found" in w.value]
+    assert str(places) not in warning and "`data/`" in warning
+
+
 def test_images_decoded_again_for_a_result_of_replaced_data_are_refused(model: Path, places: Path) -> None:
     write_folder(places / "data" / "small", per_class=4)
     entry = app_models.models().default
