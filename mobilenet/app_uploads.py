@@ -15,6 +15,7 @@ from .answers import MAX_IMAGES, Failure, Result, Upload
 from .data import IMAGE_SUFFIXES
 from .infer import Classifier
 from .intake import ImageError
+from .memo import Memo
 
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 UPLOADER_KEY = "uploader"
@@ -37,13 +38,16 @@ def keep_uploads(files: list, returning: bool, photo: object | None = None) -> t
     kept, left_out = state.get("kept_uploads", []), state.get("left_out_uploads", [])
     held = _first_that_fit(files)
     # Files left out leave the server at once, but the uploader lists them (as a DeletedFile) until removed.
-    listed = {f.file_id for f in state.get(UPLOADER_KEY) or []}
+    listed = [f.file_id for f in state.get(UPLOADER_KEY) or []]
     if files or listed:
         held_ids = [f.file_id for f in held]
         if held_ids != state.get("kept_file_ids"):
             kept = [Upload(f.name, f.getvalue()) for f in held]
             state.kept_file_ids = held_ids
         dropped = {i: name for i, name in state.get("dropped_uploads", {}).items() if i in listed}
+        present = {f.file_id for f in files}
+        lost = [i for i in listed if i not in present and i not in dropped]  # dropped as they arrived (the cap)
+        dropped |= {i: _dropped_on_arrival.get(i) or "a file the server could not keep" for i in lost}
         state.dropped_uploads = dropped | {f.file_id: f.name for f in files[len(held):]}
         left_out = list(state.dropped_uploads.values())
     elif not returning and state.get("uploader_had_files"):
@@ -126,6 +130,11 @@ def drop_files_no_widget_holds(manager: object, session_id: str, held: set[str])
     return len(gone)
 
 
+# The names of files the cap dropped as they arrived (file ids are unique across sessions): the page gets such a file
+# as a DeletedFile, which has no name, and names it among those left out.
+_dropped_on_arrival: Memo[str] = Memo(size=4096)
+
+
 def cap_session_uploads(manager: object) -> None:
     """Make Streamlit's upload store keep at most MAX_SESSION_UPLOAD_BYTES per session, the newest files: done
     where files arrive, since the page's own clean-up (drop_files_no_widget_holds) needs a page run. Once per store;
@@ -137,13 +146,15 @@ def cap_session_uploads(manager: object) -> None:
     def add_file(session_id: str, file: Any) -> None:
         add(session_id, file)
         # A copy: a page run may remove files meanwhile (remove_file of one already gone does nothing).
-        sizes = {i: len(f.data) for i, f in list(manager.file_storage.get(session_id, {}).items())}
-        over = sum(sizes.values()) - MAX_SESSION_UPLOAD_BYTES
-        for file_id in [i for i in sizes if i != file.file_id]:  # oldest first
+        stored = dict(list(manager.file_storage.get(session_id, {}).items()))
+        over = sum(len(f.data) for f in stored.values()) - MAX_SESSION_UPLOAD_BYTES
+        for file_id, dropped in stored.items():  # oldest first
             if over <= 0:
                 break
-            over -= sizes[file_id]
-            manager.remove_file(session_id, file_id)
+            if file_id != file.file_id:
+                over -= len(dropped.data)
+                _dropped_on_arrival.put(file_id, dropped.name)
+                manager.remove_file(session_id, file_id)
 
     manager.add_file = add_file
     manager._capped = True

@@ -291,6 +291,21 @@ def test_a_session_uploading_without_running_a_page_keeps_only_its_newest_files(
     assert sum(s.byte_length for stats in manager.get_stats().values() for s in stats) == 4000
 
 
+def test_files_the_upload_cap_dropped_as_they_arrived_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    files = [(f"{i}.png", image_bytes(seed=i, size=(40, 30)), "image/png") for i in range(5)]
+    monkeypatch.setattr(app_uploads, "MAX_SESSION_UPLOAD_BYTES", sum(len(f[1]) for f in files[2:]))
+    from streamlit.testing.v1 import local_script_runner
+
+    register = local_script_runner.LocalScriptRunner.register_file  # AppTest's store, fresh each run: capped first
+    monkeypatch.setattr(local_script_runner.LocalScriptRunner, "register_file", lambda runner, record: (
+        app_uploads.cap_session_uploads(runner._uploaded_file_mgr), register(runner, record)))
+    at = inference_page()
+    at.file_uploader[0].set_value(files).run()  # the store keeps the newest three as they arrive
+    assert [u.name for u in at.session_state.kept_uploads] == ["2.png", "3.png", "4.png"]
+    assert [w.value for w in at.warning if "left out: 0.png, 1.png." in w.value]
+    assert not at.exception
+
+
 def test_the_app_caps_its_upload_store(monkeypatch: pytest.MonkeyPatch) -> None:
     capped = []
     monkeypatch.setattr(app_uploads, "cap_session_uploads", capped.append)
