@@ -189,7 +189,8 @@ def main() -> None:
         print(f"\n{note}")
     if args.write:
         target = shipped_checkpoints()[0].parent / ood.CALIBRATION_FILE
-        target.write_text(json.dumps(thresholds, indent=2) + "\n")
+        text = json.dumps(thresholds, indent=2) + "\n"
+        checkpoint.atomic_write(target, lambda f: f.write(text.encode()))  # a torn file would silence every model
         print(f"\nwrote {target}")
 
 

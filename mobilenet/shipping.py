@@ -16,6 +16,7 @@ from . import checkpoint, data, settings
 from .catalog import shipped_order
 from .checkpoint import CheckpointError, ModelCard, TrainingData
 from .data import DataError
+from .evaluate import Evaluation
 from .engines import int8_file
 from .runs import RunFolder
 from .stats import model_stats
@@ -108,10 +109,14 @@ def export(run: Path, out: Path, data_description: str | None = None, validated_
     if "accuracy" not in report:
         raise CheckpointError(f"{folder.name} held out no images (too few for a validation split), so it has no "
                               f"validation accuracy to ship with")
+    try:  # the figures from the confusion matrix they come from
+        measured = Evaluation.from_report(report)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"the report.json that measures {folder.name} is malformed ({e})") from None
     stats = model_stats(card.alpha, resolution=card.resolution, stem=card.stem, num_classes=card.num_classes)
     training = card.training | {
-        "data": data_description or card.training.get("data"), "val_acc": report["accuracy"], "val_n": report["n"],
-        "per_class": report["per_class"], "params": stats.params, "mult_adds": stats.mult_adds,
+        "data": data_description or card.training.get("data"), "val_acc": measured.accuracy, "val_n": measured.n,
+        "per_class": measured.per_class, "params": stats.params, "mult_adds": stats.mult_adds,
     } | twin
     # The source by its file name, not this machine's path; its fingerprint finds it on any other.
     data = card.data and replace(card.data, source=Path(card.data.source).name)
@@ -190,7 +195,8 @@ def write_cards(folder: Path) -> list[str]:
                          f"split held out. The model itself trained on all the images, those included, and is its "
                          f"last epoch, with no selection (its card names the twin)."]
     sections = ["\n".join(overview)] + [card_markdown(name, card, int8) for name, card, int8 in shipped]
-    readme.write_text(f"{head}{CARDS_START}\n\n" + "\n\n".join(sections) + f"\n\n{CARDS_END}{tail}")
+    text = f"{head}{CARDS_START}\n\n" + "\n\n".join(sections) + f"\n\n{CARDS_END}{tail}"
+    checkpoint.atomic_write(readme, lambda f: f.write(text.encode()))
     return left_out
 
 

@@ -161,6 +161,19 @@ def test_a_run_with_too_few_images_to_hold_any_out_is_not_exported_as_validated(
     assert result.returncode == 2 and "held out no images" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_run_with_a_malformed_report_is_not_exported(tmp_path: Path) -> None:
+    write_folder(tmp_path / "images", per_class=10)
+    run = tmp_path / "run"
+    assert run_cli("train", "--data", str(tmp_path / "images"), "--out", str(run), "--alpha", "0.25", "--epochs",
+                   "1", "--batch-size", "16", "--val-size", "6", "--device", "cpu", "--data-root",
+                   str(tmp_path / "root")).returncode == 0
+    report = json.loads((run / "report.json").read_text())
+    (run / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "confusion"}))
+    result = run_cli("export", str(run), str(tmp_path / "m.pt"))
+    assert result.returncode == 2 and "report.json that measures run is malformed" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "m.pt").exists()
+
+
 @pytest.mark.parametrize("device", ["cuda:x", "cuda:", "gpu"])
 def test_a_device_that_is_no_device_is_refused_in_words(tmp_path: Path, device: str) -> None:
     result = run_cli("train", "--data", str(tmp_path), "--device", device, "--out", str(tmp_path / "run"))
