@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -136,6 +137,16 @@ class ModelCard:
             raise CheckpointError(f"checkpoint metadata is incomplete or malformed ({e})") from None
 
 
+def card_digest(card: dict[str, Any]) -> str:
+    """sha256 of a card as canonical JSON: torch.load checks no checksum, so a damaged byte would change a class
+    name unseen."""
+    try:
+        text = json.dumps(card, sort_keys=True)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"checkpoint metadata is incomplete or malformed ({e})") from None
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _listed(value: Any) -> list:
     if not isinstance(value, list):
         raise TypeError(f"expected a list, got {type(value).__name__}")
@@ -190,6 +201,7 @@ def save(path: Path | str, model: torch.nn.Module, card: ModelCard, train_state:
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "card": card.to_dict(),
+        "card_digest": card_digest(card.to_dict()),
         "state_dict": state,
         "digest": weights_digest(state),
     }
@@ -202,6 +214,7 @@ def replace_card(path: Path | str, card: ModelCard) -> None:
     """Write a new card into a checkpoint, keeping its weights and their digest as they are."""
     payload = read(path)
     payload["card"] = card.to_dict()
+    payload["card_digest"] = card_digest(payload["card"])
     atomic_torch_save(payload, path)
 
 
@@ -242,6 +255,8 @@ def read(path: Path | str) -> dict[str, Any]:
         raise CheckpointError(f"{path.name} holds no weights")
     if weights_digest(state) != payload.get("digest"):
         raise CheckpointError(f"{path.name} is damaged or was modified: its weights do not match their digest")
+    if "card_digest" in payload and card_digest(payload["card"]) != payload["card_digest"]:  # files before had none
+        raise CheckpointError(f"{path.name} is damaged or was modified: its card does not match its digest")
     return payload
 
 

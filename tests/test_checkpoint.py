@@ -75,10 +75,25 @@ def test_flipped_bytes_are_refused(tmp_path: Path) -> None:
         checkpoint.load(path)
 
 
+def test_a_changed_card_is_refused_and_a_card_written_again_is_read(tmp_path: Path) -> None:
+    path, _ = saved(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    payload["card"]["classes"] = ["b", "a", "c"]  # a damaged byte, or a hand, changed it; the weights are intact
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="its card does not match its digest"):
+        checkpoint.load(path)
+    payload.pop("card_digest")  # files written before cards had a digest are read as they are
+    torch.save(payload, path)
+    assert checkpoint.load(path)[1].classes == ("b", "a", "c")
+    checkpoint.replace_card(path, CARD)
+    assert checkpoint.load(path)[1] == CARD
+
+
 def test_weights_that_do_not_fit_the_metadata_are_refused(tmp_path: Path) -> None:
     path, _ = saved(tmp_path)
     payload = torch.load(path, weights_only=True)
     payload["card"]["alpha"] = 1.0
+    payload["card_digest"] = checkpoint.card_digest(payload["card"])
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="do not match the architecture"):
         checkpoint.load(path)
@@ -100,6 +115,8 @@ def crafted(tmp_path: Path, change) -> Path:
     if all(isinstance(k, str) and t.layout == torch.strided and t.stride()[-1:] != (0,)
            for k, t in payload["state_dict"].items()):
         payload["digest"] = checkpoint.weights_digest(payload["state_dict"])
+    if isinstance(payload.get("card"), dict):
+        payload["card_digest"] = checkpoint.card_digest(payload["card"])
     torch.save(payload, path)
     return path
 
