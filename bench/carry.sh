@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Carry unfinished runs between sessions through checkpoints/in-progress/ (runs/ is not committed):
 #   bench/carry.sh save      stop the ladder's lanes and their runs (SIGTERM: each saves its exact state), then copy
-#                            every unfinished run's config, metrics, status and last.pt to checkpoints/in-progress/
+#                            every unfinished run's config, metrics, status and last.pt to checkpoints/in-progress/,
+#                            and every finished one's with its report.json and best.pt (until its model ships)
 #   bench/carry.sh restore   copy each carried run back to runs/ unless runs/ already holds it at a later epoch
-# Commit checkpoints/in-progress/ after save; best.pt stays behind (a run writes it again at its next validation).
+# Commit checkpoints/in-progress/ after save; an unfinished run's best.pt stays behind (it is written again at the
+# run's next validation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRIED=checkpoints/in-progress
@@ -17,15 +19,21 @@ case ${1:-} in
         while pgrep -f "$trainers" > /dev/null; do sleep 2; done
         for run in runs/*/; do
             run=${run%/}; name=$(basename "$run")
-            [ -f "$run/last.pt" ] && [ ! -f "$run/report.json" ] || continue
-            mkdir -p "$CARRIED/$name"
-            cp "$run/config.json" "$run/metrics.jsonl" "$run/status.json" "$run/last.pt" "$CARRIED/$name/"
-            echo "carried $name at epoch $(epoch "$run/status.json")"
+            if [ -f "$run/report.json" ] && [ -f "$run/best.pt" ]; then  # finished: the model and its record
+                kept="report.json best.pt"                                  # (a validating twin's export reads them)
+            elif [ -f "$run/last.pt" ]; then
+                kept="last.pt"
+            else
+                continue
+            fi
+            rm -rf "${CARRIED:?}/$name" && mkdir -p "$CARRIED/$name"
+            for file in config.json metrics.jsonl status.json $kept; do cp "$run/$file" "$CARRIED/$name/"; done
+            echo "carried $name at epoch $(epoch "$run/status.json") ($kept)"
         done ;;
     restore)
         for carried in "$CARRIED"/*/; do
             carried=${carried%/}; name=$(basename "$carried")
-            [ -f "$carried/last.pt" ] || continue  # teachers/
+            [ -f "$carried/last.pt" ] || [ -f "$carried/report.json" ] || continue  # teachers/
             if [ "$(epoch "runs/$name/status.json")" -ge "$(epoch "$carried/status.json")" ]; then
                 echo "runs/$name is at epoch $(epoch "runs/$name/status.json") already: kept"
             else
