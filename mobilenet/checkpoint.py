@@ -197,11 +197,12 @@ def atomic_torch_save(obj: Any, path: Path | str) -> None:
 def save(path: Path | str, model: torch.nn.Module, card: ModelCard, train_state: dict | None = None) -> None:
     """Write weights (float32, on CPU) + card; train_state (optimizer, scheduler, RNG…) only for resuming."""
     state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+    described = card.to_dict()
     payload = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "card": card.to_dict(),
-        "card_digest": card_digest(card.to_dict()),
+        "card": described,
+        "card_digest": card_digest(described),
         "state_dict": state,
         "digest": weights_digest(state),
     }
