@@ -23,6 +23,7 @@ import torch
 
 from .model import MobileNetV1, check_alpha, input_resolution
 from .tta import SEED_NORMALIZATION, InferenceRecipe, Normalization
+from .values import is_int, is_number
 
 FORMAT = "mobilenet-v1-checkpoint"
 FORMAT_VERSION = 1
@@ -43,12 +44,9 @@ class TrainingData:
     subset: int | None = None
 
     def __post_init__(self) -> None:  # read from a file, which a hand may have edited
-        def whole(value: object) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
         if not (isinstance(self.source, str) and (self.fingerprint is None or isinstance(self.fingerprint, str))
-                and whole(self.val_size) and self.val_size >= 0 and whole(self.seed)
-                and (self.subset is None or whole(self.subset) and self.subset > 0)):
+                and is_int(self.val_size) and self.val_size >= 0 and is_int(self.seed)
+                and (self.subset is None or is_int(self.subset) and self.subset > 0)):
             raise ValueError(f"the card's training data is malformed: {self}")
 
     @property
@@ -62,7 +60,7 @@ NUMBERS_FOR_PEOPLE = ("epochs", "val_acc", "val_n", "params", "mult_adds", "trai
 
 
 def _number_or_none(value: object) -> bool:
-    return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value is None or is_number(value)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 from .model import STEMS, check_alpha, check_stem, input_resolution
 from .settings import data_root
 from .tta import CIFAR10_NORMALIZATION, SEED_NORMALIZATION, TTA_MODES, Normalization
+from .values import is_int, is_number
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ NOT_TRAINING = ("val_size", "val_every", "device", "data_root", "compile", "down
 RESUMABLE_CHANGES = ("device", "data_root", "val_every")  # a resumed run keeps its other settings
 
 
-_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
+_TYPE_CHECKS = {"str": lambda value: isinstance(value, str), "int": is_int, "float": is_number,
+                "bool": lambda value: isinstance(value, bool)}
 _TYPE_WORDS = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
 
 
@@ -106,7 +108,7 @@ class TrainConfig:
             value, kind = getattr(self, f.name), f.type.removesuffix(" | None")
             if value is None and f.type.endswith(" | None"):
                 continue
-            if not isinstance(value, _TYPES[kind]) or (isinstance(value, bool) and kind != "bool"):
+            if not _TYPE_CHECKS[kind](value):
                 raise ValueError(f"{f.name.replace('_', '-')} must be {_TYPE_WORDS[kind]}, got {value!r}")
             if value not in f.metadata.get("choices", (value,)):
                 raise ValueError(f"{f.name.replace('_', '-')} must be one of {', '.join(f.metadata['choices'])}, "
@@ -115,7 +117,7 @@ class TrainConfig:
             self.data_root = str(data_root())
         for name in ("epochs", "batch_size", "subset", "val_every"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.lr is not None and not 0 < self.lr < 100:
             raise ValueError(f"lr must be above 0 and below 100, got {self.lr!r}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .values import is_int
+
 STEMS = ("cifar", "imagenet")
 BASE_RESOLUTION = {"cifar": 32, "imagenet": 224}
 NUM_CLASSES = {"cifar": 10, "imagenet": 1000}  # each stem's natural head: CIFAR-10's classes, ImageNet's
@@ -114,7 +116,7 @@ def input_resolution(stem: str = "cifar", beta: float | None = None, resolution:
         if not isinstance(beta, (int, float)) or not 0 < beta <= 8:
             raise ValueError(f"beta (resolution multiplier) must be a number in (0, 8], got {beta!r}")
         resolution = round(BASE_RESOLUTION[stem] * beta)
-    if not isinstance(resolution, int) or isinstance(resolution, bool):
+    if not is_int(resolution):
         raise ValueError(f"resolution must be an integer, got {resolution!r}")
     smallest = min_resolution(stem)
     if resolution < smallest:

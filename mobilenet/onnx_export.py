@@ -32,6 +32,7 @@ from .data import DataError, ImageSet, split_train_val, stratified_split
 from .engines import MAX_INT8_LOSS, OnnxEngine, int8_file
 from .infer import fold_batchnorm
 from .tta import InferenceRecipe
+from .values import is_int, is_number
 
 FORMAT = "mobilenet-v1-onnx"
 FORMAT_VERSION = 1
@@ -69,10 +70,10 @@ class Quantization:
                    "first convolution and classifier in fp32")
 
     def __post_init__(self) -> None:  # read from a file's metadata, which a hand may have edited
-        kinds = {"float": (int, float), "int": int, "str": str}
+        kinds = {"float": is_number, "int": is_int, "str": lambda value: isinstance(value, str)}
         for f in fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, kinds[f.type]) or isinstance(value, bool):
+            if not kinds[f.type](value):
                 raise ValueError(f"quantization record field {f.name} is {value!r}")
 
     @property

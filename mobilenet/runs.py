@@ -17,7 +17,6 @@ import csv
 import errno
 import io
 import json
-import math
 import os
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import Any, BinaryIO, Iterator
 from .config import TrainConfig
 from .locks import is_locked, keep_from_children, release_kept, try_lock
 from .memo import Memo
+from .values import is_finite
 
 
 JOB_LOCK_FD_ENV = "MOBILENET_JOB_LOCK_FD"  # an app job's slot lock (mobilenet.jobs), inherited by the trainer
@@ -105,7 +105,7 @@ class MetricsRow:
                 row[f.name] = value
             elif value is None and "None" in str(f.type):
                 row[f.name] = None
-            elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            elif is_finite(value):
                 row[f.name] = int(value) if str(f.type).startswith("int") else float(value)
             else:
                 raise ValueError(f"metrics row field {f.name} is {value!r}")

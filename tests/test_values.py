@@ -1,0 +1,20 @@
+import math
+
+import pytest
+
+from mobilenet.values import is_finite, is_int, is_number
+
+
+@pytest.mark.parametrize("value, whole, number, finite", [
+    (3, True, True, True),
+    (0, True, True, True),
+    (2.5, False, True, True),
+    (True, False, False, False),  # JSON's true is not 1 in a file a hand edited
+    (False, False, False, False),
+    (math.nan, False, True, False),
+    (math.inf, False, True, False),
+    ("3", False, False, False),
+    (None, False, False, False),
+])
+def test_value_kinds(value, whole, number, finite):
+    assert (is_int(value), is_number(value), is_finite(value)) == (whole, number, finite)
