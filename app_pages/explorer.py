@@ -12,7 +12,8 @@ if entry is None:
     st.info(app_models.no_model_message())
 else:
     st.markdown(app_models.model_in_use(entry))
-for problem in explore.link_problems(st.query_params):  # before the widgets, which drop such values silently
+link = {key: st.query_params.get_all(key) for key in st.query_params}
+for problem in explore.link_problems(link):  # before the widgets, which drop such values silently
     st.warning(problem, icon=":material/link_off:")
 st.caption("MobileNet v1 (Howard et al. 2017): how the width multiplier α and the resolution multiplier β "
            "change its size and cost. The settings are in the address bar: copy it to share this view.")

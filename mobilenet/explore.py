@@ -41,25 +41,32 @@ def stats_for(alpha: float, stem: str, resolution: int) -> ModelStats:
     return model_stats(alpha, resolution=resolution, stem=stem)
 
 
-def link_problems(params: Mapping[str, str]) -> list[str]:
+def link_problems(params: Mapping[str, list[str]]) -> list[str]:
     """What a shared link asks of the explorer that it cannot show, said for people: the sliders silently fall
-    back to their defaults on such values, so this is read before they are drawn."""
+    back to their defaults on such values, so this is read before they are drawn. `params`: each key's values in
+    the link's order (a key given twice reaches a slider as a range, which it drops too; the stem takes the last)."""
     problems = []
-    stem = params.get("stem", STEMS[0])
+    stem = params.get("stem", [STEMS[0]])[-1]
     if stem not in STEMS:
         problems.append(f"The link's stem {quoted(stem)} is not one of {', '.join(STEMS)}: showing {STEMS[0]}.")
         stem = STEMS[0]
-    if "alpha" in params:
+    for key, name, default in (("alpha", "α", "α = 1"), ("resolution", "resolution", str(BASE_RESOLUTION[stem]))):
+        if len(params.get(key, [])) > 1:
+            problems.append(f"The link gives {name} more than once ({', '.join(map(quoted, params[key]))}): "
+                            f"showing {default}.")
+    alpha = params.get("alpha", [])
+    if len(alpha) == 1:
         try:
-            alpha = float(params["alpha"])
+            value = float(alpha[0])
         except ValueError:
-            alpha = float("nan")
-        if not ALPHA_MIN <= alpha <= ALPHA_MAX:
-            problems.append(f"The link's α = {quoted(params['alpha'])} is outside {ALPHA_MIN:g} to {ALPHA_MAX:g}: "
+            value = float("nan")
+        if not ALPHA_MIN <= value <= ALPHA_MAX:
+            problems.append(f"The link's α = {quoted(alpha[0])} is outside {ALPHA_MIN:g} to {ALPHA_MAX:g}: "
                             f"showing α = 1.")
-    if "resolution" in params and params["resolution"] not in map(str, RESOLUTIONS[stem]):
+    resolution = params.get("resolution", [])
+    if len(resolution) == 1 and resolution[0] not in map(str, RESOLUTIONS[stem]):
         sides = RESOLUTIONS[stem]
-        problems.append(f"The link's resolution {quoted(params['resolution'])} is not offered for the {stem} stem "
+        problems.append(f"The link's resolution {quoted(resolution[0])} is not offered for the {stem} stem "
                         f"({sides[0]} to {sides[-1]} in steps of {sides[1] - sides[0]}): showing "
                         f"{BASE_RESOLUTION[stem]}.")
     return problems

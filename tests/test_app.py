@@ -128,6 +128,7 @@ def test_the_first_page_says_what_this_is_and_which_model_answers(model: Path) -
 @pytest.mark.parametrize("link,note", [
     ({"alpha": "7"}, "The link's α = `7` is outside 0.25 to 2: showing α = 1."),
     ({"alpha": "wide"}, "The link's α = `wide` is outside 0.25 to 2: showing α = 1."),
+    ({"alpha": ["0.5", "0.75"]}, "The link gives α more than once (`0.5`, `0.75`): showing α = 1."),
     ({"stem": "resnet"}, "The link's stem `resnet` is not one of cifar, imagenet: showing cifar."),
     ({"stem": "imagenet", "resolution": "32"},
      "The link's resolution `32` is not offered for the imagenet stem (64 to 448 in steps of 16): showing 224."),

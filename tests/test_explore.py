@@ -221,9 +221,13 @@ def test_a_classifiers_latency_is_its_engines() -> None:
 
 
 def test_link_problems_name_what_the_widgets_would_drop() -> None:
-    assert explore.link_problems({"alpha": "0.5", "stem": "imagenet", "resolution": "128", "model": "x"}) == []
-    assert explore.link_problems({"alpha": "2.5"}) == ["The link's α = `2.5` is outside 0.25 to 2: showing α = 1."]
-    assert len(explore.link_problems({"stem": "x", "resolution": "224"})) == 2  # 224 is not a cifar resolution
+    assert explore.link_problems({"alpha": ["0.5"], "stem": ["imagenet"], "resolution": ["128"], "model": ["x"]}) == []
+    assert explore.link_problems({"alpha": ["2.5"]}) == ["The link's α = `2.5` is outside 0.25 to 2: showing α = 1."]
+    assert len(explore.link_problems({"stem": ["x"], "resolution": ["224"]})) == 2  # 224 is not a cifar resolution
+    assert explore.link_problems({"stem": ["x", "imagenet"], "resolution": ["224"]}) == []  # the stem's last counts
+    assert explore.link_problems({"alpha": ["0.5", "0.75"], "stem": ["imagenet"], "resolution": ["128", "160"]}) == [
+        "The link gives α more than once (`0.5`, `0.75`): showing α = 1.",
+        "The link gives resolution more than once (`128`, `160`): showing 224."]
 
 
 def test_the_counts_kept_stay_bounded_whatever_links_ask(monkeypatch: pytest.MonkeyPatch) -> None:
