@@ -345,16 +345,17 @@ def split_train_val(full: ImageSet, val_size: int, seed: int, subset: int | None
     return full.subset(train_idx), full.subset(val_idx)
 
 
-def fingerprint(source: str) -> str | None:
+def fingerprint(source: str, version: tuple | None = None) -> str | None:
     """A short content hash that names a data source wherever it lies: a .zip's bytes, a folder's files.
 
     "cifar10" is the fixed torchvision archive, so its name is its fingerprint; None when the source is missing.
+    `version`: the source's source_version when the caller has just read it.
     """
     if source == "cifar10":
         return "cifar10"
     path = Path(source)
     try:
-        return _fingerprint(path.resolve(), source_version(path))
+        return _fingerprint(path.resolve(), source_version(path) if version is None else version)
     except OSError:
         return None
 

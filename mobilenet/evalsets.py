@@ -17,6 +17,7 @@ from pathlib import Path
 from . import data, settings
 from .checkpoint import ModelCard, TrainingData
 from .data import DataError, ImageSet
+from .memo import Memo
 
 VAL = "val"  # the validation split held out in training, beside data.SPLITS
 ALL = "train"  # a folder without a test split: all its images
@@ -52,10 +53,25 @@ def _splits(path: Path, version: tuple) -> tuple[str, ...]:  # version: part of 
         return ()
 
 
+# A page run asks after each source several times (its splits, whether the model trained on it) and a visitor's
+# clicks rerun the page: a folder's version walks every image's name (~50 ms for 12,000), so it is read again
+# only when this old.
+_versions: Memo[tuple] = Memo(size=64, max_age_s=2.0)
+
+
+def _version(path: Path) -> tuple:
+    """data.source_version, as of the last two seconds; OSError when the source is gone."""
+    version = _versions.get(path)
+    if version is None:
+        version = data.source_version(path)
+        _versions.put(path, version)
+    return version
+
+
 def _splits_now(path: Path) -> tuple[str, ...]:
     """The splits a folder or .zip holds as it is now; none when it is gone or unreadable."""
     try:
-        return _splits(path, data.source_version(path))
+        return _splits(path, _version(path))
     except OSError:
         return ()
 
@@ -75,7 +91,12 @@ def trained_on(card: ModelCard, source: str) -> bool:
     if trained is None:
         return False
     if trained.fingerprint:
-        return data.fingerprint(source) == trained.fingerprint
+        if source == "cifar10":
+            return trained.fingerprint == "cifar10"
+        try:
+            return data.fingerprint(source, _version(Path(source))) == trained.fingerprint
+        except OSError:
+            return False
     return source == trained.source or Path(source).name == Path(trained.source).name
 
 

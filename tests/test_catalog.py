@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import save_model, save_run, write_folder, zip_folder
 
-from mobilenet import catalog, checkpoint, data, evalsets, shipping
+from mobilenet import catalog, checkpoint, data, evalsets, memo, shipping
 from mobilenet.checkpoint import CheckpointError, ModelCard, TrainingData
 from mobilenet.data import CIFAR10_CLASSES, DataError, load
 from mobilenet.evaluate import Evaluation
@@ -116,6 +116,25 @@ def test_a_model_trained_on_all_its_data_is_offered_no_validation_split(tmp_path
     assert "holding none out for validation" in evalsets.training_note(card)
     with pytest.raises(DataError, match="held no validation split out"):
         evalsets.named(card, str(trained), evalsets.VAL)
+
+
+def test_a_page_run_reads_each_folder_once_and_sees_a_change_after_two_seconds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    trained = write_folder(root / "trained", 2, splits=("train",))
+    card = save_model(tmp_path / "m.pt", data=TrainingData("trained", data.fingerprint(str(trained))))
+    walks = []
+    monkeypatch.setattr(data, "source_version", lambda path, walk=data.source_version: walks.append(path) or walk(path))
+    now = [1000.0]
+    monkeypatch.setattr(memo.time, "monotonic", lambda: now[0])
+    for _ in range(3):  # a visitor's clicks: each reruns the page
+        assert [(s.split, s.seen) for s in evalsets.sources(card, root)] == [(evalsets.VAL, False), ("train", True)]
+    assert walks == [trained]
+    write_folder(root / "trained", 2, splits=("test",))  # a test split: no longer the images it trained on
+    assert [s.split for s in evalsets.sources(card, root)] == [evalsets.VAL, "train"]  # as of two seconds ago
+    now[0] += 2
+    assert [s.label for s in evalsets.sources(card, root)] == ["trained: test split"]
+    assert walks == [trained, trained]
 
 
 def test_no_sources_in_a_missing_root(tmp_path: Path) -> None:
