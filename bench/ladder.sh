@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 lane=${1:?usage: bench/ladder.sh twin|full}
 T=checkpoints/in-progress/teachers
-for alpha in 1.0 0.75 0.5 0.25; do
+for alpha in 1.0 0.25 0.5 0.75; do  # the quicker widths first: each ships as its pair of runs ends
     twin=twin-a$alpha-distill3-120
     case $lane in
         twin) bench/run_once.sh "$twin" --alpha "$alpha" --epochs 120 --tta flip-translate --val-every 4 \
