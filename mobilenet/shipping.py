@@ -233,6 +233,18 @@ def int8_markdown(model: OnnxModel) -> str:
             f"{q.calibration_images} training images (seed {q.calibration_seed}), {calibrated} |")
 
 
+def _recipe_changes(training: dict) -> str:
+    """What a run added to its recipe, as the card's training line says it (nothing for a plain run)."""
+    changes = []
+    if training.get("teachers"):
+        changes.append(f"distilled with weight {training.get('distill')} from {', '.join(training['teachers'])}")
+    if training.get("cutout"):
+        changes.append(f"Cutout {training['cutout']}")
+    if training.get("ema"):
+        changes.append(f"EMA {training['ema']}")
+    return "".join(f"; {change}" for change in changes)
+
+
 def card_markdown(name: str, card: ModelCard, int8: OnnxModel | None = None) -> str:
     """A model card for checkpoints/README.md, from the metadata stored in the checkpoint (and its int8 model)."""
     t = card.training
@@ -257,7 +269,7 @@ def card_markdown(name: str, card: ModelCard, int8: OnnxModel | None = None) -> 
         f"(seeded, stratified; seed {t.get('seed')}){TTA_WORDS[card.tta]}{validated} |",
         f"| per-class accuracy | {per_class} |",
         f"| training | {t.get('epochs')} epochs, recipe `{t.get('recipe')}` (batch {t.get('batch_size')}, peak lr "
-        f"{t.get('lr')}), {minutes:.0f} min on {t.get('device')} |",
+        f"{t.get('lr')}{_recipe_changes(t)}), {minutes:.0f} min on {t.get('device')} |",
         f"| normalisation | mean {card.mean}, std {card.std} |",
         *([int8_markdown(int8)] if int8 else []),
     ])
