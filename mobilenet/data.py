@@ -29,6 +29,7 @@ from .settings import data_root
 from .intake import ImageError, fit_square, load_model_array, to_uint8_array
 
 CACHE_VERSION = 2  # bump when decoding or resizing changes, so old caches are rebuilt
+CACHE_FOLDER = "cache"  # under the data root: decoded images, teachers' answers (mobilenet.distill)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
@@ -285,7 +286,7 @@ def load(
         raise DataError(f"split must be one of {SPLITS}, got {split!r}")
     root = data_root() if root is None else Path(root)
     check_source(source, root, download)
-    cache_file = root / "cache" / f"{_cache_key(source, split, resolution)}.pt"
+    cache_file = root / CACHE_FOLDER / f"{_cache_key(source, split, resolution)}.pt"
     if cache and cache_file.exists():
         try:
             saved = torch.load(cache_file, weights_only=True)

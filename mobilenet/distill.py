@@ -1,19 +1,23 @@
 """Distillation targets: what trained models (one, or an ensemble averaged) predict for each training image.
 
 Computed once when a run starts, each teacher fed as its card says (normalisation, test-time augmentation),
-and saved with the run's state, so a resumed run uses exactly the same targets. A run that validates refuses a
+and saved with the run's state, so a resumed run uses exactly the same targets. Each teacher's answers are kept in
+the decode cache, keyed by its weights, its recipe and the images, so the next run on the same images (another
+width of the ladder) reads them instead of running the teacher again (about 4 minutes per α=1 teacher on one CPU
+thread). A run that validates refuses a
 teacher that was not trained with the same validation split held out: its targets would carry the validation
 images' labels into training, and the validation accuracy would flatter the student.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 
 from . import checkpoint
-from .checkpoint import TrainingData
+from .checkpoint import ModelCard, TrainingData, atomic_torch_save, weights_digest
 from .data import ImageSet
 from .evaluate import predict_probs
 
@@ -29,13 +33,36 @@ def check_held_out(teacher: str, data: TrainingData | None, held_out: TrainingDa
             "such a teacher, or train without validation (--val-size 0)")
 
 
-def soft_targets(teachers: list[str], train_set: ImageSet, held_out: TrainingData | None) -> torch.Tensor:
+def _teacher_probs(model: torch.nn.Module, card: ModelCard, images: torch.Tensor, images_digest: str,
+                   cache: Path | None) -> torch.Tensor:
+    """predict_probs of one teacher, read from `cache` when it has answered these images before."""
+    key = hashlib.sha256(f"{weights_digest(model.state_dict())} {card.inference} {images_digest}".encode())
+    file = None if cache is None else cache / f"{key.hexdigest()[:32]}.pt"
+    if file is not None and file.exists():
+        try:
+            probs = torch.load(file, weights_only=True)
+            if (isinstance(probs, torch.Tensor) and probs.shape == (len(images), card.num_classes)
+                    and probs.dtype == torch.float32 and bool(probs.isfinite().all())):
+                return probs
+        except Exception:  # a damaged cache file is computed again, never trusted (torch.load raises many kinds)
+            pass
+    probs = predict_probs(model.to(images.device), images, card.inference)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(probs, file)
+    return probs
+
+
+def soft_targets(teachers: list[str], train_set: ImageSet, held_out: TrainingData | None,
+                 cache: Path | None = None) -> torch.Tensor:
     """The teachers' averaged class probabilities for each training image (N×classes, float32 on its device).
 
     held_out: the student's validation split, which every teacher must have held out too (None: no validation).
+    cache: a folder that keeps each teacher's answers for the next run on the same images (None: none kept).
     """
     total = torch.zeros(len(train_set), len(train_set.classes))
     resolution = train_set.images.shape[-1]
+    images_digest = hashlib.sha256(train_set.images.cpu().contiguous().numpy().tobytes()).hexdigest()
     for path in teachers:
         name = Path(path).name
         model, card = checkpoint.load(path)
@@ -45,5 +72,5 @@ def soft_targets(teachers: list[str], train_set: ImageSet, held_out: TrainingDat
             raise ValueError(f"teacher {name} takes {card.resolution}×{card.resolution} images, not {resolution}")
         if held_out is not None:
             check_held_out(name, card.data, held_out)
-        total += predict_probs(model.to(train_set.images.device), train_set.images, card.inference)
+        total += _teacher_probs(model, card, train_set.images, images_digest, cache)
     return (total / len(teachers)).to(train_set.images.device)

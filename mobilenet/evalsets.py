@@ -104,7 +104,7 @@ def _candidates(root: Path) -> list[Path]:
     """The image folders and .zip files in the data root (not the decode cache nor torchvision's CIFAR-10)."""
     if not root.is_dir():
         return []
-    skipped = ("cache", data.CIFAR10_FOLDER)
+    skipped = (data.CACHE_FOLDER, data.CIFAR10_FOLDER)
     return [p for p in sorted(root.iterdir()) if not p.name.startswith(".") and p.name not in skipped
             and (p.is_dir() or p.suffix.lower() == ".zip")]
 

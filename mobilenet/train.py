@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from . import checkpoint
 from .checkpoint import ModelCard, TrainingData
 from .config import Recipe, TrainConfig
-from .data import DataError, ImageSet, check_source, fingerprint, load, split_train_val
+from .data import CACHE_FOLDER, DataError, ImageSet, check_source, fingerprint, load, split_train_val
 from .device import device_name, pick_device
 from .distill import soft_targets
 from .evaluate import Evaluation, evaluate
@@ -270,7 +270,8 @@ class Training:
         if resume:
             self.restore()
         elif cfg.teachers:
-            self.targets = soft_targets(cfg.teachers, self.train_set, self.card.data if len(self.val_set) else None)
+            self.targets = soft_targets(cfg.teachers, self.train_set, self.card.data if len(self.val_set) else None,
+                                        cache=Path(cfg.data_root) / CACHE_FOLDER / "teachers")
         state = self.state
         self.set_status(RunState.RUNNING)
         self.started = time.perf_counter() - state.elapsed_s

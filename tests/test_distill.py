@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mobilenet import checkpoint, train
+from mobilenet import checkpoint, distill, train
 from mobilenet.config import TrainConfig
 from mobilenet.data import load, split_train_val
 from mobilenet.evaluate import predict_probs
@@ -61,6 +61,25 @@ def test_targets_are_the_teachers_averaged_predictions_and_resume_exactly(folder
     assert student.training["teachers"] == ["best.pt", "best.pt"] and student.training["distill"] == 0.7
 
 
+def test_a_teachers_answers_are_kept_for_the_next_run_on_the_same_images(folder: Path, teacher: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    train_set, held_out = split_train_val(load(str(folder), "train", 32, root=tmp_path / "root"), 24, 0)
+    card = checkpoint.load(teacher)[1]
+    cache = tmp_path / "cache"
+    first = distill.soft_targets([str(teacher)], train_set, card.data, cache=cache)
+    assert len(list(cache.iterdir())) == 1
+    runs = []
+    monkeypatch.setattr(distill, "predict_probs", lambda *args: runs.append(args) or predict_probs(*args))
+    assert torch.equal(distill.soft_targets([str(teacher), str(teacher)], train_set, card.data, cache=cache),
+                       first) and not runs  # read, not computed, for each of the two
+    distill.soft_targets([str(teacher)], held_out, None, cache=cache)  # other images: asked of the teacher
+    assert len(runs) == 1 and len(list(cache.iterdir())) == 2
+    for file in cache.iterdir():
+        file.write_bytes(b"damaged")
+    assert torch.equal(distill.soft_targets([str(teacher)], train_set, card.data, cache=cache), first)
+    assert len(runs) == 2  # computed again, never trusted
+
+
 def test_a_teacher_that_saw_the_validation_images_is_refused(folder: Path, tmp_path: Path) -> None:
     other_split = tmp_path / "other-split"
     train.train(config(folder, tmp_path, epochs=1, seed=1), other_split)
@@ -74,7 +93,7 @@ def test_a_teacher_that_saw_the_validation_images_is_refused(folder: Path, tmp_p
 def test_targets_enter_the_loss_with_their_weight(folder: Path, tmp_path: Path, monkeypatch) -> None:
     """Targets equal to the one-hot labels, at any weight, train exactly like the labels alone (no smoothing)."""
     monkeypatch.setattr(train, "soft_targets",
-                        lambda teachers, train_set, held_out: F.one_hot(train_set.labels, 3).float())
+                        lambda teachers, train_set, held_out, cache: F.one_hot(train_set.labels, 3).float())
     plain = config(folder, tmp_path, epochs=1, label_smoothing=0.0)
     train.train(plain, tmp_path / "plain")
     train.train(config(folder, tmp_path, epochs=1, label_smoothing=0.0, teacher="labels", distill=0.5),
@@ -86,7 +105,7 @@ def test_targets_enter_the_loss_with_their_weight(folder: Path, tmp_path: Path, 
 def test_at_weight_one_the_targets_alone_teach(folder: Path, tmp_path: Path, monkeypatch) -> None:
     """Targets that name the next class teach the next class: validation on the true labels falls to almost none."""
     monkeypatch.setattr(train, "soft_targets",
-                        lambda teachers, train_set, held_out: F.one_hot((train_set.labels + 1) % 3, 3).float())
+                        lambda teachers, train_set, held_out, cache: F.one_hot((train_set.labels + 1) % 3, 3).float())
     report = train.train(config(folder, tmp_path, epochs=8, teacher="shifted", distill=1.0, val_size=0),
                          tmp_path / "shifted")
     held_out = config(folder, tmp_path)
