@@ -54,8 +54,9 @@ def main() -> None:
         model, card = checkpoint.load(path)
         model.eval().requires_grad_(False)
         split = card.data or checkpoint.TrainingData(args.data, None)
-        _, val = data.split_train_val(full, split.val_size, split.seed, split.subset)
+        _, val, held_out = data.measurement_split(full, split.val_size, split.seed, split.subset)
         images = val.images[data.stratified_split(val.labels, 1000, seed=0)[1]]
+        where = "" if held_out else " (its training images: it held none out)"
         x = card.inference.normalization.apply(images)
         with torch.no_grad():
             classes = model(x).argmax(1)
@@ -66,7 +67,7 @@ def main() -> None:
             (f"HiResCAM, block {target} (8×8), now", gradcam.class_maps(model, x, classes, target)),
         ):
             blank = float((maps.flatten(1).amax(1) <= 0).float().mean())
-            print(f"| `{path.name}` | {name} | {blank:.1%} | {hiding_cost(model, x, classes, maps, True):.3f} | "
+            print(f"| `{path.name}`{where} | {name} | {blank:.1%} | {hiding_cost(model, x, classes, maps, True):.3f} | "
                   f"{hiding_cost(model, x, classes, maps, False):.3f} |")
 
 

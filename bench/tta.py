@@ -39,6 +39,10 @@ def main() -> None:
 
     print("| model | " + " | ".join(TTA_MODES) + " |\n|---|" + "---:|" * len(TTA_MODES))
     for name, model, card in models(args.models, args.last):
+        if not card.data.holds_out:  # its accuracy on images it trained on would say nothing
+            print(f"| `{name}`: trained on all the images; measure its validating twin instead "
+                  f"(`bench/tta.py runs/TWIN`) |" + " |" * len(TTA_MODES))
+            continue
         val_set = val_split(card.data.seed, card.data.val_size, card.data.subset)
         accuracy = [evaluate(model, val_set, InferenceRecipe(card.inference.normalization, tta)).accuracy
                     for tta in TTA_MODES]

@@ -346,6 +346,21 @@ def split_train_val(full: ImageSet, val_size: int, seed: int, subset: int | None
     return full.subset(train_idx), full.subset(val_idx)
 
 
+MEASURED_TRAINING_IMAGES = 5000  # a model that held none out is measured on a seeded sample of this many
+
+
+def measurement_split(full: ImageSet, val_size: int, seed: int,
+                      subset: int | None = None) -> tuple[ImageSet, ImageSet, bool]:
+    """(the training part, the images a model's figures are measured on, whether those were held out of its
+    training): its validation split (as split_train_val); for a model that held none out (val_size 0), a seeded
+    sample of its training images, where figures measure agreement (int8 against fp32), not accuracy on new images."""
+    train, measured = split_train_val(full, val_size, seed, subset)
+    if len(measured):
+        return train, measured, True
+    train, measured = split_train_val(train, MEASURED_TRAINING_IMAGES, seed)
+    return train, measured, False
+
+
 def fingerprint(source: str, version: tuple | None = None) -> str | None:
     """A short content hash that names a data source wherever it lies: a .zip's bytes, a folder's files.
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from . import checkpoint, data
 from .checkpoint import CheckpointError, ModelCard, atomic_write, weights_digest
-from .data import DataError, ImageSet, split_train_val, stratified_split
+from .data import DataError, ImageSet, measurement_split, stratified_split
 from .engines import MAX_INT8_LOSS, OnnxEngine, int8_file
 from .infer import fold_batchnorm
 from .tta import InferenceRecipe
@@ -47,7 +47,6 @@ MAX_BYTES = 64 * 1024 * 1024  # an α=1 fp32 graph is 13 MB
 CALIBRATION_IMAGES = 512
 # A model trained on all the images has no held-out ones: int8 is measured against fp32 on a seeded sample of its
 # training images this large (at most a fifth of them), and calibrated on others.
-MEASURED_TRAINING_IMAGES = 5000
 VALIDATION, TRAINING = "validation", "training"
 
 
@@ -312,11 +311,8 @@ def export_onnx(checkpoint_path: Path, source: str, root: Path | None = None, fp
         raise DataError(f"{source} is not the data {checkpoint_path.name} was trained on (fingerprint {found}, its "
                         f"card says {trained_on.fingerprint})")
     full = data.match_classes(data.load(source, "train", card.resolution, root=root), card.classes)
-    train, measured = split_train_val(full, trained_on.val_size, trained_on.seed, trained_on.subset)
-    measured_on = VALIDATION
-    if not len(measured):
-        train, measured = split_train_val(train, MEASURED_TRAINING_IMAGES, trained_on.seed)
-        measured_on = TRAINING
+    train, measured, held_out = measurement_split(full, trained_on.val_size, trained_on.seed, trained_on.subset)
+    measured_on = VALIDATION if held_out else TRAINING
     source_digest = weights_digest(model.state_dict())
     fp32 = stamp(graph(fold_batchnorm(model), card), "fp32", card, source_digest)
     sample = calibration_sample(train, calibration_images, trained_on.seed)  # fewer where the data holds fewer

@@ -199,3 +199,16 @@ def test_a_folders_fingerprint_follows_images_added_or_removed_in_its_class_fold
     added.unlink()
     assert with_one_more != before and data.fingerprint(str(image_folder)) == before
     assert data.fingerprint(str(tmp_path / "nowhere")) is None
+
+
+def test_a_model_is_measured_on_its_held_out_split_or_else_on_a_sample_of_its_training_images() -> None:
+    full = data.ImageSet(torch.arange(100, dtype=torch.uint8).reshape(100, 1, 1, 1).expand(100, 3, 2, 2).clone(),
+                         torch.arange(100) % 2, ("a", "b"))
+    train, measured, held_out = data.measurement_split(full, 10, 0)
+    expected = data.split_train_val(full, 10, 0)
+    assert held_out and torch.equal(train.images, expected[0].images) and torch.equal(measured.images,
+                                                                                     expected[1].images)
+    train, measured, held_out = data.measurement_split(full, 0, 0)  # it trained on all 100
+    seen = {int(v) for v in measured.images[:, 0, 0, 0]}
+    assert not held_out and len(measured) == 20  # at most a fifth, as any split
+    assert seen.isdisjoint(int(v) for v in train.images[:, 0, 0, 0]) and len(train) + len(measured) == 100

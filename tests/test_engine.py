@@ -19,7 +19,7 @@ from helpers import image_bytes, isolate_app, random_model, save_random_checkpoi
 from onnx import helper
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import Classifier, app_models, checkpoint, engines, onnx_export
+from mobilenet import Classifier, app_models, checkpoint, data, engines, onnx_export
 from mobilenet.__main__ import main
 from mobilenet.checkpoint import ModelCard, weights_digest
 from mobilenet.engines import NEEDS_ONNXRUNTIME, EngineError, OnnxEngine, choose, int8_file
@@ -79,7 +79,7 @@ def test_every_shipped_model_has_an_int8_model_within_half_a_point(path: Path) -
         assert q.images == card.data.val_size
         assert q.fp32_accuracy == pytest.approx(card.training["val_acc"], abs=0.001)  # the same graph, the same images
     else:  # trained on all the images: measured on a seeded sample of them
-        assert q.images == onnx_export.MEASURED_TRAINING_IMAGES
+        assert q.images == data.MEASURED_TRAINING_IMAGES
     assert q.loss <= onnx_export.MAX_INT8_LOSS
     assert {n.op_type for n in onnx.load_model(int8_file(path)).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
 
