@@ -2,7 +2,8 @@
 # Carry unfinished runs between sessions through checkpoints/in-progress/ (runs/ is not committed):
 #   bench/carry.sh save      stop the ladder's lanes and their runs (SIGTERM: each saves its exact state), then copy
 #                            every unfinished run's config, metrics, status and last.pt to checkpoints/in-progress/,
-#                            and every finished one's with its report.json and best.pt (until its model ships)
+#                            and every finished one's with its report.json and best.pt (until its model ships:
+#                            bench/shipped.py)
 #   bench/carry.sh restore   copy each carried run back to runs/ unless runs/ already holds it at a later epoch
 # Commit checkpoints/in-progress/ after save; an unfinished run's best.pt stays behind (it is written again at the
 # run's next validation).
@@ -19,7 +20,10 @@ case ${1:-} in
         while pgrep -f "$trainers" > /dev/null; do sleep 2; done
         for run in runs/*/; do
             run=${run%/}; name=$(basename "$run")
-            if [ -f "$run/report.json" ] && [ -f "$run/best.pt" ]; then  # finished: the model and its record
+            if [ -f "$run/report.json" ] && .venv/bin/python bench/shipped.py "$run"; then
+                rm -rf "${CARRIED:?}/$name"  # its model ships in checkpoints/: nothing left to carry
+                continue
+            elif [ -f "$run/report.json" ] && [ -f "$run/best.pt" ]; then  # finished: the model and its record
                 kept="report.json best.pt"                                  # (a validating twin's export reads them)
             elif [ -f "$run/last.pt" ]; then
                 kept="last.pt"

@@ -13,14 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 lane=${1:?usage: bench/ladder.sh twin|full}
 T=checkpoints/in-progress/teachers
-shipped() {  # checkpoints/ holds this width's model validated by this twin: its pair of runs is done
-    .venv/bin/python -c "import sys; from mobilenet import checkpoint, shipping
-twin = shipping.Twin.of(checkpoint.load(sys.argv[1])[1])
-sys.exit(0 if twin and twin.run == sys.argv[2] else 1)" "checkpoints/mobilenet_v1_a$1.pt" "$2" 2> /dev/null
-}
 for alpha in 1.0 0.25 0.5 0.75; do  # the quicker widths first: each ships as its pair of runs ends
     twin=twin-a$alpha-distill3-120
-    shipped "$alpha" "$twin" && continue
+    .venv/bin/python bench/shipped.py "runs/$twin" && continue  # this width shipped from its twin: done
     case $lane in
         twin) bench/run_once.sh "$twin" --alpha "$alpha" --epochs 120 --tta flip-translate --val-every 4 \
                   --teacher "$T/a1.0-fast-70.pt,$T/a1.0-fast-40.pt,$T/a1.0-cutout12-40.pt" ;;

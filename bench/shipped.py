@@ -1,0 +1,34 @@
+"""Exit 0 when a run's model has shipped: a checkpoint in checkpoints/ holds its weights, or names it as its
+validating twin; else 1. For bench/ladder.sh (a width whose pair of runs is done) and bench/carry.sh (a finished run
+no longer carried). The run folder need not exist: a twin is known by its name.
+
+    .venv/bin/python bench/shipped.py runs/NAME
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mobilenet import checkpoint, shipping  # noqa: E402
+from mobilenet.catalog import shipped_checkpoints  # noqa: E402
+from mobilenet.checkpoint import CheckpointError  # noqa: E402
+
+
+def shipped(run: Path) -> bool:
+    best = run / "best.pt"
+    weights = checkpoint.weights_digest(checkpoint.load(best)[0].state_dict()) if best.exists() else None
+    for path in shipped_checkpoints():
+        try:
+            model, card = checkpoint.load(path)
+        except CheckpointError:
+            continue
+        twin = shipping.Twin.of(card)
+        if (twin is not None and twin.run == run.name) or checkpoint.weights_digest(model.state_dict()) == weights:
+            return True
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(0 if shipped(Path(sys.argv[1])) else 1)
