@@ -63,7 +63,9 @@ class ModelEntry:
         if info.get("epochs"):
             epochs = info["epochs"]
             parts.append(f"trained {epochs} epoch{'' if epochs == 1 else 's'} ({info.get('recipe', '?')} recipe)")
-        if info.get("val_acc") is not None:
+        if info.get("val_acc") is not None and card.data is not None and not card.data.holds_out:
+            parts.append(f"trained on all its images; {info['val_acc']:.1%} on held-out images with the same recipe")
+        elif info.get("val_acc") is not None:
             parts.append(f"validation accuracy {info['val_acc']:.1%}")
         return ", ".join(parts)
 

@@ -37,6 +37,11 @@ def test_shipped_models_come_first_with_the_default_leading_then_finished_runs(p
     assert run.path == places / "runs" / "b-finished" / "best.pt"
     assert run.describe() == ("α=0.25, cifar stem, 32×32 input, 10 classes, trained 3 epochs (seed recipe), "
                               "validation accuracy 42.0%")
+    save_model(places / "checkpoints" / "all.pt", training={"epochs": 9, "recipe": "fast", "val_acc": 0.9},
+               data=TrainingData("cifar10", "cifar10", val_size=0))  # its accuracy is its validating twin's
+    assert catalog.list_models().get("all").describe() == (
+        "α=0.25, cifar stem, 32×32 input, 10 classes, trained 9 epochs (fast recipe), trained on all its images; "
+        "90.0% on held-out images with the same recipe")
 
 
 def test_without_the_default_the_first_model_is_chosen_and_nothing_is_none(places: Path) -> None:
