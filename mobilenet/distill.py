@@ -1,12 +1,12 @@
 """Distillation targets: what trained models (one, or an ensemble averaged) predict for each training image.
 
 Computed once when a run starts, each teacher fed as its card says (normalisation, test-time augmentation),
-and saved with the run's state, so a resumed run uses exactly the same targets. Each teacher's answers are kept in
-the decode cache, keyed by its weights, its recipe and the images, so the next run on the same images (another
-width of the ladder) reads them instead of running the teacher again (about 4 minutes per α=1 teacher on one CPU
-thread). A run that validates refuses a
-teacher that was not trained with the same validation split held out: its targets would carry the validation
-images' labels into training, and the validation accuracy would flatter the student.
+and saved with the run's state, so a resumed run uses exactly the same targets. Each teacher's answers are kept
+in the data root's cache, keyed by its weights, its recipe and the images, so the next run on the same images
+(another width of the ladder) reads them instead of running the teacher again (4-5 minutes per α=1 teacher on
+one CPU thread). A run that validates refuses a teacher that was not trained with the same validation split held
+out: its targets would carry the validation images' labels into training, and the validation accuracy would
+flatter the student.
 """
 
 from __future__ import annotations
