@@ -2,13 +2,14 @@
 threshold the app uses for its "not sure" answer (mobilenet.ood).
 
     .venv/bin/python bench/ood.py [--data ../shared/data/cifar10-train-jpeg.zip] [--per-kind 100] [--write]
-                                  [--twin runs/TWIN …]
+                                  [--twin runs/TWIN …] [--model checkpoints/NAME.pt …]
 
 The validation split each model's run held out (seed 0, 5000 images, never trained on) is cut into two
 seeded halves: the threshold keeps 95% of the first half; the second half and the foreign images measure
-it. A model trained on all the images held none out: its validating twin (--twin, the run its card names)
-answers in its place on the twin's split (mobilenet.ood.calibration), and the row says so; the foreign
-images flagged are the shipped model's own answers under that threshold. Foreign images are generated
+it (--model: only those models, the others' thresholds kept). A model trained on all the images held none out:
+its validating twin (--twin, the run its card names) answers in its place on the twin's split
+(mobilenet.ood.calibration), and the row says so; the foreign images flagged are the shipped model's own answers
+under that threshold. Foreign images are generated
 here (noise, blurred noise, flat colours, gradients, stripes, shapes, text, drawn faces) plus the three
 real photos of tests/data/photos (a person, a coffee cup, a rocket). AUROC is given for the maximum
 softmax probability (MSP, what the app uses) and the energy score (logsumexp of the logits). --write
@@ -142,9 +143,11 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="store the thresholds in checkpoints/ood.json")
     parser.add_argument("--twin", action="append", type=Path, default=[], metavar="RUN",
                         help="the run folder of a validating twin that a model trained on all the images names")
+    parser.add_argument("--model", action="append", type=Path, default=[], metavar="CHECKPOINT",
+                        help="only this shipped model (repeatable); --write keeps the others' thresholds as they are")
     args = parser.parse_args()
     try:  # which model answers for each: itself, or the validating twin of one trained on all the images
-        sources = {path: ood.calibration(path, args.twin) for path in shipped_checkpoints()}
+        sources = {path: ood.calibration(path, args.twin) for path in args.model or shipped_checkpoints()}
     except CheckpointError as e:
         parser.error(str(e))
     torch.manual_seed(0)
@@ -189,7 +192,8 @@ def main() -> None:
         print(f"\n{note}")
     if args.write:
         target = shipped_checkpoints()[0].parent / ood.CALIBRATION_FILE
-        text = json.dumps(thresholds, indent=2) + "\n"
+        kept = json.loads(target.read_text()) if args.model and target.exists() else {}
+        text = json.dumps(kept | thresholds, indent=2) + "\n"
         checkpoint.atomic_write(target, lambda f: f.write(text.encode()))  # a torn file would silence every model
         print(f"\nwrote {target}")
 

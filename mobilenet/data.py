@@ -387,6 +387,8 @@ def source_version(path: Path) -> tuple:
 
 @lru_cache(maxsize=32)
 def _fingerprint(path: Path, version: tuple) -> str:  # version: part of the cache key only
+    if not path.exists():  # gone since its version was read: raise, so that no hash of nothing is cached
+        raise FileNotFoundError(path)
     h = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:

@@ -33,11 +33,21 @@ def check_held_out(teacher: str, data: TrainingData | None, held_out: TrainingDa
             "such a teacher, or train without validation (--val-size 0)")
 
 
-def _teacher_probs(model: torch.nn.Module, card: ModelCard, images: torch.Tensor, images_digest: str,
+TEACHER_CACHE_VERSION = 1  # bump when a teacher's answers would change (predict_probs, test-time augmentation)
+
+
+def _images_digest(images: torch.Tensor) -> str:
+    array = images.cpu().contiguous().numpy()
+    return hashlib.sha256(f"{array.shape} {array.dtype} ".encode() + memoryview(array).cast("B")).hexdigest()
+
+
+def _teacher_probs(model: torch.nn.Module, card: ModelCard, images: torch.Tensor, images_digest: str | None,
                    cache: Path | None) -> torch.Tensor:
     """predict_probs of one teacher, read from `cache` when it has answered these images before."""
-    key = hashlib.sha256(f"{weights_digest(model.state_dict())} {card.inference} {images_digest}".encode())
-    file = None if cache is None else cache / f"{key.hexdigest()[:32]}.pt"
+    file = None
+    if cache is not None:
+        key = f"{TEACHER_CACHE_VERSION} {weights_digest(model.state_dict())} {card.inference} {images_digest}"
+        file = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt"
     if file is not None and file.exists():
         try:
             probs = torch.load(file, weights_only=True)
@@ -62,7 +72,7 @@ def soft_targets(teachers: list[str], train_set: ImageSet, held_out: TrainingDat
     """
     total = torch.zeros(len(train_set), len(train_set.classes))
     resolution = train_set.images.shape[-1]
-    images_digest = hashlib.sha256(train_set.images.cpu().contiguous().numpy().tobytes()).hexdigest()
+    images_digest = None if cache is None else _images_digest(train_set.images)
     for path in teachers:
         name = Path(path).name
         model, card = checkpoint.load(path)

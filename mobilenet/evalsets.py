@@ -71,7 +71,8 @@ def _version(path: Path) -> tuple:
 def _splits_now(path: Path) -> tuple[str, ...]:
     """The splits a folder or .zip holds as it is now; none when it is gone or unreadable."""
     try:
-        return _splits(path, _version(path))
+        version = _version(path)  # up to two seconds old: a source gone since must not cache "no splits" under it
+        return _splits(path, version) if path.exists() else ()
     except OSError:
         return ()
 

@@ -16,5 +16,5 @@ def is_number(value: object) -> bool:
 
 
 def is_finite(value: object) -> bool:
-    """A number that is neither NaN nor infinite."""
-    return is_number(value) and math.isfinite(value)
+    """A number that is neither NaN nor infinite (any int is: math.isfinite would overflow on a huge one)."""
+    return is_int(value) or is_number(value) and math.isfinite(value)

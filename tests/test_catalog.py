@@ -142,6 +142,24 @@ def test_a_page_run_reads_each_folder_once_and_sees_a_change_after_two_seconds(
     assert walks == [trained, trained]
 
 
+def test_a_folder_moved_away_within_the_two_seconds_is_known_again_when_it_returns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    trained = write_folder(root / "trained", 2, splits=("train",))
+    card = save_model(tmp_path / "m.pt", data=TrainingData("trained", data.fingerprint(str(trained))))
+    data._fingerprint.cache_clear()
+    now = [1000.0]
+    monkeypatch.setattr(memo.time, "monotonic", lambda: now[0])
+    assert evalsets.trained_on(card, str(trained))  # its version is read now, and kept for two seconds
+    data._fingerprint.cache_clear()
+    trained.rename(tmp_path / "away")  # moved away (a rename keeps every folder's time) …
+    assert not evalsets.trained_on(card, str(trained)) and evalsets.sources_to_train_on(root)[0].source == "cifar10"
+    (tmp_path / "away").rename(trained)  # … and back, with the same version as before
+    now[0] += 2
+    assert evalsets.trained_on(card, str(trained))  # nothing answered for the empty folder was kept under it
+    assert [s.label for s in evalsets.sources_to_train_on(root)][0] == "trained"
+
+
 def test_no_sources_in_a_missing_root(tmp_path: Path) -> None:
     card = save_model(tmp_path / "m.pt")
     assert evalsets.sources(card, tmp_path / "nowhere") == []

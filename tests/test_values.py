@@ -13,6 +13,7 @@ from mobilenet.values import is_finite, is_int, is_number
     (False, False, False, False),
     (math.nan, False, True, False),
     (math.inf, False, True, False),
+    (10**400, True, True, True),  # too large for a float: finite all the same, not an OverflowError
     ("3", False, False, False),
     (None, False, False, False),
 ])
