@@ -16,16 +16,22 @@ from mobilenet.catalog import shipped_checkpoints  # noqa: E402
 from mobilenet.checkpoint import CheckpointError  # noqa: E402
 
 
+def weights(path: Path) -> str | None:
+    try:
+        return checkpoint.weights_digest(checkpoint.load(path)[0].state_dict())
+    except CheckpointError:  # missing or unreadable: it holds no model that could have shipped
+        return None
+
+
 def shipped(run: Path) -> bool:
-    best = run / "best.pt"
-    weights = checkpoint.weights_digest(checkpoint.load(best)[0].state_dict()) if best.exists() else None
+    best = weights(run / "best.pt")
     for path in shipped_checkpoints():
         try:
             model, card = checkpoint.load(path)
         except CheckpointError:
             continue
         twin = shipping.Twin.of(card)
-        if (twin is not None and twin.run == run.name) or checkpoint.weights_digest(model.state_dict()) == weights:
+        if (twin is not None and twin.run == run.name) or checkpoint.weights_digest(model.state_dict()) == best:
             return True
     return False
 

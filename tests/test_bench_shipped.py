@@ -28,3 +28,5 @@ def test_a_run_has_shipped_when_a_checkpoint_holds_its_weights_or_names_it_as_it
     save_model(tmp_path / "runs" / "full-a0.25" / "best.pt")  # the same seeded weights as the shipped model
     save_model(tmp_path / "runs" / "full-a0.5" / "best.pt", alpha=0.5)
     assert script.shipped(tmp_path / "runs" / "full-a0.25") and not script.shipped(tmp_path / "runs" / "full-a0.5")
+    (tmp_path / "runs" / "full-a0.5" / "best.pt").write_bytes(b"torn")  # unreadable: not shipped, no crash
+    assert not script.shipped(tmp_path / "runs" / "full-a0.5")
