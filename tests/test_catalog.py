@@ -230,14 +230,15 @@ def test_export_ships_weights_and_a_complete_card_and_rewrites_the_cards(tmp_pat
 
 def test_a_cards_training_line_names_what_the_run_added_to_its_recipe(tmp_path: Path) -> None:
     base = {"epochs": 120, "recipe": "fast", "batch_size": 128, "lr": 0.2, "val_acc": 0.9, "train_time_s": 600,
-            "device": "CPU", "distill": 0.5, "cutout": 0, "ema": 0.0}
+            "device": "CPU", "distill": 0.5, "cutout": 0, "ema": 0.0, "label_smoothing": 0.1, "weight_decay": 5e-4}
     plain = save_model(tmp_path / "plain.pt", training=base | {"teachers": []})
     taught = save_model(tmp_path / "taught.pt", training=base | {"teachers": ["a.pt", "b.pt"], "cutout": 12,
-                                                                 "ema": 0.999})
+                                                                 "ema": 0.999, "label_smoothing": 0.2})
     assert ("| training | 120 epochs, recipe `fast` (batch 128, peak lr 0.2), 10 min on CPU |"
             in shipping.card_markdown("plain.pt", plain))
     assert ("| training | 120 epochs, recipe `fast` (batch 128, peak lr 0.2; distilled with weight 0.5 from a.pt, "
-            "b.pt; Cutout 12; EMA 0.999), 10 min on CPU |" in shipping.card_markdown("taught.pt", taught))
+            "b.pt; label smoothing 0.2; Cutout 12; EMA 0.999), 10 min on CPU |"
+            in shipping.card_markdown("taught.pt", taught))
 
 
 def test_export_refuses_an_unfinished_run(tmp_path: Path) -> None:
