@@ -17,9 +17,10 @@ from mobilenet.checkpoint import CheckpointError  # noqa: E402
 
 
 def weights(path: Path) -> str | None:
+    """The digest of a checkpoint's weights (checkpoint.read checks it); None when missing or unreadable."""
     try:
-        return checkpoint.weights_digest(checkpoint.load(path)[0].state_dict())
-    except CheckpointError:  # missing or unreadable: it holds no model that could have shipped
+        return checkpoint.read(path)["digest"]
+    except CheckpointError:
         return None
 
 
@@ -27,11 +28,11 @@ def shipped(run: Path) -> bool:
     best = weights(run / "best.pt")
     for path in shipped_checkpoints():
         try:
-            model, card = checkpoint.load(path)
+            payload = checkpoint.read(path)
+            twin = shipping.Twin.of(checkpoint.restore(payload, path.name)[1])
         except CheckpointError:
             continue
-        twin = shipping.Twin.of(card)
-        if (twin is not None and twin.run == run.name) or checkpoint.weights_digest(model.state_dict()) == best:
+        if (twin is not None and twin.run == run.name) or payload["digest"] == best:
             return True
     return False
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from . import checkpoint
 from .checkpoint import CheckpointError, ModelCard
 from .engines import int8_file
+from .evalsets import held_out
 from .memo import Memo
 from .runs import RunFolder, RunState
 from .settings import checkpoint_dir, runs_dir
@@ -63,10 +64,10 @@ class ModelEntry:
         if info.get("epochs"):
             epochs = info["epochs"]
             parts.append(f"trained {epochs} epoch{'' if epochs == 1 else 's'} ({info.get('recipe', '?')} recipe)")
-        if info.get("val_acc") is not None and card.data is not None and not card.data.holds_out:
-            parts.append(f"trained on all its images; {info['val_acc']:.1%} on held-out images with the same recipe")
-        elif info.get("val_acc") is not None:
+        if info.get("val_acc") is not None and held_out(card):
             parts.append(f"validation accuracy {info['val_acc']:.1%}")
+        elif info.get("val_acc") is not None:
+            parts.append(f"trained on all its images; {info['val_acc']:.1%} on held-out images with the same recipe")
         return ", ".join(parts)
 
 

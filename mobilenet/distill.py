@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .checkpoint import ModelCard, TrainingData, atomic_torch_save, weights_digest
+from .checkpoint import ModelCard, TrainingData, atomic_torch_save
 from .data import ImageSet
 from .evaluate import predict_probs
 
@@ -41,12 +41,13 @@ def _images_digest(images: torch.Tensor) -> str:
     return hashlib.sha256(f"{array.shape} {array.dtype} ".encode() + memoryview(array).cast("B")).hexdigest()
 
 
-def _teacher_probs(model: torch.nn.Module, card: ModelCard, images: torch.Tensor, images_digest: str | None,
-                   cache: Path | None) -> torch.Tensor:
-    """predict_probs of one teacher, read from `cache` when it has answered these images before."""
+def _teacher_probs(model: torch.nn.Module, card: ModelCard, weights: str, images: torch.Tensor,
+                   images_digest: str | None, cache: Path | None) -> torch.Tensor:
+    """predict_probs of one teacher (`weights`: its weights digest), read from `cache` when it has answered these
+    images before."""
     file = None
     if cache is not None:
-        key = f"{TEACHER_CACHE_VERSION} {weights_digest(model.state_dict())} {card.inference} {images_digest}"
+        key = f"{TEACHER_CACHE_VERSION} {weights} {card.inference} {images_digest}"
         file = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt"
     if file is not None and file.exists():
         try:
@@ -75,12 +76,13 @@ def soft_targets(teachers: list[str], train_set: ImageSet, held_out: TrainingDat
     images_digest = None if cache is None else _images_digest(train_set.images)
     for path in teachers:
         name = Path(path).name
-        model, card = checkpoint.load(path)
+        payload = checkpoint.read(path)  # its weights checked against their digest, which keys the cache
+        model, card = checkpoint.restore(payload, name)
         if card.classes != train_set.classes:
             raise ValueError(f"teacher {name} knows {', '.join(card.classes)}, not this data's classes")
         if card.resolution != resolution:
             raise ValueError(f"teacher {name} takes {card.resolution}×{card.resolution} images, not {resolution}")
         if held_out is not None:
             check_held_out(name, card.data, held_out)
-        total += _teacher_probs(model, card, train_set.images, images_digest, cache)
+        total += _teacher_probs(model, card, payload["digest"], train_set.images, images_digest, cache)
     return (total / len(teachers)).to(train_set.images.device)

@@ -45,8 +45,8 @@ INPUT, OUTPUT = "images", "logits"
 ALLOWED_OPS = frozenset({"Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm", "QuantizeLinear", "DequantizeLinear"})
 MAX_BYTES = 64 * 1024 * 1024  # an α=1 fp32 graph is 13 MB
 CALIBRATION_IMAGES = 512
-# A model trained on all the images has no held-out ones: int8 is measured against fp32 on a seeded sample of its
-# training images this large (at most a fifth of them), and calibrated on others.
+# Where int8 was measured against fp32: held-out images, or, for a model trained on all the images, a seeded sample
+# of its training images (data.measurement_split), calibrated on others.
 VALIDATION, TRAINING = "validation", "training"
 
 
