@@ -1,6 +1,6 @@
 """Latency and throughput of the shipped default model on a device, timed after the device has finished.
 
-    .venv/bin/python bench/gpu_inference.py [--device cuda]
+    .venv/bin/python bench/gpu_inference.py [--device cuda] [--model CHECKPOINT]
 
 Latency: one 32×32 image with the model's test-time augmentation, p50 and p95 of 200 calls of
 `Classifier.probabilities` on a prepared uint8 tensor (decoding is CPU work, measured in bench_inference.py).
@@ -35,8 +35,9 @@ def timed(fn, device: torch.device) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--model", help="a checkpoint or run folder (default: the shipped default model)")
     args = parser.parse_args()
-    clf = Classifier.load(device=args.device, engine="torch")
+    clf = Classifier.load(args.model, device=args.device, engine="torch")
     device = clf.device
     one = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
     for _ in range(20):

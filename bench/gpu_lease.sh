@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# One short GPU lease (the device tool: 15 minutes, one call of at most 10) spent on the ladder's long runs.
+# The training zip and the teachers travel xz-compressed (the zip's JPEG headers repeat: 52.7 → 15.9 MB), so that
+# they fit the 64 MiB a call may carry; the shipped checkpoints stay behind.
+#   bash bench/gpu_lease.sh prepare     # here: .gpu/ (git-ignored) with the compressed zip and teachers
+#   device run: bash bench/gpu_lease.sh run   (carry .gpu; at most 8 files come back from $OUT)
+#   bash bench/gpu_lease.sh unpack DIR  # here: the runs that came back, from DIR's results.tar.part-*
+# On the GPU: a cuda smoke run (fails fast), a 1-GPU torchrun run (epoch time at batch 512, bf16, channels_last),
+# the inference latency, then the ladder's remaining widths with its recipe (twin and full run of α=0.5 and 0.75,
+# three teachers) and a second α=1 generation's twin distilled from four teachers, started when α=0.5 is done.
+# At DEADLINE seconds the runs still going are stopped (they save last.pt, to resume anywhere).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+T=checkpoints/in-progress/teachers
+TEACHERS3="$T/a1.0-fast-70.pt,$T/a1.0-fast-40.pt,$T/a1.0-cutout12-40.pt"
+TEACHERS4="$TEACHERS3,$T/a1.0-distill3-120.pt"
+ZIP=data/cifar10-train-jpeg.zip
+LADDER=(--epochs 120 --tta flip-translate --val-every 4 --data "$ZIP" --data-root data --device cuda --json)
+
+prepare() {
+    grep -qx '/.gpu/' .git/info/exclude || echo /.gpu/ >> .git/info/exclude
+    mkdir -p .gpu/data ".gpu/$T"
+    xz -9e -T2 -c "${DATA:-../shared/data/cifar10-train-jpeg.zip}" > .gpu/$ZIP.xz
+    for t in ${TEACHERS4//,/ }; do xz -6 -T2 -c "$t" > ".gpu/$t.xz"; done
+    du -cb .gpu/$ZIP.xz .gpu/$T/*.xz | tail -1
+}
+
+train() {  # NAME OPTIONS…: one run in the background, its output in runs/NAME.log
+    local name=$1; shift
+    python3 -m mobilenet train --out "runs/$name" "$@" > "runs/$name.log" 2>&1 &
+    echo "$!" > "runs/$name.pid"
+}
+
+running() { for p in runs/*.pid; do kill -0 "$(cat "$p")" 2>/dev/null && return 0; done; return 1; }
+
+run() {
+    local out=${OUT:-bench/results/gpu-lease} deadline=${DEADLINE:-470}
+    mkdir -p "$out" runs
+    exec > >(tee "$out/lease.log") 2>&1
+    export PYTHONUNBUFFERED=1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python3 -c "import torch, torchvision; print('torch', torch.__version__, torchvision.__version__, torch.cuda.is_available())"
+    python3 - <<'EOF'
+import lzma, pathlib, shutil
+for xz in sorted(pathlib.Path(".gpu").rglob("*.xz")):
+    target = pathlib.Path(*xz.relative_to(".gpu").parts).with_suffix("")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with lzma.open(xz) as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+EOF
+    python3 -c "from mobilenet import data; data.load('$ZIP', 'train', 32, root='data')" 2>/dev/null
+    echo "## $SECONDS s: smoke"
+    python3 -m mobilenet train --out runs/smoke --data "$ZIP" --data-root data --device cuda --alpha 0.25 --epochs 1 \
+        --subset 2000 --val-size 0 --teacher "$T/a1.0-fast-40.pt" --json | tail -n 2 || { pack "$out"; exit 1; }
+    echo "## $SECONDS s: torchrun, one process: α=1, batch 512, lr 0.8, 3 epochs"
+    python3 -m torch.distributed.run --standalone --nproc_per_node=1 -m mobilenet train --out runs/ddp-a1.0-b512 \
+        --data "$ZIP" --data-root data --device cuda --alpha 1 --epochs 3 --batch-size 512 --lr 0.8 --val-every 1 \
+        --json > runs/ddp-a1.0-b512.log 2>&1
+    tail -n 4 runs/ddp-a1.0-b512.log
+    echo "## $SECONDS s: inference"
+    python3 bench/gpu_inference.py --device cuda --model "$T/a1.0-distill3-120.pt"
+    echo "## $SECONDS s: the ladder"
+    for alpha in 0.5 0.75; do
+        train "twin-a$alpha-distill3-120" --alpha "$alpha" "${LADDER[@]}" --teacher "$TEACHERS3"
+        train "full-a$alpha-distill3-120" --alpha "$alpha" "${LADDER[@]}" --teacher "$TEACHERS3" --val-size 0
+    done
+    local second=0
+    while running && [ "$SECONDS" -lt "$deadline" ]; do
+        sleep 5
+        if [ $second = 0 ] && ! kill -0 "$(cat runs/twin-a0.5-distill3-120.pid)" 2>/dev/null \
+                && ! kill -0 "$(cat runs/full-a0.5-distill3-120.pid)" 2>/dev/null; then
+            echo "## $SECONDS s: α=0.5 done; the second α=1 generation's twin"
+            train twin-a1.0-distill4-120 --alpha 1 "${LADDER[@]}" --teacher "$TEACHERS4"
+            second=1
+        fi
+    done
+    echo "## $SECONDS s: stopping what still runs"
+    for p in runs/*.pid; do kill -TERM "$(cat "$p")" 2>/dev/null; done
+    for _ in $(seq 30); do running || break; sleep 1; done
+    for log in runs/*.log; do echo "### $log"; tail -n 2 "$log"; done
+    python3 bench/time_to_accuracy.py runs/ddp-a1.0-b512 runs/twin-*/ --target 0.90
+    python3 bench/time_to_accuracy.py runs/twin-*/ --target 0.92
+    pack "$out"
+}
+
+pack() {  # what comes back: finished runs whole (no last.pt), then unfinished runs' last.pt, while 60 MiB last
+    python3 - "$1" <<'EOF'
+import sys, tarfile, pathlib
+out = pathlib.Path(sys.argv[1])
+runs = sorted(p for p in pathlib.Path("runs").iterdir() if p.is_dir() and p.name != "smoke")
+small = [f for r in runs for f in r.iterdir() if f.suffix != ".pt"] + sorted(pathlib.Path("runs").glob("*.log"))
+best = [r / "best.pt" for r in runs if (r / "report.json").exists() and (r / "best.pt").exists()]
+last = [r / "last.pt" for r in runs if not (r / "report.json").exists() and (r / "last.pt").exists()]
+budget, chosen = 60 << 20, []
+for f in small + sorted(best, key=lambda f: f.stat().st_size) + sorted(last, key=lambda f: f.stat().st_size):
+    if f.stat().st_size <= budget:
+        chosen.append(f)
+        budget -= f.stat().st_size
+    else:
+        print("left behind:", f)
+with tarfile.open(out / "results.tar", "w") as tar:
+    for f in chosen:
+        tar.add(f)
+EOF
+    split -b 15M -d "$1/results.tar" "$1/results.tar.part-" && rm "$1/results.tar"
+    ls -la "$1"
+}
+
+unpack() {
+    cat "$1"/results.tar.part-* | tar -x -f - -C . --transform 's,^runs/,runs/gpu/,'
+    ls runs/gpu
+}
+
+"${1:?usage: bench/gpu_lease.sh prepare|run|unpack DIR}" "${@:2}"
