@@ -4,7 +4,8 @@
 # they fit the 64 MiB a call may carry; the shipped checkpoints stay behind.
 #   bash bench/gpu_lease.sh prepare     # here: .gpu/ (git-ignored) with the compressed zip and teachers
 #   device run: bash bench/gpu_lease.sh run   (carry .gpu; at most 8 files come back from $OUT)
-#   bash bench/gpu_lease.sh unpack DIR  # here: the runs that came back, from DIR's results.tar.part-*
+#   device run: bash bench/gpu_lease.sh resume  (carry .gpu/data and runs/gpu: stopped runs go on there)
+#   bash bench/gpu_lease.sh unpack DIR  # here: the runs that came back, from DIR's results.tar.part-*, in runs/gpu
 # On the GPU: a cuda smoke run (fails fast), a 1-GPU torchrun run (epoch time at batch 512, bf16, channels_last),
 # the inference latency, then the ladder's remaining widths with its recipe (twin and full run of α=0.5 and 0.75,
 # three teachers) and a second α=1 generation's twin distilled from four teachers, started when α=0.5 is done.
@@ -31,12 +32,11 @@ train() {  # NAME OPTIONS…: one run in the background, its output in runs/NAME
     echo "$!" > "runs/$name.pid"
 }
 
-running() { for p in runs/*.pid; do kill -0 "$(cat "$p")" 2>/dev/null && return 0; done; return 1; }
+running() { for p in "$1"/*.pid; do kill -0 "$(cat "$p")" 2>/dev/null && return 0; done; return 1; }
 
-run() {
-    local out=${OUT:-bench/results/gpu-lease} deadline=${DEADLINE:-470}
-    mkdir -p "$out" runs
-    exec > >(tee "$out/lease.log") 2>&1
+setup() {  # OUT: the log, versions, the carried files unpacked, the zip decoded once for all runs
+    mkdir -p "$1" runs
+    exec > >(tee "$1/lease.log") 2>&1
     export PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch, torchvision; print('torch', torch.__version__, torchvision.__version__, torch.cuda.is_available())"
@@ -49,9 +49,14 @@ for xz in sorted(pathlib.Path(".gpu").rglob("*.xz")):
         shutil.copyfileobj(src, dst, 1 << 20)
 EOF
     python3 -c "from mobilenet import data; data.load('$ZIP', 'train', 32, root='data')" 2>/dev/null
+}
+
+run() {
+    local out=${OUT:-bench/results/gpu-lease} deadline=${DEADLINE:-470}
+    setup "$out"
     echo "## $SECONDS s: smoke"
     python3 -m mobilenet train --out runs/smoke --data "$ZIP" --data-root data --device cuda --alpha 0.25 --epochs 1 \
-        --subset 2000 --val-size 0 --teacher "$T/a1.0-fast-40.pt" --json | tail -n 2 || { pack "$out"; exit 1; }
+        --subset 2000 --val-size 0 --teacher "$T/a1.0-fast-40.pt" --json | tail -n 2 || { pack "$out" runs; exit 1; }
     echo "## $SECONDS s: torchrun, one process: α=1, batch 512, lr 0.8, 3 epochs"
     python3 -m torch.distributed.run --standalone --nproc_per_node=1 -m mobilenet train --out runs/ddp-a1.0-b512 \
         --data "$ZIP" --data-root data --device cuda --alpha 1 --epochs 3 --batch-size 512 --lr 0.8 --val-every 1 \
@@ -65,7 +70,7 @@ EOF
         train "full-a$alpha-distill3-120" --alpha "$alpha" "${LADDER[@]}" --teacher "$TEACHERS3" --val-size 0
     done
     local second=0
-    while running && [ "$SECONDS" -lt "$deadline" ]; do
+    while running runs && [ "$SECONDS" -lt "$deadline" ]; do
         sleep 5
         if [ $second = 0 ] && ! kill -0 "$(cat runs/twin-a0.5-distill3-120.pid)" 2>/dev/null \
                 && ! kill -0 "$(cat runs/full-a0.5-distill3-120.pid)" 2>/dev/null; then
@@ -74,21 +79,42 @@ EOF
             second=1
         fi
     done
-    echo "## $SECONDS s: stopping what still runs"
-    for p in runs/*.pid; do kill -TERM "$(cat "$p")" 2>/dev/null; done
-    for _ in $(seq 30); do running || break; sleep 1; done
-    for log in runs/*.log; do echo "### $log"; tail -n 2 "$log"; done
+    finish runs
     python3 bench/time_to_accuracy.py runs/ddp-a1.0-b512 runs/twin-*/ --target 0.90
     python3 bench/time_to_accuracy.py runs/twin-*/ --target 0.92
-    pack "$out"
+    pack "$out" runs
 }
 
-pack() {  # what comes back: finished runs whole (no last.pt), then unfinished runs' last.pt, while 60 MiB last
-    python3 - "$1" <<'EOF'
+resume() {  # the stopped runs carried in runs/gpu go on, until DEADLINE
+    local out=${OUT:-bench/results/gpu-lease} deadline=${DEADLINE:-200}
+    setup "$out"
+    for run in runs/gpu/*/; do
+        OMP_NUM_THREADS=4 python3 -m mobilenet train --resume "$run" --device cuda --json > "${run%/}.log" 2>&1 &
+        echo "$!" > "${run%/}.pid"
+    done
+    echo "## $SECONDS s: torchrun, one process: α=0.25, batch 512, lr 0.8, 1 epoch, validated"
+    python3 -m torch.distributed.run --standalone --nproc_per_node=1 -m mobilenet train --out runs/ddp-a0.25-b512 \
+        --data "$ZIP" --data-root data --device cuda --alpha 0.25 --epochs 1 --batch-size 512 --lr 0.8 --json \
+        > runs/ddp-a0.25-b512.log 2>&1
+    tail -n 3 runs/ddp-a0.25-b512.log | cut -c 1-400
+    while running runs/gpu && [ "$SECONDS" -lt "$deadline" ]; do sleep 5; done
+    finish runs/gpu
+    pack "$out" runs/gpu
+}
+
+finish() {  # RUNS: stop what still runs there (each saves last.pt) and show how each log ends
+    echo "## $SECONDS s: stopping what still runs"
+    for p in "$1"/*.pid; do kill -TERM "$(cat "$p")" 2>/dev/null; done
+    for _ in $(seq 30); do running "$1" || break; sleep 1; done
+    for log in "$1"/*.log; do echo "### $log"; tail -n 2 "$log" | cut -c 1-400; done
+}
+
+pack() {  # OUT RUNS: finished runs whole (no last.pt), then unfinished runs' last.pt, while 60 MiB last
+    python3 - "$1" "$2" <<'EOF'
 import sys, tarfile, pathlib
-out = pathlib.Path(sys.argv[1])
-runs = sorted(p for p in pathlib.Path("runs").iterdir() if p.is_dir() and p.name != "smoke")
-small = [f for r in runs for f in r.iterdir() if f.suffix != ".pt"] + sorted(pathlib.Path("runs").glob("*.log"))
+out, folder = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+runs = sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in ("smoke", "gpu"))
+small = [f for r in runs for f in r.iterdir() if f.suffix != ".pt"] + sorted(folder.glob("*.log"))
 best = [r / "best.pt" for r in runs if (r / "report.json").exists() and (r / "best.pt").exists()]
 last = [r / "last.pt" for r in runs if not (r / "report.json").exists() and (r / "last.pt").exists()]
 budget, chosen = 60 << 20, []
@@ -100,15 +126,16 @@ for f in small + sorted(best, key=lambda f: f.stat().st_size) + sorted(last, key
         print("left behind:", f)
 with tarfile.open(out / "results.tar", "w") as tar:
     for f in chosen:
-        tar.add(f)
+        tar.add(f, arcname=f.relative_to(folder))
 EOF
     split -b 15M -d "$1/results.tar" "$1/results.tar.part-" && rm "$1/results.tar"
     ls -la "$1"
 }
 
 unpack() {
-    cat "$1"/results.tar.part-* | tar -x -f - -C . --transform 's,^runs/,runs/gpu/,'
+    mkdir -p runs/gpu
+    cat "$1"/results.tar.part-* | tar -x -f - -C runs/gpu
     ls runs/gpu
 }
 
-"${1:?usage: bench/gpu_lease.sh prepare|run|unpack DIR}" "${@:2}"
+"${1:?usage: bench/gpu_lease.sh prepare|run|resume|unpack DIR}" "${@:2}"

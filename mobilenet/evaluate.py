@@ -80,9 +80,10 @@ def evaluate(model: torch.nn.Module, data: ImageSet, recipe: InferenceRecipe) ->
 def score(probs: torch.Tensor, data: ImageSet) -> Evaluation:
     """The evaluation of probabilities computed for a dataset's images (by a model or a Classifier)."""
     k = len(data.classes)
-    predicted = probs.argmax(1) if len(probs) else torch.empty(0, dtype=torch.long)
-    confusion = torch.bincount(data.labels * k + predicted, minlength=k * k).view(k, k)
-    return Evaluation(data.classes, confusion, probs, data.labels)
+    labels = data.labels.to(probs.device)  # a validation set lives on the GPU; predict_probs answers on the CPU
+    predicted = probs.argmax(1) if len(probs) else torch.empty(0, dtype=torch.long, device=probs.device)
+    confusion = torch.bincount(labels * k + predicted, minlength=k * k).view(k, k)
+    return Evaluation(data.classes, confusion, probs, labels)
 
 
 def format_report(result: Evaluation) -> str:
