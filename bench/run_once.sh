@@ -11,7 +11,9 @@ name=$1; shift
 [ -x .venv/bin/python ] || { echo "no .venv here: run the README's test install first" >&2; exit 2; }
 [ -f "runs/$name/report.json" ] && exit 0
 if [ -f "runs/$name/last.pt" ]; then
-    .venv/bin/python -m mobilenet train --resume "runs/$name" --json >> "runs/$name.log" 2>&1
+    # a run may have started elsewhere (a GPU lease): its data and device are this machine's
+    .venv/bin/python -m mobilenet train --resume "runs/$name" --data "$DATA" --device "${DEVICE:-auto}" --json \
+        >> "runs/$name.log" 2>&1
 else
     .venv/bin/python -m mobilenet train --data "$DATA" --out "runs/$name" --json "$@" > "runs/$name.log" 2>&1
 fi

@@ -63,7 +63,9 @@ def _option(default: Any, help: str, **argparse: Any) -> Any:
 # (compared by fingerprint where it matters) and its validation split (what a shipped model and its validating
 # twin differ in).
 NOT_TRAINING = ("val_size", "val_every", "device", "data_root", "compile", "download", "data")
-RESUMABLE_CHANGES = ("device", "data_root", "val_every")  # a resumed run keeps its other settings
+# A resumed run keeps its other settings. Its data may move (a run started on a GPU machine goes on here): the
+# images are checked against the digest the run saved, so other images are refused.
+RESUMABLE_CHANGES = ("data", "device", "data_root", "val_every")
 
 
 _TYPE_CHECKS = {"str": lambda value: isinstance(value, str), "int": is_int, "float": is_number,

@@ -189,7 +189,7 @@ def test_validating_every_n_epochs_changes_no_training_and_may_change_on_resume(
     run = tmp_path / "every"
     train.train(replace(cfg, val_every=2), run, on_step=stop_in_epoch_three)
     assert cli_main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
-    assert "only --device, --data-root, --val-every may change (got --lr)" in capsys.readouterr().err
+    assert "only --data, --device, --data-root, --val-every may change (got --lr)" in capsys.readouterr().err
     assert cli_main(["train", "--resume", str(run), "--val-every", "4", "--json"]) == 0
     assert RunFolder(run).read_config().val_every == 4  # kept for the next resume
     rows, each = epoch_rows(run), {row.epoch: row for row in epoch_rows(tmp_path / "each")}
@@ -199,6 +199,24 @@ def test_validating_every_n_epochs_changes_no_training_and_may_change_on_resume(
         assert row.val_acc is None or row.val_acc == pytest.approx(each[row.epoch].val_acc)
     best = max((r for r in rows if r.val_acc is not None), key=lambda r: r.val_acc)
     assert json.loads((run / "report.json").read_text())["best_val_acc"] == pytest.approx(best.val_acc)
+
+
+def test_a_resumed_run_may_read_its_images_from_elsewhere_but_not_other_images(
+        folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def stop_in_epoch_two(row: dict) -> None:
+        if row.epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    run, images = tmp_path / "run", shutil.copytree(folder, tmp_path / "images")
+    train.train(config(images, tmp_path, epochs=3), run, on_step=stop_in_epoch_two)
+    moved = images.rename(tmp_path / "moved")  # as on another machine
+    other = shutil.copytree(moved, tmp_path / "other")
+    sorted((other / "train").rglob("*.png"))[0].unlink()
+    assert cli_main(["train", "--resume", str(run), "--data", str(other), "--json"]) == 2
+    assert "its images changed since this run started" in capsys.readouterr().err
+    assert cli_main(["train", "--resume", str(run), "--data", str(moved), "--json"]) == 0
+    assert RunFolder(run).read_config().data == str(moved)
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
 
 
 def cli(*args: str, **kwargs) -> subprocess.Popen:
