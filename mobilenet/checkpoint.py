@@ -95,6 +95,11 @@ class ModelCard:
         for key in NUMBERS_FOR_PEOPLE:
             if not _number_or_none(t.get(key)):
                 raise ValueError(f"the card's {key} is not a number: {t.get(key)!r}")
+        devices = t.get("devices", [])
+        if not isinstance(devices, list) or not all(
+                isinstance(d, list) and len(d) == 3 and isinstance(d[0], str) and is_int(d[1]) and is_number(d[2])
+                for d in devices):
+            raise ValueError("the card's devices are malformed: a list of [device, epochs, seconds]")
         per_class = t.get("per_class", {})
         if not isinstance(per_class, dict) or not all(isinstance(c, str) and _number_or_none(a)
                                                       for c, a in per_class.items()):

@@ -251,11 +251,19 @@ def _recipe_changes(training: dict) -> str:
     return "".join(f"; {change}" for change in changes)
 
 
+def _where_trained(training: dict) -> str:
+    """How long it trained and on what: each device in turn when a run moved (a GPU lease, then this CPU)."""
+    minutes, devices = training.get("train_time_s", 0) / 60, training.get("devices", [])
+    if len({name for name, _, _ in devices}) < 2:
+        return f"{minutes:.0f} min on {training.get('device')}"
+    return f"{minutes:.0f} min: " + ", then ".join(
+        f"{epochs} epoch{'s' * (epochs != 1)} on {name} ({seconds / 60:.0f} min)" for name, epochs, seconds in devices)
+
+
 def card_markdown(name: str, card: ModelCard, int8: OnnxModel | None = None) -> str:
     """A model card for checkpoints/README.md, from the metadata stored in the checkpoint (and its int8 model)."""
     t = card.training
     per_class = " · ".join(f"{c} {a:.1%}" for c, a in t.get("per_class", {}).items() if a is not None)
-    minutes = t.get("train_time_s", 0) / 60
     fingerprint = f"; fingerprint `{card.data.fingerprint}`" if card.data and card.data.fingerprint else ""
     twin = Twin.of(card)
     validated = "" if twin is None else (
@@ -275,7 +283,7 @@ def card_markdown(name: str, card: ModelCard, int8: OnnxModel | None = None) -> 
         f"(seeded, stratified; seed {t.get('seed')}){TTA_WORDS[card.tta]}{validated} |",
         f"| per-class accuracy | {per_class} |",
         f"| training | {t.get('epochs')} epochs, recipe `{t.get('recipe')}` (batch {t.get('batch_size')}, peak lr "
-        f"{t.get('lr')}{_recipe_changes(t)}), {minutes:.0f} min on {t.get('device')} |",
+        f"{t.get('lr')}{_recipe_changes(t)}), {_where_trained(t)} |",
         f"| normalisation | mean {card.mean}, std {card.std} |",
         *([int8_markdown(int8)] if int8 else []),
     ])

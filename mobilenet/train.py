@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -183,6 +183,22 @@ class LoopState:
     seen: int = 0
     best_acc: float = -1.0
     elapsed_s: float = 0.0
+    devices: list = field(default_factory=list)  # [[device, epochs, seconds], …] in the order they trained
+
+
+def device_label(name: str) -> str:
+    """A device as a card names what trained on it: on a GPU the trainer computes in bf16 (autocast)."""
+    return name if name.startswith("CPU") else f"{name}, bf16 autocast"
+
+
+def count_epoch(state: LoopState, device: str) -> None:
+    """The epoch just ended, and the time since the last one counted, on `device`."""
+    seconds = state.elapsed_s - sum(d[2] for d in state.devices)
+    if state.devices and state.devices[-1][0] == device:
+        state.devices[-1][1] += 1
+        state.devices[-1][2] += seconds
+    else:
+        state.devices.append([device, 1, seconds])
 
 
 def train(
@@ -318,6 +334,10 @@ class Training:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.plateau.load_state_dict(saved["plateau"])
         self.state = LoopState(**saved["loop"])
+        if self.state.epoch and not self.state.devices:  # saved before devices were counted: its card's device
+            device = payload["card"].get("training", {}).get("device")
+            if isinstance(device, str):
+                self.state.devices = [[device_label(device), self.state.epoch, self.state.elapsed_s]]
         if self.average:
             self.average.load_state_dict(saved["ema"])
         if "targets" in saved:
@@ -447,6 +467,7 @@ class Training:
         val_loss, val_acc = (_nll(validation), validation.accuracy) if validation is not None else (None, None)
         state.epoch, state.step_in_epoch, state.loss_sum, state.correct, state.seen = state.epoch + 1, 0, 0.0, 0, 0
         state.elapsed_s = time.perf_counter() - self.started
+        count_epoch(state, device_label(device_name(self.device)))
         improved = val_acc is not None and val_acc > state.best_acc
         if improved:
             state.best_acc, self.best_eval = val_acc, validation
@@ -476,7 +497,9 @@ class Training:
                 "val_size": cfg.val_size, "subset": cfg.subset,
                 **({"teachers": [Path(p).name for p in cfg.teachers], "distill": cfg.distill} if cfg.teachers else {}),
                 "val_acc": state.best_acc if state.best_acc >= 0 else None,
-                "train_time_s": round(state.elapsed_s, 1), "device": device_name(self.device), "status": status.value}
+                "train_time_s": round(state.elapsed_s, 1), "device": device_name(self.device),
+                "devices": [[name, epochs, round(seconds, 1)] for name, epochs, seconds in state.devices],
+                "status": status.value}
 
     def set_status(self, state: RunState) -> None:
         if self.writer:

@@ -139,6 +139,7 @@ def crafted(tmp_path: Path, change) -> Path:
     (lambda p: p["card"].update(data={"source": "x.zip", "fingerprint": None, "val_size": "5000"}),
      "metadata is incomplete or malformed"),
     (lambda p: p["card"]["training"].update(per_class=[0.5]), "metadata is incomplete or malformed"),
+    (lambda p: p["card"]["training"].update(devices=[["cpu", "2", 1.0]]), "metadata is incomplete or malformed"),
     (lambda p: p["card"]["training"].update(val_acc="high"), "metadata is incomplete or malformed"),
 ])
 @pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")

@@ -17,7 +17,9 @@ from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import DataError, ImageSet
 from mobilenet.__main__ import main as cli_main
 from mobilenet.runs import RunFolder, RunState, read_metrics
-from mobilenet.train import augment, step_generator
+from mobilenet.device import device_name
+from mobilenet.shipping import card_markdown
+from mobilenet.train import augment, device_label, step_generator
 
 from helpers import run_cli, tiny_config, wait_for, write_folder
 
@@ -32,6 +34,10 @@ def folder(tmp_path_factory) -> Path:
 
 def config(folder: Path, tmp_path: Path, **overrides) -> TrainConfig:
     return tiny_config(folder, tmp_path / "root", **overrides)
+
+
+def here() -> str:
+    return device_name(torch.device("cpu"))
 
 
 def epoch_rows(run: Path) -> list[dict]:
@@ -175,6 +181,27 @@ def test_the_eta_follows_this_processs_pace_not_the_time_before_a_resume(folder:
     assert all(r.eta_s > 0 for r in resumed if r.step < r.total_steps)
     epochs = [r.epochs_done(5) for r in rows]
     assert epochs == sorted(epochs) and epochs[-1] == 5 and len({r.total_steps for r in rows}) == 1
+
+
+def test_a_run_moved_between_devices_says_how_many_epochs_each_trained(folder: Path, tmp_path: Path) -> None:
+    def stop_in_epoch_three(row: dict) -> None:
+        if row.epoch == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    run, cfg = RunFolder(tmp_path / "run"), config(folder, tmp_path, epochs=6)
+    train.train(cfg, run.path, on_step=stop_in_epoch_three)
+    payload = checkpoint.read(run.last)  # as a GPU lease saved it, before devices were counted
+    done = payload["train_state"]["loop"]["epoch"]
+    assert [d[:2] for d in payload["train_state"]["loop"].pop("devices")] == [[device_label(here()), done]]
+    payload["card"]["training"]["device"] = "NVIDIA H200"
+    checkpoint.save(run.last, *checkpoint.restore(payload, "last.pt"), payload["train_state"])
+    train.train(cfg, run.path, resume=True)
+    _, card = checkpoint.load(run.best)
+    devices = card.training["devices"]
+    assert [d[:2] for d in devices] == [["NVIDIA H200, bf16 autocast", done], [here(), 6 - done]]
+    assert sum(d[2] for d in devices) == pytest.approx(card.training["train_time_s"], abs=0.2)
+    assert (f"{done} epochs on NVIDIA H200, bf16 autocast (0 min), then {6 - done} epochs on CPU ("
+            in card_markdown("m.pt", card))
 
 
 def test_validating_every_n_epochs_changes_no_training_and_may_change_on_resume(
