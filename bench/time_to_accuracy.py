@@ -37,7 +37,8 @@ def main() -> None:
         reached = next((r for r in epochs if (r.val_acc or 0) >= args.target), None)
         when = f"{format_duration(reached.elapsed_s)} (epoch {reached.epoch})" if reached else "not reached"
         best = max(r.val_acc or 0 for r in epochs)
-        device = checkpoint.read(folder.best)["card"]["training"]["device"]
+        saved = next((f for f in (folder.best, folder.last) if f.exists()), None)  # a failed run may have no best.pt
+        device = checkpoint.read(saved)["card"]["training"]["device"] if saved else "?"
         print(f"| {run.name} | {device} | {len(epochs)} | {median:.1f} s | {best:.2%} | {when} |")
 
 
