@@ -18,6 +18,7 @@ import errno
 import io
 import json
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -30,7 +31,7 @@ from typing import Any, BinaryIO, Iterator
 from .config import TrainConfig
 from .locks import is_locked, keep_from_children, release_kept, try_lock
 from .memo import Memo
-from .values import is_finite
+from .values import is_finite, is_int
 
 
 JOB_LOCK_FD_ENV = "MOBILENET_JOB_LOCK_FD"  # an app job's slot lock (mobilenet.jobs), inherited by the trainer
@@ -100,13 +101,15 @@ class MetricsRow:
             raise ValueError("not a metrics row")
         row = {}
         for f in fields(cls):
-            value = values.get(f.name)
+            value, whole = values.get(f.name), str(f.type).startswith("int")
             if f.name == "kind":
                 row[f.name] = value
             elif value is None and "None" in str(f.type):
                 row[f.name] = None
-            elif is_finite(value):
-                row[f.name] = int(value) if str(f.type).startswith("int") else float(value)
+            elif whole and is_int(value):
+                row[f.name] = value
+            elif not whole and is_finite(value) and abs(value) <= sys.float_info.max:  # a huge int is no float
+                row[f.name] = float(value)
             else:
                 raise ValueError(f"metrics row field {f.name} is {value!r}")
         return cls(**row)
@@ -348,7 +351,7 @@ def _parse_rows(text: bytes) -> list[MetricsRow]:
     for line in text.splitlines():
         try:
             rows.append(MetricsRow.from_dict(json.loads(line)))
-        except (ValueError, OverflowError, RecursionError):  # UnicodeDecodeError, JSONDecodeError, a 400-digit number
+        except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError, a malformed row, deep nesting
             continue
     return rows
 

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,14 @@ def test_metrics_csv_is_the_rows_under_a_header_naming_their_fields() -> None:
     assert header == "kind,epoch,step,train_loss,train_acc,lr,img_per_s,elapsed_s,eta_s,val_loss,val_acc,total_steps"
     assert lines == ["step,1,1,1.0,0.5,0.1,100.0,1.0,10.0,,,", "epoch,1,2,1.0,0.5,0.1,100.0,2.0,10.0,0.9,0.6,"]
     assert metrics_csv([]) == header + "\n"
+
+
+def test_a_row_with_a_number_too_large_for_its_field_is_malformed() -> None:
+    row = asdict(MetricsRow("epoch", 3, 30, 0.5, 0.9, 0.1, 100.0, 60.0, 0.0, None, None, 40))
+    assert MetricsRow.from_dict(row | {"step": 10**400}).step == 10**400  # an int field holds any int
+    for field, value in (("train_loss", 10**400), ("step", 1.5), ("lr", float("nan")), ("epoch", True)):
+        with pytest.raises(ValueError, match=field):
+            MetricsRow.from_dict(row | {field: value})
 
 
 def test_a_rows_place_in_the_run_in_epochs() -> None:
