@@ -16,7 +16,7 @@ from typing import Any
 from .model import STEMS, check_alpha, check_stem, input_resolution
 from .settings import data_root
 from .tta import CIFAR10_NORMALIZATION, SEED_NORMALIZATION, TTA_MODES, Normalization
-from .values import is_int, is_number
+from .values import is_int, is_of_type
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,6 @@ NOT_TRAINING = ("val_size", "val_every", "device", "data_root", "compile", "down
 RESUMABLE_CHANGES = ("data", "device", "data_root", "val_every")
 
 
-_TYPE_CHECKS = {"str": lambda value: isinstance(value, str), "int": is_int, "float": is_number,
-                "bool": lambda value: isinstance(value, bool)}
 _TYPE_WORDS = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
 
 
@@ -110,7 +108,7 @@ class TrainConfig:
             value, kind = getattr(self, f.name), f.type.removesuffix(" | None")
             if value is None and f.type.endswith(" | None"):
                 continue
-            if not _TYPE_CHECKS[kind](value):
+            if not is_of_type(value, kind):
                 raise ValueError(f"{f.name.replace('_', '-')} must be {_TYPE_WORDS[kind]}, got {value!r}")
             if value not in f.metadata.get("choices", (value,)):
                 raise ValueError(f"{f.name.replace('_', '-')} must be one of {', '.join(f.metadata['choices'])}, "

@@ -32,7 +32,7 @@ from .data import DataError, ImageSet, measurement_split, stratified_split
 from .engines import MAX_INT8_LOSS, OnnxEngine, int8_file
 from .infer import fold_batchnorm
 from .tta import InferenceRecipe
-from .values import is_int, is_number
+from .values import is_of_type
 
 FORMAT = "mobilenet-v1-onnx"
 FORMAT_VERSION = 1
@@ -69,10 +69,9 @@ class Quantization:
                    "first convolution and classifier in fp32")
 
     def __post_init__(self) -> None:  # read from a file's metadata, which a hand may have edited
-        kinds = {"float": is_number, "int": is_int, "str": lambda value: isinstance(value, str)}
         for f in fields(self):
             value = getattr(self, f.name)
-            if not kinds[f.type](value):
+            if not is_of_type(value, f.type):
                 raise ValueError(f"quantization record field {f.name} is {value!r}")
 
     @property

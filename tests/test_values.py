@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from mobilenet.values import is_finite, is_int, is_number
+from mobilenet.values import is_finite, is_int, is_number, is_of_type
 
 
 @pytest.mark.parametrize("value, whole, number, finite", [
@@ -19,3 +19,11 @@ from mobilenet.values import is_finite, is_int, is_number
 ])
 def test_value_kinds(value, whole, number, finite):
     assert (is_int(value), is_number(value), is_finite(value)) == (whole, number, finite)
+
+
+@pytest.mark.parametrize("value, annotation, fits", [
+    (3, "int", True), (3, "float", True), (2.5, "int", False), (True, "int", False), (True, "bool", True),
+    (1, "bool", False), ("a", "str", True), (None, "str", False), ("3", "float", False),
+])
+def test_a_value_fits_a_field_of_its_annotation(value, annotation, fits):
+    assert is_of_type(value, annotation) == fits
