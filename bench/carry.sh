@@ -25,8 +25,8 @@ case ${1:-} in
                 continue
             elif [ -f "$run/report.json" ] && [ -f "$run/best.pt" ]; then  # finished: the model and its record
                 kept="report.json best.pt"                                  # (a validating twin's export reads them)
-            elif [ -f "$run/last.pt" ]; then
-                kept="last.pt"
+            elif [ -f "$run/last.pt" ]; then  # unfinished: its state, and its best validated model so far
+                kept="last.pt $( [ -f "$run/best.pt" ] && echo best.pt || true)"
             else
                 continue
             fi

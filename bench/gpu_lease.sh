@@ -89,7 +89,8 @@ resume() {  # the stopped runs carried in runs/gpu go on, until DEADLINE
     local out=${OUT:-bench/results/gpu-lease} deadline=${DEADLINE:-200}
     setup "$out"
     for run in runs/gpu/*/; do
-        OMP_NUM_THREADS=4 python3 -m mobilenet train --resume "$run" --device cuda --json > "${run%/}.log" 2>&1 &
+        OMP_NUM_THREADS=4 python3 -m mobilenet train --resume "$run" --data "$ZIP" --data-root data --device cuda \
+            --json >> "${run%/}.log" 2>&1 &
         echo "$!" > "${run%/}.pid"
     done
     echo "## $SECONDS s: torchrun, one process: α=0.25, batch 512, lr 0.8, 1 epoch, validated"
@@ -116,7 +117,8 @@ out, folder = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 runs = sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in ("smoke", "gpu"))
 small = [f for r in runs for f in r.iterdir() if f.suffix != ".pt"] + sorted(folder.glob("*.log"))
 best = [r / "best.pt" for r in runs if (r / "report.json").exists() and (r / "best.pt").exists()]
-last = [r / "last.pt" for r in runs if not (r / "report.json").exists() and (r / "last.pt").exists()]
+last = [r / name for r in runs if not (r / "report.json").exists() for name in ("last.pt", "best.pt")
+        if (r / name).exists()]  # an unfinished run's state and its best validated model so far
 budget, chosen = 60 << 20, []
 for f in small + sorted(best, key=lambda f: f.stat().st_size) + sorted(last, key=lambda f: f.stat().st_size):
     if f.stat().st_size <= budget:

@@ -254,8 +254,8 @@ def _recipe_changes(training: dict) -> str:
 def _where_trained(training: dict) -> str:
     """How long it trained and on what: each device in turn when a run moved (a GPU lease, then this CPU)."""
     minutes, devices = training.get("train_time_s", 0) / 60, training.get("devices", [])
-    if len({name for name, _, _ in devices}) < 2:
-        return f"{minutes:.0f} min on {training.get('device')}"
+    if len({name for name, _, _ in devices}) < 2:  # its one device (a run stopped on a new one trained none there)
+        return f"{minutes:.0f} min on {devices[0][0] if devices else training.get('device')}"
     return f"{minutes:.0f} min: " + ", then ".join(
         f"{epochs} epoch{'s' * (epochs != 1)} on {name} ({seconds / 60:.0f} min)" for name, epochs, seconds in devices)
 

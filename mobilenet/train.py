@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import os
 import signal
 import threading
@@ -269,7 +270,7 @@ class Training:
             saved = self.folder.read_status() if resume else None  # the epochs its last.pt holds, until it loads
             if not resume:
                 self.folder.clear()
-            self.folder.write_config(cfg)  # on resume too: the settings it may change (RESUMABLE_CHANGES) stay
+                self.folder.write_config(cfg)
             self.folder.set_status(RunState.LOADING, *((saved.epoch, saved.epochs) if saved else ()))
         self.train_set, self.val_set = _load_on_device(cfg, self.device, self.rank, self.world)
         self.data_digest = _data_digest(self.train_set, self.val_set)
@@ -285,6 +286,8 @@ class Training:
         self.total_steps = self.steps_per_epoch * recipe.epochs
         if resume:
             self.restore()
+            if self.writer:  # the settings a resume may change (RESUMABLE_CHANGES) stay, once its data proved the same
+                self.folder.write_config(cfg)
         elif cfg.teachers:
             self.targets = soft_targets(cfg.teachers, self.train_set, self.card.data if len(self.val_set) else None,
                                         cache=Path(cfg.data_root) / CACHE_FOLDER / "teachers")
@@ -334,6 +337,10 @@ class Training:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.plateau.load_state_dict(saved["plateau"])
         self.state = LoopState(**saved["loop"])
+        if self.state.best_acc >= 0 and not self.folder.best.exists():  # carried without it: from now on
+            logging.getLogger(__name__).warning(
+                "%s is missing: the best model is chosen again from the epochs still to validate", self.folder.best)
+            self.state.best_acc = -1.0
         if self.state.epoch and not self.state.devices:  # saved before devices were counted: its card's device
             device = payload["card"].get("training", {}).get("device")
             if isinstance(device, str):

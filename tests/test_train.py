@@ -183,6 +183,22 @@ def test_the_eta_follows_this_processs_pace_not_the_time_before_a_resume(folder:
     assert epochs == sorted(epochs) and epochs[-1] == 5 and len({r.total_steps for r in rows}) == 1
 
 
+def test_a_run_carried_without_its_best_model_chooses_it_again_and_finishes(folder: Path, tmp_path: Path) -> None:
+    def stop_in_epoch_three(row: dict) -> None:
+        if row.epoch == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    run, cfg = RunFolder(tmp_path / "run"), config(folder, tmp_path, epochs=4)
+    train.train(cfg, run.path, on_step=stop_in_epoch_three)
+    payload = checkpoint.read(run.last)
+    payload["train_state"]["loop"]["best_acc"] = 1.0  # an earlier epoch no later one beats, its best.pt not carried
+    checkpoint.save(run.last, *checkpoint.restore(payload, "last.pt"), payload["train_state"])
+    run.best.unlink()
+    report = train.train(cfg, run.path, resume=True)
+    assert report["status"] == "finished" and report["best_val_acc"] < 1.0
+    assert checkpoint.load(run.best)[1].training["val_acc"] == report["best_val_acc"]
+
+
 def test_a_run_moved_between_devices_says_how_many_epochs_each_trained(folder: Path, tmp_path: Path) -> None:
     def stop_in_epoch_three(row: dict) -> None:
         if row.epoch == 3:
@@ -241,6 +257,7 @@ def test_a_resumed_run_may_read_its_images_from_elsewhere_but_not_other_images(
     sorted((other / "train").rglob("*.png"))[0].unlink()
     assert cli_main(["train", "--resume", str(run), "--data", str(other), "--json"]) == 2
     assert "its images changed since this run started" in capsys.readouterr().err
+    assert RunFolder(run).read_config().data == str(images)  # the refused data is not written into the run
     assert cli_main(["train", "--resume", str(run), "--data", str(moved), "--json"]) == 0
     assert RunFolder(run).read_config().data == str(moved)
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
