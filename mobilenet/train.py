@@ -406,7 +406,8 @@ class Training:
         if self.average:
             self.average.update(self.model)
         hits = (logits.argmax(1) == y).sum()
-        self.totals += torch.stack([loss.detach() * len(y), hits, torch.tensor(len(y), device=self.device)]).double()
+        # full_like, not torch.tensor(len(y), device=…): a copy from the host waits for the GPU at every step
+        self.totals += torch.stack([loss.detach() * len(y), hits, torch.full_like(hits, len(y))]).double()
         state.step_in_epoch += 1
         self.epoch_steps += 1
         self.epoch_images += len(y) * self.world
