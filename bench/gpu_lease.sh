@@ -7,8 +7,9 @@
 #   device run: bash bench/gpu_lease.sh resume  (carry .gpu/data and runs/gpu: stopped runs go on there)
 #   bash bench/gpu_lease.sh unpack DIR  # here: the runs that came back, from DIR's results.tar.part-*, in runs/gpu
 # On the GPU: a cuda smoke run (fails fast), a 1-GPU torchrun run (epoch time at batch 512, bf16, channels_last),
-# the inference latency, then the ladder's remaining widths with its recipe (twin and full run of α=0.5 and 0.75,
-# three teachers) and a second α=1 generation's twin distilled from four teachers, started when α=0.5 is done.
+# the inference latency, then the ladder's remaining widths with its recipe (twin and full run of each α in ALPHAS,
+# default "0.5 0.75", three teachers) and a second α=1 generation's twin distilled from four teachers, started once
+# no α=0.5 run is going.
 # At DEADLINE seconds the runs still going are stopped (they save last.pt, to resume anywhere).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,19 +66,19 @@ run() {
     echo "## $SECONDS s: inference"
     python3 bench/gpu_inference.py --device cuda --model "$T/a1.0-distill3-120.pt"
     echo "## $SECONDS s: the ladder"
-    for alpha in 0.5 0.75; do
+    for alpha in ${ALPHAS-0.5 0.75}; do  # ALPHAS="": none of the ladder, only the second generation
         train "twin-a$alpha-distill3-120" --alpha "$alpha" "${LADDER[@]}" --teacher "$TEACHERS3"
         train "full-a$alpha-distill3-120" --alpha "$alpha" "${LADDER[@]}" --teacher "$TEACHERS3" --val-size 0
     done
     local second=0
-    while running runs && [ "$SECONDS" -lt "$deadline" ]; do
-        sleep 5
-        if [ $second = 0 ] && ! kill -0 "$(cat runs/twin-a0.5-distill3-120.pid)" 2>/dev/null \
-                && ! kill -0 "$(cat runs/full-a0.5-distill3-120.pid)" 2>/dev/null; then
-            echo "## $SECONDS s: α=0.5 done; the second α=1 generation's twin"
+    while [ "$SECONDS" -lt "$deadline" ] && { [ $second = 0 ] || running runs; }; do
+        if [ $second = 0 ] && ! kill -0 "$(cat runs/twin-a0.5-distill3-120.pid 2>/dev/null)" 2>/dev/null \
+                && ! kill -0 "$(cat runs/full-a0.5-distill3-120.pid 2>/dev/null)" 2>/dev/null; then
+            echo "## $SECONDS s: no α=0.5 run going; the second α=1 generation's twin"
             train twin-a1.0-distill4-120 --alpha 1 "${LADDER[@]}" --teacher "$TEACHERS4"
             second=1
         fi
+        sleep 5
     done
     finish runs
     python3 bench/time_to_accuracy.py runs/ddp-a1.0-b512 runs/twin-*/ --target 0.90

@@ -36,6 +36,21 @@ def config(folder: Path, tmp_path: Path, **overrides) -> TrainConfig:
     return tiny_config(folder, tmp_path / "root", **overrides)
 
 
+def stop_in_epoch(n: int):
+    """An on_step callback that stops the run (SIGTERM, as a user would) once its epoch n has begun."""
+    def stop(row) -> None:
+        if row.epoch == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return stop
+
+
+def edit_last(run: RunFolder, change) -> None:
+    """Rewrite the run's last.pt with change(payload) applied, as a checkpoint saved elsewhere or earlier would be."""
+    payload = checkpoint.read(run.last)
+    change(payload)
+    checkpoint.save(run.last, *checkpoint.restore(payload, "last.pt"), payload["train_state"])
+
+
 def here() -> str:
     return device_name(torch.device("cpu"))
 
@@ -163,15 +178,10 @@ def test_stop_then_resume_matches_an_uninterrupted_run(folder: Path, tmp_path: P
 
 
 def test_the_eta_follows_this_processs_pace_not_the_time_before_a_resume(folder: Path, tmp_path: Path) -> None:
-    def stop_in_epoch_two(row: dict) -> None:
-        if row.epoch == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-
     run, cfg = RunFolder(tmp_path / "run"), config(folder, tmp_path, epochs=5)
-    train.train(cfg, run.path, on_step=stop_in_epoch_two)
-    payload = checkpoint.read(run.last)  # as if the run had then been paused for a week, or moved to a faster device
-    payload["train_state"]["loop"]["elapsed_s"] = week = 7 * 24 * 3600.0
-    checkpoint.save(run.last, *checkpoint.restore(payload, "last.pt"), payload["train_state"])
+    train.train(cfg, run.path, on_step=stop_in_epoch(2))
+    week = 7 * 24 * 3600.0  # as if the run had then been paused for a week, or moved to a faster device
+    edit_last(run, lambda payload: payload["train_state"]["loop"].update(elapsed_s=week))
     before = len(read_metrics(run.path))
     train.train(cfg, run.path, resume=True)
     rows = read_metrics(run.path)
@@ -184,15 +194,10 @@ def test_the_eta_follows_this_processs_pace_not_the_time_before_a_resume(folder:
 
 
 def test_a_run_carried_without_its_best_model_chooses_it_again_and_finishes(folder: Path, tmp_path: Path) -> None:
-    def stop_in_epoch_three(row: dict) -> None:
-        if row.epoch == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-
     run, cfg = RunFolder(tmp_path / "run"), config(folder, tmp_path, epochs=4)
-    train.train(cfg, run.path, on_step=stop_in_epoch_three)
-    payload = checkpoint.read(run.last)
-    payload["train_state"]["loop"]["best_acc"] = 1.0  # an earlier epoch no later one beats, its best.pt not carried
-    checkpoint.save(run.last, *checkpoint.restore(payload, "last.pt"), payload["train_state"])
+    train.train(cfg, run.path, on_step=stop_in_epoch(3))
+    # an earlier epoch that no later one beats, its best.pt not carried
+    edit_last(run, lambda payload: payload["train_state"]["loop"].update(best_acc=1.0))
     run.best.unlink()
     report = train.train(cfg, run.path, resume=True)
     assert report["status"] == "finished" and report["best_val_acc"] < 1.0
@@ -200,17 +205,17 @@ def test_a_run_carried_without_its_best_model_chooses_it_again_and_finishes(fold
 
 
 def test_a_run_moved_between_devices_says_how_many_epochs_each_trained(folder: Path, tmp_path: Path) -> None:
-    def stop_in_epoch_three(row: dict) -> None:
-        if row.epoch == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-
     run, cfg = RunFolder(tmp_path / "run"), config(folder, tmp_path, epochs=6)
-    train.train(cfg, run.path, on_step=stop_in_epoch_three)
-    payload = checkpoint.read(run.last)  # as a GPU lease saved it, before devices were counted
-    done = payload["train_state"]["loop"]["epoch"]
-    assert [d[:2] for d in payload["train_state"]["loop"].pop("devices")] == [[device_label(here()), done]]
-    payload["card"]["training"]["device"] = "NVIDIA H200"
-    checkpoint.save(run.last, *checkpoint.restore(payload, "last.pt"), payload["train_state"])
+    train.train(cfg, run.path, on_step=stop_in_epoch(3))
+    saved = checkpoint.read(run.last)["train_state"]["loop"]
+    done = saved["epoch"]
+    assert [d[:2] for d in saved["devices"]] == [[device_label(here()), done]]
+
+    def as_a_gpu_lease_saved_it(payload: dict) -> None:  # before devices were counted
+        del payload["train_state"]["loop"]["devices"]
+        payload["card"]["training"]["device"] = "NVIDIA H200"
+
+    edit_last(run, as_a_gpu_lease_saved_it)
     train.train(cfg, run.path, resume=True)
     _, card = checkpoint.load(run.best)
     devices = card.training["devices"]
@@ -225,12 +230,8 @@ def test_validating_every_n_epochs_changes_no_training_and_may_change_on_resume(
     cfg = config(folder, tmp_path, epochs=5)
     train.train(cfg, tmp_path / "each")
 
-    def stop_in_epoch_three(row: dict) -> None:
-        if row.epoch == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-
     run = tmp_path / "every"
-    train.train(replace(cfg, val_every=2), run, on_step=stop_in_epoch_three)
+    train.train(replace(cfg, val_every=2), run, on_step=stop_in_epoch(3))
     assert cli_main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
     assert "only --data, --device, --data-root, --val-every may change (got --lr)" in capsys.readouterr().err
     assert cli_main(["train", "--resume", str(run), "--val-every", "4", "--json"]) == 0
@@ -246,12 +247,8 @@ def test_validating_every_n_epochs_changes_no_training_and_may_change_on_resume(
 
 def test_a_resumed_run_may_read_its_images_from_elsewhere_but_not_other_images(
         folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    def stop_in_epoch_two(row: dict) -> None:
-        if row.epoch == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-
     run, images = tmp_path / "run", shutil.copytree(folder, tmp_path / "images")
-    train.train(config(images, tmp_path, epochs=3), run, on_step=stop_in_epoch_two)
+    train.train(config(images, tmp_path, epochs=3), run, on_step=stop_in_epoch(2))
     moved = images.rename(tmp_path / "moved")  # as on another machine
     other = shutil.copytree(moved, tmp_path / "other")
     sorted((other / "train").rglob("*.png"))[0].unlink()
