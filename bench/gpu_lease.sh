@@ -10,7 +10,8 @@
 # the inference latency, then the ladder's remaining widths with its recipe (twin and full run of each α in ALPHAS,
 # default "0.5 0.75", three teachers) and a second α=1 generation's twin distilled from four teachers, started once
 # no α=0.5 run is going.
-# At DEADLINE seconds the runs still going are stopped (they save last.pt, to resume anywhere).
+# At DEADLINE seconds the runs still going are stopped (they save last.pt, to resume anywhere). SPEED=1 first times
+# two epochs of α=1 eager and with --compile (about two minutes): whether compiling the step pays on the GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T=checkpoints/in-progress/teachers
@@ -65,6 +66,14 @@ run() {
     tail -n 4 runs/ddp-a1.0-b512.log
     echo "## $SECONDS s: inference"
     python3 bench/gpu_inference.py --device cuda --model "$T/a1.0-distill3-120.pt"
+    if [ "${SPEED:-0}" = 1 ]; then  # is a step launch-bound? eager against --compile, 2 epochs of α=1 each
+        for mode in eager compile; do
+            echo "## $SECONDS s: α=1, batch 128, 2 epochs, $mode"
+            python3 -m mobilenet train --out "runs/speed-$mode" --data "$ZIP" --data-root data --device cuda --alpha 1 \
+                --epochs 2 --val-every 2 $([ $mode = compile ] && echo --compile) --json > "runs/speed-$mode.log" 2>&1
+            grep '"kind": "epoch"' "runs/speed-$mode.log" | cut -c 1-220
+        done
+    fi
     echo "## $SECONDS s: the ladder"
     for alpha in ${ALPHAS-0.5 0.75}; do  # ALPHAS="": none of the ladder, only the second generation
         train "twin-a$alpha-distill3-120" --alpha "$alpha" "${LADDER[@]}" --teacher "$TEACHERS3"
