@@ -1,26 +1,49 @@
 #!/usr/bin/env bash
 # The width ladder's shipped models on this CPU (session 8 on): one recipe for every α (the default, 120 epochs,
-# flip-translate TTA, distilled with weight 0.5 from the three α=1 teachers in checkpoints/in-progress/teachers),
-# in two lanes side by side, one thread each (two one-thread runs train faster together than one two-thread run):
-#   THREADS=1 setsid nohup nice -n 5 bench/ladder.sh twin > /tmp/twin-lane.log 2>&1 &
-#   THREADS=1 setsid nohup nice -n 5 bench/ladder.sh full > /tmp/full-lane.log 2>&1 &
-# The twin lane trains each α's validating twin (the seeded 5,000 images held out; the card gives its best validated
-# epoch, which should be its last),
-# the full lane the model that ships: the twin's config on all 50,000 images, started once the twin has started.
-# Each run resumes where it stopped (bench/run_once.sh); a lane ends at a run that was stopped or failed.
+# flip-translate TTA, distilled with weight 0.5 from the three α=1 teachers in checkpoints/in-progress/teachers).
+# Each α is a pair of runs: its validating twin (the seeded 5,000 images held out; the card gives its best validated
+# epoch, which should be its last) and the model that ships (the twin's config on all 50,000 images, once the twin
+# has started). Two lanes run them side by side, one thread each (two one-thread runs train faster together than one
+# two-thread run):
+#   THREADS=1 setsid nohup nice -n 5 bench/ladder.sh > /tmp/lane-1.log 2>&1 &
+#   THREADS=1 setsid nohup nice -n 5 bench/ladder.sh > /tmp/lane-2.log 2>&1 &
+# A lane takes the first run in the queue (the quicker widths first, each twin before its full run) that has not
+# finished and that the other lane does not hold (a lock on runs/NAME.lane), so both stay busy to the end. Each run
+# resumes where it stopped (bench/run_once.sh); a lane ends at a run that was stopped or failed, or when none is left.
 # Then: DEVELOPERS.md, "Shipping a model" (export --validated-by the twin, export-onnx, bench/ood.py --write).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-lane=${1:?usage: bench/ladder.sh twin|full}
 T=checkpoints/in-progress/teachers
-for alpha in 1.0 0.25 0.5 0.75; do  # the quicker widths first: each ships as its pair of runs ends
-    twin=twin-a$alpha-distill3-120
-    .venv/bin/python bench/shipped.py "runs/$twin" && continue  # this width shipped from its twin: done
-    case $lane in
-        twin) bench/run_once.sh "$twin" --alpha "$alpha" --epochs 120 --tta flip-translate --val-every 4 \
-                  --teacher "$T/a1.0-fast-70.pt,$T/a1.0-fast-40.pt,$T/a1.0-cutout12-40.pt" ;;
-        full) until [ -f "runs/$twin/config.json" ]; do sleep 300; done
-              bench/run_once.sh "full-a$alpha-distill3-120" --config "runs/$twin/config.json" --val-size 0 ;;
-        *) echo "usage: bench/ladder.sh twin|full" >&2; exit 2 ;;
-    esac
+TEACHERS="$T/a1.0-fast-70.pt,$T/a1.0-fast-40.pt,$T/a1.0-cutout12-40.pt"
+
+take() {  # runs the next free run: 0; none left: 1; those left wait for a twin's start or the other lane: 2
+    local left=1 alpha twin run
+    mkdir -p runs
+    for alpha in 1.0 0.25 0.5 0.75; do
+        twin=twin-a$alpha-distill3-120
+        .venv/bin/python bench/shipped.py "runs/$twin" && continue  # this width shipped from its twin: done
+        for run in "$twin" "full-a$alpha-distill3-120"; do
+            [ -f "runs/$run/report.json" ] && continue
+            left=2
+            [ "$run" = "$twin" ] || [ -f "runs/$twin/config.json" ] || continue
+            exec 9> "runs/$run.lane"
+            flock -n 9 || continue
+            if [ "$run" = "$twin" ]; then
+                bench/run_once.sh "$run" --alpha "$alpha" --epochs 120 --tta flip-translate --val-every 4 \
+                    --teacher "$TEACHERS" || exit 1
+            else
+                bench/run_once.sh "$run" --config "runs/$twin/config.json" --val-size 0 || exit 1
+            fi
+            exec 9>&-
+            return 0
+        done
+    done
+    return $left
+}
+
+while true; do
+    left=0
+    take || left=$?
+    [ $left = 1 ] && { echo "the ladder's runs have all finished"; exit 0; }
+    [ $left = 2 ] && sleep "${WAIT:-300}"
 done
