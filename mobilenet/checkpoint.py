@@ -23,7 +23,7 @@ import torch
 
 from .model import MobileNetV1, check_alpha, input_resolution
 from .tta import SEED_NORMALIZATION, InferenceRecipe, Normalization
-from .values import is_int, is_number
+from .values import is_finite, is_int, is_number
 
 FORMAT = "mobilenet-v1-checkpoint"
 FORMAT_VERSION = 1
@@ -97,8 +97,8 @@ class ModelCard:
                 raise ValueError(f"the card's {key} is not a number: {t.get(key)!r}")
         devices = t.get("devices", [])
         if not isinstance(devices, list) or not all(
-                isinstance(d, list) and len(d) == 3 and isinstance(d[0], str) and is_int(d[1]) and is_number(d[2])
-                for d in devices):
+                isinstance(d, list) and len(d) == 3 and isinstance(d[0], str) and is_int(d[1]) and d[1] >= 0
+                and is_finite(d[2]) and d[2] >= 0 for d in devices):
             raise ValueError("the card's devices are malformed: a list of [device, epochs, seconds]")
         per_class = t.get("per_class", {})
         if not isinstance(per_class, dict) or not all(isinstance(c, str) and _number_or_none(a)

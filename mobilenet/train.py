@@ -597,7 +597,7 @@ def _validate(model: torch.nn.Module, val_set: ImageSet, recipe: Recipe) -> Eval
 
 
 def _nll(result: Evaluation) -> float:
-    return F.nll_loss(result.probs.clamp_min(1e-12).log(), result.labels.cpu()).item()
+    return F.nll_loss(result.probs.clamp_min(1e-12).log(), result.labels).item()
 
 
 def _stop_agreed(stop: StopRequest, world: int, device: torch.device) -> bool:

@@ -140,6 +140,8 @@ def crafted(tmp_path: Path, change) -> Path:
      "metadata is incomplete or malformed"),
     (lambda p: p["card"]["training"].update(per_class=[0.5]), "metadata is incomplete or malformed"),
     (lambda p: p["card"]["training"].update(devices=[["cpu", "2", 1.0]]), "metadata is incomplete or malformed"),
+    (lambda p: p["card"]["training"].update(devices=[["cpu", 2, float("nan")]]), "metadata is incomplete or malformed"),
+    (lambda p: p["card"]["training"].update(devices=[["cpu", -2, 1.0]]), "metadata is incomplete or malformed"),
     (lambda p: p["card"]["training"].update(val_acc="high"), "metadata is incomplete or malformed"),
 ])
 @pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
