@@ -38,7 +38,10 @@ def main() -> None:
         when = f"{format_duration(reached.elapsed_s)} (epoch {reached.epoch})" if reached else "not reached"
         best = max(r.val_acc or 0 for r in epochs)
         saved = next((f for f in (folder.best, folder.last) if f.exists()), None)  # a failed run may have no best.pt
-        device = checkpoint.read(saved)["card"]["training"]["device"] if saved else "?"
+        training = checkpoint.read(saved)["card"]["training"] if saved else {}
+        moved = training.get("devices", [])  # a run that moved: each device and its epochs (the median mixes them)
+        device = " + ".join(f"{name} ({epochs})" for name, epochs, _ in moved) if len(moved) > 1 else \
+            training.get("device", "?")
         print(f"| {run.name} | {device} | {len(epochs)} | {median:.1f} s | {best:.2%} | {when} |")
 
 
