@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Carry unfinished runs between sessions through checkpoints/in-progress/ (runs/ is not committed):
 #   bench/carry.sh save      stop the ladder's lanes and their runs (SIGTERM: each saves its exact state), then copy
-#                            every unfinished run's config, metrics, status and last.pt to checkpoints/in-progress/,
-#                            and every finished one's with its report.json and best.pt (until its model ships:
-#                            bench/shipped.py)
+#                            every unfinished run's config, metrics, status, last.pt and best.pt (its best validated
+#                            model so far) to checkpoints/in-progress/, and every finished one's with its report.json
+#                            and best.pt (until its model ships: bench/shipped.py)
 #   bench/carry.sh restore   copy each carried run back to runs/ unless runs/ already holds it at a later epoch
-# Commit checkpoints/in-progress/ after save; an unfinished run's best.pt stays behind (it is written again at the
-# run's next validation).
+#                            (at a session's start, before any lane runs)
+# Commit checkpoints/in-progress/ after save.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRIED=checkpoints/in-progress

@@ -126,6 +126,7 @@ import sys, tarfile, pathlib
 out, folder = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 runs = sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in ("smoke", "gpu"))
 small = [f for r in runs for f in r.iterdir() if f.suffix != ".pt"] + sorted(folder.glob("*.log"))
+runs = [r for r in runs if not r.name.startswith(("speed-", "ddp-"))]  # measurements: their models stay there
 best = [r / "best.pt" for r in runs if (r / "report.json").exists() and (r / "best.pt").exists()]
 last = [r / name for r in runs if not (r / "report.json").exists() for name in ("last.pt", "best.pt")
         if (r / name).exists()]  # an unfinished run's state and its best validated model so far

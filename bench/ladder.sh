@@ -9,7 +9,8 @@
 #   THREADS=1 setsid nohup nice -n 5 bench/ladder.sh > /tmp/lane-2.log 2>&1 &
 # A lane takes the first run in the queue (the quicker widths first, each twin before its full run) that has not
 # finished and that the other lane does not hold (a lock on runs/NAME.lane), so both stay busy to the end. Each run
-# resumes where it stopped (bench/run_once.sh); a lane ends at a run that was stopped or failed, or when none is left.
+# resumes where it stopped (bench/run_once.sh); a lane ends at a run that was stopped or failed, or when none is left
+# (the other lane then goes on to it in its turn: to pause the ladder, stop both lanes, as bench/carry.sh save does).
 # Then: DEVELOPERS.md, "Shipping a model" (export --validated-by the twin, export-onnx, bench/ood.py --write).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +27,12 @@ take() {  # runs the next free run: 0; none left: 1; those left wait for a twin'
             [ -f "runs/$run/report.json" ] && continue
             left=2
             [ "$run" = "$twin" ] || [ -f "runs/$twin/config.json" ] || continue
-            exec 9> "runs/$run.lane"
-            flock -n 9 || continue
+            exec 9> "runs/$run.lane" || exit 1
+            flock -n -E 75 9 || { [ $? = 75 ] && continue; echo "cannot lock runs/$run.lane" >&2; exit 1; }
+            if [ -f "runs/$run/.writer.lock" ] && ! flock -n "runs/$run/.writer.lock" true; then
+                exec 9>&-
+                continue  # a trainer started by hand or by the app has it: not this lane's
+            fi
             if [ "$run" = "$twin" ]; then
                 bench/run_once.sh "$run" --alpha "$alpha" --epochs 120 --tta flip-translate --val-every 4 \
                     --teacher "$TEACHERS" || exit 1
