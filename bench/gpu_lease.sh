@@ -146,6 +146,7 @@ EOF
 }
 
 unpack() {
+    [ ! -e runs/gpu ] || { echo "runs/gpu holds an earlier lease's runs: move them to runs/ first" >&2; exit 2; }
     mkdir -p runs/gpu
     cat "$1"/results.tar.part-* | tar -x -f - -C runs/gpu
     ls runs/gpu
