@@ -20,7 +20,7 @@ from .data import DataError
 from .evaluate import Evaluation
 from .engines import int8_file
 from .runs import RunFolder
-from .stats import model_stats
+from .stats import ModelStats, model_stats
 
 if TYPE_CHECKING:
     from .onnx_export import OnnxModel
@@ -114,7 +114,7 @@ def export(run: Path, out: Path, data_description: str | None = None, validated_
         measured = Evaluation.from_report(report)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"the report.json that measures {folder.name} is malformed ({e})") from None
-    stats = model_stats(card.alpha, resolution=card.resolution, stem=card.stem, num_classes=card.num_classes)
+    stats = _size(card)
     training = card.training | {
         "data": data_description or card.training.get("data"), "val_acc": measured.accuracy, "val_n": measured.n,
         "per_class": measured.per_class, "params": stats.params, "mult_adds": stats.mult_adds,
@@ -188,9 +188,9 @@ def write_cards(folder: Path) -> list[str]:
     overview = ["| model | α | parameters | mult-adds per image | validation accuracy | int8 (ONNX Runtime) |",
                 "|---|---:|---:|---:|---:|---:|"]
     for name, card, int8 in shipped:
-        t = card.training
-        overview.append(f"| `{name}` | {card.alpha:g} | {t.get('params', 0):,} | {t.get('mult_adds', 0) / 1e6:.2f} M "
-                        f"| {t.get('val_acc', 0):.2%}{TWIN_MARK if Twin.of(card) else ''} | {int8_cell(int8)} |")
+        size = _size(card)
+        overview.append(f"| `{name}` | {card.alpha:g} | {size.params:,} | {size.mult_adds / 1e6:.2f} M "
+                        f"| {_accuracy(card)}{TWIN_MARK if Twin.of(card) else ''} | {int8_cell(int8)} |")
     if any(Twin.of(card) for _, card, _ in shipped):
         overview += ["", f"{TWIN_MARK} Measured on its validating twin: the identical recipe with a seeded validation "
                          f"split held out. The model itself trained on all the images, those included, and is its "
@@ -199,6 +199,17 @@ def write_cards(folder: Path) -> list[str]:
     text = f"{head}{CARDS_START}\n\n" + "\n\n".join(sections) + f"\n\n{CARDS_END}{tail}"
     checkpoint.atomic_write(readme, lambda f: f.write(text.encode()))
     return left_out
+
+
+def _size(card: ModelCard) -> ModelStats:
+    """Its parameters and mult-adds, from its architecture (a card copied from a run does not record them)."""
+    return model_stats(card.alpha, resolution=card.resolution, stem=card.stem, num_classes=card.num_classes)
+
+
+def _accuracy(card: ModelCard) -> str:
+    """Its validation accuracy, or a dash for a model that was never validated (a run's best.pt copied here)."""
+    accuracy = card.training.get("val_acc")
+    return "–" if accuracy is None else f"{accuracy:.2%}"
 
 
 def int8_cell(model: OnnxModel | None) -> str:
@@ -253,7 +264,7 @@ def _recipe_changes(training: dict) -> str:
 
 def _where_trained(training: dict) -> str:
     """How long it trained and on what: each device in turn when a run moved (a GPU lease, then this CPU)."""
-    minutes, devices = training.get("train_time_s", 0) / 60, training.get("devices", [])
+    minutes, devices = (training.get("train_time_s") or 0) / 60, training.get("devices", [])
     if len({name for name, _, _ in devices}) < 2:  # its one device (a run stopped on a new one trained none there)
         return f"{minutes:.0f} min on {devices[0][0] if devices else training.get('device')}"
     return f"{minutes:.0f} min: " + ", then ".join(
@@ -262,7 +273,7 @@ def _where_trained(training: dict) -> str:
 
 def card_markdown(name: str, card: ModelCard, int8: OnnxModel | None = None) -> str:
     """A model card for checkpoints/README.md, from the metadata stored in the checkpoint (and its int8 model)."""
-    t = card.training
+    t, size = card.training, _size(card)
     per_class = " · ".join(f"{c} {a:.1%}" for c, a in t.get("per_class", {}).items() if a is not None)
     fingerprint = f"; fingerprint `{card.data.fingerprint}`" if card.data and card.data.fingerprint else ""
     twin = Twin.of(card)
@@ -276,10 +287,9 @@ def card_markdown(name: str, card: ModelCard, int8: OnnxModel | None = None) -> 
         f"| architecture | MobileNet v1, α = {card.alpha:g}, {card.stem} stem, "
         f"{card.resolution}×{card.resolution} input, "
         f"{card.num_classes} classes |",
-        f"| size and cost | {t.get('params', 0):,} parameters, "
-        f"{t.get('mult_adds', 0) / 1e6:.2f} M mult-adds per image |",
+        f"| size and cost | {size.params:,} parameters, {size.mult_adds / 1e6:.2f} M mult-adds per image |",
         f"| data | {t.get('data')}{fingerprint} |",
-        f"| validation accuracy | {t.get('val_acc', 0):.2%} on {t.get('val_n', '?')} held-out images "
+        f"| validation accuracy | {_accuracy(card)} on {t.get('val_n', '?')} held-out images "
         f"(seeded, stratified; seed {t.get('seed')}){TTA_WORDS[card.tta]}{validated} |",
         f"| per-class accuracy | {per_class} |",
         f"| training | {t.get('epochs')} epochs, recipe `{t.get('recipe')}` (batch {t.get('batch_size')}, peak lr "

@@ -286,3 +286,16 @@ def test_cards_go_into_any_readme_and_a_stray_file_is_left_out_in_words(tmp_path
     text = (shipped / "README.md").read_text()
     assert all(part in text for part in kept) and "### `mobilenet_v1_a0.25.pt`" in text
     assert text.count(shipping.CARDS_START) == 1 and text.count(shipping.CARDS_END) == 1
+
+
+def test_cards_list_a_run_model_copied_in_that_was_never_validated(tmp_path: Path) -> None:
+    """A --val-size 0 run's best.pt copied into the folder records no accuracy and no size: its card says so and
+    gives the size its architecture has, rather than failing the next export."""
+    shipped = tmp_path / "checkpoints"
+    save_model(shipped / "copied.pt", training={"epochs": 3, "recipe": "fast", "val_acc": None,
+                                                "train_time_s": None})
+    assert shipping.write_cards(shipped) == []
+    text = (shipped / "README.md").read_text()
+    size = model_stats(0.25)
+    assert f"| `copied.pt` | 0.25 | {size.params:,} | {size.mult_adds / 1e6:.2f} M | – |" in text
+    assert f"| size and cost | {size.params:,} parameters" in text and "| validation accuracy | – on" in text
