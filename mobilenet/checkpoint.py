@@ -136,7 +136,7 @@ class ModelCard:
                 tta=str(data.get("tta") or ("flip" if data.get("training", {}).get("flip_tta") else "none")),
                 data=None if given is None else TrainingData(**given),
             )
-        except (AttributeError, KeyError, TypeError, ValueError) as e:
+        except (ArithmeticError, AttributeError, KeyError, TypeError, ValueError) as e:  # Arithmetic: inf, 10**400
             raise CheckpointError(f"checkpoint metadata is incomplete or malformed ({e})") from None
 
 
@@ -259,15 +259,24 @@ def read(path: Path | str) -> dict[str, Any]:
         raise CheckpointError(f"{path.name} holds no weights")
     if weights_digest(state) != payload.get("digest"):
         raise CheckpointError(f"{path.name} is damaged or was modified: its weights do not match their digest")
+    if not all_finite(state):
+        raise CheckpointError(f"{path.name} holds weights that are not numbers (NaN or infinite): the training that "
+                              f"wrote it diverged")
     if "card_digest" in payload and card_digest(payload["card"]) != payload["card_digest"]:  # files before had none
         raise CheckpointError(f"{path.name} is damaged or was modified: its card does not match its digest")
     return payload
 
 
+def all_finite(state: dict[str, torch.Tensor]) -> bool:
+    """Whether every weight and statistic is a number: a training that diverged leaves NaN or infinities."""
+    return all(bool(t.isfinite().all()) for t in state.values())
+
+
 def _plain(tensor: object) -> bool:
-    """A dense tensor whose elements all have storage of their own: a view that repeats a few stored values
-    (expand) would stand for terabytes once the digest made it contiguous."""
-    return (isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided
+    """A dense tensor with data (not on the meta device, which map_location leaves there) whose elements all have
+    storage of their own: a view that repeats a few stored values (expand) would stand for terabytes once the
+    digest made it contiguous."""
+    return (isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided and tensor.device.type == "cpu"
             and tensor.numel() * tensor.element_size() <= tensor.untyped_storage().nbytes())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -33,6 +34,9 @@ from .evaluate import Evaluation, evaluate
 from .model import MobileNetV1, feature_sides
 from .runs import DiskFull, MetricsRow, RunBusy, RunFolder, RunState, disk_full
 from .tta import InferenceRecipe
+
+
+PROBE_IMAGES = 32  # what answers_are_numbers feeds the model at each epoch's end
 
 
 class TrainError(RuntimeError):
@@ -466,6 +470,10 @@ class Training:
         if self.world > 1:
             dist.all_reduce(totals)
         train_loss, train_acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+        if not math.isfinite(train_loss) or not self.answers_are_numbers():
+            raise TrainError(f"training diverged in epoch {state.epoch + 1}: the model's answers are no longer numbers "
+                             f"(NaN or infinite), so nothing of this epoch is saved; start a new run with a lower "
+                             f"learning rate (--lr {self.recipe.lr:g} now)")
         if recipe.schedule == "plateau":
             self.plateau.step(train_loss)
         trained_until = time.perf_counter()
@@ -494,6 +502,17 @@ class Training:
                 self.on_epoch(row)
 
     # ---- saving, stopping, finishing ---------------------------------------------------------------
+
+    def answers_are_numbers(self) -> bool:
+        """Whether the model to ship answers a few training images with numbers. A diverged run's training loss can
+        stay finite (batch statistics rescale the exploding activations) while its saved model answers NaN."""
+        model, was_training = self.shipped, self.shipped.training
+        model.eval()
+        with torch.no_grad():
+            images = self.recipe.normalization.apply(self.train_set.images[:PROBE_IMAGES])
+            answers = model(images.contiguous(memory_format=torch.channels_last))
+        model.train(was_training)
+        return bool(answers.isfinite().all())
 
     def summary(self, status: RunState) -> dict:
         """The card's account of this training."""

@@ -112,7 +112,7 @@ def crafted(tmp_path: Path, change) -> Path:
     path, _ = saved(tmp_path)
     payload = torch.load(path, weights_only=True)
     change(payload)
-    if all(isinstance(k, str) and t.layout == torch.strided and t.stride()[-1:] != (0,)
+    if all(isinstance(k, str) and t.layout == torch.strided and t.stride()[-1:] != (0,) and not t.is_meta
            for k, t in payload["state_dict"].items()):
         payload["digest"] = checkpoint.weights_digest(payload["state_dict"])
     if isinstance(payload.get("card"), dict):
@@ -143,6 +143,13 @@ def crafted(tmp_path: Path, change) -> Path:
     (lambda p: p["card"]["training"].update(devices=[["cpu", 2, float("nan")]]), "metadata is incomplete or malformed"),
     (lambda p: p["card"]["training"].update(devices=[["cpu", -2, 1.0]]), "metadata is incomplete or malformed"),
     (lambda p: p["card"]["training"].update(val_acc="high"), "metadata is incomplete or malformed"),
+    (lambda p: p["card"].update(resolution=float("inf")), "metadata is incomplete or malformed"),
+    (lambda p: p["card"].update(mean=[10**400, 0, 0]), "metadata is incomplete or malformed"),
+    (lambda p: p["card"].update(data={"source": "x.zip", "fingerprint": None, "val_size": float("inf")}),
+     "metadata is incomplete or malformed"),
+    (lambda p: p["state_dict"].update({"classifier.bias": torch.zeros(10, device="meta")}), "holds no weights"),
+    (lambda p: p["state_dict"]["classifier.bias"].copy_(torch.tensor(float("nan"))) is None, "not numbers .NaN"),
+    (lambda p: p["state_dict"]["stem.1.running_var"].copy_(torch.tensor(float("inf"))) is None, "not numbers .NaN"),
 ])
 @pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
 def test_crafted_checkpoints_are_refused_in_words(tmp_path: Path, change, words: str) -> None:

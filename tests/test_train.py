@@ -428,6 +428,18 @@ def test_a_one_image_batch_with_a_one_pixel_last_feature_map_is_refused_in_words
         train.train(config(folder, tmp_path, batch_size=1, beta=0.25), tmp_path / "run")
 
 
+@pytest.mark.parametrize("val_size", [24, 0])
+def test_a_diverged_run_fails_in_words_and_saves_nothing_of_the_bad_epoch(folder: Path, tmp_path: Path,
+                                                                          val_size: int) -> None:
+    """At lr 50 the loss stays finite (batch statistics rescale it) while the model's answers become NaN: such a
+    run used to finish, and ship a model that answers NaN, with or without a validation split."""
+    run = RunFolder(tmp_path / "run")
+    with pytest.raises(train.TrainError, match="diverged in epoch 1: .* lower learning rate \\(--lr 50 now\\)"):
+        train.train(config(folder, tmp_path, lr=50.0, val_size=val_size), run.path)
+    assert run.read_status().state is RunState.FAILED and "diverged" in run.read_status().error
+    assert not run.best.exists() and not run.last.exists() and not run.report.exists()
+
+
 def test_one_class_is_no_classifier(tmp_path: Path) -> None:
     images = write_folder(tmp_path / "images", per_class=10, splits=("",))
     for other in ("dog", "ship"):
