@@ -27,6 +27,16 @@ MAX_PIXELS = 60_000_000  # phone photos of up to about 50 megapixels pass
 # crowd of large uploads waits its turn instead of adding up.
 LARGE_PIXELS = 4_000_000
 _large_decodes = threading.BoundedSemaphore(2)
+
+
+def _fresh_turns() -> None:
+    """In a forked process (data's decode workers): the places the parent's threads held were copied taken, and
+    no thread there will give them back."""
+    global _large_decodes
+    _large_decodes = threading.BoundedSemaphore(2)
+
+
+os.register_at_fork(after_in_child=_fresh_turns)
 ORIENTATION = 0x0112  # the EXIF tag
 
 ImageSource = Union[bytes, bytearray, str, os.PathLike, BinaryIO, Image.Image]
@@ -150,9 +160,12 @@ def decode(source: ImageSource, draft_side: int | None = None, limits: Limits = 
             with _turn(data.size):
                 return _to_rgb(ImageOps.exif_transpose(data))  # a copy: the caller's image is left as it was
         img = _open(data, limits)
+        # A progressive JPEG keeps all its coefficients at full size however small it is drafted (345 MB for a
+        # 0.7 MB file of 7,700×7,700), so it counts at its full size.
+        counted = img.size if img.info.get("progressive") or img.info.get("progression") else None
         if draft_side and decodes_smaller(data):
             img.draft("RGB", (draft_side, draft_side))
-        with _turn(img.size):
+        with _turn(counted or img.size):
             ImageOps.exif_transpose(img, in_place=True)  # decodes (the first frame) and turns it upright
             return _to_rgb(img)
     except ImageError:

@@ -339,3 +339,36 @@ def test_an_upright_rgb_image_is_taken_as_it_is_and_any_other_copied() -> None:
     assert upright_again.size == (30, 40) and turned.size == (40, 30)  # turned, and the caller's left as it was
     rgba = solid((255, 0, 0, 255), size=(4, 4), mode="RGBA")
     assert decode(rgba) is not rgba and decode(rgba).mode == "RGB" and rgba.mode == "RGBA"
+
+
+def test_a_forked_decode_worker_has_both_large_places_free() -> None:
+    """Visitors' large decodes hold the two places when an evaluation forks its decode workers: a worker that
+    inherited them taken would wait forever on its first large image, and the evaluation with it."""
+    import multiprocessing
+
+    from mobilenet import intake
+
+    def acquire_both(results) -> None:
+        results.put(all(intake._large_decodes.acquire(timeout=5) for _ in range(2)))
+
+    with intake._large_decodes, intake._large_decodes:
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        child = context.Process(target=acquire_both, args=(results,))
+        child.start()
+        child.join(30)
+    assert results.get(timeout=5) is True
+
+
+def test_a_progressive_jpeg_counts_at_its_full_size_however_small_it_is_drafted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobilenet import intake
+
+    counted = []
+    real = intake._turn
+    monkeypatch.setattr(intake, "_turn", lambda size: counted.append(size) or real(size))
+    for progressive in (False, True):
+        buffer = io.BytesIO()
+        solid(RED, size=(640, 480)).save(buffer, "JPEG", progressive=progressive)
+        assert decode(buffer.getvalue(), draft_side=32).size == (80, 60)  # drafted to 1/8 either way
+    assert counted == [(80, 60), (640, 480)]
