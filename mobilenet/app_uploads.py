@@ -4,7 +4,7 @@ image of a pasted URL, fetched once, and their answers, made once."""
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, Iterable
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
@@ -24,6 +24,9 @@ MAX_KEPT_BYTES = 64 * 2**20
 # What a session's uploads may weigh in the server's store as they arrive, before any page has run (a client that
 # uploads and never runs a page, a script, would otherwise pile them up): beyond it its oldest files are dropped.
 MAX_SESSION_UPLOAD_BYTES = 2 * MAX_KEPT_BYTES
+# A file that has arrived is in its uploader's value only once every file the browser is uploading with it has
+# (minutes, for a phone's photos on a slow line): until then a page run must not take it for one no widget holds.
+UPLOAD_GRACE_S = 600
 
 
 def keep_uploads(files: list, returning: bool, photo: object | None = None) -> tuple[list[Upload], list[str]]:
@@ -53,7 +56,7 @@ def keep_uploads(files: list, returning: bool, photo: object | None = None) -> t
     elif not returning and state.get("uploader_had_files"):
         kept, left_out, state.kept_file_ids, state.dropped_uploads = [], [], None, {}  # the visitor removed them
     state.kept_uploads, state.left_out_uploads, state.uploader_had_files = kept, left_out, bool(files)
-    _keep_only_held_uploads([*held, *([photo] if photo else [])])
+    _keep_only_held_uploads([*held, *([photo] if photo else [])], listed)
     return kept, left_out
 
 
@@ -116,15 +119,19 @@ def forget_uploads() -> None:
     state.kept_uploads, state.left_out_uploads, state.kept_file_ids = [], [], None
 
 
-def drop_files_no_widget_holds(manager: object, session_id: str, held: set[str]) -> int:
-    """Remove a session's uploaded files that no widget holds any more; returns how many went.
+def drop_files_no_widget_holds(manager: object, session_id: str, held: set[str], listed: Iterable[str] = ()) -> int:
+    """Remove a session's uploaded files that no widget holds any more; returns how many went. `listed`: the files
+    the uploader's value names (those it holds and those left out); a file it does not name yet is kept while it may
+    still be on its way into that value (UPLOAD_GRACE_S since it arrived in the capped store).
 
     Streamlit keeps every file a session uploads until the browser sends a delete or the session ends. A client
     that never deletes (a script; a page that lost the delete) could then fill the server's memory with one long
     session (the load benchmark grew it by 0.9 MB per upload). Managers without per-session storage are left
     alone."""
     storage = getattr(manager, "file_storage", {}).get(session_id, {})
-    gone = [file_id for file_id in list(storage) if file_id not in held]
+    listed = set(listed)
+    gone = [file_id for file_id in list(storage)
+            if file_id not in held and (file_id in listed or _arriving.get(file_id) is None)]
     for file_id in gone:
         manager.remove_file(session_id, file_id)
     return len(gone)
@@ -133,6 +140,7 @@ def drop_files_no_widget_holds(manager: object, session_id: str, held: set[str])
 # The names of files the cap dropped as they arrived (file ids are unique across sessions): the page gets such a file
 # as a DeletedFile, which has no name, and names it among those left out.
 _dropped_on_arrival: Memo[str] = Memo(size=4096)
+_arriving: Memo[bool] = Memo(size=4096, max_age_s=UPLOAD_GRACE_S)  # the files that arrived lately, by id
 
 
 def cap_session_uploads(manager: object) -> None:
@@ -145,6 +153,7 @@ def cap_session_uploads(manager: object) -> None:
 
     def add_file(session_id: str, file: Any) -> None:
         add(session_id, file)
+        _arriving.put(file.file_id, True)
         # A copy: a page run may remove files meanwhile (remove_file of one already gone does nothing).
         stored = dict(list(manager.file_storage.get(session_id, {}).items()))
         over = sum(len(f.data) for f in stored.values()) - MAX_SESSION_UPLOAD_BYTES
@@ -167,9 +176,10 @@ def cap_uploads() -> None:
         cap_session_uploads(ctx.uploaded_file_mgr)
 
 
-def _keep_only_held_uploads(held: list) -> None:
-    """On the page with the session's only upload widgets, given the files they hold: drop the session's others."""
+def _keep_only_held_uploads(held: list, listed: list[str]) -> None:
+    """On the page with the session's only upload widgets, given the files they hold and the uploader lists: drop
+    the session's others."""
     ctx = get_script_run_ctx()
     if ctx is None or ctx.uploaded_file_mgr is None:
         return
-    drop_files_no_widget_holds(ctx.uploaded_file_mgr, ctx.session_id, {f.file_id for f in held})
+    drop_files_no_widget_holds(ctx.uploaded_file_mgr, ctx.session_id, {f.file_id for f in held}, listed)

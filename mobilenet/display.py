@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import unicodedata
+
+UNSHOWN = {"Cc", "Cf", "Zl", "Zp"}  # control, format, line and paragraph separators
 
 
 def quoted(text: str, limit: int = 60) -> str:
     """Text a stranger chose (a link's value) for a Markdown message: as code, so it adds no links, images or
-    emphasis of its own, and at most `limit` characters."""
-    text = text.replace("`", "'").replace("\n", " ")
-    return f"`{text[:limit]}{'…' if len(text) > limit else ''}`"
+    emphasis of its own, and at most `limit` characters. Line breaks of any kind (a \\r\\r ends the code span
+    and its paragraph) and other control and format characters (bidirectional overrides) become spaces."""
+    shown = "".join(" " if unicodedata.category(c) in UNSHOWN else c for c in text[:limit].replace("`", "'"))
+    return f"`{shown}{'…' if len(text) > limit else ''}`"
 
 
 def format_duration(seconds: float | None) -> str:

@@ -136,6 +136,8 @@ def test_the_first_page_says_what_this_is_and_which_model_answers(model: Path) -
     ({"model": "x **Session expired.** [Sign in](https://evil.example/) ![](https://evil.example/t.gif) `"},
      "The link's model `x **Session expired.** [Sign in](https://evil.example/) ![](…` is not on this "
      "server: showing mobilenet_v1_a0.25."),  # a stranger's Markdown, shown as code
+    ({"model": "x\r\r[Sign in](https://evil.example)\u2028\u202e\r\r"},  # \r\r would end the code span
+     "The link's model `x  [Sign in](https://evil.example)    ` is not on this server: showing mobilenet_v1_a0.25."),
 ])
 def test_a_bad_link_value_is_named_not_ignored(model: Path, link: dict, note: str) -> None:
     at = AppTest.from_file(APP, default_timeout=60)

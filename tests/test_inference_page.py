@@ -274,6 +274,28 @@ def test_uploaded_files_no_widget_holds_leave_the_servers_memory() -> None:
     assert drop_files_no_widget_holds(manager, "nobody", set()) == 0 and "nobody" not in manager.file_storage
 
 
+def test_a_file_still_on_its_way_into_the_uploaders_value_is_kept_for_a_while(monkeypatch: pytest.MonkeyPatch
+                                                                               ) -> None:
+    """The browser sends the uploader's value once all the files it is uploading have arrived: a page run in
+    between (another widget changed) used to drop the ones that had arrived, and the visitor lost them."""
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.uploaded_file_manager import UploadedFileRec
+
+    from mobilenet import memo
+
+    manager = MemoryUploadedFileManager("/_stcore/upload_file")
+    app_uploads.cap_session_uploads(manager)
+    for file_id in ("shown", "left-out", "arriving"):
+        manager.add_file("visitor", UploadedFileRec(file_id, f"{file_id}.png", "image/png", b"x" * 1000))
+    # the value lists "left-out" (beyond the uploads kept): it goes at once; "arriving" it does not list yet
+    assert app_uploads.drop_files_no_widget_holds(manager, "visitor", {"shown"}, ["shown", "left-out"]) == 1
+    assert list(manager.file_storage["visitor"]) == ["shown", "arriving"]
+    later = memo.time.monotonic() + app_uploads.UPLOAD_GRACE_S
+    monkeypatch.setattr(memo.time, "monotonic", lambda: later)
+    assert app_uploads.drop_files_no_widget_holds(manager, "visitor", {"shown"}, ["shown"]) == 1  # never came
+    assert list(manager.file_storage["visitor"]) == ["shown"]
+
+
 def test_a_session_uploading_without_running_a_page_keeps_only_its_newest_files(monkeypatch: pytest.MonkeyPatch
                                                                                  ) -> None:
     from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
