@@ -33,16 +33,19 @@ try:
     with st.spinner(f"Evaluating {entry.key} on {source.label}…"):
         result, images = app_models.evaluation(entry, source, limit, st.session_state.evaluation_data)
 except (DataError, CheckpointError) as e:
-    st.error(app_views.for_visitors(e.in_app if isinstance(e, DataError) else str(e)))
+    app_views.show_problem(e)
     st.stop()
 
 accuracy, count = st.columns(2)
 accuracy.metric("accuracy", f"{result.accuracy:.2%}")
 count.metric("images", f"{result.n:,}")
 if app_models.has_int8(entry) and st.toggle("Compare int8 with fp32 on these images"):
-    with st.spinner("Evaluating in int8 and in fp32…"):
-        table, differ = app_models.precision_comparison(entry, source, limit,
-                                                             st.session_state.evaluation_data)
+    try:
+        with st.spinner("Evaluating in int8 and in fp32…"):
+            table, differ = app_models.precision_comparison(entry, source, limit, st.session_state.evaluation_data)
+    except (DataError, CheckpointError) as e:
+        app_views.show_problem(e)
+        st.stop()
     st.dataframe(table, hide_index=True)
     st.caption(f"{differ:,} of {result.n:,} answers differ between int8 and fp32.")
 app_views.show_report_charts(result)

@@ -268,8 +268,10 @@ def evaluation_run(entry: ModelEntry, source: EvalSource, limit: int | None, ver
 def evaluation(entry: ModelEntry, source: EvalSource, limit: int | None, version: str | None
                ) -> tuple[Evaluation, ImageSet]:
     run = evaluation_run(entry, source, limit, version)
-    return run.result, _evaluation_images(entry.path, entry.version, source, version, settings.data_root(), limit,
-                                          entry.card)
+    with _evaluating:  # a decode again (the images evicted, the result kept) takes its turn as evaluations do
+        images = _evaluation_images(entry.path, entry.version, source, version, settings.data_root(), limit,
+                                    entry.card)
+    return run.result, images
 
 
 def precision_comparison(entry: ModelEntry, source: EvalSource, limit: int | None, version: str | None

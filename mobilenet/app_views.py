@@ -10,6 +10,8 @@ import streamlit as st
 import torch
 
 from . import charts, settings
+from .checkpoint import CheckpointError
+from .data import DataError
 from .display import quoted
 from .evaluate import Evaluation
 
@@ -49,6 +51,11 @@ def for_visitors(message: str) -> str:
     for path, name in named:
         message = message.replace(path, name)
     return message
+
+
+def show_problem(error: DataError | CheckpointError) -> None:
+    """A data or checkpoint problem as an error box, in the words meant for the app."""
+    st.error(for_visitors(error.in_app if isinstance(error, DataError) else str(error)))
 
 
 def show_report_charts(result: Evaluation) -> None:

@@ -268,6 +268,26 @@ def test_evaluations_take_turns(model: Path, places: Path, monkeypatch: pytest.M
     assert most[0] == 1
 
 
+def test_images_decoded_again_for_a_kept_result_take_their_turn_too(model: Path, places: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    write_folder(places / "data" / "small", per_class=4)
+    entry = app_models.models().default
+    source = evalsets.sources(entry.card)[0]
+    version = data.fingerprint(source.source)
+    app_models.evaluation(entry, source, None, version)
+    app_models._evaluation_images.clear()  # the result kept, its images evicted by later evaluations
+    loads = []
+    load = evalsets.load
+    monkeypatch.setattr(evalsets, "load", lambda *args, **kwargs: loads.append(1) or load(*args, **kwargs))
+    visitor = threading.Thread(target=app_models.evaluation, args=(entry, source, None, version))
+    with app_models._evaluating:  # another visitor's evaluation is running
+        visitor.start()
+        time.sleep(0.3)
+        assert loads == []
+    visitor.join()
+    assert loads == [1]
+
+
 def test_engines_evaluated_on_the_same_images_share_them(model: Path, places: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("onnxruntime")
