@@ -19,6 +19,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -208,9 +209,13 @@ class RunFolder:
         return is_locked(self.lock)
 
     def write_json(self, path: Path, obj: Any) -> None:
-        """Atomically, or not at all: on failure (a full disk) the old file stays and no temporary is left."""
-        tmp = path.with_name(f".{path.name}.tmp")
+        """Atomically, or not at all: on failure (a full disk) the old file stays and no temporary is left. Each
+        writer has a temporary of its own (two Stop clicks at once write the job file twice)."""
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
         try:
+            tmp.chmod(0o644)  # mkstemp's 0600 would hide the file from a web server's user
             tmp.write_text(json.dumps(obj, indent=2))
             os.replace(tmp, path)
         except BaseException as e:

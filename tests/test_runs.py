@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import threading
 import os
 import time
 from dataclasses import asdict
@@ -276,3 +277,26 @@ def test_malformed_run_files_leave_that_run_out_and_the_others_shown(tmp_path: P
     assert sorted(r.name for r in found) == ["bad-metrics", "deep-report", "good", "huge-time"] and skipped == []
     by_name = {r.name: r for r in found}
     assert by_name["deep-report"].report is None and len(RunFolder(runs / "bad-metrics").read_metrics()) == 2 * 5
+
+
+def test_two_writers_of_one_json_file_at_once_leave_it_whole(tmp_path: Path) -> None:
+    """Two Stop clicks at the same instant write the job file twice: with one shared temporary file, one writer
+    moved the other's half-written file into place, and the other's rename then failed."""
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    target, errors = folder.path / ".job.json", []
+
+    def write(who: int) -> None:
+        try:
+            for i in range(300):
+                folder.write_json(target, {"who": who, "i": i, "pad": "x" * 4000})
+        except OSError as e:
+            errors.append(e)
+
+    writers = [threading.Thread(target=write, args=(who,)) for who in (1, 2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert errors == [] and json.loads(target.read_text())["i"] == 299
+    assert [p.name for p in folder.path.iterdir()] == [".job.json"]
