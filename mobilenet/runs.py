@@ -3,7 +3,8 @@
     config.json    the TrainConfig (mobilenet.config)
     metrics.jsonl  one MetricsRow per line: "step" rows about once a second, an "epoch" row per epoch
     status.json    RunStatus: state, pid of the writer, epoch, epochs, error
-    last.pt        the latest state, for resuming; best.pt the best model so far; report.json at the end
+    last.pt        the latest state, for resuming; best.pt the best model so far; report.json at the end (the
+                   best model's validation, and under LAST_EPOCH the last epoch's)
     .writer.lock   flock'd by the one process writing the run (the trainer, from the CLI or an app job)
 
 Readers never trust these files: a malformed one reads as missing (or a row is skipped), never an error.
@@ -33,6 +34,8 @@ from .config import TrainConfig
 from .locks import is_locked, keep_from_children, release_kept, try_lock
 from .memo import Memo
 from .values import is_finite, is_int
+
+LAST_EPOCH = "last_epoch"  # report.json: the last epoch's validation, whichever epoch was best
 
 
 JOB_LOCK_FD_ENV = "MOBILENET_JOB_LOCK_FD"  # an app job's slot lock (mobilenet.jobs), inherited by the trainer

@@ -19,7 +19,7 @@ from .config import RECIPES
 from .data import DataError
 from .evaluate import Evaluation
 from .engines import int8_file
-from .runs import RunFolder
+from .runs import LAST_EPOCH, RunFolder
 from .stats import ModelStats, model_stats
 
 if TYPE_CHECKING:
@@ -54,8 +54,10 @@ class Twin:
 
 def validating_twin(run: Path, twin: Path) -> tuple[Twin, dict]:
     """`twin` as the validating twin of `run`, a finished run trained on all the images: the record for the card
-    and the twin's report. The twin is a finished run that held out a validation split, trained on the same data
-    (by fingerprint) with identical settings otherwise; CheckpointError naming what differs."""
+    and the twin's validation at its last epoch (the model it vouches for is its run's last epoch: the twin's best
+    epoch, chosen on its held-out images, would flatter it). The twin is a finished run that held out a validation
+    split, trained on the same data (by fingerprint) with identical settings otherwise; CheckpointError naming
+    what differs."""
     full, other = RunFolder(run), RunFolder(twin)
     report = other.read_report()
     if report is None:
@@ -74,7 +76,23 @@ def validating_twin(run: Path, twin: Path) -> tuple[Twin, dict]:
     if differences:
         raise CheckpointError(f"{other.name} is not the validating twin of {full.name}: besides --val-size, their "
                               f"training settings differ: {'; '.join(differences)}")
-    return Twin(other.name, split.val_size, split.seed), report
+    return Twin(other.name, split.val_size, split.seed), _last_epoch(other, report)
+
+
+def _last_epoch(twin: RunFolder, report: dict) -> dict:
+    """The twin's validation at its last epoch: recorded in its report, or, in a report from before that was,
+    its best model's when the last epoch validated as high as the best one."""
+    last = report.get(LAST_EPOCH)
+    if isinstance(last, dict):
+        return last
+    validated = [row for row in twin.read_metrics() if row.kind == "epoch" and row.val_acc is not None]
+    if validated and validated[-1].epoch == report.get("epochs") and validated[-1].val_acc == report.get("accuracy"):
+        return report
+    best = max(validated, key=lambda row: row.val_acc, default=None)
+    raise CheckpointError(
+        f"{twin.name}'s report gives its best validated epoch{f' ({best.epoch})' if best else ''}, not its last, and "
+        f"predates reports that record the last one, whose accuracy is the one that vouches for a model that is its "
+        f"run's last epoch: train the twin again with this version")
 
 
 def _card(folder: RunFolder) -> ModelCard:
@@ -278,8 +296,8 @@ def card_markdown(name: str, card: ModelCard, int8: OnnxModel | None = None) -> 
     fingerprint = f"; fingerprint `{card.data.fingerprint}`" if card.data and card.data.fingerprint else ""
     twin = Twin.of(card)
     validated = "" if twin is None else (
-        f", measured on run `{twin.run}`, the identical recipe with them held out; this model trained on all the "
-        f"images, these included, and is its last epoch, with no selection")
+        f", measured on run `{twin.run}` at its last epoch, the identical recipe with them held out; this model "
+        f"trained on all the images, these included, and is its last epoch, with no selection")
     return "\n".join([
         f"### `{name}`",
         "",

@@ -32,7 +32,7 @@ from .device import device_name, pick_device
 from .distill import soft_targets
 from .evaluate import Evaluation, evaluate
 from .model import MobileNetV1, feature_sides
-from .runs import DiskFull, MetricsRow, RunBusy, RunFolder, RunState, disk_full
+from .runs import LAST_EPOCH, DiskFull, MetricsRow, RunBusy, RunFolder, RunState, disk_full
 from .tta import InferenceRecipe
 
 
@@ -261,6 +261,7 @@ class Training:
         self.state = LoopState()
         self.targets: torch.Tensor | None = None  # the teachers' probabilities per training image (distillation)
         self.best_eval: Evaluation | None = None  # best.pt's validation, when this process made it
+        self.last_eval: Evaluation | None = None  # the last epoch's validation, when this process made it
         self.validation_s = 0.0  # how long this process's last validation took (0: none yet)
         self.resumed_pace = 0.0  # img/s of the last row before a resume
 
@@ -484,6 +485,8 @@ class Training:
         state.epoch, state.step_in_epoch, state.loss_sum, state.correct, state.seen = state.epoch + 1, 0, 0.0, 0, 0
         state.elapsed_s = time.perf_counter() - self.started
         count_epoch(state, device_label(device_name(self.device)))
+        if state.epoch == recipe.epochs:
+            self.last_eval = validation
         improved = val_acc is not None and val_acc > state.best_acc
         if improved:
             state.best_acc, self.best_eval = val_acc, validation
@@ -560,7 +563,8 @@ class Training:
             training = self.summary(RunState.FINISHED)
             if len(self.val_set):
                 final = self.best_eval or evaluate(best_model.to(self.device), self.val_set, best_card.inference)
-                report |= final.to_dict()
+                last = self.last_eval or _validate(self.shipped, self.val_set, self.recipe)
+                report |= final.to_dict() | {LAST_EPOCH: last.to_dict()}
                 training |= {"val_acc": final.accuracy, "per_class": final.per_class}
             self.folder.write_json(self.folder.report, report)
             checkpoint.save(self.folder.best, best_model, replace(best_card, training=training))

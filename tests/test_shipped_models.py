@@ -59,7 +59,7 @@ def test_shipped_model_card(name: str, alpha: float) -> None:
     else:  # trained on all the images, validated by the identical recipe holding out the same split
         assert card.data == replace(TRAINED_ON, val_size=0)
         assert (twin.val_size, twin.seed) == (TRAINED_ON.val_size, TRAINED_ON.seed) and twin.run
-        assert f"measured on run `{twin.run}`, the identical recipe with them held out" in readme
+        assert f"measured on run `{twin.run}` at its last epoch, the identical recipe with them held out" in readme
     assert f"`{name}`" in readme
     assert f"{t['val_acc']:.2%}" in readme
 

@@ -18,7 +18,7 @@ from mobilenet.__main__ import main
 from mobilenet.checkpoint import CheckpointError
 from mobilenet.config import TrainConfig
 from mobilenet.onnx_export import MAX_INT8_LOSS, TRAINING
-from mobilenet.runs import RunFolder
+from mobilenet.runs import LAST_EPOCH, RunFolder
 from mobilenet.shipping import ALL_IMAGES, TWIN, Twin
 
 VAL_SIZE = 12  # a fifth of the 60 images
@@ -72,7 +72,7 @@ def test_a_full_data_model_ships_with_its_twins_validation_accuracy(runs: Runs, 
     assert "(its validating twin twin's; it trained on all the images)" in capsys.readouterr().out
 
     card = checkpoint.load(shipped / "full.pt")[1]
-    report = RunFolder(runs.twin).read_report()
+    report = RunFolder(runs.twin).read_report()[LAST_EPOCH]  # the twin's last epoch vouches for the full run's
     t = card.training
     assert (t["val_acc"], t["val_n"], t["per_class"]) == (report["accuracy"], VAL_SIZE, report["per_class"])
     assert t[TWIN] == {"run": "twin", "val_size": VAL_SIZE, "seed": 0, "this_model": ALL_IMAGES}
@@ -83,11 +83,36 @@ def test_a_full_data_model_ships_with_its_twins_validation_accuracy(runs: Runs, 
     readme = (shipped / "README.md").read_text()
     overview = [line for line in readme.splitlines() if line.startswith("| `")]
     assert overview[0].endswith(f"| {report['accuracy']:.2%}† | – |")  # full.pt
-    assert overview[1].endswith(f"| {report['accuracy']:.2%} | – |")  # validated.pt: its own split, unmarked
+    own = RunFolder(runs.twin).read_report()["accuracy"]
+    assert overview[1].endswith(f"| {own:.2%} | – |")  # validated.pt: its best epoch on its own split, unmarked
     assert "† Measured on its validating twin: the identical recipe with a seeded validation split held out." in readme
     assert (f"| validation accuracy | {report['accuracy']:.2%} on {VAL_SIZE} held-out images (seeded, stratified; "
-            f"seed 0) with flip TTA, measured on run `twin`, the identical recipe with them held out; this model "
-            f"trained on all the images, these included, and is its last epoch, with no selection |") in readme
+            f"seed 0) with flip TTA, measured on run `twin` at its last epoch, the identical recipe with them held "
+            f"out; this model trained on all the images, these included, and is its last epoch, with no selection |"
+            ) in readme
+
+
+def test_the_twins_last_epoch_vouches_for_the_full_run_not_its_best(runs: Runs, tmp_path: Path) -> None:
+    """The full run ships its last epoch with no selection: its twin's best epoch, chosen on the held-out images,
+    would flatter it. A report from before reports recorded the last epoch is taken only where the two agree."""
+    twin = copy_run(runs.twin, tmp_path / "twin")
+    folder = RunFolder(twin)
+    report = folder.read_report()
+    worse = [[0] * 3 for _ in range(3)]
+    worse[0][1], worse[1][1], worse[2][2] = 4, 4, 4  # 8 of 12 right
+    last = {"accuracy": 8 / 12, "n": 12, "classes": report["classes"], "per_class": {"cat": 0.0, "dog": 1.0,
+            "ship": 1.0}, "confusion": worse}
+    folder.write_json(folder.report, report | {"accuracy": 11 / 12, LAST_EPOCH: last})
+    card = shipping.export(runs.full, tmp_path / "out.pt", validated_by=twin)
+    assert card.training["val_acc"] == pytest.approx(8 / 12) and card.training["per_class"] == last["per_class"]
+
+    rows = [row for row in folder.read_metrics() if row.kind == "epoch"]
+    del report[LAST_EPOCH]
+    folder.write_json(folder.report, report | {"accuracy": rows[-1].val_acc})  # its last epoch was its best
+    assert shipping.export(runs.full, tmp_path / "out.pt", validated_by=twin).training["val_acc"] == rows[-1].val_acc
+    folder.write_json(folder.report, report | {"accuracy": rows[-1].val_acc + 0.01})  # an earlier epoch's
+    with pytest.raises(CheckpointError, match="report gives its best validated epoch .*, not its last, and predates"):
+        shipping.export(runs.full, tmp_path / "out.pt", validated_by=twin)
 
 
 def test_a_full_data_run_needs_an_identical_twin(runs: Runs, tmp_path: Path) -> None:

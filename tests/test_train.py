@@ -16,7 +16,7 @@ from mobilenet import checkpoint, train
 from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import DataError, ImageSet
 from mobilenet.__main__ import main as cli_main
-from mobilenet.runs import RunFolder, RunState, read_metrics
+from mobilenet.runs import LAST_EPOCH, RunFolder, RunState, read_metrics
 from mobilenet.device import device_name
 from mobilenet.shipping import card_markdown
 from mobilenet.train import augment, device_label, step_generator
@@ -67,6 +67,7 @@ def test_loss_falls_and_run_folder_is_complete(folder: Path, tmp_path: Path) -> 
     assert report["accuracy"] >= 0.9  # three easy classes; chance is 1/3
     assert set(report) >= {"per_class", "confusion", "n"}
     assert sum(map(sum, report["confusion"])) == report["n"] == 24
+    assert report[LAST_EPOCH]["accuracy"] == rows[-1].val_acc and report[LAST_EPOCH]["n"] == 24  # whichever was best
     keys = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s", "elapsed_s", "eta_s"}
     written = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(keys <= set(r) for r in written if r["kind"] == "epoch")
