@@ -137,12 +137,13 @@ def load_classifier(args: argparse.Namespace, threads: int | None = 1) -> Classi
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import engines
     from .evalsets import SEEN_NOTE, load, named
     from .evaluate import format_report, score
 
     clf = load_classifier(args, threads=None)  # a batch job: all the cores
     source = named(clf.card, args.data, args.split, Path(args.data_root))
-    print(f"evaluating on {source.label}", file=sys.stderr)
+    print(f"evaluating on {source.label} with {engines.describe(clf.engine)}", file=sys.stderr)  # int8 by default
     if source.seen:
         print(f"note: this {SEEN_NOTE} of the model: its accuracy here overstates how it does on new images; "
               f"--split val scores the validation split it held out", file=sys.stderr)
