@@ -34,6 +34,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     given = {name: value for name, value in vars(args).items() if name in TRAIN_OPTIONS}
     if args.resume:
+        ignored = [flag for flag, given in (("--config", args.config), ("--out", args.out),
+                                            ("--overwrite", args.overwrite)) if given]
+        if ignored:
+            raise ValueError(f"--resume goes on in the run's own folder with its own settings: {', '.join(ignored)} "
+                             f"cannot apply")
         folder = RunFolder(args.resume)
         cfg = folder.read_config()
         if not folder.resumable:

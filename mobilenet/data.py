@@ -90,7 +90,10 @@ class _Tree:
         self.path = path
         if not path.exists():
             raise DataError(f"{path} not found: give an existing image folder or .zip file")
-        self.zip = zipfile.ZipFile(path) if zipfile.is_zipfile(path) else None
+        try:
+            self.zip = zipfile.ZipFile(path) if zipfile.is_zipfile(path) else None
+        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError):  # its end record intact, its directory not
+            raise DataError(f"{path} is a damaged .zip file: its list of files cannot be read") from None
         if self.zip is not None:
             names = [n for n in self.zip.namelist() if not n.endswith("/")]
         elif path.is_dir():

@@ -242,8 +242,9 @@ def train(
     except Exception as e:
         if disk_full(e):
             e = DiskFull("disk full: the last saved state is kept; free space, then resume")
-        if rank == 0 and folder.path.exists():
-            folder.mark_failed(e.in_app if isinstance(e, DataError) else str(e))
+        status = folder.read_status()
+        if rank == 0 and folder.path.exists() and (status is None or status.state is not RunState.FINISHED):
+            folder.mark_failed(e.in_app if isinstance(e, DataError) else str(e))  # (a finished run stays finished)
         raise e
     finally:
         if distributed:
@@ -336,12 +337,24 @@ class Training:
 
     def restore(self) -> None:
         payload = checkpoint.read(self.folder.last)
-        saved = payload["train_state"]
+        saved = payload.get("train_state")
+        if not isinstance(saved, dict):
+            raise TrainError(f"{self.folder.last} holds a model but no training state to resume from (a best.pt "
+                             f"copied over it?)")
+        self._check_same_settings(saved.get("config"))
         self._check_same_data(payload["card"], saved.get("data_digest"))
-        self.model.load_state_dict(payload["state_dict"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.plateau.load_state_dict(saved["plateau"])
-        self.state = LoopState(**saved["loop"])
+        try:
+            self.model.load_state_dict(payload["state_dict"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.plateau.load_state_dict(saved["plateau"])
+            self.state = LoopState(**saved["loop"])
+            if self.average:
+                self.average.load_state_dict(saved["ema"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as e:
+            raise TrainError(f"{self.folder.last} is not the training state of the run {self.folder.config.name} "
+                             f"describes ({str(e).splitlines()[0][:200]})") from None
+        if self.rank:  # the interrupted epoch's sums so far are all ranks' (stop), counted once: by rank 0
+            self.state.loss_sum, self.state.correct, self.state.seen = 0.0, 0, 0
         if self.state.best_acc >= 0 and not self.folder.best.exists():  # carried without it: from now on
             logging.getLogger(__name__).warning(
                 "%s is missing: the best model is chosen again from the epochs still to validate", self.folder.best)
@@ -350,14 +363,27 @@ class Training:
             device = payload["card"].get("training", {}).get("device")
             if isinstance(device, str):
                 self.state.devices = [[device_label(device), self.state.epoch, self.state.elapsed_s]]
-        if self.average:
-            self.average.load_state_dict(saved["ema"])
         if "targets" in saved:
             self.targets = saved["targets"].to(self.device)
         if self.writer:
             self.folder.truncate_metrics(self.global_step, self.state.epoch)
         rows = self.folder.read_metrics()  # a run stopped on an epoch's last step ends it here with no step of its own
         self.resumed_pace = rows[-1].img_per_s if rows else 0.0
+
+    def _check_same_settings(self, saved: object) -> None:
+        """The run goes on with the settings it started with: config.json edited meanwhile (by hand, or a config
+        from elsewhere) would change its schedule or its model halfway. A state saved before configs were kept in
+        it is not checked."""
+        if saved is None:
+            return
+        try:
+            differences = TrainConfig.from_dict(saved).setting_differences(self.cfg)
+        except (TypeError, ValueError):
+            raise TrainError(f"{self.folder.last} holds a malformed record of its settings") from None
+        if differences:
+            changes = "; ".join(f"{name} {a} when it started, {b} now" for name, (a, b) in differences.items())
+            raise TrainError(f"{self.folder.config} no longer describes the run {self.folder.last.name} holds: "
+                             f"{changes}. Put those settings back, or start a new run")
 
     def _check_same_data(self, saved_card: dict, saved_digest: str | None) -> None:
         """The saved state goes on only with the images it trained on: other images re-draw the validation split
@@ -538,7 +564,7 @@ class Training:
     def save_last(self, status: RunState) -> None:
         if self.writer:
             train_state = {"optimizer": self.optimizer.state_dict(), "plateau": self.plateau.state_dict(),
-                           "loop": asdict(self.state), "data_digest": self.data_digest}
+                           "loop": asdict(self.state), "data_digest": self.data_digest, "config": self.cfg.to_dict()}
             if self.average:
                 train_state["ema"] = self.average.state_dict()
             if self.targets is not None:
@@ -547,7 +573,13 @@ class Training:
                             train_state)
 
     def stop(self) -> dict:
-        self.state.elapsed_s = time.perf_counter() - self.started
+        state = self.state
+        if self.world > 1:  # the epoch's sums so far over all ranks: rank 0 saves them, the others resume from 0
+            totals = self.totals.clone()
+            dist.all_reduce(totals)
+            state.loss_sum, correct, seen = totals.tolist()
+            state.correct, state.seen = int(correct), int(seen)
+        state.elapsed_s = time.perf_counter() - self.started
         self.save_last(RunState.STOPPED)
         self.set_status(RunState.STOPPED)
         return {"status": "stopped", "epoch": self.state.epoch, "step": self.state.step_in_epoch}

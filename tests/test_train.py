@@ -21,7 +21,7 @@ from mobilenet.device import device_name
 from mobilenet.shipping import card_markdown
 from mobilenet.train import augment, device_label, step_generator
 
-from helpers import run_cli, tiny_config, wait_for, write_folder
+from helpers import run_cli, tiny_config, wait_for, write_folder, zip_folder
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -315,6 +315,40 @@ def test_torchrun_two_processes_gloo(folder: Path, tmp_path: Path) -> None:
     checkpoint.load(run / "best.pt")
 
 
+DDP_RUN = """
+import json, sys
+from pathlib import Path
+from mobilenet import train
+from mobilenet.config import TrainConfig
+cfg, out, stop_at = TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], int(sys.argv[3])
+if stop_at:  # every rank agrees to stop after its step stop_at, as on a SIGTERM
+    steps = iter(range(1, 10**6))
+    train._stop_agreed = lambda stop, world, device: next(steps) == stop_at
+train.train(cfg, out, resume=Path(out, "last.pt").exists())
+"""
+
+
+def test_two_processes_stopped_mid_epoch_resume_with_the_epochs_whole_sums(folder: Path, tmp_path: Path) -> None:
+    """Each rank counts its own images' loss and hits until the epoch ends: a stop used to save rank 0's alone,
+    and every rank resumed with them, so the epoch's loss and accuracy (and a plateau schedule) came out wrong."""
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_RUN)
+    cfg = json.dumps(config(folder, tmp_path, epochs=1, batch_size=8).anchored().to_dict())
+
+    def torchrun(out: Path, stop_at: int) -> None:
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               str(script), cfg, str(out), str(stop_at)], capture_output=True, text=True,
+                              timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()})
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    torchrun(tmp_path / "whole", 0)
+    torchrun(tmp_path / "stopped", 2)
+    assert RunFolder(tmp_path / "stopped").read_status().state is RunState.STOPPED
+    torchrun(tmp_path / "stopped", 0)
+    whole, resumed = epoch_rows(tmp_path / "whole")[0], epoch_rows(tmp_path / "stopped")[0]
+    assert resumed.train_acc == whole.train_acc and resumed.train_loss == pytest.approx(whole.train_loss, rel=1e-6)
+
+
 def test_evaluate_cli_on_a_generated_folder(folder: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train.train(config(folder, tmp_path, epochs=2), run)
@@ -348,6 +382,64 @@ def test_evaluate_refuses_unknown_classes(folder: Path, tmp_path: Path) -> None:
 def test_bad_arguments_are_messages(args, message, tmp_path: Path) -> None:
     refused = run_cli("train", "--device", "cpu", "--data-root", str(tmp_path), *args)
     assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.fixture(scope="module")
+def finished(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-epoch run, for copies to resume in ways that must be refused."""
+    base = tmp_path_factory.mktemp("finished")
+    train.train(config(folder, base, epochs=2), base / "run")
+    return base / "run"
+
+
+def copied(run: Path, tmp_path: Path, change=None) -> RunFolder:
+    shutil.copytree(run, tmp_path / "copy")
+    copy = RunFolder(tmp_path / "copy")
+    if change:
+        change(copy)
+    return copy
+
+
+def edited_config(**settings):
+    return lambda run: run.write_config(replace(run.read_config(), **settings))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda run: shutil.copy(run.best, run.last), "holds a model but no training state to resume from"),
+    (edited_config(alpha=0.5), "config.json no longer describes the run last.pt holds: alpha 0.25 when it started, "
+                               "0.5 now. Put those settings back, or start a new run"),
+    (edited_config(ema=0.999), "ema 0.0 when it started, 0.999 now"),
+    (edited_config(lr=0.2, epochs=5), "epochs 2 when it started, 5 now; lr 0.05 when it started, 0.2 now"),
+])
+def test_a_resume_refuses_a_state_or_config_that_is_not_the_runs_in_words(finished: Path, tmp_path: Path, change,
+                                                                          message: str) -> None:
+    run = copied(finished, tmp_path, change)
+    refused = run_cli("train", "--resume", str(run.path))
+    assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "/nonexistent/folder"], "not found"),  # changes nothing: the run stays finished
+    (["--config", "other.json"], "--resume goes on in the run's own folder with its own settings: --config cannot"),
+    (["--out", "elsewhere", "--overwrite"], "--out, --overwrite cannot apply"),
+])
+def test_a_refused_resume_of_a_finished_run_leaves_it_finished(finished: Path, tmp_path: Path, args: list[str],
+                                                              message: str) -> None:
+    run = copied(finished, tmp_path)
+    refused = run_cli("train", "--resume", str(run.path), *args)
+    assert refused.returncode == 2 and message in refused.stderr
+    assert run.read_status().state is RunState.FINISHED and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_damaged_zip_is_a_message(tmp_path: Path) -> None:
+    images = write_folder(tmp_path / "images", per_class=2, splits=("train",))
+    damaged = zip_folder(images, tmp_path / "damaged.zip").read_bytes()
+    at = damaged.rindex(b"PK\x01\x02")  # the last entry of its central directory, its end record intact
+    (tmp_path / "damaged.zip").write_bytes(damaged[:at] + b"XXXX" + damaged[at + 4:])
+    refused = run_cli("train", "--data", str(tmp_path / "damaged.zip"), "--device", "cpu", "--data-root",
+                      str(tmp_path / "root"), "--out", str(tmp_path / "run"))
+    assert refused.returncode == 2 and "damaged.zip is a damaged .zip file" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_a_run_without_out_goes_to_the_runs_folder_the_app_lists(folder: Path, tmp_path: Path,
