@@ -12,9 +12,11 @@ if entry is None:
     st.info(app_models.no_model_message())
 else:
     st.markdown(app_models.model_in_use(entry))
-link = {key: st.query_params.get_all(key) for key in st.query_params}
-for problem in explore.link_problems(link):  # before the widgets, which drop such values silently
-    st.warning(problem, icon=":material/link_off:")
+if not st.session_state.get("explorer_link_read"):  # the link as opened; later the widgets write the address
+    st.session_state.explorer_link_read = True     # (a stem's switch still shows the other stem's resolution)
+    link = {key: st.query_params.get_all(key) for key in st.query_params}
+    for problem in explore.link_problems(link):  # before the widgets, which drop such values silently
+        st.warning(problem, icon=":material/link_off:")
 st.caption("MobileNet v1 (Howard et al. 2017): how the width multiplier α and the resolution multiplier β "
            "change its size and cost. The settings are in the address bar: copy it to share this view.")
 
@@ -35,7 +37,7 @@ resolution = right.select_slider(f"Input resolution (β = resolution / {base})",
                                  value=base, key="resolution", bind="query-params")
 
 stats = explore.stats_for(alpha, stem, resolution)
-st.caption(f"α = {alpha:g}, β = {explore.beta(stem, resolution):.3g}: input {resolution}×{resolution}, "
+st.caption(f"α = {alpha:g}, β = {explore.beta(stem, resolution):.4g}: input {resolution}×{resolution}, "
            f"{stats.num_classes} classes. Changes are against α = 1, β = 1 with the same stem.")
 for column, total in zip(st.columns(3), explore.totals(stats, explore.stats_for(1.0, stem, base))):
     column.metric(total.label, total.value, total.delta, delta_color="inverse")

@@ -117,6 +117,20 @@ def test_another_stem_starts_at_its_own_resolution() -> None:
     assert at.select_slider(key="resolution").value == 32
 
 
+def test_switching_the_stem_after_opening_a_link_is_no_bad_link() -> None:
+    """The address still holds the old stem's resolution on the run that switches the stem: read as a link, it
+    warned of a link the visitor never followed."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"alpha": "0.5", "stem": "imagenet", "resolution": "128"})
+    at.run()
+    at.radio(key="stem").set_value("cifar")
+    at.query_params.update({"stem": "cifar", "resolution": "128"})  # the browser's address on that run
+    at.run()
+    assert not at.warning and at.select_slider(key="resolution").value == 32 and not at.exception
+    at.select_slider(key="resolution").set_value(36).run()
+    assert any("β = 1.125:" in c.value for c in at.caption)  # not rounded half to even (1.12)
+
+
 def test_the_first_page_says_what_this_is_and_which_model_answers(model: Path) -> None:
     at = open_page("app_pages/explorer.py")
     assert at.markdown[0].value == app_views.INTRO
