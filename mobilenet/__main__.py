@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: a new folder in MOBILENET_RUNS or runs/)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its best.pt is lost)")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a stopped or killed run (only --device, --data-root and --val-every may change)")
+                   help="continue a stopped or killed run (only --data, --device, --data-root and --val-every may "
+                        "change; other images than the run's are refused)")
     p.add_argument("--json", action="store_true", help="one JSON line per epoch, then one with the report, on stdout")
     p.set_defaults(run=cmd_train)
 
