@@ -256,6 +256,31 @@ def test_a_starting_job_is_never_taken_for_the_last_one(tmp_path: Path, monkeypa
     assert json.loads((runs / ".job.json").read_text())["run"] == str((runs / "new").resolve())
 
 
+def test_a_process_forked_while_a_job_starts_does_not_keep_its_slot(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another visitor's evaluation forks its decode workers as the job starts: they must not inherit the slot's
+    lock, or the slot reads as taken after the job has ended, for as long as they live."""
+    import multiprocessing
+    import time
+
+    manager, forked = JobManager(tmp_path / "runs"), []
+
+    def spawn(folder: RunFolder, args: list, cfg: TrainConfig | None, fd: int) -> subprocess.Popen:
+        worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+        worker.start()
+        forked.append(worker)
+        return subprocess.Popen(["true"], pass_fds=(fd,))  # a job that ends at once
+
+    monkeypatch.setattr(manager, "_spawn", spawn)
+    try:
+        manager.start(TrainConfig(data="cifar10", alpha=0.25, epochs=1), name="new")
+        wait_for(lambda: forked and not manager.active(), timeout=10)
+        assert forked[0].is_alive()
+    finally:
+        for worker in forked:
+            worker.kill()
+
+
 def test_stop_is_recorded_with_the_job_for_every_watcher(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     run = a_run(runs, "slow")
