@@ -82,6 +82,23 @@ def test_many_addresses_together_meet_a_server_wide_ceiling() -> None:
     assert not gate.check("203.0.113.100", "guess", PASSWORD).checked
 
 
+def test_strangers_keeping_the_ceiling_reached_never_lock_out_the_host_on_the_machine_itself() -> None:
+    """Forty /64s of one /56, each guessing whenever its own lockout allows, keep the server-wide ceiling reached
+    for good: the host, signing in over a tunnel to the app's port, still gets in."""
+    clock = FakeClock()
+    gate = GuessGate(clock)
+    strangers = [client_of(None, f"2001:db8:0:{i:x}::1") for i in range(40)]
+    host_in = stranger_in = 0
+    for second in range(600):
+        for stranger in strangers:
+            stranger_in += gate.check(stranger, "guess", PASSWORD).accepted
+        if second % 10 == 0:
+            assert not gate.check("198.51.100.1", PASSWORD, PASSWORD).accepted  # the admin from elsewhere: refused
+            host_in += gate.check(client_of(None, None), PASSWORD, PASSWORD).accepted
+        clock.advance(1.0)
+    assert stranger_in == 0 and host_in == 60
+
+
 def test_an_address_quiet_for_an_hour_starts_afresh() -> None:
     clock = FakeClock()
     gate = GuessGate(clock)
