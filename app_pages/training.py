@@ -122,7 +122,7 @@ def live() -> None:
         st.caption("No training job is running.")
     if job and job.get("pid") and not stopping and st.button("Stop", disabled=not allowed, help=locked) and allowed:
         try:
-            manager.stop()
+            manager.stop(seen=job)
         except JobError as e:
             st.error(app_views.for_visitors(str(e)))
         else:

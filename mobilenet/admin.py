@@ -121,7 +121,7 @@ def _same(given: str, expected: str) -> bool:
 
 # A connection from this machine itself with no proxy in between (an SSH tunnel to the app's port): no stranger can
 # be it, so the server-wide ceiling, which many strangers' addresses together can keep reached, does not apply.
-LOOPBACK = "loopback"
+LOOPBACK_CLIENT = "loopback"
 
 
 class GuessGate:
@@ -147,7 +147,7 @@ class GuessGate:
             record = self._clients.get(client)
             if record is not None and now < record.until:
                 return Verdict(False, checked=False, wait_s=record.until - now)
-            if self._allowance < 1 and client != LOOPBACK:  # the host's own way in while strangers keep it empty
+            if self._allowance < 1 and client != LOOPBACK_CLIENT:  # the host's own way in while strangers keep it empty
                 return Verdict(False, checked=False, wait_s=(1 - self._allowance) / self._rate, server_wide=True)
             if _same(given, expected):
                 self._clients.pop(client, None)
@@ -176,7 +176,7 @@ def client_of(peer: str | None, forwarded: str | None) -> str:
     sent."""
     if peer is not None and not _is_loopback(peer):
         return _client(peer) or peer
-    return _client((forwarded or "").split(",")[-1].strip()) or peer or LOOPBACK
+    return _client((forwarded or "").split(",")[-1].strip()) or peer or LOOPBACK_CLIENT
 
 
 def _client(address: str) -> str | None:

@@ -168,17 +168,20 @@ class JobManager:
             raise JobError("the disk is full" if isinstance(e, DiskFull) or disk_full(e)
                            else "the run could not be written; see the server log") from None
 
-    def stop(self) -> bool:
+    def stop(self, seen: dict | None = None) -> bool:
         """Ask the running job to save and stop: SIGTERM to its whole process group; False when none runs.
 
-        The trainer saves and exits; while it loads data, it and its decode workers simply end. The request is
-        recorded with the job first, so that whoever watches sees it is stopping until it has ended.
+        seen: the job record the visitor's Stop button was drawn for; JobError when another job has started since
+        (a page a refresh behind would stop it). The trainer saves and exits; while it loads data, it and its decode
+        workers simply end. The request is recorded with the job, so that whoever watches sees it is stopping until
+        it has ended: after the signal, which finds no process once the job has ended, so that a record written for
+        it never lands on the record of a job started since.
         """
         job = self.active()
         if not job or not job.get("pid"):
             return False
-        if not job.get("stopping"):
-            self._record(job | {"stopping": True})
+        if seen is not None and (seen.get("pid"), seen.get("started")) != (job["pid"], job.get("started")):
+            raise JobError("the job this Stop was for has ended, and another has started since: it was not stopped")
         try:
             os.killpg(int(job["pid"]), signal.SIGTERM)  # the job leads its own session and process group
         except ProcessLookupError:
@@ -186,6 +189,8 @@ class JobManager:
         except PermissionError:  # started by another user (a server under another account, sudo)
             log.error("cannot stop the job %s: it belongs to another user", job)
             raise JobError("the job belongs to another user of this machine: stop it there") from None
+        if not job.get("stopping"):
+            self._record(job | {"stopping": True})
         return True
 
     def delete(self, run: Path | str) -> None:

@@ -297,6 +297,25 @@ def test_stop_is_recorded_with_the_job_for_every_watcher(tmp_path: Path) -> None
     assert JobManager(runs).active() is None
 
 
+def test_a_stop_drawn_for_a_job_that_ended_does_not_stop_the_next(tmp_path: Path) -> None:
+    """A page a refresh behind still shows the last job's Stop: clicked after another job started, it used to stop
+    that one."""
+    runs = tmp_path / "runs"
+    run = a_run(runs, "next")
+    seen = {"run": str(run.resolve()), "pid": 4194305, "started": 1.0}  # the job the button was drawn for
+    job = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    fd = a_job(runs, str(run.resolve()), job.pid)
+    try:
+        with pytest.raises(JobError, match="another has started since: it was not stopped"):
+            JobManager(runs).stop(seen=seen)
+        assert job.poll() is None and not JobManager(runs).active().get("stopping")
+        assert JobManager(runs).stop(seen=JobManager(runs).active())
+        assert job.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        job.kill()
+        os.close(fd)
+
+
 def test_a_run_that_failed_as_it_began_counts_its_configured_epochs(tmp_path: Path) -> None:
     folder = RunFolder(tmp_path / "runs" / "early")
     folder.write_config(TrainConfig(data="cifar10", recipe="seed"))
