@@ -313,7 +313,7 @@ class Training:
                     if stopping:
                         return self.stop()
                 self.end_epoch()
-        return self.finish()
+            return self.finish()  # a stop asked for now is too late: the run is done, its results are being saved
 
     # ---- setting up ------------------------------------------------------------------------------
 

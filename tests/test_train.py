@@ -533,6 +533,20 @@ def test_a_diverged_run_fails_in_words_and_saves_nothing_of_the_bad_epoch(folder
     assert not run.best.exists() and not run.last.exists() and not run.report.exists()
 
 
+def test_a_stop_while_the_finished_run_saves_its_results_lets_it_finish(folder: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Stop clicked at "2/2 epochs, ETA 0:00" used to kill the run as it saved its report: left interrupted."""
+    finish = train.Training.finish
+
+    def stopped_meanwhile(self) -> dict:
+        os.kill(os.getpid(), signal.SIGINT)
+        return finish(self)
+
+    monkeypatch.setattr(train.Training, "finish", stopped_meanwhile)
+    report = train.train(config(folder, tmp_path, epochs=1), tmp_path / "run")
+    assert report["status"] == "finished" and RunFolder(tmp_path / "run").read_status().state is RunState.FINISHED
+
+
 def test_one_class_is_no_classifier(tmp_path: Path) -> None:
     images = write_folder(tmp_path / "images", per_class=10, splits=("",))
     for other in ("dog", "ship"):
