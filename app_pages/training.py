@@ -111,7 +111,8 @@ def live() -> None:
     running = next((r for r in runs if job and str(r.path.resolve()) == job.get("run")), None)
     stopping = bool(job and job.get("stopping"))  # recorded with the job: every visitor sees it
     if running is not None:
-        done, text = app_runs.job_progress(running, running.folder.read_metrics(), stopping)
+        done, text = app_runs.job_progress(running, running.folder.read_metrics(), running.folder.read_status(),
+                                           stopping)
         st.progress(done, text=text)
         app_runs.show_run_curves(running)
     elif job and job.get("pid"):

@@ -19,7 +19,7 @@ from .evalsets import TrainingSource
 from .evaluate import Evaluation
 from .checkpoint import CheckpointError
 from .jobs import JobManager, RunInfo
-from .runs import MetricsRow, RunFolder, RunState, metrics_csv, thinned
+from .runs import MetricsRow, RunFolder, RunState, RunStatus, metrics_csv, thinned
 from .config import OVERRIDES, RECIPES, TrainConfig
 
 # ---- training -----------------------------------------------------------------------------------
@@ -72,14 +72,16 @@ def in_model_selector(run: RunInfo) -> bool:
     return models().get(f"{catalog.RUN_PREFIX}{run.name}") is not None
 
 
-def job_progress(run: RunInfo, rows: list[MetricsRow], stopping: bool) -> tuple[float, str]:
+def job_progress(run: RunInfo, rows: list[MetricsRow], status: RunStatus | None, stopping: bool
+                 ) -> tuple[float, str]:
     """The running job's progress bar (fraction done, text): "starting…" until it trains (a resumed run too,
-    whose old rows are there from the start), "stopping…" from Stop until it has saved and ended."""
+    whose old rows are there from the start), "stopping…" from Stop until it has saved and ended. status: the
+    run's, read with its rows (the runs snapshot's may be seconds old)."""
     last = rows[-1] if rows else None
     done = min(1.0, last.epochs_done(run.epochs) / max(run.epochs, 1)) if last else 0.0
     if stopping:
         return done, f"{run.name}: stopping… it saves its state, then ends"
-    if last is None or run.state is not RunState.RUNNING:
+    if last is None or status is None or status.state not in (RunState.RUNNING, RunState.FINISHED):
         return done, f"{run.name}: starting… loading data"
     return done, (f"{run.name}: {done * run.epochs:.1f}/{run.epochs} epochs, {last.img_per_s:.0f} img/s, "
                   f"ETA {format_duration(last.eta_s)}")  # the runs table's count too: epochs done

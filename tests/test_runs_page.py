@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 from mobilenet import app_runs, charts
 from mobilenet.jobs import RunInfo
 from mobilenet.locks import try_lock
-from mobilenet.runs import MetricsRow, RunState
+from mobilenet.runs import MetricsRow, RunState, RunStatus
 
 PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "runs.py"
 
@@ -213,5 +213,16 @@ def test_the_progress_bar_counts_epochs_done_as_the_runs_table_does(tmp_path: Pa
     info = RunInfo("live", tmp_path, RunState.RUNNING, epoch=2, epochs=4, best_val_acc=None, config={}, updated=0.0)
     row = MetricsRow("step", epoch=3, step=250, train_loss=1.0, train_acc=0.5, lr=0.1, img_per_s=170.0,
                      elapsed_s=60.0, eta_s=30.0, total_steps=400)  # half-way through the third of four epochs
-    done, text = app_runs.job_progress(info, [row], stopping=False)
+    done, text = app_runs.job_progress(info, [row], RunStatus(RunState.RUNNING), stopping=False)
     assert done == 0.625 and text.startswith("live: 2.5/4 epochs, 170 img/s, ETA ")
+
+
+def test_the_progress_bar_follows_the_runs_own_status_not_the_snapshots(tmp_path: Path) -> None:
+    """The runs snapshot may be seconds old: read with it, a run training (or done, its process ending) still
+    said "starting… loading data"."""
+    info = RunInfo("live", tmp_path, RunState.LOADING, epoch=0, epochs=4, best_val_acc=None, config={}, updated=0.0)
+    row = MetricsRow("epoch", epoch=4, step=400, train_loss=1.0, train_acc=0.5, lr=0.0, img_per_s=170.0,
+                     elapsed_s=60.0, eta_s=0.0, total_steps=400)
+    for state, words in [(RunState.RUNNING, "live: 4.0/4 epochs"), (RunState.FINISHED, "live: 4.0/4 epochs"),
+                         (RunState.LOADING, "live: starting… loading data")]:  # a resumed run's old rows
+        assert app_runs.job_progress(info, [row], RunStatus(state), stopping=False)[1].startswith(words)
