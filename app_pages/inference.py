@@ -3,6 +3,7 @@
 import streamlit as st
 
 from mobilenet import answers, app_models, app_uploads, charts, ood
+from mobilenet.display import percents_apart
 from mobilenet.intake import ImageError
 from mobilenet.visual import enlarge
 
@@ -24,7 +25,8 @@ kept, left_out = app_uploads.keep_uploads(uploaded, returning, photo)
 if left_out:
     files.warning(app_uploads.left_out_note(left_out))
 if kept and not uploaded:
-    files.caption(f"Showing {len(kept)} image(s) you uploaded before: {', '.join(u.name for u in kept)}.")
+    files.caption(f"Showing {len(kept)} image(s) you uploaded before: {', '.join(u.name for u in kept)}. "
+                  f"Uploading others replaces them.")
     if files.button("Clear them", icon=":material/delete:"):
         app_uploads.forget_uploads()
         st.rerun()
@@ -58,9 +60,9 @@ for i, result in enumerate(results):
     prediction = result.prediction
     st.markdown(f"**{result.name}**: {prediction.label} ({prediction.prob:.0%})")
     if result.foreign:
+        prob, limit = percents_apart(prediction.prob, threshold)
         st.warning(f"Not sure: this does not look like any of the {len(clf.classes)} classes. The top class has "
-                   f"{prediction.prob:.0%}, below the {threshold:.0%} that 95% of CIFAR-10 validation images reach.",
-                   icon=":material/help:")
+                   f"{prob}, below the {limit} that 95% of CIFAR-10 validation images reach.", icon=":material/help:")
     shown, seen, heat, bars = st.columns([3, 2, 3, 4])
     shown.image(result.photo, caption="the photo")
     seen.image(enlarge(prediction.image), caption=f"what the network saw ({side}×{side})")

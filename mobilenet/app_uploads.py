@@ -55,6 +55,8 @@ def keep_uploads(files: list, returning: bool, photo: object | None = None) -> t
         left_out = list(state.dropped_uploads.values())
     elif not returning and state.get("uploader_had_files"):
         kept, left_out, state.kept_file_ids, state.dropped_uploads = [], [], None, {}  # the visitor removed them
+    else:  # back on the page: the uploader lists nothing, so there is nothing left out to remove from it
+        left_out, state.dropped_uploads = [], {}
     state.kept_uploads, state.left_out_uploads, state.uploader_had_files = kept, left_out, bool(files)
     _keep_only_held_uploads([*held, *([photo] if photo else [])], listed)
     return kept, left_out
@@ -72,8 +74,8 @@ def _first_that_fit(files: list) -> list:
 
 def left_out_note(left_out: list[str]) -> str:
     return (f"At most {MAX_IMAGES} uploaded images, {MAX_KEPT_BYTES / 2**20:.0f} MB together, are kept and "
-            f"classified; left out: {', '.join(left_out)}. The server does not keep files it left out: to classify "
-            f"one, remove it and upload it again.")
+            f"classified; left out: {', '.join(left_out)}. The first ones listed are kept, and the server does not "
+            f"keep files it left out: to classify one, remove it and some of the kept ones, then upload it again.")
 
 
 def url_image(url: str) -> Upload | None:

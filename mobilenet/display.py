@@ -16,6 +16,16 @@ def quoted(text: str, limit: int = 60) -> str:
     return f"`{shown}{'…' if len(text) > limit else ''}`"
 
 
+def percents_apart(a: float, b: float) -> tuple[str, str]:
+    """Two shares as percentages with the fewest decimals (up to two) that tell them apart: 41.9% below 42.1%,
+    not 42% below 42%."""
+    for decimals in range(3):
+        shown = f"{a:.{decimals}%}", f"{b:.{decimals}%}"
+        if shown[0] != shown[1]:
+            return shown
+    return shown
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "?"

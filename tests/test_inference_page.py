@@ -57,11 +57,16 @@ def test_a_session_keeps_at_most_max_images_uploads() -> None:
     left_out = f"left out: {n - 2:02d}.png, {n - 1:02d}.png."
     assert [w.value for w in at.warning if "left out" in w.value] == [
         f"At most {answers.MAX_IMAGES} uploaded images, 64 MB together, are kept and classified; {left_out} The "
-        f"server does not keep files it left out: to classify one, remove it and upload it again."]
+        f"first ones listed are kept, and the server does not keep files it left out: to classify one, remove it and "
+        f"some of the kept ones, then upload it again."]
     assert len([c for c in at.caption if " ms for this image" in c.value]) == answers.MAX_IMAGES
     assert [u.name for u in at.session_state.kept_uploads] == [f"{i:02d}.png" for i in range(answers.MAX_IMAGES)]
     at.run()  # any later rerun still says what was left out
     assert any(left_out in w.value for w in at.warning)
+    at.switch_page("app_pages/explorer.py").run()
+    at.switch_page("app_pages/inference.py").run()  # the uploader lists nothing now: nothing to remove from it
+    assert not [w for w in at.warning if "left out" in w.value]
+    assert any(c.value.endswith("Uploading others replaces them.") for c in at.caption)
 
 
 def test_files_left_out_are_named_while_the_uploader_lists_them(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,3 +27,11 @@ def test_value_kinds(value, whole, number, finite):
 ])
 def test_a_value_fits_a_field_of_its_annotation(value, annotation, fits):
     assert is_of_type(value, annotation) == fits
+
+
+def test_two_shares_are_shown_with_the_decimals_that_tell_them_apart() -> None:
+    from mobilenet.display import percents_apart
+
+    assert percents_apart(0.30, 0.4211) == ("30%", "42%")
+    assert percents_apart(0.419, 0.4211) == ("41.9%", "42.1%")  # not "42% below the 42%"
+    assert percents_apart(0.4209, 0.4211) == ("42.09%", "42.11%")
