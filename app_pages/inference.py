@@ -48,6 +48,9 @@ try:
         uploads.append(from_url)
 except ImageError as e:
     st.error(f"**{url}**: {e}")
+    if st.button("Try this URL again", icon=":material/refresh:"):  # its failure is kept, so that reruns wait not
+        app_uploads.forget_url_image()
+        st.rerun()
 uploads, dropped = answers.first_images(uploads)
 if dropped:
     st.warning(dropped)

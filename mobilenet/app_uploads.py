@@ -99,6 +99,11 @@ def url_image(url: str) -> Upload | None:
     return fetched
 
 
+def forget_url_image() -> None:
+    """Forget the pasted URL's outcome: the next run fetches it again (a host that was down or slow may answer)."""
+    st.session_state.pop("url_image", None)
+
+
 def answers_for(clf: Classifier, uploads: list[Upload], topk: int, threshold: float | None) -> list[Result | Failure]:
     """answers.classify, remembered in the session: the page's reruns (an opacity, a class map, the classes to
     show, one more image) do not decode and predict the images it has answered already. The session keeps this

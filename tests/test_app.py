@@ -369,6 +369,26 @@ def test_an_image_url_is_fetched_and_classified(model: Path, monkeypatch: pytest
     assert "url_image" not in at.session_state and not any("dog.png" in m.value for m in at.markdown)
 
 
+def test_a_url_that_failed_can_be_tried_again(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobilenet import urlfetch
+    from mobilenet.intake import ImageError
+
+    answers_given = iter([ImageError("the server at example.org was too slow to answer"), image_bytes(size=(64, 48))])
+
+    def fetch(url: str, owner: str) -> bytes:
+        answer = next(answers_given)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(urlfetch, "fetch_url", fetch)
+    at = open_page("app_pages/inference.py")
+    at.text_input[0].input("https://example.org/cat.png").run()
+    assert at.error[0].value.endswith("was too slow to answer")
+    next(b for b in at.button if b.label == "Try this URL again").click().run()
+    assert not at.error and at.markdown[-1].value.startswith("**cat.png**: ")
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1/cat.png", "file:///etc/passwd", "not a url"])
 def test_a_refused_url_is_a_message(model: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MOBILENET_ALLOW_PRIVATE_URLS", raising=False)
