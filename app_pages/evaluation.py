@@ -5,6 +5,7 @@ import streamlit as st
 from mobilenet import app_models, app_views, evalsets, settings, visual
 from mobilenet.checkpoint import CheckpointError
 from mobilenet.data import DataError
+from mobilenet.display import quoted
 
 st.title("Evaluation")
 entry = app_models.require_model()
@@ -39,6 +40,10 @@ except (DataError, CheckpointError) as e:
 accuracy, count = st.columns(2)
 accuracy.metric("accuracy", f"{result.accuracy:.2%}")
 count.metric("images", f"{result.n:,}")
+if images.skipped:
+    names = ", ".join(map(quoted, images.skipped[:3])) + (" …" if len(images.skipped) > 3 else "")
+    st.warning(f"{len(images.skipped):,} file(s) of {source.label} could not be read as images and are not counted: "
+               f"{names}.", icon=":material/broken_image:")
 if app_models.has_int8(entry) and st.toggle("Compare int8 with fp32 on these images"):
     try:
         with st.spinner("Evaluating in int8 and in fp32…"):

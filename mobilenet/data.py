@@ -15,7 +15,7 @@ import sys
 import zipfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from urllib.error import HTTPError, URLError
@@ -51,12 +51,13 @@ class ImageSet:
     images: torch.Tensor  # uint8, N×3×H×W
     labels: torch.Tensor  # int64, N
     classes: tuple[str, ...]
+    skipped: tuple[str, ...] = ()  # files of its source that could not be read as images, left out
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: torch.Tensor | slice) -> ImageSet:
-        return ImageSet(self.images[index], self.labels[index], self.classes)
+        return replace(self, images=self.images[index], labels=self.labels[index])
 
 
 def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +215,7 @@ def _load_folder(path: Path, split: str, side: int) -> ImageSet:
               file=sys.stderr)  # stdout may be --json
     if len(labels) == 0:
         raise DataError(f"no readable images in {path} ({split})")
-    return ImageSet(images, labels, classes)
+    return ImageSet(images, labels, classes, tuple(str(pairs[i][0]) for i in bad))
 
 
 # ---- CIFAR-10 through torchvision -------------------------------------------------------------
@@ -293,7 +294,7 @@ def load(
     if cache and cache_file.exists():
         try:
             saved = torch.load(cache_file, weights_only=True)
-            return ImageSet(saved["images"], saved["labels"], tuple(saved["classes"]))
+            return ImageSet(saved["images"], saved["labels"], tuple(saved["classes"]), tuple(saved.get("skipped", ())))
         except Exception:
             cache_file.unlink(missing_ok=True)  # a stale or damaged cache is rebuilt, never trusted
     if source == "cifar10":
@@ -302,7 +303,8 @@ def load(
         data = _load_folder(Path(source), split, resolution)
     if cache:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"images": data.images, "labels": data.labels, "classes": list(data.classes)}, cache_file)
+        atomic_torch_save({"images": data.images, "labels": data.labels, "classes": list(data.classes),
+                           "skipped": list(data.skipped)}, cache_file)
     return data
 
 
@@ -412,4 +414,4 @@ def match_classes(dataset: ImageSet, classes: tuple[str, ...]) -> ImageSet:
             f"(the model knows: {', '.join(classes)})"
         )
     mapping = torch.tensor([classes.index(c) for c in dataset.classes])
-    return ImageSet(dataset.images, mapping[dataset.labels], classes)
+    return ImageSet(dataset.images, mapping[dataset.labels], classes, dataset.skipped)

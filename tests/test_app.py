@@ -254,6 +254,16 @@ def test_evaluation_on_a_generated_folder(model: Path, places: Path, monkeypatch
     assert {m.label: m.value for m in at.metric}["images"] == "24"
 
 
+def test_an_evaluation_says_which_files_it_could_not_read(model: Path, places: Path) -> None:
+    folder = write_folder(places / "data" / "small", per_class=4)
+    (folder / "test" / "cat" / "x.png").write_text("not an image")
+    at = open_page("app_pages/evaluation.py")
+    at.button[0].click().run()
+    assert not at.exception and next(m.value for m in at.metric if m.label == "images") == "12"
+    assert [w.value for w in at.warning if "could not be read" in w.value] == [
+        "1 file(s) of small: test split could not be read as images and are not counted: `test/cat/x.png`."]
+
+
 def test_evaluations_take_turns(model: Path, places: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_folder(places / "data" / "small", per_class=4)
     inside, most, lock = [0], [0], threading.Lock()
