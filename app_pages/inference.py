@@ -15,12 +15,13 @@ threshold = ood.threshold(entry.path)
 st.caption(f"{entry.key} tells apart {', '.join(clf.classes)}. Every image is centre-cropped and resized to "
            f"{side}×{side}, as in training.")
 
+app_uploads.default_choices()
 files, other = st.columns(2)
 returning = app_uploads.UPLOADER_KEY not in st.session_state  # Streamlit drops the uploader's state on leaving the page
 uploaded = files.file_uploader("Upload images", type=app_uploads.UPLOAD_TYPES, accept_multiple_files=True,
                                key=app_uploads.UPLOADER_KEY)
-url = other.text_input("Or paste an image URL", placeholder="https://…").strip()
-photo = other.camera_input("Photo") if other.toggle("Take a photo with the camera") else None
+url = other.text_input("Or paste an image URL", placeholder="https://…", key="image_url").strip()
+photo = other.camera_input("Photo") if other.toggle("Take a photo with the camera", key="camera_on") else None
 kept, left_out = app_uploads.keep_uploads(uploaded, returning, photo)
 if left_out:
     files.warning(app_uploads.left_out_note(left_out))
@@ -34,11 +35,11 @@ if kept and not uploaded:
 examples = {path.stem: path for path in answers.examples()}
 with st.expander("Or try an example (CIFAR-10 training images: the models have seen them)", expanded=True):
     st.image(answers.example_thumbnails(tuple(examples.values())), caption=list(examples), output_format="PNG")
-    chosen = st.pills("Examples", list(examples), selection_mode="multi", label_visibility="collapsed")
+    chosen = st.pills("Examples", list(examples), selection_mode="multi", label_visibility="collapsed", key="examples")
 
 topk, show_cam, opacity_column = st.columns(3)
 k = topk.slider("Classes to show", 1, len(clf.classes), min(5, len(clf.classes))) if len(clf.classes) > 1 else 1
-gradcam = show_cam.toggle("Class activation map: where the network found its evidence", value=True)
+gradcam = show_cam.toggle("Class activation map: where the network found its evidence", key="gradcam")
 opacity = opacity_column.slider("Map opacity", 0.0, 1.0, 0.6, 0.05, disabled=not gradcam)
 
 uploads = [*kept, *([answers.Upload(photo.name, photo.getvalue())] if photo else [])]

@@ -375,6 +375,11 @@ def test_an_image_url_is_fetched_and_classified(model: Path, monkeypatch: pytest
     assert fetched == ["https://example.org/pictures/cat.png"] and at.markdown[-1].value.startswith("**cat.png**: ")
     at.text_input[0].input(" https://example.org/dog.png\n").run()  # pasted on a phone, with spaces around
     assert fetched[-1] == "https://example.org/dog.png" and at.markdown[-1].value.startswith("**dog.png**: ")
+    at.toggle[1].set_value(False).run()  # no class maps
+    at.switch_page("app_pages/explorer.py").run()
+    at.switch_page("app_pages/inference.py").run()  # back: the URL and the choices stay, as the uploads do
+    assert at.text_input[0].value == " https://example.org/dog.png\n" and at.toggle[1].value is False
+    assert at.markdown[-1].value.startswith("**dog.png**: ") and len(fetched) == 2
     at.text_input[0].input("").run()
     assert "url_image" not in at.session_state and not any("dog.png" in m.value for m in at.markdown)
 
