@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,10 +23,14 @@ from PIL import Image, ImageOps
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_BYTES = 25 * 1024 * 1024
 MAX_PIXELS = 60_000_000  # phone photos of up to about 50 megapixels pass
-# Decoding takes 4 bytes a pixel, and twice that with transparency: up to about 0.5 GB at MAX_PIXELS. Images over
-# LARGE_PIXELS (as they decode: a JPEG at its reduced scale) decode at most two at a time in a process, so that a
-# crowd of large uploads waits its turn instead of adding up.
+# Decoding takes 4 bytes a pixel, and twice that with transparency: up to about 0.5 GB at MAX_PIXELS (0.7 GB for a
+# 32-bit or float TIFF). Images over LARGE_PIXELS (as they decode: a JPEG at its reduced scale) decode at most two at
+# a time in a process, so that a crowd of large uploads waits its turn instead of adding up.
 LARGE_PIXELS = 4_000_000
+# A photo is one scan, a progressive JPEG about ten; each scan walks the whole image again (58 ms at MAX_PIXELS),
+# and a repeated scan costs 112 bytes: a 1 MB file of them would take minutes to decode.
+MAX_JPEG_SCANS = 64
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # not a stuffed 0xFF 0x00, a restart marker nor fill
 _large_decodes = threading.BoundedSemaphore(2)
 
 
@@ -96,14 +101,17 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
     return img
 
 
+_SIXTEEN_TO_EIGHT = np.floor(np.arange(65536) * (255 / 65535) + 0.5).astype(np.uint8)
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16- and 32-bit grayscale → L, scaled rather than clipped: 16-bit from its full range, 32-bit and float from
-    their own finite range (NaN and infinities at its ends, a flat image mid-grey). A transparency key (a 16-bit
-    PNG's tRNS) becomes an alpha channel: LA. One full-size copy in 32 bits at a time."""
+    their own finite range (NaN and infinities at its ends, a flat image mid-grey). The pixels of a transparency key
+    (a 16-bit PNG's tRNS) become white. 16-bit goes by a table, in 8 and 16 bits; 32-bit makes one full-size
+    copy in 32 bits at a time."""
     key = img.info.get("transparency")
     if img.mode.startswith("I;16"):
-        lo, hi = 0, 65535
-        source = img.convert("I")
+        out = Image.fromarray(_SIXTEEN_TO_EIGHT[np.asarray(img)], "L")
     else:
         lo, hi = img.getextrema()
         if not (math.isfinite(lo) and math.isfinite(hi)):  # a NaN or infinite pixel among them
@@ -111,16 +119,16 @@ def _to_8bit(img: Image.Image) -> Image.Image:
             values[~np.isfinite(values)] = np.nan
             lo, hi = (float(np.nanmin(values)), float(np.nanmax(values))) if not np.isnan(values).all() else (0, 0)
             del values
-        source = img
-    if hi > lo:
-        scale = 255 / (hi - lo)  # point() then clips: NaN and -inf to 0, +inf to 255
-        out = source.point(lambda v: v * scale + (0.5 - lo * scale)).convert("L")
-    else:
-        out = Image.new("L", img.size, 128)
-    if not isinstance(key, (int, float)):
-        return out
-    alpha = np.where(np.asarray(img) == key, 0, 255).astype(np.uint8)
-    return Image.merge("LA", (out, Image.fromarray(alpha, "L")))
+        if hi > lo:
+            scale = 255 / (hi - lo)  # point() then clips: NaN and -inf to 0, +inf to 255
+            out = img.point(lambda v: v * scale + (0.5 - lo * scale)).convert("L")
+        else:
+            out = Image.new("L", img.size, 128)
+    if isinstance(key, (int, float)):  # its pixels on white, as _to_rgb puts every transparent image
+        grey = np.array(out)
+        grey[np.asarray(img) == key] = 255
+        out = Image.fromarray(grey, "L")
+    return out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -138,6 +146,27 @@ def decodes_smaller(data: bytes) -> bool:
     """Whether decode's draft_side can make these bytes decode at a reduced scale: a JPEG (the signature PIL's
     JPEG plugin accepts), the one format whose decode depends on the size asked for."""
     return data[:3] == b"\xff\xd8\xff"
+
+
+def jpeg_scans(data: bytes) -> int:
+    """How many scans a JPEG's bytes hold, counting up to MAX_JPEG_SCANS + 1; its metadata segments are skipped (an
+    EXIF thumbnail has a scan of its own)."""
+    scans, i = 0, 2
+    while i + 4 <= len(data) and scans <= MAX_JPEG_SCANS and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xD9:  # the end of the image
+            break
+        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # fill, or a marker without a length
+            i += 1 if marker == 0xFF else 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # a scan: its header, then its data up to the next marker
+            scans += 1
+            found = _JPEG_MARKER.search(data, i)
+            if found is None:
+                break
+            i = found.start()
+    return scans
 
 
 def _turn(size: tuple[int, int]) -> threading.BoundedSemaphore | nullcontext:
@@ -160,9 +189,13 @@ def decode(source: ImageSource, draft_side: int | None = None, limits: Limits = 
             with _turn(data.size):
                 return _to_rgb(ImageOps.exif_transpose(data))  # a copy: the caller's image is left as it was
         img = _open(data, limits)
-        # A progressive JPEG keeps all its coefficients at full size however small it is drafted (345 MB for a
-        # 0.7 MB file of 7,700×7,700), so it counts at its full size.
-        counted = img.size if img.info.get("progressive") or img.info.get("progression") else None
+        scans = jpeg_scans(data) if decodes_smaller(data) else 0
+        if scans > MAX_JPEG_SCANS:
+            raise ImageError(f"the JPEG has more than {MAX_JPEG_SCANS} scans (a photo has one, a progressive one "
+                             f"about ten), which would take minutes to decode")
+        # A JPEG of several scans (progressive, or its colours one after another) keeps all its coefficients at
+        # full size however small it is drafted (345 MB for a 0.7 MB file of 7,700×7,700): it counts at full size.
+        counted = img.size if scans > 1 else None
         if draft_side and decodes_smaller(data):
             img.draft("RGB", (draft_side, draft_side))
         with _turn(counted or img.size):

@@ -360,15 +360,78 @@ def test_a_forked_decode_worker_has_both_large_places_free() -> None:
     assert results.get(timeout=5) is True
 
 
-def test_a_progressive_jpeg_counts_at_its_full_size_however_small_it_is_drafted(
+def test_a_jpeg_of_several_scans_counts_at_its_full_size_however_small_it_is_drafted(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from mobilenet import intake
 
     counted = []
     real = intake._turn
     monkeypatch.setattr(intake, "_turn", lambda size: counted.append(size) or real(size))
-    for progressive in (False, True):
-        buffer = io.BytesIO()
-        solid(RED, size=(640, 480)).save(buffer, "JPEG", progressive=progressive)
-        assert decode(buffer.getvalue(), draft_side=32).size == (80, 60)  # drafted to 1/8 either way
-    assert counted == [(80, 60), (640, 480)]
+    baseline = encode(solid(RED, size=(640, 480)), "JPEG")
+    head, (scan,) = _scans(baseline)
+    for data in (baseline, encode(solid(RED, size=(640, 480)), "JPEG", progressive=True),
+                 _colours_one_after_another(head, scan)):
+        assert decode(data, draft_side=32).size == (80, 60)  # drafted to 1/8 each
+    assert counted == [(80, 60), (640, 480), (640, 480)]
+
+
+def _colours_one_after_another(head: bytes, scan: bytes) -> bytes:
+    """A baseline JPEG of flat grey whose three colour components come in three scans (legal, and buffered at full
+    size by libjpeg like a progressive one), from an interleaved one's headers."""
+    frame = head.index(b"\xff\xc0")
+    side = int.from_bytes(head[frame + 5:frame + 7], "big"), int.from_bytes(head[frame + 7:frame + 9], "big")
+    head = head[:frame + 10] + b"".join(bytes([c, 0x11, 0]) for c in (1, 2, 3)) + head[frame + 19:]  # no subsampling
+    one_code = b"\x01" + b"\x00" * 15 + b"\x00"  # one Huffman code, "0", for symbol 0: a zero DC change, the end
+    tables = _segment(0xC4, b"\x00" + one_code) + _segment(0xC4, b"\x10" + one_code)
+    blocks = ((side[0] + 7) // 8) * ((side[1] + 7) // 8)
+    scans = b"".join(_segment(0xDA, bytes([1, c, 0x00, 0, 63, 0])) + b"\x00" * (blocks * 2 // 8) for c in (1, 2, 3))
+    return head + tables + scans + b"\xff\xd9"
+
+
+def test_a_16_bit_image_with_a_transparency_key_decodes_in_few_copies_of_its_pixels(tmp_path: Path) -> None:
+    path = tmp_path / "keyed16.png"  # 16 megapixels: the RGB result is 48 MB, the 16-bit image 32 MB
+    values = np.zeros((4000, 4000), dtype=np.uint16)
+    values[:, 2000:] = 40000
+    Image.fromarray(values).save(path, transparency=40000)
+    script = ("import resource, sys\nfrom mobilenet import intake\ndata = open(sys.argv[1], 'rb').read()\n"
+              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\nimage = intake.decode(data)\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, image.mode, "
+              "*image.getpixel((0, 0)), *image.getpixel((3999, 0)))")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True,
+                          cwd=ROOT)
+    grown_kb, *image = done.stdout.split()
+    assert image == ["RGB", "0", "0", "0", "255", "255", "255"]  # black, and the keyed half white
+    assert int(grown_kb) < 170 * 1024  # measured 125 MB (245 MB through 32 bits and an alpha channel)
+
+
+def _segment(marker: int, body: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body
+
+
+def _scans(data: bytes) -> tuple[bytes, list[bytes]]:
+    """A JPEG's bytes before its first scan, and each scan (its header and data, and the tables after it)."""
+    first = data.index(b"\xff\xda")  # a marker only: in a scan's data a 0xFF byte is followed by 0x00
+    return data[:first], [b"\xff\xda" + scan for scan in data[first + 2:].removesuffix(b"\xff\xd9").split(b"\xff\xda")]
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding() -> None:
+    """A progressive JPEG whose last scan repeats: each copy walks the whole image again, for a few bytes (a 1 MB
+    file of 7,680×7,680 took minutes of CPU). Real ones have about ten scans, and pass."""
+    from mobilenet.intake import MAX_JPEG_SCANS, jpeg_scans
+
+    real = encode(solid(RED, (64, 48)), "JPEG", progressive=True)
+    head, scans = _scans(real)
+    assert jpeg_scans(real) == len(scans) > 1 and decode(real).size == (64, 48)
+    repeated = head + b"".join(scans) + scans[-1] * MAX_JPEG_SCANS + b"\xff\xd9"
+    with pytest.raises(ImageError, match=f"more than {MAX_JPEG_SCANS} scans"):
+        decode(repeated)
+
+
+def test_a_jpeg_counts_the_scans_of_its_image_not_of_its_thumbnail() -> None:
+    from mobilenet.intake import jpeg_scans
+
+    photo = encode(solid(RED, (64, 48)), "JPEG")
+    thumbnail = encode(solid(BLUE, (8, 8)), "JPEG")
+    with_thumbnail = photo[:2] + _segment(0xEF, thumbnail) + photo[2:]  # an APP15 segment holding a whole JPEG
+    assert jpeg_scans(photo) == jpeg_scans(with_thumbnail) == 1
+    assert decode(with_thumbnail).getpixel((0, 0)) == decode(photo).getpixel((0, 0))
