@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import cache
+from http import HTTPStatus
 from urllib.parse import quote, urljoin, urlsplit
 
 from . import intake
@@ -264,7 +265,7 @@ def _get(target: Target, max_bytes: int, connect_timeout: float, read_timeout: f
         if response.status in REDIRECTS:
             return response.status, response.getheader("Location"), b""
         if response.status != 200:
-            raise URLError(f"{target.host} answered {response.status} {response.reason}".strip())
+            raise URLError(f"{target.host} answered {_status_words(response.status)}")
         _check_headers(response, max_bytes)
         body = bytearray()
         while chunk := response.read1(CHUNK):
@@ -285,6 +286,14 @@ def _get(target: Target, max_bytes: int, connect_timeout: float, read_timeout: f
     finally:
         watchdog.cancel()
         conn.close()
+
+
+def _status_words(status: int) -> str:
+    """A status with its standard words, never the server's own (a stranger's text, shown to the visitor)."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
 
 
 def _check_headers(response: http.client.HTTPResponse, max_bytes: int) -> None:
@@ -317,5 +326,8 @@ def fetch_url(url: str, *, allow_private: bool | None = None, max_bytes: int = i
             return body
         if not location:
             raise URLError(f"{target.host} answered {status} without saying where to go")
-        url = urljoin(url, location)
+        try:
+            url = urljoin(url, location)
+        except ValueError:  # an unclosed IPv6 bracket, say
+            raise URLError(f"{target.host} redirected to a malformed address") from None
     raise URLError(f"too many redirects (more than {max_redirects})")

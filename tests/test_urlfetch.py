@@ -198,6 +198,7 @@ def loopback() -> Iterator[Server]:
     (lambda h: send(h, 200, IMAGE, headers={"Content-Encoding": "gzip"}), "compressed"),
     (lambda h: send(h, 404, b"gone", "text/plain"), "answered 404"),
     (lambda h: send(h, 302), "without saying where"),
+    (redirect("http://[::1"), "redirected to a malformed address"),
     (SLOW_BODY, "too slow"),
     (SLOW_HEADERS, "too slow"),
 ])
@@ -207,6 +208,19 @@ def test_bad_answers_are_refused_quickly(route, words: str, loopback: Server) ->
     with pytest.raises(URLError, match=words):
         fetch_url(loopback.url("/x"), allow_private=True, max_bytes=4096, read_timeout=0.5)
     assert time.perf_counter() - start < 2
+
+
+def test_a_status_is_told_in_its_standard_words_not_the_servers(loopback: Server) -> None:
+    """The visitor sees the message as Markdown: a server's own reason could put a link or a tracking image in it."""
+    def hostile(handler) -> None:
+        handler.send_response(404, "Expired [sign in](https://evil.example) ![](https://evil.example/p.png)")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    loopback.routes["/x"] = hostile
+    with pytest.raises(URLError) as refused:
+        fetch_url(loopback.url("/x"), allow_private=True)
+    assert str(refused.value).endswith("answered 404 Not Found") and "evil" not in str(refused.value)
 
 
 def test_an_octet_stream_is_accepted_and_errors_are_image_errors(loopback: Server) -> None:
