@@ -228,6 +228,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def _stored_plainly(path: Path) -> bool:
+    """Whether every entry of the zip is stored as it is, as torch.save writes them: torch.load would also inflate
+    compressed ones, at any ratio."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return all(entry.compress_type == zipfile.ZIP_STORED for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return True  # damaged: torch.load says so in words
+
+
 def read(path: Path | str) -> dict[str, Any]:
     """The checked payload of a checkpoint file, loaded without executing code."""
     path = Path(path)
@@ -237,6 +247,9 @@ def read(path: Path | str) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives; anything else is not ours
         raise CheckpointError(f"{path.name} is not a checkpoint file")
+    if not _stored_plainly(path):
+        raise CheckpointError(f"{path.name} is refused: its contents are compressed, which torch.save never does "
+                              f"(a small file could unpack to gigabytes)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -75,6 +75,18 @@ def test_flipped_bytes_are_refused(tmp_path: Path) -> None:
         checkpoint.load(path)
 
 
+def test_compressed_contents_are_refused(tmp_path: Path) -> None:
+    """torch.load inflates a deflated entry too: a 1.2 MB file can hold a 400 MB tensor of zeros."""
+    path, _ = saved(tmp_path)
+    deflated = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as target:
+        for entry in source.infolist():
+            target.writestr(entry.filename, source.read(entry))
+    assert torch.load(deflated, weights_only=True)["digest"] == checkpoint.read(path)["digest"]  # torch reads it
+    with pytest.raises(CheckpointError, match="compressed"):
+        checkpoint.read(deflated)
+
+
 def test_a_changed_card_is_refused_and_a_card_written_again_is_read(tmp_path: Path) -> None:
     path, _ = saved(tmp_path)
     payload = torch.load(path, weights_only=True)
