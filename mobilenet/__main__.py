@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__, settings, train
 from .checkpoint import CheckpointError
-from .config import RESUMABLE_CHANGES, TRAIN_OPTIONS, TrainConfig, add_arguments
+from .config import RESUMABLE_CHANGES, TRAIN_OPTIONS, TrainConfig, add_arguments, flag
 from .runs import MetricsRow, RunFolder, run_name
 from .data import IMAGE_SUFFIXES, DataError
 from .display import format_duration
@@ -45,8 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise train.TrainError(f"{folder.path} has no last.pt to resume from")
         changed = sorted(set(given) - set(RESUMABLE_CHANGES))
         if changed:
-            may, got = (", ".join("--" + name.replace("_", "-") for name in names)
-                        for names in (RESUMABLE_CHANGES, changed))
+            may, got = (", ".join(map(flag, names)) for names in (RESUMABLE_CHANGES, changed))
             raise ValueError(f"a resumed run keeps its settings; only {may} may change (got {got})")
         cfg = replace(cfg, **given).anchored()
         out = folder.path
@@ -58,6 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             base = (RunFolder(given_config).read_config() if given_config.is_dir() else TrainConfig.read(given_config)
                     ).to_dict()
         cfg = TrainConfig.from_dict(base | given)
+        if "distill" in given and not cfg.teachers:
+            raise ValueError("--distill weighs the teachers' targets against the labels: give --teacher too")
         out = Path(args.out) if args.out else settings.runs_dir() / run_name(cfg)
         cfg = cfg.anchored()
     recipe = cfg.effective
@@ -232,7 +233,7 @@ def write_cards(folder: Path) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from .shipping import Twin, export
 
-    card = export(Path(args.run_dir), Path(args.out), args.data_description, args.validated_by)
+    card = export(Path(args.run_dir), Path(args.out), args.data_description, args.validated_by, args.overwrite)
     write_cards(Path(args.out).parent)
     twin = Twin.of(card)
     measured = f" (its validating twin {twin.run}'s; it trained on all the images)" if twin else ""
@@ -258,7 +259,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .onnx_export import export_onnx
 
     path = resolve_checkpoint(args.checkpoint)
-    model = export_onnx(path, args.data, Path(args.data_root), fp32_file=args.fp32)
+    model = export_onnx(path, args.data, Path(args.data_root), fp32_file=args.fp32, overwrite=args.overwrite)
     write_cards(path.parent)
     q = model.quantization
     print(f"{model.path}: int8 accuracy {q.int8_accuracy:.2%} (fp32 {q.fp32_accuracy:.2%}) on {q.images} "
@@ -291,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: a new folder in MOBILENET_RUNS or runs/)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its best.pt is lost)")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a stopped or killed run (only --data, --device, --data-root and --val-every may "
-                        "change; other images than the run's are refused)")
+                   help="continue a stopped or killed run (only --data, --device, --data-root, --val-every and "
+                        "--no-download may change; other images than the run's are refused)")
     p.add_argument("--json", action="store_true", help="one JSON line per epoch, then one with the report, on stdout")
     p.set_defaults(run=cmd_train)
 
@@ -322,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validated-by", metavar="TWIN_RUN", type=Path,
                    help="for a run trained on all the images (--val-size 0): the finished run with identical settings "
                         "that held a validation split out; the card gives its validation accuracy and names it")
+    p.add_argument("--overwrite", action="store_true", help="replace the file already at OUT")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("record-data", help="record in a shipped model's card the fingerprint of its training data")
@@ -335,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "calibration uses its training part, the accuracy its validation split (a seeded sample of its "
                    "training images for a model trained on all of them)")
     p.add_argument("--fp32", action="store_true", help="also write the fp32 ONNX model (NAME.onnx)")
+    p.add_argument("--overwrite", action="store_true", help="replace the ONNX files already beside the checkpoint")
     add_data_options(p)
     p.set_defaults(run=cmd_export_onnx)
     return parser
@@ -353,12 +356,19 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
 
 
+def _in_words(e: Exception) -> str:
+    """An error as a person reads it: an OSError as its file and what went wrong, without its errno."""
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except (ValueError, DataError, CheckpointError, train.TrainError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_in_words(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -30,8 +30,8 @@ def shipped_checkpoints() -> list[Path]:
 def default_checkpoint() -> Path:
     path = checkpoint_dir() / DEFAULT_CHECKPOINT_NAME
     if not path.exists():
-        raise CheckpointError(f"the default model {path.name} is missing from the checkpoint folder; "
-                              f"pass --checkpoint FILE or a run folder")
+        raise CheckpointError(f"the default model {path.name} is missing from the checkpoint folder {path.parent} "
+                              f"(MOBILENET_CHECKPOINTS); pass --checkpoint FILE or a run folder")
     return path
 
 

@@ -167,6 +167,12 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def refuse_to_replace(path: Path, overwrite: bool) -> None:
+    """FileExistsError for a file that is there, unless the user asked to replace it."""
+    if not overwrite and path.exists() and not path.is_dir():  # a folder is refused as it is written, in words
+        raise FileExistsError(errno.EEXIST, "is there already; give --overwrite to replace it", str(path))
+
+
 def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> None:
     """write(file) into a temporary file in path's folder, fsync, then rename over path: the old file or the new
     one, never half of one. OSError naming path (not the temporary file) for a folder or a missing parent."""
@@ -175,7 +181,10 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> None:
         raise IsADirectoryError(errno.EISDIR, "is a folder: give a file name", str(path))
     if not path.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such folder", str(path.parent))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # its folder refuses new files
+        raise type(e)(e.errno, f"cannot be written ({e.strerror})", str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide the file from a web server's user

@@ -65,7 +65,7 @@ def _option(default: Any, help: str, **argparse: Any) -> Any:
 NOT_TRAINING = ("val_size", "val_every", "device", "data_root", "compile", "download", "data")
 # A resumed run keeps its other settings. Its data may move (a run started on a GPU machine goes on here): the
 # images are checked against the digest the run saved, so other images are refused.
-RESUMABLE_CHANGES = ("data", "device", "data_root", "val_every")
+RESUMABLE_CHANGES = ("data", "device", "data_root", "val_every", "download")
 
 
 _TYPE_WORDS = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
@@ -115,6 +115,9 @@ class TrainConfig:
                                  f"got {value!r}")
         if not self.data_root:
             self.data_root = str(data_root())
+        check_alpha(self.alpha)
+        check_stem(self.stem)
+        input_resolution(self.stem, self.beta)
         for name in ("epochs", "batch_size", "subset", "val_every"):
             value = getattr(self, name)
             if value is not None and (not is_int(value) or value < 1):
@@ -125,17 +128,17 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 0 and below 1, got {value!r}")
-        if self.cutout is not None and self.cutout < 0:
-            raise ValueError(f"cutout must be 0 or more, got {self.cutout!r}")
+        if self.cutout is not None and not 0 <= self.cutout < self.resolution:
+            raise ValueError(f"cutout must be 0 or more and below the input side, {self.resolution}, got "
+                             f"{self.cutout!r}")
+        if self.teacher.strip() and not self.teachers:
+            raise ValueError(f"teacher names no checkpoint: {self.teacher!r}")
         if not 0 < self.distill <= 1:
             raise ValueError(f"distill must be above 0 and at most 1, got {self.distill!r}")
         if self.val_size < 0:
             raise ValueError(f"val-size must be 0 or more, got {self.val_size}")
         if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        check_alpha(self.alpha)
-        check_stem(self.stem)
-        input_resolution(self.stem, self.beta)
 
     @property
     def effective(self) -> Recipe:
@@ -202,18 +205,20 @@ class TrainConfig:
 TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
 
 
+def flag(name: str) -> str:
+    """The command-line option of a TrainConfig field: --no-NAME for a setting that is on unless turned off."""
+    switched_off = next(f for f in fields(TrainConfig) if f.name == name).default is True
+    return f"--{'no-' * switched_off}{name.replace('_', '-')}"
+
+
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, defaults: bool = True) -> None:
     """One --option per TrainConfig field, with its help; without defaults, only the options given are set."""
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
         meta = dict(f.metadata)
         if f.type in ("bool", bool):
-            if f.default:
-                parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
-                                    default=f.default if defaults else argparse.SUPPRESS, help=f"do not {meta['help']}")
-            else:
-                parser.add_argument(flag, action="store_true", default=f.default if defaults else argparse.SUPPRESS,
-                                    help=meta["help"])
+            parser.add_argument(flag(f.name), dest=f.name, action="store_false" if f.default else "store_true",
+                                default=f.default if defaults else argparse.SUPPRESS,
+                                help=f"do not {meta['help']}" if f.default else meta["help"])
             continue
         kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-        parser.add_argument(flag, type=kind, default=f.default if defaults else argparse.SUPPRESS, **meta)
+        parser.add_argument(flag(f.name), type=kind, default=f.default if defaults else argparse.SUPPRESS, **meta)

@@ -187,6 +187,7 @@ def named(card: ModelCard, source: str, split: str, root: Path | None = None) ->
     split; otherwise the test split, or all the images of a folder that has none."""
     if source != "cifar10":  # CIFAR-10 is checked as it loads: it may be downloaded
         data.check_source(source, root)
+        data.available_splits(source)  # a damaged .zip, or a file that is none, says so (not "holds no images")
     if split == VAL:
         if not held_out(card):
             raise DataError("this model held no validation split out of its training data: every image of it was "

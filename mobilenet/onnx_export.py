@@ -290,15 +290,18 @@ def accuracy(model: onnx.ModelProto, images: ImageSet, recipe: InferenceRecipe) 
 
 
 def export_onnx(checkpoint_path: Path, source: str, root: Path | None = None, fp32_file: bool = False,
-                calibration_images: int = CALIBRATION_IMAGES) -> OnnxModel:
+                calibration_images: int = CALIBRATION_IMAGES, overwrite: bool = False) -> OnnxModel:
     """Write the int8 model beside a checkpoint (and the fp32 graph, if asked). Its accuracy and fp32's are
     measured on the validation split held out in training (same source, size, seed and subset as the card
     records); its activation ranges come from a seeded sample of the training part, never validation images.
     A model trained on all the images is measured on a seeded sample of them instead, which the record says,
     and calibrated on others.
 
-    Refuses (OnnxError, nothing written) when int8 loses more than MAX_INT8_LOSS of fp32's accuracy.
+    Refuses (OnnxError, nothing written) when int8 loses more than MAX_INT8_LOSS of fp32's accuracy; existing
+    files are replaced only with overwrite.
     """
+    for target in [int8_file(checkpoint_path), *([checkpoint_path.with_suffix(".onnx")] if fp32_file else [])]:
+        checkpoint.refuse_to_replace(target, overwrite)
     model, card = checkpoint.load(checkpoint_path)
     trained_on = card.data
     if trained_on is None:

@@ -237,7 +237,7 @@ class RunFolder:
 
     def clear(self) -> None:
         """Remove what a previous run left (only ever asked for explicitly: see train's overwrite)."""
-        for path in (self.metrics, self.last, self.best, self.report, self.status):
+        for path in (self.metrics, self.last, self.best, self.report, self.status, *self.path.glob("best*.onnx")):
             path.unlink(missing_ok=True)
 
     def append_metrics(self, row: MetricsRow) -> None:

@@ -5,34 +5,55 @@ Nothing is frozen at import time, so a test or a host can point any of them else
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
+
+
+def _setting(name: str) -> str | None:
+    """A variable of the environment; one set empty (or to spaces, as an env file may) counts as unset."""
+    return os.environ.get(name, "").strip() or None
+
+
+def _whole_number(name: str, default: int, least: int, most: int) -> int:
+    """A whole-number setting; a value that is none, or out of range, is named in the server log and not used."""
+    value = _setting(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        log.warning("%s=%r is not a whole number: %d is used", name, value, default)
+        return default
+    if not least <= number <= most:
+        log.warning("%s=%r is out of range (%d to %d): %d is used", name, value, least, most, default)
+        return default
+    return number
 
 
 def data_root() -> Path:
     """CIFAR-10 downloads, image folders and zips to evaluate on, and the decode cache (MOBILENET_DATA)."""
-    return Path(os.environ.get("MOBILENET_DATA", "data"))
+    return Path(_setting("MOBILENET_DATA") or "data")
 
 
 def checkpoint_dir() -> Path:
     """The shipped models (MOBILENET_CHECKPOINTS; default: checkpoints/ beside the package)."""
-    return Path(os.environ.get("MOBILENET_CHECKPOINTS", PACKAGE_ROOT / "checkpoints"))
+    return Path(_setting("MOBILENET_CHECKPOINTS") or PACKAGE_ROOT / "checkpoints")
 
 
 def runs_dir() -> Path:
     """Training run folders, the app's and the command line's alike (MOBILENET_RUNS)."""
-    return Path(os.environ.get("MOBILENET_RUNS", "runs"))
+    return Path(_setting("MOBILENET_RUNS") or "runs")
 
 
 def job_threads() -> int:
     """CPU threads of a training job started from the app (MOBILENET_JOB_THREADS): all cores but one for the server."""
-    value = os.environ.get("MOBILENET_JOB_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else max(1, (os.cpu_count() or 1) - 1)
+    return _whole_number("MOBILENET_JOB_THREADS", max(1, (os.cpu_count() or 1) - 1), 1, 4096)
 
 
 def job_nice() -> int:
     """How much a training job started from the app yields the CPU to visitors (MOBILENET_JOB_NICE, 0-19)."""
-    value = os.environ.get("MOBILENET_JOB_NICE", "")
-    return min(int(value), 19) if value.isdigit() else 10
+    return _whole_number("MOBILENET_JOB_NICE", 10, 0, 19)

@@ -103,12 +103,15 @@ def _value(value: Any) -> str:
     return "none" if value in (None, "") else str(value)
 
 
-def export(run: Path, out: Path, data_description: str | None = None, validated_by: Path | None = None) -> ModelCard:
+def export(run: Path, out: Path, data_description: str | None = None, validated_by: Path | None = None,
+           overwrite: bool = False) -> ModelCard:
     """A finished run's best weights as a shipped checkpoint: weights only, its card completed with the
-    model's size and cost and a description of the data in words rather than a local path.
+    model's size and cost and a description of the data in words rather than a local path. An existing `out` is
+    replaced only with overwrite.
 
     A run trained on all the images needs its validating twin (validated_by), whose validation accuracy the card
     gives and names; a run that held out its own split refuses one."""
+    checkpoint.refuse_to_replace(out, overwrite)
     folder = RunFolder(run)
     report = folder.read_report()
     if report is None:

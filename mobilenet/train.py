@@ -274,9 +274,6 @@ class Training:
             torch.backends.cudnn.benchmark = True
         if self.writer:
             saved = self.folder.read_status() if resume else None  # the epochs its last.pt holds, until it loads
-            if not resume:
-                self.folder.clear()
-                self.folder.write_config(cfg)
             self.folder.set_status(RunState.LOADING, *((saved.epoch, saved.epochs) if saved else ()))
         self.train_set, self.val_set = _load_on_device(cfg, self.device, self.rank, self.world)
         self.data_digest = _data_digest(self.train_set, self.val_set)
@@ -294,9 +291,13 @@ class Training:
             self.restore()
             if self.writer:  # the settings a resume may change (RESUMABLE_CHANGES) stay, once its data proved the same
                 self.folder.write_config(cfg)
-        elif cfg.teachers:
-            self.targets = soft_targets(cfg.teachers, self.train_set, self.card.data if len(self.val_set) else None,
-                                        cache=Path(cfg.data_root) / CACHE_FOLDER / "teachers")
+        else:
+            if cfg.teachers:
+                self.targets = soft_targets(cfg.teachers, self.train_set, self.card.data if len(self.val_set) else None,
+                                            cache=Path(cfg.data_root) / CACHE_FOLDER / "teachers")
+            if self.writer:  # a run it replaces (--overwrite) stays until its data and teachers proved usable
+                self.folder.clear()
+                self.folder.write_config(cfg)
         state = self.state
         self.set_status(RunState.RUNNING)
         self.started = time.perf_counter() - state.elapsed_s

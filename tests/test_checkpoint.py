@@ -75,6 +75,13 @@ def test_flipped_bytes_are_refused(tmp_path: Path) -> None:
         checkpoint.load(path)
 
 
+def test_a_file_that_cannot_be_written_is_named_not_its_temporary_file(tmp_path: Path) -> None:
+    target = Path("/proc/model.pt")  # a folder where no file can be made
+    with pytest.raises(OSError) as refused:
+        checkpoint.atomic_write(target, lambda f: f.write(b"x"))
+    assert refused.value.filename == str(target) and "cannot be written" in refused.value.strerror
+
+
 def test_compressed_contents_are_refused(tmp_path: Path) -> None:
     """torch.load inflates a deflated entry too: a 1.2 MB file can hold a 400 MB tensor of zeros."""
     path, _ = saved(tmp_path)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CLASSES, run_cli, save_model, write_folder
+from helpers import CLASSES, run_cli, save_model, write_folder, zip_folder
 
 from mobilenet import checkpoint, data, evalsets
 from mobilenet.__main__ import main
@@ -127,6 +127,8 @@ def test_train_starts_from_the_config_file_it_is_given(tmp_path: Path) -> None:
     ({"teacher": 5}, "teacher must be text"), ({"tta": "bogus"}, "tta must be one of none, flip, flip-translate"),
     ({"val_size": 2.5}, "val-size must be a whole number"), ({"compile": 1}, "compile must be true or false"),
     ({"lr": True}, "lr must be a number"), ({"data_root": 5}, "data-root must be text"),
+    ({"cutout": 32}, "cutout must be 0 or more and below the input side, 32, got 32"),  # it would erase every image
+    ({"teacher": " , "}, "teacher names no checkpoint"),
 ])
 def test_a_hand_edited_config_is_refused_in_words(tmp_path: Path, values: dict, words: str) -> None:
     bad = tmp_path / "config.json"
@@ -151,6 +153,22 @@ def test_a_run_records_where_its_data_is_so_that_it_resumes_from_anywhere(tmp_pa
         result = run_cli("export", "run", str(target))
         assert result.returncode == 2 and words in result.stderr and ".tmp" not in result.stderr, result.stderr
     assert list(out.iterdir()) == []
+
+
+def test_distill_without_a_teacher_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--data", str(tmp_path), "--distill", "0.3", "--out", str(tmp_path / "run")]) == 2
+    assert "give --teacher too" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_evaluate_on_a_damaged_zip_or_a_file_says_what_it_is(trained: tuple[Path, Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    whole = zip_folder(trained[1], tmp_path / "whole.zip").read_bytes()
+    (tmp_path / "cut.zip").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG not a zip")
+    for source in ("cut.zip", "photo.png"):
+        assert main(["evaluate", "--checkpoint", str(trained[0]), "--data", str(tmp_path / source)]) == 2
+        err = capsys.readouterr().err
+        assert "neither a folder nor a .zip file" in err and "holds no images" not in err
 
 
 def test_a_run_with_too_few_images_to_hold_any_out_is_not_exported_as_validated(tmp_path: Path) -> None:
@@ -197,3 +215,9 @@ def test_export_leaves_another_projects_readme_alone(tmp_path: Path, monkeypatch
     ours.mkdir()
     assert run_cli("export", str(tmp_path / "run"), str(ours / "m.pt")).returncode == 0
     assert "### `m.pt`" in (ours / "README.md").read_text()
+
+    (theirs / "notes.png").write_bytes(b"a file of theirs")  # a slip of the hand: not a model's name
+    refused = run_cli("export", str(tmp_path / "run"), str(theirs / "notes.png"))
+    assert refused.returncode == 2 and "notes.png: is there already; give --overwrite to replace it" in refused.stderr
+    assert (theirs / "notes.png").read_bytes() == b"a file of theirs"
+    assert run_cli("export", str(tmp_path / "run"), str(ours / "m.pt"), "--overwrite").returncode == 0

@@ -261,8 +261,10 @@ def test_export_measures_int8_on_the_validation_split_and_refuses_a_loss(tmp_pat
     assert path.with_suffix(".onnx").is_file()
     assert Classifier.load(path, device="cpu").engine == "int8"
     # 48 training images (60 less the 12 held out): the record says how many calibrated, not how many were asked
-    assert export_onnx(path, str(folder), root=tmp_path / "data", calibration_images=512).quantization \
-        .calibration_images == 47
+    with pytest.raises(FileExistsError, match="give --overwrite to replace it"):
+        export_onnx(path, str(folder), root=tmp_path / "data", calibration_images=512)
+    assert export_onnx(path, str(folder), root=tmp_path / "data", calibration_images=512, overwrite=True) \
+        .quantization.calibration_images == 47
 
     int8_file(path).unlink()
     monkeypatch.setattr(onnx_export, "MAX_INT8_LOSS", -1.0)  # any int8 model now "loses" too much

@@ -233,10 +233,11 @@ def test_validating_every_n_epochs_changes_no_training_and_may_change_on_resume(
 
     run = tmp_path / "every"
     train.train(replace(cfg, val_every=2), run, on_step=stop_in_epoch(3))
-    assert cli_main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
-    assert "only --data, --device, --data-root, --val-every may change (got --lr)" in capsys.readouterr().err
-    assert cli_main(["train", "--resume", str(run), "--val-every", "4", "--json"]) == 0
-    assert RunFolder(run).read_config().val_every == 4  # kept for the next resume
+    assert cli_main(["train", "--resume", str(run), "--lr", "0.1", "--no-download"]) == 2
+    assert ("only --data, --device, --data-root, --val-every, --no-download may change (got --lr)"
+            in capsys.readouterr().err)  # each flag as it is typed
+    assert cli_main(["train", "--resume", str(run), "--val-every", "4", "--no-download", "--json"]) == 0
+    assert RunFolder(run).read_config().val_every == 4 and not RunFolder(run).read_config().download  # kept
     rows, each = epoch_rows(run), {row.epoch: row for row in epoch_rows(tmp_path / "each")}
     assert [r.epoch for r in rows if r.val_acc is not None] == [2, 4, 5]  # every 2, then every 4, and the last
     for row in rows:  # the same training, and the same validation where there is one
@@ -429,6 +430,22 @@ def test_a_refused_resume_of_a_finished_run_leaves_it_finished(finished: Path, t
     refused = run_cli("train", "--resume", str(run.path), *args)
     assert refused.returncode == 2 and message in refused.stderr
     assert run.read_status().state is RunState.FINISHED and not (tmp_path / "elsewhere").exists()
+
+
+def test_overwriting_keeps_the_old_run_until_the_new_ones_data_and_teachers_are_there(finished: Path,
+                                                                                      folder: Path,
+                                                                                      tmp_path: Path) -> None:
+    """A typo in the new run's settings must not cost the run it would replace."""
+    run = copied(finished, tmp_path)
+    int8 = run.path / "best.int8.onnx"
+    int8.write_bytes(b"made from the old best.pt")
+    kept = {path.name: path.read_bytes() for path in (run.best, run.last, run.report, run.metrics, int8)}
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        train.train(config(folder, tmp_path, epochs=1, teacher=str(tmp_path / "no-such-teacher.pt")), run.path,
+                    overwrite=True)
+    assert {name: (run.path / name).read_bytes() for name in kept} == kept
+    train.train(config(folder, tmp_path, epochs=1), run.path, overwrite=True)
+    assert not int8.exists() and run.read_report()["epochs"] == 1  # no int8 model of other weights left beside it
 
 
 def test_a_damaged_zip_is_a_message(tmp_path: Path) -> None:
