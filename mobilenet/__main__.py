@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
+if __name__ == "__main__":  # Ctrl-C while torch loads (most of a predict's seconds) ends quietly, as in main()
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+
 import argparse
 import json
 import re
-import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -364,6 +369,7 @@ def _in_words(e: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on a KeyboardInterrupt, taken below
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -221,3 +221,26 @@ def test_export_leaves_another_projects_readme_alone(tmp_path: Path, monkeypatch
     assert refused.returncode == 2 and "notes.png: is there already; give --overwrite to replace it" in refused.stderr
     assert (theirs / "notes.png").read_bytes() == b"a file of theirs"
     assert run_cli("export", str(tmp_path / "run"), str(ours / "m.pt"), "--overwrite").returncode == 0
+
+
+def test_ctrl_c_while_torch_loads_is_a_quiet_exit(tmp_path: Path) -> None:
+    """Loading torch takes most of a predict's seconds: Ctrl-C then printed a 20-line traceback."""
+    import os
+    import signal
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "mobilenet", "predict", str(tmp_path / "photo.png")], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def loading_torch() -> bool:
+        try:
+            return "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text()
+        except OSError:  # it ended meanwhile
+            return False
+
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and not loading_torch() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
