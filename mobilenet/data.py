@@ -302,9 +302,13 @@ def load(
     else:
         data = _load_folder(Path(source), split, resolution)
     if cache:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"images": data.images, "labels": data.labels, "classes": list(data.classes),
-                           "skipped": list(data.skipped)}, cache_file)
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save({"images": data.images, "labels": data.labels, "classes": list(data.classes),
+                               "skipped": list(data.skipped)}, cache_file)
+        except OSError as e:  # a shared read-only data root, a full disk: the cache only saves the next decode
+            print(f"warning: the decoded images are not cached ({e.filename}: {e.strerror}); give a writable "
+                  f"--data-root (MOBILENET_DATA) to decode them once only", file=sys.stderr)
     return data
 
 

@@ -109,6 +109,14 @@ def test_damaged_cache_is_rebuilt(image_folder: Path, tmp_path: Path) -> None:
     assert len(data.load(str(image_folder), "train", root=tmp_path)) == 36
 
 
+def test_a_data_root_that_cannot_hold_the_cache_still_loads(image_folder: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """A shared read-only copy of the data: the cache only saves decoding again, so it is warned of, not fatal."""
+    (tmp_path / "cache").write_text("a file where the cache folder would be")
+    assert len(data.load(str(image_folder), "train", root=tmp_path)) == 36
+    assert "warning: the decoded images are not cached" in capsys.readouterr().err
+
+
 def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found"):
         data.load(str(tmp_path / "nope"), root=tmp_path)
