@@ -17,11 +17,12 @@ if not sources:
 
 st.caption(evalsets.training_note(entry.card))
 pick, size = st.columns(2)
-source = pick.selectbox("Data", sources, format_func=lambda s: s.label)
+app_models.forget_unlisted_source(sources)
+source = pick.selectbox("Data", sources, format_func=lambda s: s.label, key=app_models.EVALUATION_SOURCE)
 if source.seen:
     st.warning(f"These images include the ones {entry.key} was trained on: its accuracy here overstates how it does "
                f"on images it has not seen.", icon=":material/warning:")
-limit = size.radio("Images", [None, 1000, 5000], horizontal=True,
+limit = size.radio("Images", [None, 1000, 5000], horizontal=True, key=app_models.EVALUATION_LIMIT,
                    format_func=lambda n: "all" if n is None else f"{n:,} (a class-balanced sample)")
 request = (entry.key, entry.version, app_models.engine_for(entry), source, limit)  # another engine: asked again
 if st.button("Evaluate", type="primary", icon=":material/play_arrow:"):
@@ -44,7 +45,8 @@ if images.skipped:
     names = ", ".join(map(quoted, images.skipped[:3])) + (" …" if len(images.skipped) > 3 else "")
     st.warning(f"{len(images.skipped):,} file(s) of {source.label} could not be read as images and are not counted: "
                f"{names}.", icon=":material/broken_image:")
-if app_models.has_int8(entry) and st.toggle("Compare int8 with fp32 on these images"):
+if app_models.has_int8(entry) and st.toggle("Compare int8 with fp32 on these images",
+                                           key=app_models.EVALUATION_COMPARE):
     try:
         with st.spinner("Evaluating in int8 and in fp32…"):
             table, differ = app_models.precision_comparison(entry, source, limit, st.session_state.evaluation_data)

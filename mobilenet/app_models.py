@@ -251,6 +251,17 @@ def _evaluation(path: Path, version: Version, source: EvalSource, data_version: 
         return EvaluationRun(score(probs, images), clf.engine, time.perf_counter() - start)
 
 
+# The Evaluation page's choices, by widget key: kept when the visitor opens another page (app_views.keep_choices).
+EVALUATION_SOURCE, EVALUATION_LIMIT, EVALUATION_COMPARE = "evaluation_source", "evaluation_limit", "evaluation_compare"
+EVALUATION_CHOICES = (EVALUATION_SOURCE, EVALUATION_LIMIT, EVALUATION_COMPARE)
+
+
+def forget_unlisted_source(sources: list[EvalSource]) -> None:
+    """The Data choice made earlier, unless its source has gone from the list (the first is then chosen)."""
+    if st.session_state.get(EVALUATION_SOURCE) not in sources:
+        st.session_state.pop(EVALUATION_SOURCE, None)
+
+
 def data_version(source: EvalSource) -> str | None:
     """The source's images as they are now (a folder or .zip replaced in the data root is evaluated afresh): taken
     when a visitor asks for an evaluation, not on each page run (for a folder it lists every image)."""
@@ -271,6 +282,8 @@ def evaluation(entry: ModelEntry, source: EvalSource, limit: int | None, version
     with _evaluating:  # a decode again (the images evicted, the result kept) takes its turn as evaluations do
         images = _evaluation_images(entry.path, entry.version, source, version, settings.data_root(), limit,
                                     entry.card)
+    if len(images) != run.result.n:  # decoded again from files changed in place since (their folders' times kept)
+        raise DataError(f"{source.label} changed since it was evaluated: evaluate it again")
     return run.result, images
 
 
@@ -278,6 +291,9 @@ def precision_comparison(entry: ModelEntry, source: EvalSource, limit: int | Non
                          ) -> tuple[pd.DataFrame, int]:
     """int8 beside fp32 on the same images: accuracy and images per second of each, and how many answers differ."""
     runs = [evaluation_run(entry, source, limit, version, precision) for precision in PRECISIONS]
+    if runs[0].engine != "int8":
+        raise engines.EngineError(f"the int8 model of {entry.key} could not run here, so there is no int8 to compare "
+                                  f"with: {engines.describe(runs[0].engine)} answered instead")
     table = pd.DataFrame([{"engine": engines.describe(run.engine), "accuracy": f"{run.result.accuracy:.2%}",
                            "images per second": round(run.result.n / max(run.seconds, 1e-9))} for run in runs])
     differ = int((runs[0].result.probs.argmax(1) != runs[1].result.probs.argmax(1)).sum())

@@ -20,7 +20,7 @@ from .memo import Memo
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 UPLOADER_KEY = "uploader"
 # The Inference page's other choices, by widget key, with their defaults: kept when the visitor opens another page
-# and comes back, as the uploads are (Streamlit forgets the state of a widget that a page run does not draw).
+# and comes back, as the uploads are (app_views.keep_choices).
 CHOICES = {"image_url": "", "camera_on": False, "examples": [], "gradcam": True}
 # What the uploads a session keeps may weigh together: a dozen phone photos, not 16 files at the 25 MB limit.
 MAX_KEPT_BYTES = 64 * 2**20
@@ -30,15 +30,6 @@ MAX_SESSION_UPLOAD_BYTES = 2 * MAX_KEPT_BYTES
 # A file that has arrived is in its uploader's value only once every file the browser is uploading with it has
 # (minutes, for a phone's photos on a slow line): until then a page run must not take it for one no widget holds.
 UPLOAD_GRACE_S = 600
-
-
-def keep_choices() -> None:
-    """The entry script's part, on every page: the Inference page's choices become the session's own values, which
-    outlive a run that does not draw their widgets."""
-    state = st.session_state
-    for key in CHOICES:
-        if key in state:
-            state[key] = state[key]
 
 
 def default_choices() -> None:

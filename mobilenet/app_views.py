@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
+from typing import Iterable
 
 import streamlit as st
 import torch
@@ -33,6 +34,16 @@ def link_note(key: str, what: str, names: list[str], default: str | None) -> str
         return None
     instead = f"showing {default}" if default else f"there is no {what} here yet"
     return f"The link's {what} {quoted(asked)} is not on this server: {instead}."
+
+
+def keep_choices(keys: Iterable[str]) -> None:
+    """The entry script's part, on every page: the pages' choices (their widget keys) become the session's own
+    values, which outlive a run that does not draw their widgets (Streamlit forgets those when the visitor opens
+    another page)."""
+    state = st.session_state
+    for key in keys:
+        if key in state:
+            state[key] = state[key]
 
 
 def visible_folder(path: Path) -> str:

@@ -271,7 +271,10 @@ def _cache_key(source: str, split: str, side: int) -> str:
     if path.is_dir():  # a folder's own mtime misses edits inside its class folders
         for folder, _, names in sorted(os.walk(path)):
             for name in sorted(names):
-                st = os.stat(os.path.join(folder, name))
+                try:
+                    st = os.stat(os.path.join(folder, name))
+                except OSError:  # gone since the walk, or a link to nothing: no image to decode either
+                    continue
                 identity += f"|{folder}/{name}:{st.st_size}:{st.st_mtime_ns}"
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return f"{path.stem}-{split}-{side}-{digest}"

@@ -254,6 +254,51 @@ def test_evaluation_on_a_generated_folder(model: Path, places: Path, monkeypatch
     assert {m.label: m.value for m in at.metric}["images"] == "24"
 
 
+def test_the_evaluation_choices_survive_a_source_added_and_a_page_switch(model: Path, places: Path) -> None:
+    for name in ("b-set", "c-set"):
+        write_folder(places / "data" / name, per_class=4)
+    at = open_page("app_pages/evaluation.py")
+    at.selectbox(key=app_models.EVALUATION_SOURCE).select_index(1).run()
+    at.radio(key=app_models.EVALUATION_LIMIT).set_value(1000).run()
+    at.button[0].click().run()
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["images"] == "12"
+    write_folder(places / "data" / "a-set", per_class=2)  # the host adds a source, listed first
+    at.run()
+    assert at.selectbox(key=app_models.EVALUATION_SOURCE).value.label == "c-set: test split"
+    at.switch_page("app_pages/inference.py").run()
+    at.switch_page("app_pages/evaluation.py").run()
+    assert at.selectbox(key=app_models.EVALUATION_SOURCE).value.label == "c-set: test split"
+    assert at.radio(key=app_models.EVALUATION_LIMIT).value == 1000
+    assert {m.label: m.value for m in at.metric} == shown  # the result is still there
+    shutil.rmtree(places / "data" / "c-set")  # gone: the first listed is chosen, and nothing fails
+    at.run()
+    assert not at.exception and at.selectbox(key=app_models.EVALUATION_SOURCE).value.label == "a-set: test split"
+
+
+def test_a_file_gone_from_a_data_folder_is_no_failure(model: Path, places: Path) -> None:
+    folder = write_folder(places / "data" / "small", per_class=4)
+    (folder / "test" / "cat" / "moved.png").symlink_to(places / "moved-away.png")  # the host moved it meanwhile
+    at = open_page("app_pages/evaluation.py")
+    at.button[0].click().run()
+    assert not at.exception and next(m.value for m in at.metric if m.label == "images") == "12"
+
+
+def test_images_decoded_again_that_are_not_the_results_are_refused(model: Path, places: Path) -> None:
+    """Images changed in place keep their folders' times: a result kept, its images evicted and decoded again from
+    the new files, must not be shown with them (their tiles indexed past the end)."""
+    folder = write_folder(places / "data" / "small", per_class=4)
+    entry = app_models.models().default
+    source = evalsets.sources(entry.card)[0]
+    version = data.fingerprint(source.source)
+    app_models.evaluation(entry, source, None, version)
+    app_models._evaluation_images.clear()  # evicted by later evaluations
+    for image in list((folder / "test" / "cat").iterdir())[:2]:
+        image.write_text("damaged in place")
+    with pytest.raises(data.DataError, match="changed since it was evaluated"):
+        app_models.evaluation(entry, source, None, version)
+
+
 def test_an_evaluation_says_which_files_it_could_not_read(model: Path, places: Path) -> None:
     folder = write_folder(places / "data" / "small", per_class=4)
     (folder / "test" / "cat" / "x.png").write_text("not an image")

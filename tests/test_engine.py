@@ -19,7 +19,7 @@ from helpers import image_bytes, isolate_app, random_model, save_random_checkpoi
 from onnx import helper
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import Classifier, app_models, checkpoint, data, engines, onnx_export, shipping
+from mobilenet import Classifier, app_models, checkpoint, data, engines, evalsets, onnx_export, shipping
 from mobilenet.__main__ import main
 from mobilenet.checkpoint import ModelCard, weights_digest
 from mobilenet.engines import NEEDS_ONNXRUNTIME, EngineError, OnnxEngine, choose, int8_file
@@ -274,6 +274,28 @@ def test_export_measures_int8_on_the_validation_split_and_refuses_a_loss(tmp_pat
 
 
 # ---- the app on each engine ---------------------------------------------------------------------
+
+
+def test_a_comparison_whose_int8_model_cannot_run_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int8 file passes its checks but ONNX Runtime here refuses it, first tried for the comparison: PyTorch
+    answered in its place, and the table called that int8."""
+    pytest.importorskip("onnxruntime")
+    places = isolate_app(tmp_path, monkeypatch)
+    shutil.copy(CHECKPOINTS / "mobilenet_v1_a0.25.pt", places / "checkpoints")
+    shutil.copy(int8_file(CHECKPOINTS / "mobilenet_v1_a0.25.pt"), places / "checkpoints")
+    write_folder(places / "data" / "pets", per_class=4)
+    real = engines.OnnxEngine.__init__
+
+    def refusing_int8(self, model, name, *args, **kwargs) -> None:
+        if name == "int8":  # an ONNX Runtime build without the quantized kernels, say
+            raise engines.EngineError("ONNX Runtime cannot run the int8 model (NOT_IMPLEMENTED)")
+        real(self, model, name, *args, **kwargs)
+
+    monkeypatch.setattr(engines.OnnxEngine, "__init__", refusing_int8)
+    entry = app_models.models().default
+    source = evalsets.sources(entry.card)[0]
+    with pytest.raises(engines.EngineError, match="could not run here, so there is no int8 to compare with"):
+        app_models.precision_comparison(entry, source, None, data.fingerprint(source.source))
 
 
 def test_the_app_says_which_engine_answers_and_switches_to_fp32(tmp_path: Path,
