@@ -397,7 +397,9 @@ def source_version(path: Path) -> tuple:
     return tuple((folder, os.stat(folder).st_mtime_ns) for folder, _, _ in os.walk(path))
 
 
-@lru_cache(maxsize=32)
+# Room for every source of a large data root: the Evaluation page asks for each one's on every page run (by
+# `evalsets.trained_on`), so a cache smaller than the root would read all of them each time.
+@lru_cache(maxsize=512)
 def _fingerprint(path: Path, version: tuple) -> str:  # version: part of the cache key only
     if not path.exists():  # gone since its version was read: raise, so that no hash of nothing is cached
         raise FileNotFoundError(path)

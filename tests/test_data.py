@@ -220,3 +220,16 @@ def test_a_model_is_measured_on_its_held_out_split_or_else_on_a_sample_of_its_tr
     seen = {int(v) for v in measured.images[:, 0, 0, 0]}
     assert not held_out and len(measured) == 20  # at most a fifth, as any split
     assert seen.isdisjoint(int(v) for v in train.images[:, 0, 0, 0]) and len(train) + len(measured) == 100
+
+
+def test_the_fingerprints_of_a_large_data_root_are_each_read_once(tmp_path: Path) -> None:
+    """40 sources, each asked for twice (two page runs): more than a small cache holds, each read once all the same."""
+    sources = []
+    for i in range(40):
+        source = tmp_path / f"set-{i}.zip"
+        source.write_bytes(f"images {i}".encode())
+        sources.append(str(source))
+    data._fingerprint.cache_clear()
+    first = [data.fingerprint(source) for source in sources]
+    assert [data.fingerprint(source) for source in sources] == first and len(set(first)) == 40
+    assert data._fingerprint.cache_info().misses == 40
