@@ -263,9 +263,10 @@ def forget_unlisted_source(sources: list[EvalSource]) -> None:
 
 
 def data_version(source: EvalSource) -> str | None:
-    """The source's images as they are now (a folder or .zip replaced in the data root is evaluated afresh): taken
-    when a visitor asks for an evaluation, not on each page run (for a folder it lists every image)."""
-    return data.fingerprint(source.source)
+    """The source's images as they are now (a folder or .zip replaced in the data root, or images overwritten in
+    place, are evaluated afresh): taken when a visitor asks for an evaluation, not on each page run (for a folder
+    it looks at every image)."""
+    return data.fingerprint(source.source, thorough=True)
 
 
 def evaluation_run(entry: ModelEntry, source: EvalSource, limit: int | None, version: str | None,

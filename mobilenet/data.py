@@ -269,13 +269,7 @@ def _cache_key(source: str, split: str, side: int) -> str:
     stat = path.stat()
     identity = f"{CACHE_VERSION}|{path}|{stat.st_size}|{stat.st_mtime_ns}"
     if path.is_dir():  # a folder's own mtime misses edits inside its class folders
-        for folder, _, names in sorted(os.walk(path)):
-            for name in sorted(names):
-                try:
-                    st = os.stat(os.path.join(folder, name))
-                except OSError:  # gone since the walk, or a link to nothing: no image to decode either
-                    continue
-                identity += f"|{folder}/{name}:{st.st_size}:{st.st_mtime_ns}"
+        identity += "".join(f"|{file}:{size}:{mtime}" for file, size, mtime in files_version(path))
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return f"{path.stem}-{split}-{side}-{digest}"
 
@@ -373,19 +367,36 @@ def measurement_split(full: ImageSet, val_size: int, seed: int,
     return train, measured, False
 
 
-def fingerprint(source: str, version: tuple | None = None) -> str | None:
+def fingerprint(source: str, version: tuple | None = None, thorough: bool = False) -> str | None:
     """A short content hash that names a data source wherever it lies: a .zip's bytes, a folder's files.
 
     "cifar10" is the fixed torchvision archive, so its name is its fingerprint; None when the source is missing.
-    `version`: the source's source_version when the caller has just read it.
+    `version`: the source's source_version when the caller has just read it; thorough: look at each file of a
+    folder (files_version), so that an image overwritten in place is seen.
     """
     if source == "cifar10":
         return "cifar10"
     path = Path(source)
     try:
-        return _fingerprint(path.resolve(), source_version(path) if version is None else version)
+        if version is None:
+            version = files_version(path) if thorough and path.is_dir() else source_version(path)
+        return _fingerprint(path.resolve(), version)
     except OSError:
         return None
+
+
+def files_version(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when any file of a folder does, an image overwritten in place included: each file's path, size
+    and time, at a stat of each (source_version is the cheap one)."""
+    version = []
+    for parent, _, names in sorted(os.walk(folder)):
+        for name in sorted(names):
+            try:
+                st = os.stat(os.path.join(parent, name))
+            except OSError:  # gone since the walk, or a link to nothing: no image to decode either
+                continue
+            version.append((f"{parent}/{name}", st.st_size, st.st_mtime_ns))
+    return tuple(version)
 
 
 def source_version(path: Path) -> tuple:

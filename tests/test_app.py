@@ -231,7 +231,8 @@ def test_evaluation_on_a_generated_folder(model: Path, places: Path, monkeypatch
     write_folder(places / "data" / "small", per_class=4)  # cat, dog and ship; train/ and test/
     fingerprints = []
     fingerprint = data.fingerprint
-    monkeypatch.setattr(data, "fingerprint", lambda source: fingerprints.append(source) or fingerprint(source))
+    monkeypatch.setattr(data, "fingerprint", lambda source, **how: fingerprints.append(source) or fingerprint(source,
+                                                                                                            **how))
     at = open_page("app_pages/evaluation.py")
     assert at.selectbox[0].value.label == "small: test split"
     assert not at.metric  # nothing runs before the button
@@ -274,6 +275,25 @@ def test_the_evaluation_choices_survive_a_source_added_and_a_page_switch(model: 
     shutil.rmtree(places / "data" / "c-set")  # gone: the first listed is chosen, and nothing fails
     at.run()
     assert not at.exception and at.selectbox(key=app_models.EVALUATION_SOURCE).value.label == "a-set: test split"
+
+
+def test_images_overwritten_in_place_are_evaluated_afresh(model: Path, places: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Overwriting images keeps their folders' times (cp -r new/. data/pets/): an Evaluate then showed the result of
+    the images that were there before."""
+    folder = write_folder(places / "data" / "small", per_class=4)
+    loads = []
+    load = evalsets.load
+    monkeypatch.setattr(evalsets, "load", lambda *args, **kwargs: loads.append(1) or load(*args, **kwargs))
+    at = open_page("app_pages/evaluation.py")
+    at.button[0].click().run()
+    at.button[0].click().run()  # nothing changed: the result kept
+    assert len(loads) == 1
+    cats, ships = sorted((folder / "test" / "cat").iterdir()), sorted((folder / "test" / "ship").iterdir())
+    for cat, ship in zip(cats, ships):
+        cat.write_bytes(ship.read_bytes())
+    at.button[0].click().run()
+    assert len(loads) == 2 and not at.exception
 
 
 def test_a_file_gone_from_a_data_folder_is_no_failure(model: Path, places: Path) -> None:
