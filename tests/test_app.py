@@ -549,6 +549,6 @@ def test_an_evaluation_looks_at_its_data_once(model: Path, places: Path, monkeyp
     source = evalsets.sources(entry.card)[0]
     looks = []
     fingerprint = data.fingerprint
-    monkeypatch.setattr(data, "fingerprint", lambda src: looks.append(src) or fingerprint(src))
+    monkeypatch.setattr(data, "fingerprint", lambda src, **how: looks.append(src) or fingerprint(src, **how))
     app_models.evaluation(entry, source, None, app_models.data_version(source))  # a click
     assert len(looks) == 1
