@@ -369,7 +369,7 @@ def test_export_onnx_says_when_its_data_is_not_there(shipped_copy: Path, tmp_pat
 
     before = int8_file(shipped_copy).read_bytes()
     with pytest.raises(DataError, match="not found"):
-        export_onnx(shipped_copy, str(tmp_path / "nope"))
+        export_onnx(shipped_copy, str(tmp_path / "nope"), overwrite=True)
     assert int8_file(shipped_copy).read_bytes() == before
 
 
