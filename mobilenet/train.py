@@ -233,13 +233,17 @@ def train(
     else:
         rank, world = 0, 1
         device = pick_device(cfg.device)
+    training = None
     try:
         check_source(cfg.data, cfg.data_root, cfg.download)  # before the folder is made, when it is not there yet
         with folder.writing() if rank == 0 else nullcontext():
-            return Training(cfg, folder, device, rank, world, on_epoch, on_step).run(resume)
+            training = Training(cfg, folder, device, rank, world, on_epoch, on_step)
+            return training.run(resume)
     except RunBusy:
         raise  # the run is another live process's
     except Exception as e:
+        if training is not None and training.replacing:
+            raise  # the run it was to replace (--overwrite) is as it was, its status too
         if disk_full(e):
             e = DiskFull("disk full: the last saved state is kept; free space, then resume")
         status = folder.read_status()
@@ -265,6 +269,7 @@ class Training:
         self.last_eval: Evaluation | None = None  # the last epoch's validation, when this process made it
         self.validation_s = 0.0  # how long this process's last validation took (0: none yet)
         self.resumed_pace = 0.0  # img/s of the last row before a resume
+        self.replacing = False  # the folder still holds the run this one replaces
 
     def run(self, resume: bool) -> dict:
         cfg, recipe = self.cfg, self.recipe
@@ -272,7 +277,9 @@ class Training:
             raise TrainError(f"batch size {recipe.batch_size} must divide evenly over {self.world} processes")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        if self.writer:
+        # A run it replaces (--overwrite) stays, status and all, until this one's data and teachers proved usable.
+        self.replacing = not resume and self.folder.started
+        if self.writer and not self.replacing:
             saved = self.folder.read_status() if resume else None  # the epochs its last.pt holds, until it loads
             self.folder.set_status(RunState.LOADING, *((saved.epoch, saved.epochs) if saved else ()))
         self.train_set, self.val_set = _load_on_device(cfg, self.device, self.rank, self.world)
@@ -295,9 +302,10 @@ class Training:
             if cfg.teachers:
                 self.targets = soft_targets(cfg.teachers, self.train_set, self.card.data if len(self.val_set) else None,
                                             cache=Path(cfg.data_root) / CACHE_FOLDER / "teachers")
-            if self.writer:  # a run it replaces (--overwrite) stays until its data and teachers proved usable
+            if self.writer:
                 self.folder.clear()
                 self.folder.write_config(cfg)
+            self.replacing = False
         state = self.state
         self.set_status(RunState.RUNNING)
         self.started = time.perf_counter() - state.elapsed_s

@@ -437,6 +437,7 @@ def test_overwriting_keeps_the_old_run_until_the_new_ones_data_and_teachers_are_
                                                                                       tmp_path: Path) -> None:
     """A typo in the new run's settings must not cost the run it would replace."""
     run = copied(finished, tmp_path)
+    run.set_status(RunState.STOPPED, 2, 2)  # a run that could go on
     int8 = run.path / "best.int8.onnx"
     int8.write_bytes(b"made from the old best.pt")
     kept = {path.name: path.read_bytes() for path in (run.best, run.last, run.report, run.metrics, int8)}
@@ -444,6 +445,7 @@ def test_overwriting_keeps_the_old_run_until_the_new_ones_data_and_teachers_are_
         train.train(config(folder, tmp_path, epochs=1, teacher=str(tmp_path / "no-such-teacher.pt")), run.path,
                     overwrite=True)
     assert {name: (run.path / name).read_bytes() for name in kept} == kept
+    assert run.read_status().state is RunState.STOPPED and run.read_status().error is None
     train.train(config(folder, tmp_path, epochs=1), run.path, overwrite=True)
     assert not int8.exists() and run.read_report()["epochs"] == 1  # no int8 model of other weights left beside it
 
