@@ -21,7 +21,11 @@ returning = app_uploads.UPLOADER_KEY not in st.session_state  # Streamlit drops 
 uploaded = files.file_uploader("Upload images", type=app_uploads.UPLOAD_TYPES, accept_multiple_files=True,
                                key=app_uploads.UPLOADER_KEY)
 url = other.text_input("Or paste an image URL", placeholder="https://…", key="image_url").strip()
-photo = other.camera_input("Photo") if other.toggle("Take a photo with the camera", key="camera_on") else None
+photo = None
+if other.toggle("Take a photo with the camera", key="camera_on"):
+    photo = other.camera_input("Photo", key=app_uploads.CAMERA_KEY)
+    if note := app_uploads.lost_photo_note():
+        other.warning(note)
 kept, left_out = app_uploads.keep_uploads(uploaded, returning, photo)
 if left_out:
     files.warning(app_uploads.left_out_note(left_out))

@@ -8,6 +8,7 @@ from typing import Any, Iterable
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
+from streamlit.runtime.uploaded_file_manager import DeletedFile
 
 from . import answers
 from .admin import client_address
@@ -19,6 +20,7 @@ from .memo import Memo
 
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 UPLOADER_KEY = "uploader"
+CAMERA_KEY = "camera"
 # The Inference page's other choices, by widget key, with their defaults: kept when the visitor opens another page
 # and comes back, as the uploads are (app_views.keep_choices).
 CHOICES = {"image_url": "", "camera_on": False, "examples": [], "gradcam": True}
@@ -69,6 +71,16 @@ def keep_uploads(files: list, returning: bool, photo: object | None = None) -> t
     state.kept_uploads, state.left_out_uploads, state.uploader_had_files = kept, left_out, bool(files)
     _keep_only_held_uploads([*held, *([photo] if photo else [])], listed)
     return kept, left_out
+
+
+def lost_photo_note() -> str | None:
+    """What to tell a visitor whose camera photo left the server while the camera still shows it (the upload cap
+    dropped it for files uploaded after it); None when there is nothing to tell."""
+    if not isinstance(st.session_state.get(CAMERA_KEY), DeletedFile):
+        return None
+    return (f"Your photo is no longer on the server: it keeps the newest {MAX_SESSION_UPLOAD_BYTES / 2**20:.0f} MB "
+            f"of a visitor's uploads, and the files uploaded after the photo took its room. Take it again to "
+            f"classify it.")
 
 
 def _first_that_fit(files: list) -> list:

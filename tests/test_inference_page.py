@@ -333,6 +333,25 @@ def test_files_the_upload_cap_dropped_as_they_arrived_are_named(monkeypatch: pyt
     assert not at.exception
 
 
+def test_a_camera_photo_the_server_dropped_is_named_not_silently_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A photo taken before a large upload is the session's oldest file, so the upload cap drops it first: the
+    camera then answers None as if no photo had been taken, and the photo vanished without a word."""
+    from streamlit.testing.v1 import local_script_runner
+
+    register = local_script_runner.LocalScriptRunner.register_file
+    monkeypatch.setattr(local_script_runner.LocalScriptRunner, "register_file", lambda runner, record: (
+        None if record.name == "camera.jpg" else register(runner, record)))  # as if the cap had dropped it
+    at = inference_page()
+    at.toggle[0].set_value(True).run()
+    assert not at.warning
+    at.camera_input[0].set_value(("camera.jpg", image_bytes(size=(200, 150), fmt="JPEG"), "image/jpeg")).run()
+    assert not at.exception
+    assert [w.value for w in at.warning] == [
+        "Your photo is no longer on the server: it keeps the newest 128 MB of a visitor's uploads, and the files "
+        "uploaded after the photo took its room. Take it again to classify it."]
+    assert not any(m.value.startswith("**camera.jpg**") for m in at.markdown)
+
+
 def test_the_app_caps_its_upload_store(monkeypatch: pytest.MonkeyPatch) -> None:
     capped = []
     monkeypatch.setattr(app_uploads, "cap_session_uploads", capped.append)
