@@ -12,6 +12,7 @@ import functools
 
 import altair as alt
 import pandas as pd
+import torch
 
 from .runs import MetricsRow
 from .evaluate import Evaluation
@@ -22,6 +23,16 @@ _TYPE_COLOURS = alt.Scale(domain=list(LAYER_TYPES), scheme="tableau10")
 FIT = "container"  # every chart's width: its container's
 # Room on the left for the rotated axis title, which Vega otherwise draws a few pixels outside the picture.
 PADDING = {"left": 8, "top": 5, "right": 5, "bottom": 5}
+# A confusion matrix beyond this many classes is unreadable (and its cells grow as their square): the most confused.
+CONFUSION_CLASSES = 30
+
+
+def _rows(frame: pd.DataFrame) -> dict:
+    """A frame as the chart's inline rows. Altair refuses frames of more than 5,000 rows when a chart is turned into
+    its spec (a guard for notebooks): a run's curves, an overlay of a dozen runs or a 71-class confusion matrix have
+    more, and every page that showed them failed. What is drawn is bounded where it is made (thinned curves,
+    CONFUSION_CLASSES)."""
+    return alt.to_values(frame)
 
 
 def alpha_sweep(sweep: pd.DataFrame, stats: ModelStats) -> list[alt.LayerChart]:
@@ -123,7 +134,7 @@ def per_class(result: Evaluation) -> alt.Chart:
     """Accuracy of the classes that had images: a class absent from the data has no accuracy, not 0%."""
     frame = pd.DataFrame([(c, acc) for c, acc in result.per_class.items() if acc is not None],
                          columns=["class", "accuracy"])
-    return alt.Chart(frame).mark_bar().encode(
+    return alt.Chart(_rows(frame)).mark_bar().encode(
         x=alt.X("class:N", sort=None, title=None),
         y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
         tooltip=["class:N", alt.Tooltip("accuracy:Q", format=".1%")],
@@ -131,10 +142,13 @@ def per_class(result: Evaluation) -> alt.Chart:
 
 
 def confusion(result: Evaluation) -> alt.LayerChart:
-    classes = list(result.classes)
-    frame = pd.DataFrame([{"truth": t, "prediction": p, "images": int(result.confusion[i, j])}
-                          for i, t in enumerate(classes) for j, p in enumerate(classes)])
-    base = alt.Chart(frame).encode(x=alt.X("prediction:N", sort=classes), y=alt.Y("truth:N", sort=classes))
+    """Counts of each true class (rows) against each prediction (columns); beyond CONFUSION_CLASSES classes, those
+    of the classes most often mistaken, for others or others for them."""
+    shown = sorted(_most_confused(result.confusion, CONFUSION_CLASSES))
+    classes = [result.classes[i] for i in shown]
+    frame = pd.DataFrame([{"truth": result.classes[i], "prediction": result.classes[j],
+                           "images": int(result.confusion[i, j])} for i in shown for j in shown])
+    base = alt.Chart(_rows(frame)).encode(x=alt.X("prediction:N", sort=classes), y=alt.Y("truth:N", sort=classes))
     cells = base.mark_rect().encode(color=alt.Color("images:Q", scale=alt.Scale(scheme="blues")),
                                     tooltip=["truth:N", "prediction:N", "images:Q"])
     # Write the counts in white on dark cells, black on light ones.
@@ -143,8 +157,16 @@ def confusion(result: Evaluation) -> alt.LayerChart:
         text="images:Q",
         color=alt.condition(alt.datum.images > threshold, alt.value("white"), alt.value("black")),
     )
-    return (cells + labels).properties(title=["confusion matrix", "rows: truth, columns: prediction"], height=400,
+    title = ("confusion matrix" if len(shown) == len(result.classes) else
+             f"confusion matrix of the {len(shown)} most confused of {len(result.classes)} classes")
+    return (cells + labels).properties(title=[title, "rows: truth, columns: prediction"], height=400,
                                        width=FIT, padding=PADDING)
+
+
+def _most_confused(confusion: torch.Tensor, n: int) -> list[int]:
+    """The indices of the n classes with the most mistakes, as the truth or as the prediction."""
+    mistakes = confusion.sum(0) + confusion.sum(1) - 2 * confusion.diag()
+    return sorted(range(len(mistakes)), key=lambda i: -int(mistakes[i]))[:n]
 
 
 CURVES = ("loss", "accuracy", "learning rate")
@@ -170,7 +192,7 @@ def _curves_frame(rows: list[MetricsRow], epochs: int) -> pd.DataFrame:
 
 def _curve(frame: pd.DataFrame, measure: str, x: alt.X, legend: alt.Legend) -> alt.LayerChart:
     """One measure: steps as thin lines, epochs as lines with points."""
-    part = alt.Chart(frame[frame["measure"] == measure]).encode(
+    part = alt.Chart(_rows(frame[frame["measure"] == measure])).encode(
         x=x,
         y=alt.Y("value:Q", title=measure, axis=alt.Axis(format="%" if measure == "accuracy" else "~g")),
         color=alt.Color("series:N", legend=legend),
@@ -207,7 +229,7 @@ def overlay(runs: dict[str, tuple[list[MetricsRow], int]]) -> list[alt.Chart]:
         frame = pd.DataFrame([{"run": run, "epoch": row.epochs_done(epochs), measure: getattr(row, name)}
                               for run, (rows, epochs) in runs.items() for row in rows
                               if (row.kind == "epoch") == per_epoch], columns=["run", "epoch", measure])
-        specs.append(alt.Chart(frame).mark_line(point=per_epoch).encode(
+        specs.append(alt.Chart(_rows(frame)).mark_line(point=per_epoch).encode(
             x=alt.X("epoch:Q", scale=alt.Scale(domainMin=0)),
             y=alt.Y(f"{measure}:Q", axis=alt.Axis(format="%" if per_epoch else "~g"), scale=alt.Scale(zero=False)),
             color=colours,

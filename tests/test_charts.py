@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mobilenet import charts
+from mobilenet.evaluate import Evaluation
 from mobilenet.runs import MetricsRow
 
 
@@ -76,3 +78,32 @@ def test_top_k_fills_its_values_into_one_spec_and_shares_nothing_between_answers
     assert second["data"] == {"values": [{"class": "ship", "probability": 0.6}]}
     assert second["encoding"]["x"]["scale"]["domain"] == [0, 1] and second["encoding"]["y"]["sort"] == "-x"
     assert "datasets" not in second and second["mark"]["type"] == "bar"
+
+
+def test_charts_of_more_than_five_thousand_rows_are_drawn() -> None:
+    """Altair refuses to turn a frame of more than 5,000 rows into a spec: 13 overlaid runs of 400 step rows, or a
+    run's long curves, failed the Runs and Training pages for every visitor."""
+    long_run = [MetricsRow("step", 1 + step // 100, step, 2.0, 0.5, 0.1, 100.0, float(step), 0.0)
+                for step in range(1, 401)]
+    overlaid = charts.overlay({f"run{i:02d}": (long_run, 4) for i in range(13)})
+    assert len(data(overlaid[1].to_dict())) == 13 * 400
+    curves = charts.run_curves(long_run * 5, 20)
+    assert len(data(curves[0].to_dict())) == 5 * 400
+
+
+def test_a_confusion_matrix_of_many_classes_shows_the_most_confused() -> None:
+    k = 100
+    confusion = torch.eye(k, dtype=torch.long) * 10
+    for i in range(40):  # class i taken for the next i times: 2i - 1 mistakes for 1-39 (with those received), 39 for 40
+        confusion[i, i + 1] = i
+    classes = tuple(f"class{i:03d}" for i in range(k))
+    result = Evaluation(classes, confusion, torch.empty(0, k), torch.empty(0, dtype=torch.long))
+    spec = charts.confusion(result).to_dict()
+    assert spec["title"] == ["confusion matrix of the 30 most confused of 100 classes", "rows: truth, columns: "
+                                                                                        "prediction"]
+    cells = data(spec)
+    assert len(cells) == 30 * 30
+    assert [c["truth"] for c in cells[::30]] == [f"class{i:03d}" for i in range(11, 41)]  # in class order
+    assert len(data(charts.per_class(result).to_dict())) == k
+    few = charts.confusion(Evaluation(classes[:3], confusion[:3, :3], result.probs, result.labels)).to_dict()
+    assert few["title"][0] == "confusion matrix" and len(data(few)) == 9

@@ -189,6 +189,19 @@ def test_malformed_run_files_never_break_the_page(places: Path) -> None:
     assert not [b for b in at.get("download_button")]  # the newest run has no best.pt to offer
 
 
+def test_a_run_on_a_hundred_classes_is_shown_and_can_be_deleted(places: Path) -> None:
+    """Its 10,000-cell confusion matrix was refused by Altair (over 5,000 rows): the page failed for every visitor
+    while it was the newest run, before drawing its Delete button."""
+    folder = finished_run(places / "runs", "hundred", updated=1000.0)
+    classes = [f"class{i:03d}" for i in range(100)]
+    folder.report.write_text(json.dumps({"status": "finished", "accuracy": 0.5, "n": 1000, "classes": classes,
+                                         "per_class": {c: 0.5 for c in classes},
+                                         "confusion": [[10 * (i == j) for j in range(100)] for i in range(100)]}))
+    at = open_page()
+    assert len(at.get("vega_lite_chart")) >= 2  # per-class accuracy and confusion matrix
+    button(at, "Delete")
+
+
 def test_only_a_checkpoint_that_loads_is_offered_for_download(places: Path) -> None:
     folder = finished_run(places / "runs", "good", updated=time.time())
     at = open_page()
