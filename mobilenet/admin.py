@@ -51,17 +51,27 @@ def admin_password() -> str | None:
     """The configured admin password (environment first, then the Streamlit secret), or None for local use."""
     if os.environ.get(ADMIN_ENV):
         return os.environ[ADMIN_ENV]
+    secret = _secret()
+    return secret if isinstance(secret, str) and secret else None
+
+
+def _secret() -> object:
     try:
-        return st.secrets.get("admin_password") or None
+        return st.secrets.get("admin_password")
     except FileNotFoundError:  # no secrets file at all
         return None
 
 
 def training_refused() -> str | None:
-    """Why this visitor may not start or stop training: no password, and either the server is reachable beyond
-    loopback or the visitor is not on the server's machine (a reverse proxy on loopback forwards strangers)."""
+    """Why this visitor may not start or stop training: a password that is not text, or no password and either the
+    server is reachable beyond loopback or the visitor is not on the server's machine (a reverse proxy on loopback
+    forwards strangers)."""
     if admin_password() is not None:
         return None
+    if _secret() not in (None, ""):  # admin_password = 1234 in secrets.toml: a number, which no typed text equals
+        _warn_secret_not_text()
+        return ("Training is switched off: the admin password in the server's secrets file is not text. The host "
+                "writes it in quotes (admin_password = \"…\") to switch it on.")
     if str(st.get_option("server.address") or "") not in LOOPBACK:
         _warn_open_server()
         return (f"Training is switched off: this server is reachable from other machines and has no admin password. "
@@ -82,6 +92,11 @@ def may_train() -> bool:
 @functools.cache
 def _warn_open_server() -> None:
     log.warning("training is off: the server listens beyond loopback and %s is not set", ADMIN_ENV)
+
+
+@functools.cache
+def _warn_secret_not_text() -> None:
+    log.error("training is off: admin_password in the secrets file is not text (write it in quotes)")
 
 
 @functools.cache

@@ -212,6 +212,23 @@ def test_only_a_checkpoint_that_loads_is_offered_for_download(places: Path) -> N
     assert [m.value for m in at.markdown if "validation accuracy" in m.value]  # the report is still shown
 
 
+def test_an_admin_password_written_as_a_number_switches_training_off_in_words(places: Path) -> None:
+    """admin_password = 1234 in secrets.toml is a TOML number: every sign-in failed with an AttributeError."""
+    app_runs._runs_snapshot.clear()
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.secrets["admin_password"] = 1234
+    at.run()
+    assert not at.exception
+    assert at.warning[0].value == ("Training is switched off: the admin password in the server's secrets file is not "
+                                   "text. The host writes it in quotes (admin_password = \"…\") to switch it on.")
+    assert button(at, "Start").disabled
+    assert not [t for t in at.text_input if t.label == "Admin password"]
+    at.secrets["admin_password"] = "1234"
+    at.run()
+    at.text_input[0].input("1234").run()
+    assert not at.exception and not button(at, "Start").disabled
+
+
 def test_no_password_beyond_loopback_switches_training_off(places: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     address = st_config.get_option("server.address")
     st_config.set_option("server.address", "0.0.0.0")
