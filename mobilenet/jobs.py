@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,9 @@ from .settings import job_nice, job_threads, runs_dir
 
 log = logging.getLogger(__name__)
 NOT_SAVED = "it ended before its first epoch was saved; start it again"
+# A run being deleted is first renamed to this, so that one that cannot be removed whole (a file another process
+# holds, a disk error) leaves no half run in the list, only leftovers the next delete tries again.
+DELETING = ".deleting-"
 
 
 class JobError(RuntimeError):
@@ -213,12 +217,20 @@ class JobManager:
         if fd is None:
             raise JobError(f"{folder.name} is being trained by another process")
         try:
-            shutil.rmtree(path)
+            path.rename(path.with_name(f"{DELETING}{path.name}-{secrets.token_hex(4)}"))
         except OSError as e:
             log.error("cannot delete the run %s: %s", path, e)
             raise JobError(f"{folder.name} could not be deleted; see the server log") from None
         finally:
             os.close(fd)
+        self._remove_deleted()
+
+    def _remove_deleted(self) -> None:
+        for leftover in self.runs_dir.glob(f"{DELETING}*"):
+            try:
+                shutil.rmtree(leftover)
+            except OSError as e:
+                log.error("a deleted run's files could not all be removed (%s); the next delete tries again", e)
 
     # -- runs --------------------------------------------------------------------------------------
 
@@ -253,7 +265,7 @@ class JobManager:
         runs, skipped = [], []
         for path in entries:
             try:
-                if not (path.is_dir() and RunFolder(path).config.exists()):
+                if path.name.startswith(DELETING) or not (path.is_dir() and RunFolder(path).config.exists()):
                     continue
             except OSError:  # a folder this server may not read (lost+found on a disk of its own): no run of ours
                 continue

@@ -17,6 +17,7 @@ from torchvision.datasets import CIFAR10
 
 from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import DataError
+from mobilenet import jobs
 from mobilenet.jobs import NOT_SAVED, JobError, JobManager
 from mobilenet.locks import try_lock
 from mobilenet.runs import RunFolder, RunState, read_metrics
@@ -196,6 +197,38 @@ def test_delete_removes_a_run_and_its_checkpoints(tmp_path: Path) -> None:
     manager.delete(run)
     assert not run.exists() and kept.exists()
     assert [r.name for r in manager.runs()] == ["kept"]
+
+
+def test_a_delete_that_fails_part_way_leaves_no_half_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that cannot be removed (another process's, a disk error) stopped the removal after config.json had gone:
+    the run vanished from every list while the page said it was not deleted, its checkpoint out of the app's reach."""
+    runs = tmp_path / "runs"
+    manager = JobManager(runs)
+    run, kept = a_run(runs, "done"), a_run(runs, "kept")
+    remove = shutil.rmtree
+
+    def stuck(path: Path) -> None:
+        (Path(path) / "config.json").unlink()
+        raise PermissionError(1, "Operation not permitted", str(Path(path) / "best.pt"))
+
+    monkeypatch.setattr(shutil, "rmtree", stuck)
+    manager.delete(run)  # gone for the app: the leftovers are the host's, in the server log
+    assert not run.exists() and [r.name for r in manager.runs()] == ["kept"] and manager.scan()[1] == []
+    leftovers = list(runs.glob(f"{jobs.DELETING}done-*"))
+    assert len(leftovers) == 1 and (leftovers[0] / "best.pt").exists()
+    monkeypatch.setattr(shutil, "rmtree", remove)
+    manager.delete(kept)  # the next delete removes them
+    assert sorted(p.name for p in runs.iterdir() if not p.name.startswith(".job")) == []
+
+
+def test_a_run_that_cannot_be_moved_aside_is_not_deleted_at_all(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = tmp_path / "runs"
+    run = a_run(runs, "done")
+    monkeypatch.setattr(Path, "rename", lambda self, target: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(JobError, match="done could not be deleted; see the server log"):
+        JobManager(runs).delete(run)
+    assert (run / "config.json").exists() and [r.name for r in JobManager(runs).runs()] == ["done"]
 
 
 def test_delete_refuses_anything_but_a_run_in_the_runs_folder(tmp_path: Path) -> None:
