@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, Iterator
 from .config import TrainConfig
 from .locks import is_locked, keep_from_children, release_kept, try_lock
 from .memo import Memo
-from .values import is_finite, is_int
+from .values import is_finite, is_int, is_number
 
 LAST_EPOCH = "last_epoch"  # report.json: the last epoch's validation, whichever epoch was best
 
@@ -134,12 +134,11 @@ class RunStatus:
         if not isinstance(values, dict):
             raise ValueError("not a status object")
         state = RunState(values.get("state"))
-        number = (int, float)
         pid, updated = values.get("pid"), values.get("updated", 0.0)
         epoch, epochs, error = values.get("epoch", 0), values.get("epochs", 0), values.get("error")
-        if not (pid is None or isinstance(pid, int)) or not isinstance(updated, number) \
-                or not isinstance(epoch, int) or not isinstance(epochs, int) \
-                or not (error is None or isinstance(error, str)):
+        counts = (epoch, epochs)  # true or -2 read "epoch True/True", "5/-2"
+        if not (pid is None or is_int(pid)) or not is_number(updated) \
+                or not all(is_int(n) and n >= 0 for n in counts) or not (error is None or isinstance(error, str)):
             raise ValueError("malformed status")
         try:
             return cls(state, pid, float(updated), epoch, epochs, error)

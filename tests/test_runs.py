@@ -300,3 +300,14 @@ def test_two_writers_of_one_json_file_at_once_leave_it_whole(tmp_path: Path) -> 
         writer.join()
     assert errors == [] and json.loads(target.read_text())["i"] == 299
     assert [p.name for p in folder.path.iterdir()] == [".job.json"]
+
+
+def test_a_status_counts_epochs_in_whole_numbers_from_zero(tmp_path: Path) -> None:
+    """A hand-edited or damaged status.json read "epoch True/True" or "epoch 5/-2" on the pages."""
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    for counts in ({"epoch": True, "epochs": True}, {"epoch": 5, "epochs": -2}, {"epoch": 1.5, "epochs": 3}):
+        folder.status.write_text(json.dumps({"state": "stopped", "updated": 1.0} | counts))
+        assert folder.read_status() is None, counts
+    folder.status.write_text(json.dumps({"state": "stopped", "updated": 1.0, "epoch": 0, "epochs": 3}))
+    assert (folder.read_status().epoch, folder.read_status().epochs) == (0, 3)
