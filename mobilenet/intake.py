@@ -184,7 +184,7 @@ def decode(source: ImageSource, draft_side: int | None = None, limits: Limits = 
     try:
         if isinstance(data, Image.Image):
             _check_size(data.size, limits)
-            if data.mode == "RGB" and data.getexif().get(ORIENTATION, 1) == 1:
+            if data.mode == "RGB" and "transparency" not in data.info and data.getexif().get(ORIENTATION, 1) == 1:
                 return data  # already upright RGB (one decode made it): a full-size copy would only cost memory
             with _turn(data.size):
                 return _to_rgb(ImageOps.exif_transpose(data))  # a copy: the caller's image is left as it was

@@ -243,6 +243,17 @@ def test_every_kind_of_source_gives_the_same_input(tmp_path: Path) -> None:
         assert load_model_input(source, 32).equal(expected)
 
 
+def test_an_rgb_image_with_a_transparency_key_gives_the_same_input_as_an_image_or_as_bytes() -> None:
+    """An RGB PNG's keyed colour opens as plain RGB with the key in its info: given as a PIL image it was taken as
+    it was (transparent pixels black), given as bytes they went to white."""
+    keyed = solid((0, 0, 0), (16, 16))
+    keyed.paste(RED, (4, 4, 12, 12))
+    data = encode(keyed, "PNG", transparency=(0, 0, 0))
+    expected = load_model_input(data, 16)
+    assert expected[:, 0, 0].tolist() == [255, 255, 255] and expected[:, 8, 8].tolist() == list(RED)
+    assert load_model_input(Image.open(io.BytesIO(data)), 16).equal(expected)
+
+
 def test_a_pil_image_is_not_modified() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
