@@ -257,5 +257,6 @@ def latency_caption(timed: pd.DataFrame) -> str:
     engines = "; ".join(f"{', '.join(names)} on {engine}" for engine, names in by_engine.items())
     return (f"Timed here on {', '.join(dict.fromkeys(timed['device']))}: one image per call as each model answers "
             f"on the engine the sidebar chose (its test-time augmentation included, decoding aside): {engines}. "
-            f"Accuracy is each card's fp32 validation accuracy; an int8 model is shipped only within "
+            f"Accuracy is each card's fp32 validation accuracy (its validating twin's for a model trained on all "
+            f"the images); an int8 model is shipped only within "
             f"{MAX_INT8_LOSS * 100:.1f} points of it.")

@@ -200,8 +200,9 @@ def test_the_latency_caption_names_each_engine_once() -> None:
                           "engine": ["ONNX Runtime, int8", "PyTorch, fp32", "ONNX Runtime, int8"]})
     caption = explore.latency_caption(timed)
     assert ": a, c on ONNX Runtime, int8; b on PyTorch, fp32. " in caption
-    assert caption.endswith("Accuracy is each card's fp32 validation accuracy; an int8 model is shipped only within "
-                            "0.5 points of it.")  # the int8 rows are timed in int8, not measured in it
+    # the int8 rows are timed in int8, not measured in it
+    assert caption.endswith("Accuracy is each card's fp32 validation accuracy (its validating twin's for a model "
+                            "trained on all the images); an int8 model is shipped only within 0.5 points of it.")
     assert explore.latency_caption(timed).startswith("Timed here on CPU, 1 thread: ")
 
 
