@@ -45,10 +45,11 @@ def link_problems(params: Mapping[str, list[str]]) -> list[str]:
     """What a shared link asks of the explorer that it cannot show, said for people: the sliders silently fall
     back to their defaults on such values, so this is read before they are drawn. `params`: each key's values in
     the link's order (a key given twice reaches a slider as a range, which it drops too; the stem takes the last).
-    Empty values count for nothing, as the widgets drop them."""
+    Empty values count for nothing, as the sliders drop them; the stem's radio takes its last value even when empty,
+    and shows its default for it."""
+    stem = (params.get("stem") or [STEMS[0]])[-1] or STEMS[0]
     params = {key: [value for value in values if value] for key, values in params.items()}
     problems = []
-    stem = (params.get("stem") or [STEMS[0]])[-1]
     if stem not in STEMS:
         problems.append(f"The link's stem {quoted(stem)} is not one of {', '.join(STEMS)}: showing {STEMS[0]}.")
         stem = STEMS[0]

@@ -229,7 +229,10 @@ def test_link_problems_name_what_the_widgets_would_drop() -> None:
     assert explore.link_problems({"alpha": ["0.5", "0.75"], "stem": ["imagenet"], "resolution": ["128", "160"]}) == [
         "The link gives α more than once (`0.5`, `0.75`): showing α = 1.",
         "The link gives resolution more than once (`128`, `160`): showing 224."]
-    assert explore.link_problems({"alpha": ["", "0.5"], "stem": ["imagenet", ""], "resolution": ["", "128"]}) == []
+    assert explore.link_problems({"alpha": ["", "0.5"], "stem": ["", "imagenet"], "resolution": ["", "128"]}) == []
+    # the stem's radio takes its last value, empty: cifar, where 128 is not offered
+    assert explore.link_problems({"stem": ["imagenet", ""], "resolution": ["128"]}) == [
+        "The link's resolution `128` is not offered for the cifar stem (8 to 64 in steps of 4): showing 32."]
 
 
 def test_the_counts_kept_stay_bounded_whatever_links_ask(monkeypatch: pytest.MonkeyPatch) -> None:
