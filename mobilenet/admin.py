@@ -159,28 +159,43 @@ class GuessGate:
             self._allowance = min(self._burst, self._allowance + (now - self._refilled) * self._rate)
             self._refilled = now
             self._forget_quiet(now)
-            record = self._clients.get(client)
-            if record is not None and now < record.until:
-                return Verdict(False, checked=False, wait_s=record.until - now)
+            ranges = _ranges(client)
+            until = max((self._clients[r].until for r in ranges if r in self._clients), default=0.0)
+            if now < until:
+                return Verdict(False, checked=False, wait_s=until - now)
             if self._allowance < 1 and client != LOOPBACK_CLIENT:  # the host's own way in while strangers keep it empty
                 return Verdict(False, checked=False, wait_s=(1 - self._allowance) / self._rate, server_wide=True)
             if _same(given, expected):
-                self._clients.pop(client, None)
+                for r in ranges:
+                    self._clients.pop(r, None)
                 log.info("admin signed in from %s", client)
                 return Verdict(True)
-            record = self._clients.setdefault(client, _Client())
-            record.wrong += 1
-            delay = min(MAX_GUESS_DELAY_S, GUESS_DELAY_S * 2 ** (record.wrong - 1))
-            record.until = now + delay
+            delays = []
+            for r in ranges:
+                record = self._clients.setdefault(r, _Client())
+                record.wrong += 1
+                delays.append(min(MAX_GUESS_DELAY_S, GUESS_DELAY_S * 2 ** (record.wrong - 1)))
+                record.until = now + delays[-1]
             self._allowance -= 1
             log.warning("wrong admin password from %s (%d wrong in a row from it; its next guess in %.0f s)",
-                        client, record.wrong, delay)
-            return Verdict(False, wait_s=delay)
+                        client, self._clients[client].wrong, max(delays))
+            return Verdict(False, wait_s=max(delays))
 
     def _forget_quiet(self, now: float) -> None:
         quiet = [c for c, r in self._clients.items() if now > r.until + FORGET_S]
         for client in quiet:
             del self._clients[client]
+
+
+def _ranges(client: str) -> list[str]:
+    """A client and, for an IPv6 /64, the /56 and /48 around it: one subscriber often holds a /56 or a /48 (256 or
+    65,536 /64s), from each of which a first guess would otherwise be checked at once, keeping the server-wide
+    allowance empty. A wrong guess locks all three out; the strictest lockout decides."""
+    try:
+        network = ipaddress.IPv6Network(client)
+    except ValueError:  # an IPv4 address, or the loopback client
+        return [client]
+    return [client, *(str(network.supernet(new_prefix=prefix)) for prefix in (56, 48))]
 
 
 def client_of(peer: str | None, forwarded: str | None) -> str:

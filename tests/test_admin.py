@@ -69,6 +69,22 @@ def test_an_ipv6_guesser_on_new_addresses_of_its_64_never_slows_the_admin() -> N
     assert gate.check(client_of(None, "198.51.100.1"), PASSWORD, PASSWORD).accepted
 
 
+def test_an_ipv6_subscriber_rotating_through_its_56_or_48_is_locked_out_as_one() -> None:
+    """A /56 holds 256 /64s, a /48 65,536: each new /64 got its first guess checked, so one home connection kept the
+    server-wide allowance empty and locked the admin out everywhere."""
+    clock = FakeClock()
+    gate = GuessGate(clock)
+    checked = 0
+    for i in range(400):  # 40 s of guesses, each from another /64 of one /48, the first 256 in one /56
+        checked += gate.check(client_of(None, f"2001:db8:5:{i:x}::1"), "guess", PASSWORD).checked
+        clock.advance(0.1)
+    assert checked == 6  # 1 + 2 + 4 + 8 + 16 s of lockouts, then 32 s: as from one address
+    refused = gate.check(client_of(None, "2001:db8:5:ff00::1"), "guess", PASSWORD)
+    assert not refused.checked and refused.message().startswith("Too many wrong guesses from your address")
+    assert gate.check(client_of(None, "2001:db9::1"), PASSWORD, PASSWORD).accepted  # the admin, another network
+    assert gate.check(client_of(None, "198.51.100.1"), PASSWORD, PASSWORD).accepted
+
+
 def test_many_addresses_together_meet_a_server_wide_ceiling() -> None:
     clock = FakeClock()
     gate = GuessGate(clock, burst=5, rate=0.5)
@@ -83,11 +99,11 @@ def test_many_addresses_together_meet_a_server_wide_ceiling() -> None:
 
 
 def test_strangers_keeping_the_ceiling_reached_never_lock_out_the_host_on_the_machine_itself() -> None:
-    """Forty /64s of one /56, each guessing whenever its own lockout allows, keep the server-wide ceiling reached
+    """Forty networks (/48s), each guessing whenever its own lockout allows, keep the server-wide ceiling reached
     for good: the host, signing in over a tunnel to the app's port, still gets in."""
     clock = FakeClock()
     gate = GuessGate(clock)
-    strangers = [client_of(None, f"2001:db8:0:{i:x}::1") for i in range(40)]
+    strangers = [client_of(None, f"2001:db8:{i:x}::1") for i in range(40)]
     host_in = stranger_in = 0
     for second in range(600):
         for stranger in strangers:
