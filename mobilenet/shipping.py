@@ -240,7 +240,13 @@ def int8_cell(model: OnnxModel | None) -> str:
     q = model.quantization
     if q.held_out:
         return f"{q.int8_accuracy:.2%}"
-    return f"{-q.loss * 100:+.2f} points against fp32 on training images"
+    return f"{_points(q.loss)} points against fp32 on training images"
+
+
+def _points(loss: float) -> str:
+    """int8's change against fp32, signed, in points: none reads 0.00 (not -0.00)."""
+    change = round(-loss * 100, 2)
+    return f"{change:+.2f}" if change else "0.00"
 
 
 def int8_model(path: Path, payload: dict) -> OnnxModel | None:
@@ -262,7 +268,7 @@ def int8_markdown(model: OnnxModel) -> str:
         calibrated = "none of those measured on"
     return (f"| int8 model | `{model.path.name}` ({len(model.model) / 1e6:.1f} MB, ONNX Runtime): "
             f"{q.int8_accuracy:.2%} {measured}, against {q.fp32_accuracy:.2%} "
-            f"for the same graph in fp32 ({-q.loss * 100:+.2f} points); {q.method}; calibrated on "
+            f"for the same graph in fp32 ({_points(q.loss)} points); {q.method}; calibrated on "
             f"{q.calibration_images} training images (seed {q.calibration_seed}), {calibrated} |")
 
 

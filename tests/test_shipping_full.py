@@ -8,6 +8,7 @@ import re
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -170,10 +171,12 @@ def test_a_full_data_models_int8_model_is_measured_on_its_training_images(runs: 
     shipping.export(runs.full, path, validated_by=runs.twin)
     assert main(["export-onnx", str(path), "--data", str(runs.data), "--data-root", str(runs.root)]) == 0
     assert f"on {VAL_SIZE} training images" in capsys.readouterr().out
-    q = shipping.int8_model(path, checkpoint.read(path)).quantization
+    int8 = shipping.int8_model(path, checkpoint.read(path))
+    q = int8.quantization
     assert q.measured_on == TRAINING and not q.held_out and q.images == VAL_SIZE and q.loss <= MAX_INT8_LOSS
     readme = (shipped / "README.md").read_text()
-    assert f"{-q.loss * 100:+.2f} points against fp32 on training images |" in readme
+    assert f"| {shipping.int8_cell(int8)} |" in readme and shipping.int8_cell(int8).endswith(
+        " points against fp32 on training images")
     assert (f"{q.int8_accuracy:.2%} accuracy on {VAL_SIZE} training images of this model (a seeded sample: it held "
             f"none out, so this measures the rounding, not new images)") in readme
     assert "none of those measured on |" in readme
@@ -204,3 +207,10 @@ def test_a_full_data_model_is_calibrated_on_its_twins_answers(runs: Runs, tmp_pa
 
 def test_a_threshold_keeps_its_share_of_held_out_images() -> None:
     assert ood.calibrate(torch.linspace(0, 1, 101)) == pytest.approx(1 - ood.KEEP)
+
+
+@pytest.mark.parametrize("loss, said", [(0.0, "0.00"), (0.0002, "-0.02"), (-0.0012, "+0.12"), (0.00001, "0.00")])
+def test_int8s_change_against_fp32_is_signed_and_none_is_plain(loss: float, said: str) -> None:
+    """An int8 model as good as its fp32 graph read "-0.00 points" on its card (α=0.75, session 17)."""
+    int8 = SimpleNamespace(quantization=SimpleNamespace(held_out=False, loss=loss))
+    assert shipping.int8_cell(int8) == f"{said} points against fp32 on training images"
