@@ -19,8 +19,8 @@ from PIL import Image
 from . import ood
 from .data import IMAGE_SUFFIXES
 from .infer import Classifier, Prediction
-from .intake import ImageError, decode, decodes_smaller
-from .visual import enlarge, heatmap_overlay
+from .intake import ImageError, decode, decodes_smaller, fit_square
+from .visual import OVERLAY_SIDE, enlarge, heatmap_overlay
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 MAX_IMAGES = 16  # per request: more are dropped with a warning
@@ -37,6 +37,9 @@ class Upload:
 class Result:
     upload: Upload
     photo: Image.Image  # the decoded photo at display size
+    # The centre square the network saw, for class maps: cut from the full photo, not from the display copy (a
+    # 4000×300 panorama's is 29 pixels a side).
+    square: Image.Image
     prediction: Prediction
     foreign: bool | None  # below the model's out-of-distribution threshold; None: the model has no threshold
 
@@ -121,7 +124,7 @@ def classify(clf: Classifier, uploads: list[Upload], topk: int = 5, threshold: f
             results.append(Failure(upload.name, str(e)))
             continue
         foreign = None if threshold is None else ood.looks_foreign(prediction.prob, threshold)
-        results.append(Result(upload, _display_copy(photo), prediction, foreign))
+        results.append(Result(upload, _display_copy(photo), fit_square(photo, OVERLAY_SIDE), prediction, foreign))
     return results
 
 
@@ -139,7 +142,7 @@ def heatmap(clf: Classifier, result: Result, label: str, opacity: float) -> Imag
     keeps it: a rerun that changes only the opacity or another image reuses it.
     """
     cam = clf.class_map(clf.prepare(result.prediction.image), clf.classes.index(label))
-    return heatmap_overlay(result.photo, cam, opacity=opacity) if float(cam.max()) > 0 else None
+    return heatmap_overlay(result.square, cam, opacity=opacity) if float(cam.max()) > 0 else None
 
 
 def predictions_table(results: list[Result | Failure]) -> pd.DataFrame:

@@ -37,7 +37,11 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return _LEVELS[(np.clip(values, 0, 1) * 255).round().astype(np.uint8)]
 
 
-def heatmap_overlay(photo: Image.Image, cam: torch.Tensor, side: int = 256, opacity: float = 0.5) -> Image.Image:
+OVERLAY_SIDE = 256  # a class map's overlay, in pixels a side
+
+
+def heatmap_overlay(photo: Image.Image, cam: torch.Tensor, side: int = OVERLAY_SIDE, opacity: float = 0.5
+                    ) -> Image.Image:
     """A class activation map (R×R, 0..1) over the photo's centre square, the part the network saw.
 
     The colours cover the photo in proportion to the map, up to `opacity` where it peaks: where the map is

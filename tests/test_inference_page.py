@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -188,6 +189,23 @@ def test_one_upload_is_decoded_once_and_answers_as_the_command_line(model: Path,
     assert result.prediction.image.tobytes() == expected.image.tobytes()
     photo = intake.decode(data, draft_side=answers.PHOTO_SIDE)
     assert result.photo.tobytes() == answers._display_copy(photo).tobytes() and result.photo.height == 384
+
+
+def test_a_panoramas_class_map_is_drawn_from_its_full_centre_square(model: Path) -> None:
+    """The overlay was cut from the display copy: a 4000×300 photo's is 384×29, so its map lay on 29 pixels blown up
+    to 256, coarser than the 300-pixel square the network saw."""
+    from mobilenet import Classifier
+
+    clf = Classifier.load(model, device="cpu", threads=None)
+    stripes = np.zeros((300, 4000, 3), np.uint8)
+    stripes[:, ::2] = 255  # one-pixel stripes: a blurry copy turns them grey
+    buffer = io.BytesIO()
+    Image.fromarray(stripes).save(buffer, "PNG")
+    (result,) = answers.classify(clf, [answers.Upload("panorama.png", buffer.getvalue())])
+    assert result.photo.size == (384, 29) and result.square.size == (256, 256)
+    assert result.square.tobytes() == intake.fit_square(Image.fromarray(stripes), 256).tobytes()
+    clf.class_map = lambda image, class_index: torch.ones(8, 8)  # evidence everywhere, drawn without colour:
+    assert answers.heatmap(clf, result, "cat", 0.0).tobytes() == result.square.tobytes()  # the photo it lies on
 
 
 def test_the_map_of_what_the_network_saw_is_the_map_of_the_bytes(model: Path) -> None:
