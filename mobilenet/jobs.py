@@ -222,7 +222,7 @@ class JobManager:
             log.error("cannot delete the run %s: %s", path, e)
             raise JobError(f"{folder.name} could not be deleted; see the server log") from None
         finally:
-            os.close(fd)
+            release_kept(fd)
         self._remove_deleted()
 
     def _remove_deleted(self) -> None:

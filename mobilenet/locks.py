@@ -16,8 +16,9 @@ PROBE_WAIT_S = 0.1
 
 
 def try_lock(path: Path) -> int | None:
-    """An fd holding the exclusive lock on path (created if need be), or None when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """An fd holding the exclusive lock on path (created if need be), or None when another process holds it. The fd
+    is kept from forked children (keep_from_children): close it with release_kept."""
+    fd = _open_kept(path, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + PROBE_WAIT_S
     while True:
         try:
@@ -25,9 +26,17 @@ def try_lock(path: Path) -> int | None:
             return fd
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                os.close(fd)
+                release_kept(fd)
                 return None
             time.sleep(0.005)
+
+
+def _open_kept(path: Path, flags: int, mode: int = 0o644) -> int:
+    """A lock file opened for this process alone: a child forked while it is open (a page's decode workers) would
+    otherwise hold its lock, shared or exclusive, for as long as it lives."""
+    fd = os.open(path, flags | os.O_CLOEXEC, mode)
+    keep_from_children(fd)
+    return fd
 
 
 @contextmanager
@@ -36,7 +45,7 @@ def waiting_lock(path: Path) -> Iterator[bool]:
     the lock file cannot be opened, so that the caller goes on unlocked."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open_kept(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
         yield False
         return
@@ -44,13 +53,13 @@ def waiting_lock(path: Path) -> Iterator[bool]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield True
     finally:
-        os.close(fd)
+        release_kept(fd)
 
 
 def is_locked(path: Path) -> bool:
     """Whether a process holds the lock; a shared probe that needs no write access and creates nothing."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open_kept(path, os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -59,16 +68,19 @@ def is_locked(path: Path) -> bool:
     except BlockingIOError:
         return True
     finally:
-        os.close(fd)
+        release_kept(fd)
 
 
-_kept_from_children: set[int] = set()
+# The fds kept from children, with the file each was open on: a number closed without release_kept and reused for
+# another file is left alone in the child.
+_kept_from_children: dict[int, tuple[int, int]] = {}
 
 
 def _close_kept_fds() -> None:
-    for fd in _kept_from_children:
+    for fd, file in list(_kept_from_children.items()):
         try:
-            os.close(fd)
+            if _identity(fd) == file:
+                os.close(fd)
         except OSError:
             pass
     _kept_from_children.clear()
@@ -77,15 +89,20 @@ def _close_kept_fds() -> None:
 os.register_at_fork(after_in_child=_close_kept_fds)
 
 
+def _identity(fd: int) -> tuple[int, int]:
+    stat = os.fstat(fd)
+    return stat.st_dev, stat.st_ino
+
+
 def keep_from_children(fd: int) -> None:
     """No child ever holds fd (nor a lock on it): closed on exec, and at once in every forked child.
 
     Forked data-decode workers would otherwise keep a dead trainer's locks for as long as they live.
     """
     os.set_inheritable(fd, False)
-    _kept_from_children.add(fd)
+    _kept_from_children[fd] = _identity(fd)
 
 
 def release_kept(fd: int) -> None:
-    _kept_from_children.discard(fd)
+    _kept_from_children.pop(fd, None)
     os.close(fd)

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.error import URLError
 
@@ -423,3 +424,34 @@ def test_a_watchers_probe_at_that_instant_does_not_make_a_free_lock_look_held(tm
     assert fd is not None and is_locked(lock)
     os.close(fd)
     assert not is_locked(lock)
+
+
+def test_no_lock_is_held_by_a_child_forked_while_a_delete_or_a_sign_in_has_it(tmp_path: Path) -> None:
+    """A page's decode workers forked while a delete or a sign-in held a lock (or a page probed one) kept that lock
+    for as long as they lived: a run read as being written, a sign-in waited."""
+    import multiprocessing
+
+    from mobilenet import locks
+
+    def fork() -> None:
+        context = multiprocessing.get_context("fork")
+        running = context.Event()
+        child = context.Process(target=lambda: running.set() or time.sleep(30))
+        child.start()
+        children.append(child)
+        assert running.wait(timeout=10)  # past the fork's own clean-up, in its work
+
+    lock, children, held = tmp_path / ".writer.lock", [], []
+    try:
+        fd = locks.try_lock(lock)  # a delete's
+        fork()
+        locks.release_kept(fd)
+        held.append(locks.is_locked(lock))
+        with locks.waiting_lock(lock):  # a sign-in's
+            fork()
+        held.append(locks.is_locked(lock))
+    finally:
+        for child in children:
+            child.kill()
+            child.join()
+    assert held == [False, False]
