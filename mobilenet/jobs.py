@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig
-from .locks import is_locked, keep_from_children, release_kept, try_lock
+from .locks import is_locked, release_kept, try_lock
 from .runs import JOB_LOCK_FD_ENV, DiskFull, RunFolder, RunState, RunStatus, disk_full, run_name
 from .settings import job_nice, job_threads, runs_dir
 
@@ -125,13 +125,12 @@ class JobManager:
         if fd is None:
             job = self.active() or {}
             raise JobError(f"a training job is already running ({Path(str(job.get('run', '?'))).name}); stop it first")
-        keep_from_children(fd)  # a page's decode workers forked meanwhile would hold the slot after the job ended
         try:
             self._forget_last_job()  # until this job's record is written, it shows as starting
             process = self._spawn(folder, args, cfg, fd)
             self._record({"run": str(run.resolve()), "pid": process.pid, "started": time.time()})
         finally:
-            release_kept(fd)  # the job process keeps the lock until it ends
+            release_kept(fd)  # the job process keeps the lock until it ends; try_lock kept it from forked children
         return run
 
     def _forget_last_job(self) -> None:

@@ -181,7 +181,6 @@ class RunFolder:
         fd = try_lock(self.lock)
         if fd is None:
             raise RunBusy(f"{self.name} is being written by another live process")
-        keep_from_children(fd)
         inherited = os.environ.pop(JOB_LOCK_FD_ENV, "")
         if inherited.isdigit():
             try:
