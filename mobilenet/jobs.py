@@ -128,7 +128,9 @@ class JobManager:
         try:
             self._forget_last_job()  # until this job's record is written, it shows as starting
             process = self._spawn(folder, args, cfg, fd)
-            self._record({"run": str(run.resolve()), "pid": process.pid, "started": time.time()})
+            if not self._record({"run": str(run.resolve()), "pid": process.pid, "started": time.time()}):
+                self._abandon(process, folder, new=cfg is not None)
+                raise JobError("the runs folder cannot be written to; see the server log")
         finally:
             release_kept(fd)  # the job process keeps the lock until it ends; try_lock kept it from forked children
         return run
@@ -142,12 +144,26 @@ class JobManager:
             log.error("cannot remove the last job's record %s: %s", self.job_path, e)
             raise JobError("the runs folder cannot be written to; see the server log") from None
 
-    def _record(self, job: dict) -> None:
-        """Write the job's record; without it the job runs all the same, and the page shows it as starting."""
+    def _record(self, job: dict) -> bool:
+        """Write the job's record; False when it cannot be written."""
         try:
             RunFolder(job["run"]).write_json(self.job_path, job)
         except OSError as e:
             log.error("cannot record the job in %s: %s", self.job_path, e)
+            return False
+        return True
+
+    @staticmethod
+    def _abandon(process: subprocess.Popen, folder: RunFolder, new: bool) -> None:
+        """End a job whose record could not be written: every page would show it as starting, with no Stop, for
+        its whole life. A new run goes with it unless it has saved something; a resumed one keeps its state."""
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # the job leads its own process group: its workers too
+        except ProcessLookupError:
+            pass
+        process.wait()
+        if new and not folder.started:
+            shutil.rmtree(folder.path, ignore_errors=True)
 
     def _spawn(self, folder: RunFolder, args: list[str], cfg: TrainConfig | None, fd: int) -> subprocess.Popen:
         """The job's process, handed the slot lock; a new run that cannot be written leaves nothing behind."""

@@ -290,6 +290,39 @@ def test_a_starting_job_is_never_taken_for_the_last_one(tmp_path: Path, monkeypa
     assert json.loads((runs / ".job.json").read_text())["run"] == str((runs / "new").resolve())
 
 
+def test_a_job_whose_record_cannot_be_written_is_not_left_running(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without its record a job shows as "starting" with no Stop button for its whole life: it is ended at once."""
+    runs, started = tmp_path / "runs", []
+    manager = JobManager(runs)
+    write_json = RunFolder.write_json
+
+    def job_file_fails(self: RunFolder, path: Path, obj: object) -> None:
+        if path.name == ".job.json":
+            raise OSError(28, "No space left on device")
+        write_json(self, path, obj)
+
+    def spawn(folder: RunFolder, args: list, cfg: TrainConfig | None, fd: int) -> subprocess.Popen:
+        if cfg is not None:
+            folder.write_config(cfg)
+        started.append(subprocess.Popen(["sleep", "60"], pass_fds=(fd,), start_new_session=True))
+        return started[-1]
+
+    monkeypatch.setattr(RunFolder, "write_json", job_file_fails)
+    monkeypatch.setattr(manager, "_spawn", spawn)
+    with pytest.raises(JobError, match="cannot be written"):
+        manager.start(TrainConfig(data="cifar10", alpha=0.25, epochs=1), name="new")
+    assert started[0].poll() == -signal.SIGKILL
+    assert manager.active() is None and not (runs / "new").exists()
+    kept = a_run(runs, "kept")
+    (kept / "last.pt").write_bytes(b"state")
+    monkeypatch.setattr(RunFolder, "resumable", True)
+    with pytest.raises(JobError, match="cannot be written"):
+        manager.resume(kept)
+    assert started[1].poll() == -signal.SIGKILL and manager.active() is None
+    assert (kept / "last.pt").read_bytes() == b"state"
+
+
 def test_a_process_forked_while_a_job_starts_does_not_keep_its_slot(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Another visitor's evaluation forks its decode workers as the job starts: they must not inherit the slot's
