@@ -211,18 +211,20 @@ def load(card: ModelCard, source: EvalSource, root: Path | None = None, download
          limit: int | None = None) -> ImageSet:
     """The images of a source at the model's resolution, labelled in the model's class order.
 
-    With limit, a seeded class-balanced sample of that many images.
+    With limit, a seeded class-balanced sample of that many images: of a test split or a folder, only the sample is
+    decoded; the validation split is the one training decoded (and cached), where the whole source was needed to
+    find it.
     """
     root = settings.data_root() if root is None else root
     if source.split == VAL:
         split = card.data or TrainingData(source.source, None)
         full = data.load(source.source, "train", card.resolution, root=root, download=download)
         _, images = data.split_train_val(full, split.val_size, split.seed, split.subset)
+        if limit is not None and limit < len(images):
+            images = images.subset(data.balanced_sample(images.labels, limit))
     else:
-        images = data.load(source.source, source.split, card.resolution, root=root, download=download)
+        images = data.load(source.source, source.split, card.resolution, root=root, download=download, sample=limit)
     images = data.match_classes(images, card.classes)
     if not len(images):
         raise DataError(f"{source.label} holds no images to evaluate on")
-    if limit is not None and limit < len(images):
-        images = images.subset(data.stratified_split(images.labels, limit, seed=0)[1])
     return images

@@ -177,6 +177,21 @@ def test_the_held_out_split_is_the_one_training_kept_apart(tmp_path: Path) -> No
     assert sorted(sample.labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
+def test_a_sample_of_a_folder_decodes_only_its_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"1,000 (a class-balanced sample)" of a folder of large photos must not decode all of them first."""
+    folder = write_folder(tmp_path / "photos", per_class=20, splits=("test",))
+    card = save_model(tmp_path / "m.pt", classes=("cat", "dog", "ship"))
+    source = evalsets.EvalSource("photos", str(folder), "test")
+    everything = evalsets.load(card, source, tmp_path)
+    decoded, decode_all = [], data._decode_all
+    monkeypatch.setattr(data, "_decode_all", lambda blobs, *a: decoded.append(len(blobs)) or decode_all(blobs, *a))
+    sample = evalsets.load(card, source, tmp_path, limit=9)
+    assert decoded == [9] and sorted(sample.labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    chosen = data.balanced_sample(everything.labels, 9)
+    assert sample.images.equal(everything.images[chosen]) and sample.labels.equal(everything.labels[chosen])
+    assert evalsets.load(card, source, tmp_path, limit=9).images.equal(sample.images) and decoded == [9]  # cached
+
+
 def test_classes_are_matched_to_the_model_by_name(tmp_path: Path) -> None:
     folder = write_folder(tmp_path / "d", per_class=1, splits=("test",))  # cat, dog, ship
     card = save_model(tmp_path / "m.pt", classes=("ship", "cat", "dog", "bird"))
