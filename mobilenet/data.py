@@ -27,6 +27,7 @@ from PIL import Image
 from .checkpoint import atomic_torch_save
 from .settings import data_root
 from .intake import ImageError, fit_square, load_model_array, to_uint8_array
+from .memo import KeyLocks
 
 CACHE_VERSION = 2  # bump when decoding or resizing changes, so old caches are rebuilt
 CACHE_FOLDER = "cache"  # under the data root: decoded images, teachers' answers (mobilenet.distill)
@@ -397,7 +398,9 @@ def fingerprint(source: str, version: tuple | None = None, thorough: bool = Fals
     try:
         if version is None:
             version = files_version(path) if thorough and path.is_dir() else source_version(path)
-        return _fingerprint(path.resolve(), version)
+        path = path.resolve()
+        with _hashing(path):  # the first views after a start ask at once: one hash, the others find it cached
+            return _fingerprint(path, version)
     except OSError:
         return None
 
@@ -423,6 +426,9 @@ def source_version(path: Path) -> tuple:
     if not path.is_dir():
         return stat.st_size, stat.st_mtime_ns
     return tuple((folder, os.stat(folder).st_mtime_ns) for folder, _, _ in os.walk(path))
+
+
+_hashing = KeyLocks()
 
 
 # Room for every source of a large data root: the Evaluation page asks for each one's on every page run (by

@@ -36,3 +36,16 @@ class Memo(Generic[V]):
             self._entries[key] = time.monotonic(), value
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
+
+
+class KeyLocks:
+    """A lock per key, so that threads asking at once for one costly answer compute it once: the others wait, then
+    find it cached. Different keys do not wait for each other. Keys are never forgotten: use few (a data source)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, key: Hashable) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())

@@ -3,7 +3,10 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
+import time
+import types
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -220,6 +223,30 @@ def test_a_model_is_measured_on_its_held_out_split_or_else_on_a_sample_of_its_tr
     seen = {int(v) for v in measured.images[:, 0, 0, 0]}
     assert not held_out and len(measured) == 20  # at most a fifth, as any split
     assert seen.isdisjoint(int(v) for v in train.images[:, 0, 0, 0]) and len(train) + len(measured) == 100
+
+
+def test_visitors_asking_at_once_for_a_fingerprint_hash_the_source_once(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a restart every visitor's first page run asks for the same sources' fingerprints at once."""
+    source = tmp_path / "set.zip"
+    source.write_bytes(b"images")
+    hashes, sha256 = [], hashlib.sha256
+
+    def slow_sha256() -> object:  # a large source: long enough for all four to ask before the first is done
+        hashes.append(1)
+        time.sleep(0.5)
+        return sha256()
+
+    monkeypatch.setattr(data, "hashlib", types.SimpleNamespace(sha256=slow_sha256))
+    start = threading.Barrier(4)
+
+    def visitor(_: int) -> str | None:
+        start.wait()
+        return data.fingerprint(str(source))
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(visitor, range(4)))
+    assert len(set(answers)) == 1 and answers[0] and len(hashes) == 1
 
 
 def test_the_fingerprints_of_a_large_data_root_are_each_read_once(tmp_path: Path) -> None:
