@@ -179,11 +179,15 @@ def write(model: onnx.ModelProto, path: Path) -> None:
 def read(path: Path, card: ModelCard, weights_digest: str) -> OnnxModel:
     """The checked int8 file made by export-onnx from the checkpoint whose card and weights' digest are given
     (raises OnnxError)."""
-    if not path.is_file():
-        raise OnnxError(f"{path.name} does not exist")
-    if path.stat().st_size > MAX_BYTES:
-        raise OnnxError(f"{path.name} is refused: {path.stat().st_size / 1e6:.0f} MB, more than any model of ours")
-    blob = path.read_bytes()
+    try:
+        with open(path, "rb") as f:
+            blob = f.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise OnnxError(f"{path.name} does not exist") from None
+    except OSError as e:  # a file the server may not read, a folder of that name, a disk error
+        raise OnnxError(f"{path.name} cannot be read ({e.strerror or type(e).__name__})") from None
+    if len(blob) > MAX_BYTES:
+        raise OnnxError(f"{path.name} is refused: more than {MAX_BYTES / 1e6:.0f} MB, more than any model of ours")
     try:
         model = onnx.load_model_from_string(blob)
     except Exception:  # protobuf's DecodeError and friends: the bytes are not a model

@@ -160,6 +160,18 @@ def test_restamped_malformed_metadata_is_refused_in_words(shipped_copy: Path, fi
     assert "has incomplete or malformed metadata" in refusal(shipped_copy)
 
 
+def test_an_int8_file_that_cannot_be_read_is_refused_in_words(shipped_copy: Path) -> None:
+    """The sidebar reads it on every page: an OSError there (a file the server may not read) failed them all."""
+    model, card = checkpoint.load(shipped_copy)
+    int8_file(shipped_copy).unlink()
+    int8_file(shipped_copy).mkdir()  # as unreadable as a file of another user's, even to root
+    with pytest.raises(OnnxError, match="cannot be read"):
+        onnx_export.read(int8_file(shipped_copy), card, weights_digest(model.state_dict()))
+    int8_file(shipped_copy).rmdir()
+    with pytest.raises(OnnxError, match="does not exist"):
+        onnx_export.read(int8_file(shipped_copy), card, weights_digest(model.state_dict()))
+
+
 def test_foreign_files_are_refused(shipped_copy: Path) -> None:
     int8_file(shipped_copy).write_bytes(b"#!/bin/sh\necho not a model\n")
     assert "is not an ONNX model" in refusal(shipped_copy)
