@@ -606,7 +606,8 @@ class Training:
                 final = self.best_eval or evaluate(best_model.to(self.device), self.val_set, best_card.inference)
                 last = self.last_eval or _validate(self.shipped, self.val_set, self.recipe)
                 report |= final.to_dict() | {LAST_EPOCH: last.to_dict()}
-                training |= {"val_acc": final.accuracy, "per_class": final.per_class}
+                training |= {"val_acc": final.accuracy, "per_class": final.per_class,
+                             "epochs": best_card.training.get("epochs", self.state.epoch)}  # its weights' epoch
             self.folder.write_json(self.folder.report, report)
             checkpoint.save(self.folder.best, best_model, replace(best_card, training=training))
             self.save_last(RunState.FINISHED)

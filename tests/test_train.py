@@ -18,6 +18,7 @@ from mobilenet.data import DataError, ImageSet
 from mobilenet.__main__ import main as cli_main
 from mobilenet.runs import LAST_EPOCH, RunFolder, RunState, read_metrics
 from mobilenet.device import device_name
+from mobilenet.evaluate import Evaluation, score
 from mobilenet.shipping import card_markdown
 from mobilenet.train import augment, device_label, step_generator
 
@@ -89,6 +90,25 @@ def test_the_report_is_the_best_epochs_own_validation_not_a_second_pass(folder: 
     assert report["accuracy"] == max(row.val_acc for row in epoch_rows(tmp_path / "run"))
     stored = checkpoint.read(tmp_path / "run" / "best.pt")["card"]["training"]
     assert stored["val_acc"] == report["accuracy"] and sum(map(sum, report["confusion"])) == 24
+
+
+def test_the_best_models_card_gives_the_epoch_of_its_weights(folder: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A card (and the README's, once exported) said the run's length for an earlier epoch's weights."""
+    real, calls = train.evaluate, []
+
+    def second_epoch_worse(model: torch.nn.Module, data: ImageSet, inference) -> Evaluation:
+        calls.append(1)
+        if len(calls) == 2:  # every answer wrong
+            return score(torch.nn.functional.one_hot((data.labels + 1) % 3, 3).float(), data)
+        return real(model, data, inference)
+
+    monkeypatch.setattr(train, "evaluate", second_epoch_worse)
+    train.train(config(folder, tmp_path, epochs=2), tmp_path / "run")
+    first, second = epoch_rows(tmp_path / "run")
+    assert first.val_acc > second.val_acc
+    stored = checkpoint.read(tmp_path / "run" / "best.pt")["card"]["training"]
+    assert (stored["epochs"], stored["planned_epochs"], stored["val_acc"]) == (1, 2, first.val_acc)
 
 
 def test_without_validation_the_model_is_the_last_epochs(folder: Path, tmp_path: Path) -> None:
