@@ -280,7 +280,7 @@ def _cache_key(source: str, split: str, side: int, sample: int | None) -> str:
     identity = f"{CACHE_VERSION}|{path}|{stat.st_size}|{stat.st_mtime_ns}"
     if path.is_dir():  # a folder's own mtime misses edits inside its class folders
         identity += "".join(f"|{file}:{size}:{mtime}" for file, size, mtime in files_version(path))
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(os.fsencode(identity)).hexdigest()[:16]  # a name that is not UTF-8 as its bytes
     return f"{path.stem}-{split}-{side}-{digest}"
 
 
@@ -441,7 +441,7 @@ def _fingerprint(path: Path, version: tuple) -> str:  # version: part of the cac
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         if file != path:
-            h.update(file.relative_to(path).as_posix().encode())
+            h.update(os.fsencode(file.relative_to(path).as_posix()))
         with open(file, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
 import threading
 import time
 import types
@@ -260,3 +261,12 @@ def test_the_fingerprints_of_a_large_data_root_are_each_read_once(tmp_path: Path
     first = [data.fingerprint(source) for source in sources]
     assert [data.fingerprint(source) for source in sources] == first and len(set(first)) == 40
     assert data._fingerprint.cache_info().misses == 40
+
+
+def test_an_image_whose_name_is_not_utf8_is_loaded_and_fingerprinted(tmp_path: Path) -> None:
+    """A café.png copied from a Latin-1 system: its name's bytes are not UTF-8, and they used to stop loading with a
+    codec error."""
+    folder = write_folder(tmp_path / "images", per_class=4, splits=("train",))
+    os.rename(folder / "train" / "cat" / "0000.png", os.fsencode(folder / "train" / "cat") + b"/caf\xe9.png")
+    assert len(data.load(str(folder), "train", root=tmp_path / "root")) == 12
+    assert data.fingerprint(str(folder)) not in (None, data.fingerprint(str(write_folder(tmp_path / "other", 4))))
