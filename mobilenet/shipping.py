@@ -253,7 +253,11 @@ def int8_model(path: Path, payload: dict) -> OnnxModel | None:
     """The checked int8 model beside a checkpoint (payload: the checkpoint's, as read), if there is one."""
     if not int8_file(path).is_file():
         return None
-    from .onnx_export import read
+    try:
+        from .onnx_export import read
+    except ImportError:  # onnx and onnxruntime are optional
+        raise CheckpointError(f"{int8_file(path).name} is not checked here: the onnx package is not installed "
+                              f"(pip install onnx onnxruntime)") from None
 
     return read(int8_file(path), ModelCard.from_dict(payload["card"]), payload["digest"])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -301,6 +302,19 @@ def test_cards_go_into_any_readme_and_a_stray_file_is_left_out_in_words(tmp_path
     text = (shipped / "README.md").read_text()
     assert all(part in text for part in kept) and "### `mobilenet_v1_a0.25.pt`" in text
     assert text.count(shipping.CARDS_START) == 1 and text.count(shipping.CARDS_END) == 1
+
+
+def test_cards_are_written_on_an_install_without_onnx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnx is optional: an export on an install without it failed with a traceback, its new .pt already written."""
+    shipped = tmp_path / "checkpoints"
+    save_model(shipped / "mobilenet_v1_a0.25.pt")
+    (shipped / "mobilenet_v1_a0.25.int8.onnx").write_bytes(b"an int8 model beside it")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what an import of a package not installed meets
+    monkeypatch.delitem(sys.modules, "mobilenet.onnx_export", raising=False)
+    assert shipping.write_cards(shipped) == ["mobilenet_v1_a0.25.int8.onnx: mobilenet_v1_a0.25.int8.onnx is not "
+                                             "checked here: the onnx package is not installed (pip install onnx "
+                                             "onnxruntime)"]
+    assert "### `mobilenet_v1_a0.25.pt`" in (shipped / "README.md").read_text()
 
 
 def test_cards_list_a_run_model_copied_in_that_was_never_validated(tmp_path: Path) -> None:
