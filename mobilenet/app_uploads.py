@@ -168,7 +168,9 @@ def drop_files_no_widget_holds(manager: object, session_id: str, held: set[str],
 # The names of files the cap dropped as they arrived (file ids are unique across sessions): the page gets such a file
 # as a DeletedFile, which has no name, and names it among those left out.
 _dropped_on_arrival: Memo[str] = Memo(size=4096)
-_arriving: Memo[bool] = Memo(size=4096, max_age_s=UPLOAD_GRACE_S)  # the files that arrived lately, by id
+# The files that arrived lately, by id: room for the grace's worth of uploads at 50 a second (a 2-core server
+# answers 11-14; a few MB at most), so that a busy server's other uploads do not push one out before its time.
+_arriving: Memo[bool] = Memo(size=50 * UPLOAD_GRACE_S, max_age_s=UPLOAD_GRACE_S)
 
 
 def cap_session_uploads(manager: object) -> None:

@@ -310,6 +310,9 @@ def test_a_file_still_on_its_way_into_the_uploaders_value_is_kept_for_a_while(mo
     app_uploads.cap_session_uploads(manager)
     for file_id in ("shown", "left-out", "arriving"):
         manager.add_file("visitor", UploadedFileRec(file_id, f"{file_id}.png", "image/png", b"x" * 1000))
+    for i in range(14 * app_uploads.UPLOAD_GRACE_S):  # meanwhile, other visitors upload as fast as a server takes
+        manager.add_file(f"s{i % 50}", UploadedFileRec(f"f{i}", "x.png", "image/png", b"x"))
+        manager.remove_file(f"s{i % 50}", f"f{i}")
     # the value lists "left-out" (beyond the uploads kept): it goes at once; "arriving" it does not list yet
     assert app_uploads.drop_files_no_widget_holds(manager, "visitor", {"shown"}, ["shown", "left-out"]) == 1
     assert list(manager.file_storage["visitor"]) == ["shown", "arriving"]
