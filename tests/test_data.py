@@ -270,3 +270,14 @@ def test_an_image_whose_name_is_not_utf8_is_loaded_and_fingerprinted(tmp_path: P
     os.rename(folder / "train" / "cat" / "0000.png", os.fsencode(folder / "train" / "cat") + b"/caf\xe9.png")
     assert len(data.load(str(folder), "train", root=tmp_path / "root")) == 12
     assert data.fingerprint(str(folder)) not in (None, data.fingerprint(str(write_folder(tmp_path / "other", 4))))
+
+
+def test_a_folder_is_fingerprinted_by_its_images_only(tmp_path: Path) -> None:
+    """A README or .DS_Store beside the images made the model's own training data count as data it never saw."""
+    folder = write_folder(tmp_path / "images", per_class=4, splits=("",))
+    before = data.fingerprint(str(folder))
+    (folder / "README.txt").write_text("where the photos come from")
+    (folder / "cat" / ".DS_Store").write_bytes(b"\0")
+    assert data.fingerprint(str(folder)) == before
+    (folder / "cat" / "0000.png").rename(folder / "cat" / "renamed.png")
+    assert data.fingerprint(str(folder)) != before
