@@ -30,7 +30,7 @@ def link_note(key: str, what: str, names: list[str], default: str | None) -> str
     """A note when the page's link names a `what` (model, run) this server does not have: the page then shows
     `default`. Read before the selector is drawn, which drops such a value from the address."""
     asked = st.query_params.get(key)
-    if asked is None or asked in names:
+    if not asked or asked in names:  # ?model= with nothing after it names none, as the explorer reads its values
         return None
     instead = f"showing {default}" if default else f"there is no {what} here yet"
     return f"The link's {what} {quoted(asked)} is not on this server: {instead}."

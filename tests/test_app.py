@@ -165,6 +165,9 @@ def test_a_good_link_gets_no_note(model: Path) -> None:
     at = AppTest.from_file(APP, default_timeout=60)
     at.query_params.update({"alpha": "0.5", "stem": "imagenet", "resolution": "128", "model": "mobilenet_v1_a0.25"})
     assert not at.run().warning and not at.exception
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"model": ""})  # a link cut short names no model
+    assert not at.run().warning and not at.exception
 
 
 def test_accuracy_against_cost_shows_every_model_beside_the_paper(model: Path, places: Path) -> None:
