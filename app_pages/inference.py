@@ -42,9 +42,13 @@ with st.expander("Or try an example (CIFAR-10 training images: the models have s
     chosen = st.pills("Examples", list(examples), selection_mode="multi", label_visibility="collapsed", key="examples")
 
 topk, show_cam, opacity_column = st.columns(3)
-k = topk.slider("Classes to show", 1, len(clf.classes), min(5, len(clf.classes))) if len(clf.classes) > 1 else 1
+if len(clf.classes) > 1:
+    st.session_state[app_uploads.TOP_K_KEY] = min(st.session_state[app_uploads.TOP_K_KEY], len(clf.classes))
+    k = topk.slider("Classes to show", 1, len(clf.classes), key=app_uploads.TOP_K_KEY)
+else:
+    k = 1
 gradcam = show_cam.toggle("Class activation map: where the network found its evidence", key="gradcam")
-opacity = opacity_column.slider("Map opacity", 0.0, 1.0, 0.6, 0.05, disabled=not gradcam)
+opacity = opacity_column.slider("Map opacity", 0.0, 1.0, step=0.05, disabled=not gradcam, key="map_opacity")
 
 uploads = [*kept, *([answers.Upload(photo.name, photo.getvalue())] if photo else [])]
 uploads += [answers.Upload(path.name, path.read_bytes()) for name, path in examples.items() if name in chosen]

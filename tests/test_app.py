@@ -16,7 +16,7 @@ import torch
 from helpers import image_bytes, isolate_app, save_model, save_run, write_folder
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import Classifier, app_models, app_views, checkpoint, data, evalsets
+from mobilenet import Classifier, app_models, app_uploads, app_views, checkpoint, data, evalsets
 from mobilenet.checkpoint import TrainingData
 from mobilenet.evaluate import evaluate
 
@@ -443,13 +443,25 @@ def test_an_image_url_is_fetched_and_classified(model: Path, monkeypatch: pytest
     assert fetched == ["https://example.org/pictures/cat.png"] and at.markdown[-1].value.startswith("**cat.png**: ")
     at.text_input[0].input(" https://example.org/dog.png\n").run()  # pasted on a phone, with spaces around
     assert fetched[-1] == "https://example.org/dog.png" and at.markdown[-1].value.startswith("**dog.png**: ")
+    at.slider[0].set_value(2).run()
+    at.slider[1].set_value(0.2).run()
     at.toggle[1].set_value(False).run()  # no class maps
     at.switch_page("app_pages/explorer.py").run()
     at.switch_page("app_pages/inference.py").run()  # back: the URL and the choices stay, as the uploads do
     assert at.text_input[0].value == " https://example.org/dog.png\n" and at.toggle[1].value is False
+    assert (at.slider[0].value, at.slider[1].value) == (2, 0.2)
     assert at.markdown[-1].value.startswith("**dog.png**: ") and len(fetched) == 2
     at.text_input[0].input("").run()
     assert "url_image" not in at.session_state and not any("dog.png" in m.value for m in at.markdown)
+
+
+def test_classes_to_show_chosen_for_a_larger_model_fit_the_one_chosen_now(model: Path) -> None:
+    save_model(model.with_name("mobilenet_v1_a0.5.pt"), classes=("cat", "dog", "ship"))
+    at = open_page("app_pages/inference.py")
+    at.sidebar.selectbox[0].set_value("mobilenet_v1_a0.25").run()
+    at.slider[0].set_value(7).run()
+    at.sidebar.selectbox[0].set_value("mobilenet_v1_a0.5").run()  # three classes
+    assert not at.exception and (at.slider[0].value, at.slider[0].max) == (3, 3)
 
 
 def test_a_url_that_failed_can_be_tried_again(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
