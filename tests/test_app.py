@@ -16,7 +16,7 @@ import torch
 from helpers import image_bytes, isolate_app, save_model, save_run, write_folder
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import Classifier, app_models, app_uploads, app_views, checkpoint, data, evalsets
+from mobilenet import Classifier, app_models, app_views, checkpoint, data, evalsets
 from mobilenet.checkpoint import TrainingData
 from mobilenet.evaluate import evaluate
 
