@@ -264,7 +264,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .onnx_export import export_onnx
 
     path = resolve_checkpoint(args.checkpoint)
-    model = export_onnx(path, args.data, Path(args.data_root), fp32_file=args.fp32, overwrite=args.overwrite)
+    model = export_onnx(path, args.data, Path(args.data_root), fp32_file=args.fp32, overwrite=args.overwrite,
+                        download=not args.no_download)
     write_cards(path.parent)
     q = model.quantization
     print(f"{model.path}: int8 accuracy {q.int8_accuracy:.2%} (fp32 {q.fp32_accuracy:.2%}) on {q.images} "

@@ -294,7 +294,8 @@ def accuracy(model: onnx.ModelProto, images: ImageSet, recipe: InferenceRecipe) 
 
 
 def export_onnx(checkpoint_path: Path, source: str, root: Path | None = None, fp32_file: bool = False,
-                calibration_images: int = CALIBRATION_IMAGES, overwrite: bool = False) -> OnnxModel:
+                calibration_images: int = CALIBRATION_IMAGES, overwrite: bool = False,
+                download: bool = False) -> OnnxModel:
     """Write the int8 model beside a checkpoint (and the fp32 graph, if asked). Its accuracy and fp32's are
     measured on the validation split held out in training (same source, size, seed and subset as the card
     records); its activation ranges come from a seeded sample of the training part, never validation images.
@@ -302,7 +303,7 @@ def export_onnx(checkpoint_path: Path, source: str, root: Path | None = None, fp
     and calibrated on others.
 
     Refuses (OnnxError, nothing written) when int8 loses more than MAX_INT8_LOSS of fp32's accuracy; existing
-    files are replaced only with overwrite.
+    files are replaced only with overwrite; CIFAR-10 is downloaded only with download.
     """
     for target in [int8_file(checkpoint_path), *([checkpoint_path.with_suffix(".onnx")] if fp32_file else [])]:
         checkpoint.refuse_to_replace(target, overwrite)
@@ -311,12 +312,13 @@ def export_onnx(checkpoint_path: Path, source: str, root: Path | None = None, fp
     if trained_on is None:
         raise OnnxError(f"{checkpoint_path.name} does not record its training data: the validation split to measure "
                         f"on and the training images to calibrate on are unknown")
-    data.check_source(source, root)
+    data.check_source(source, root, download)
     found = data.fingerprint(source)
     if trained_on.fingerprint and found != trained_on.fingerprint:
         raise DataError(f"{source} is not the data {checkpoint_path.name} was trained on (fingerprint {found}, its "
                         f"card says {trained_on.fingerprint})")
-    full = data.match_classes(data.load(source, "train", card.resolution, root=root), card.classes)
+    full = data.match_classes(data.load(source, "train", card.resolution, root=root, download=download),
+                              card.classes)
     train, measured, held_out = measurement_split(full, trained_on.val_size, trained_on.seed, trained_on.subset)
     measured_on = VALIDATION if held_out else TRAINING
     source_digest = weights_digest(model.state_dict())

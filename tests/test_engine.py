@@ -15,7 +15,7 @@ import onnx
 import pyarrow as pa
 import pytest
 import torch
-from helpers import image_bytes, isolate_app, random_model, save_random_checkpoint, write_folder
+from helpers import image_bytes, isolate_app, random_model, save_model, save_random_checkpoint, write_folder
 from onnx import helper
 from streamlit.testing.v1 import AppTest
 
@@ -383,6 +383,31 @@ def test_export_onnx_says_when_its_data_is_not_there(shipped_copy: Path, tmp_pat
     with pytest.raises(DataError, match="not found"):
         export_onnx(shipped_copy, str(tmp_path / "nope"), overwrite=True)
     assert int8_file(shipped_copy).read_bytes() == before
+
+
+def test_export_onnx_downloads_cifar10_unless_told_not_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """--no-download was accepted and ignored: it never downloaded, and said to "allow the download"."""
+    from urllib.error import URLError
+
+    from torchvision.datasets import CIFAR10
+
+    from mobilenet.__main__ import main
+
+    tried = []
+
+    def offline(self: CIFAR10) -> None:
+        tried.append(1)
+        raise URLError("offline")
+
+    monkeypatch.setattr(CIFAR10, "download", offline)
+    path = tmp_path / "m.pt"
+    save_model(path, data=checkpoint.TrainingData("cifar10", "cifar10"))
+    command = ["export-onnx", str(path), "--data", "cifar10", "--data-root", str(tmp_path / "empty")]
+    assert main([*command, "--no-download"]) == 2 and not tried
+    assert "downloading it is turned off" in capsys.readouterr().err
+    assert main(command) == 2 and tried
+    assert "could not be downloaded" in capsys.readouterr().err
 
 
 def test_an_int8_file_onnx_runtime_cannot_run_is_refused_in_words_and_auto_answers_with_torch(
