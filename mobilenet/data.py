@@ -107,8 +107,9 @@ class _Tree:
             self.zip = zipfile.ZipFile(path) if zipfile.is_zipfile(path) else None
         except (zipfile.BadZipFile, zlib.error, EOFError, ValueError):  # its end record intact, its directory not
             raise DataError(f"{path} is a damaged .zip file: its list of files cannot be read") from None
-        if self.zip is not None:
-            names = [n for n in self.zip.namelist() if not n.endswith("/")]
+        if self.zip is not None:  # Windows' own zips (PowerShell 5's Compress-Archive) separate with backslashes
+            self.members = {n.replace("\\", "/"): n for n in self.zip.namelist() if not n.endswith(("/", "\\"))}
+            names = list(self.members)
         elif path.is_dir():
             names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
         else:
@@ -130,7 +131,7 @@ class _Tree:
         """A file's bytes; none for one that cannot be read (a damaged or encrypted member, a compression zipfile
         lacks, a file gone), which then counts as an unreadable image."""
         try:
-            return self.zip.read(str(name)) if self.zip is not None else (self.path / name).read_bytes()
+            return self.zip.read(self.members[str(name)]) if self.zip is not None else (self.path / name).read_bytes()
         except (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError, OSError):
             return b""
 

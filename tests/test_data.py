@@ -281,3 +281,13 @@ def test_a_folder_is_fingerprinted_by_its_images_only(tmp_path: Path) -> None:
     assert data.fingerprint(str(folder)) == before
     (folder / "cat" / "0000.png").rename(folder / "cat" / "renamed.png")
     assert data.fingerprint(str(folder)) != before
+
+
+def test_a_zip_made_on_windows_with_backslashes_is_read(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "images", per_class=4, splits=("train",))
+    with zipfile.ZipFile(tmp_path / "windows.zip", "w") as z:  # PowerShell 5's Compress-Archive writes these names
+        for path in sorted(folder.rglob("*.png")):
+            z.write(path, str(path.relative_to(folder)).replace("/", "\\"))
+    images = data.load(str(tmp_path / "windows.zip"), "train", root=tmp_path / "root")
+    same = data.load(str(folder), "train", root=tmp_path / "root")
+    assert images.classes == same.classes and images.images.equal(same.images) and not images.skipped
