@@ -43,6 +43,7 @@ _lookup_slots = threading.BoundedSemaphore(LOOKUP_THREADS)
 # Whose lookups are running (a visitor's address): one each, so that one visitor cannot hold every lookup thread.
 _looking_up: set[str] = set()
 _looking_up_lock = threading.Lock()
+_lookup_ended = threading.Condition(_looking_up_lock)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -88,15 +89,21 @@ def resolve(host: str, port: int) -> list[IPAddress]:
 
 
 def _lookup(host: str, port: int, timeout: float, owner: str | None = None) -> list[IPAddress]:
-    """resolve(), given up after timeout seconds; at most one running lookup per owner (None: no limit)."""
+    """resolve(), given up after timeout seconds; at most one running lookup per owner (None: no limit): another
+    of the owner's (a second tab, a neighbour behind the same address) waits its turn within its own timeout."""
     deadline = time.monotonic() + timeout
     answer: list = []
     if owner is not None:
-        with _looking_up_lock:
-            if owner in _looking_up:
-                raise URLError("the last address you gave is still being looked up (its name servers are slow); "
-                               "try again in half a minute")
+        with _lookup_ended:
+            if not _lookup_ended.wait_for(lambda: owner not in _looking_up, timeout):
+                raise URLError("an address given from your network is still being looked up (its name servers are "
+                               "slow); try again in half a minute")
             _looking_up.add(owner)
+
+    def done() -> None:
+        with _lookup_ended:
+            _looking_up.discard(owner)
+            _lookup_ended.notify_all()
 
     def look_up() -> None:
         try:
@@ -105,15 +112,15 @@ def _lookup(host: str, port: int, timeout: float, owner: str | None = None) -> l
             answer.append(e)
         finally:
             _lookup_slots.release()
-            _looking_up.discard(owner)
+            done()
 
-    if _lookup_slots.acquire(timeout=timeout):
+    if _lookup_slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
         # A daemon thread: a process that exits (the command line's predict) does not wait for a stuck lookup.
         lookup = threading.Thread(target=look_up, name=f"url-lookup {host}", daemon=True)
         lookup.start()
         lookup.join(max(0.0, deadline - time.monotonic()))
     else:
-        _looking_up.discard(owner)
+        done()
     if not answer:
         raise URLError(f"cannot find the host {host}: its name servers did not answer within {timeout:g} s")
     if isinstance(answer[0], (OSError, UnicodeError, ValueError)):
