@@ -253,17 +253,20 @@ def _cut(sock: socket.socket, fired: threading.Event) -> None:
         pass
 
 
-def _get(target: Target, max_bytes: int, connect_timeout: float, read_timeout: float) -> tuple[int, str | None, bytes]:
-    """(status, Location, body) of one GET; the whole answer must arrive within read_timeout."""
+def _get(target: Target, max_bytes: int, connect_timeout: float, read_timeout: float,
+         deadline: float) -> tuple[int, str | None, bytes]:
+    """(status, Location, body) of one GET; the whole answer must arrive by the deadline (time.monotonic), which
+    ends read_timeout after the first request of its redirects."""
     sock = _connect(target, connect_timeout)
-    sock.settimeout(read_timeout)
+    left = max(0.0, deadline - time.monotonic())
+    sock.settimeout(left)
     if target.scheme == "https":
         conn = http.client.HTTPSConnection(target.host, target.port, context=_tls_context())
     else:
         conn = http.client.HTTPConnection(target.host, target.port)
     conn.sock = sock  # already open, to the checked address: the host name serves the Host header only
     fired = threading.Event()
-    watchdog = threading.Timer(read_timeout, _cut, (sock, fired))  # a server trickling bytes cannot stall us
+    watchdog = threading.Timer(left, _cut, (sock, fired))  # a server trickling bytes cannot stall us
     watchdog.start()
     try:
         conn.request("GET", target.path, headers={
@@ -320,15 +323,16 @@ def fetch_url(url: str, *, allow_private: bool | None = None, max_bytes: int = i
     """The body of an image URL, or URLError (an ImageError) with a message for the person who sent it.
 
     allow_private None: the MOBILENET_ALLOW_PRIVATE_URLS setting, off unless set. connect_timeout bounds each
-    name lookup and each connection (TCP and TLS); read_timeout bounds the whole answer of each request, however
-    it trickles in. owner (a visitor's address) gets one name lookup at a time: a lookup that outlives its timeout
-    keeps a thread until the resolver gives up.
+    name lookup and each connection (TCP and TLS); read_timeout bounds the answers, however they trickle in, from
+    the first request to the image after any redirects. owner (a visitor's address) gets one name lookup at a
+    time: a lookup that outlives its timeout keeps a thread until the resolver gives up.
     """
     allow = private_allowed() if allow_private is None else allow_private
     url = with_scheme(url)  # a redirect's relative Location is joined to the URL as fetched
+    deadline = time.monotonic() + read_timeout
     for _ in range(max_redirects + 1):
         target = check_url(url, allow, connect_timeout, owner)
-        status, location, body = _get(target, max_bytes, connect_timeout, read_timeout)
+        status, location, body = _get(target, max_bytes, connect_timeout, read_timeout, deadline)
         if status == 200:
             return body
         if not location:

@@ -11,8 +11,9 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from helpers import SLOW_BODY, SLOW_HEADERS, endless, image_bytes, redirect, send, Server
@@ -133,6 +134,21 @@ def test_at_most_three_redirects(public: Server) -> None:
     with pytest.raises(URLError, match="too many redirects"):
         fetch_url(public.url("/0"))
     assert [path for path, _ in public.requests] == ["/1", "/2", "/3", "/4", "/0", "/1", "/2", "/3"]
+
+
+def test_the_answer_time_limit_holds_for_a_chain_of_redirects(public: Server) -> None:
+    """Each hop had the whole limit: four slow hops held a visitor four times as long as the README says."""
+    def slow_redirect(to: str) -> Callable:
+        def route(h: BaseHTTPRequestHandler) -> None:
+            time.sleep(0.4)
+            redirect(to)(h)
+        return route
+
+    public.routes.update({f"/{i}": slow_redirect(f"/{i + 1}") for i in range(3)} | {"/3": public.routes["/img"]})
+    start = time.monotonic()
+    with pytest.raises(URLError, match="too slow: no complete answer within 1 s"):
+        fetch_url(public.url("/0"), read_timeout=1)
+    assert time.monotonic() - start < 1.5
 
 
 def test_a_name_that_resolves_to_a_private_address_is_refused(monkeypatch: pytest.MonkeyPatch, canary: Server,
