@@ -287,6 +287,11 @@ class Training:
         if len(self.train_set.classes) < 2:
             raise TrainError(f"{cfg.data} holds one class ({self.train_set.classes[0]}): a classifier needs at least "
                              f"two class folders")
+        counts = torch.bincount(self.train_set.labels.cpu(), minlength=len(self.train_set.classes)).tolist()
+        if empty := [name for name, count in zip(self.train_set.classes, counts) if not count]:
+            held = " once the validation split is held out" if len(self.val_set) else ""
+            raise TrainError(f"{cfg.data} leaves no training images of {', '.join(empty)}{held}: a class the model "
+                             f"never sees cannot be learnt. Add readable images of it, or remove its folder")
         per_step = min(recipe.batch_size, len(self.train_set)) // self.world
         if per_step == 1 and min(feature_sides(cfg.stem, cfg.resolution)) == 1:
             raise TrainError("batch normalisation needs more than one value per channel, and at this input size the "

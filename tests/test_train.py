@@ -594,6 +594,19 @@ def test_one_class_is_no_classifier(tmp_path: Path) -> None:
         train.train(config(images, tmp_path), tmp_path / "run")
 
 
+def test_a_class_left_without_training_images_is_refused_in_words(tmp_path: Path) -> None:
+    """A class folder of unreadable files only, or a subset too small to reach every class, trained a model on
+    classes it never saw."""
+    images = write_folder(tmp_path / "images", per_class=10, splits=("",))
+    for path in (images / "dog").iterdir():
+        path.write_bytes(b"not an image")
+    with pytest.raises(train.TrainError, match="no training images of dog once the validation split is held out"):
+        train.train(config(images, tmp_path), tmp_path / "run")
+    with pytest.raises(train.TrainError, match="no training images of dog, ship"):
+        train.train(config(write_folder(tmp_path / "good", per_class=10), tmp_path, subset=1, val_size=0),
+                    tmp_path / "subset")
+
+
 def test_a_run_resumed_at_an_epochs_end_logs_the_pace_it_had(folder: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     run, cfg = tmp_path / "run", config(folder, tmp_path, epochs=3)
