@@ -203,6 +203,14 @@ def _decode_all(blobs: list[bytes], side: int, label: str) -> tuple[torch.Tensor
     return torch.cat(parts), bad
 
 
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # a name whose bytes are not UTF-8, kept by Python as surrogates
+        return False
+    return True
+
+
 def _load_folder(path: Path, split: str, side: int, sample: int | None = None) -> ImageSet:
     tree = _Tree(path)
     pairs = tree.split_files(split)
@@ -213,6 +221,11 @@ def _load_folder(path: Path, split: str, side: int, sample: int | None = None) -
             f"and optionally test/<class>/<image>, or <class>/<image>."
         )
     classes = tuple(sorted({name for _, name in pairs}))
+    if unreadable := [name for name in classes if not name.isprintable() or not _is_utf8(name)]:
+        names = ", ".join(name.encode("utf-8", "replace").decode().encode("unicode_escape").decode()
+                          for name in unreadable)
+        raise DataError(f"{path}: class folder names become the model's class names, and these are not text: {names}. "
+                        f"Rename them (UTF-8, no control characters)")
     labels = torch.tensor([classes.index(name) for _, name in pairs], dtype=torch.long)
     if sample is not None and sample < len(pairs):  # chosen by the files' names: only the sample is decoded
         index = balanced_sample(labels, sample)

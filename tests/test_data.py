@@ -291,3 +291,11 @@ def test_a_zip_made_on_windows_with_backslashes_is_read(tmp_path: Path) -> None:
     images = data.load(str(tmp_path / "windows.zip"), "train", root=tmp_path / "root")
     same = data.load(str(folder), "train", root=tmp_path / "root")
     assert images.classes == same.classes and images.images.equal(same.images) and not images.skipped
+
+
+def test_a_class_folder_whose_name_is_not_text_is_refused_in_words(tmp_path: Path) -> None:
+    """Its name becomes a class name on cards and pages, which cannot show it."""
+    folder = write_folder(tmp_path / "images", per_class=2, splits=("train",))
+    os.rename(folder / "train" / "cat", os.fsencode(folder / "train") + b"/caf\xe9")
+    with pytest.raises(DataError, match=r"these are not text: caf\?\. Rename them"):
+        data.load(str(folder), "train", root=tmp_path / "root")
