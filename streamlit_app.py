@@ -11,7 +11,7 @@ from mobilenet import app_models, app_uploads, app_views
 st.set_page_config(page_title="MobileNet v1 Studio", page_icon=":material/memory:", layout="wide")
 app_views.one_thread_per_visitor()
 app_uploads.cap_uploads()
-app_views.keep_choices([*app_uploads.CHOICES, *app_models.EVALUATION_CHOICES])
+app_views.keep_choices([*app_uploads.CHOICES, *app_uploads.map_class_keys(), *app_models.EVALUATION_CHOICES])
 page = st.navigation({
     "Learn": [st.Page("app_pages/explorer.py", title="Model explorer", icon=":material/account_tree:", default=True)],
     "Use": [

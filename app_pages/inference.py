@@ -82,7 +82,7 @@ for i, result in enumerate(results):
         # Keyed by the image and its answer: another model's answer, or another image in this place, starts
         # from its own top class instead of inheriting a choice made for a different one.
         label = heat.selectbox("Map for class", clf.classes, index=clf.classes.index(prediction.label),
-                               key=f"cam-{i}-{hash(result.upload):x}-{prediction.label}")
+                               key=f"{app_uploads.MAP_CLASS_PREFIX}{i}-{hash(result.upload):x}-{prediction.label}")
         overlay = answers.heatmap(clf, result, label, opacity)
         if overlay is None:
             heat.info(f"Nothing in this image speaks for {label}: its map is zero everywhere.")

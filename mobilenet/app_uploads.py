@@ -36,6 +36,15 @@ MAX_SESSION_UPLOAD_BYTES = 2 * MAX_KEPT_BYTES
 UPLOAD_GRACE_S = 600
 
 
+# Each answer's "Map for class" choice, keyed by its place, image and top class (app_pages/inference.py).
+MAP_CLASS_PREFIX = "map-class-"
+
+
+def map_class_keys() -> list[str]:
+    """The keys of the map classes chosen in this session: kept across pages like CHOICES."""
+    return [key for key in st.session_state if isinstance(key, str) and key.startswith(MAP_CLASS_PREFIX)]
+
+
 def default_choices() -> None:
     """The page's part, before its widgets: each choice at its default until the visitor makes it."""
     for key, default in CHOICES.items():

@@ -116,6 +116,9 @@ def test_every_result_has_its_own_time_a_map_for_any_class_and_downloads() -> No
     captions = [img.caption for image in at.image for img in image.proto.imgs]
     maps = [c for c in captions if c == "evidence for truck"] + [i for i in at.info if "speaks for truck" in i.value]
     assert maps  # the map of the chosen class, or the note that nothing in the image speaks for it
+    at.switch_page("app_pages/explorer.py").run()
+    at.switch_page("app_pages/inference.py").run()  # back: the choice stays, as the page's others do
+    assert [s.value for s in at.selectbox if s.label == "Map for class"][1] == "truck"
     assert [b.label for b in at.get("download_button")] == ["Download predictions (CSV)", "Download predictions (JSON)"]
 
 
