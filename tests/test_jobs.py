@@ -20,7 +20,7 @@ from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import DataError
 from mobilenet import jobs
 from mobilenet.jobs import NOT_SAVED, JobError, JobManager
-from mobilenet.locks import try_lock
+from mobilenet.locks import release_kept, try_lock
 from mobilenet.runs import RunFolder, RunState, read_metrics
 from mobilenet.train import train
 
@@ -258,12 +258,12 @@ def test_delete_refuses_the_run_a_job_trains_or_a_process_writes(tmp_path: Path)
             with pytest.raises(JobError, match="being trained by another process"):
                 manager.delete(written)
         finally:
-            os.close(writer)
+            release_kept(writer)
         (runs / ".job.json").unlink()  # a job that is being started: which run it trains is not known yet
         with pytest.raises(JobError, match="starting"):
             manager.delete(other)
     finally:
-        os.close(fd)
+        release_kept(fd)
     assert trained.exists() and written.exists() and other.exists()
     manager.delete(written)
     assert not written.exists()
@@ -273,7 +273,7 @@ def test_a_starting_job_is_never_taken_for_the_last_one(tmp_path: Path, monkeypa
     runs = tmp_path / "runs"
     old = a_run(runs, "old")
     fd = a_job(runs, str(old.resolve()), 4194305)  # the last job's record stays behind when it ends
-    os.close(fd)
+    release_kept(fd)
     manager = JobManager(runs)
     seen = []
 
@@ -360,7 +360,7 @@ def test_stop_is_recorded_with_the_job_for_every_watcher(tmp_path: Path) -> None
         assert JobManager(runs).active()["stopping"] is True  # another server's manager, another visitor's page
     finally:
         job.kill()
-        os.close(fd)
+        release_kept(fd)
     assert JobManager(runs).active() is None
 
 
@@ -380,7 +380,7 @@ def test_a_stop_drawn_for_a_job_that_ended_does_not_stop_the_next(tmp_path: Path
         assert job.wait(timeout=10) == -signal.SIGTERM
     finally:
         job.kill()
-        os.close(fd)
+        release_kept(fd)
 
 
 def test_a_run_that_failed_as_it_began_counts_its_configured_epochs(tmp_path: Path) -> None:
@@ -427,7 +427,7 @@ def test_a_run_or_job_this_server_may_not_touch_is_refused_in_words(tmp_path: Pa
         with pytest.raises(JobError, match="belongs to another user"):
             manager.stop()
     finally:
-        os.close(fd)
+        release_kept(fd)
     assert run.exists()
 
 
@@ -455,7 +455,7 @@ def test_a_watchers_probe_at_that_instant_does_not_make_a_free_lock_look_held(tm
     thread.join()
     os.close(probe)
     assert fd is not None and is_locked(lock)
-    os.close(fd)
+    release_kept(fd)
     assert not is_locked(lock)
 
 

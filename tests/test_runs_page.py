@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -19,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from mobilenet import app_runs, charts
 from mobilenet.jobs import RunInfo
-from mobilenet.locks import try_lock
+from mobilenet.locks import release_kept, try_lock
 from mobilenet.runs import MetricsRow, RunState, RunStatus
 
 PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "runs.py"
@@ -192,7 +191,7 @@ def test_a_running_runs_curves_follow_its_metrics_and_stay_when_it_ends(runs: Pa
         (accuracy,) = titled(at, "accuracy")
         assert [v["epoch"] for v in accuracy if v["series"] == "val (epochs)"] == [1, 2]
     finally:
-        os.close(fd)
+        release_kept(fd)
     folder.status.write_text(json.dumps({"state": "stopped", "updated": time.time(), "epoch": 2, "epochs": 2}))
     folder.last.write_bytes(b"saved state")
     app_runs._runs_snapshot.clear()

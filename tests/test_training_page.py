@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import shutil
@@ -22,7 +21,7 @@ from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import CIFAR10_CLASSES, CIFAR10_FOLDER
 from mobilenet.evalsets import TrainingSource
 from mobilenet.jobs import JobManager
-from mobilenet.locks import try_lock
+from mobilenet.locks import release_kept, try_lock
 from mobilenet.runs import RunFolder, RunState
 
 PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "training.py"
@@ -342,7 +341,7 @@ def test_stop_and_resume_say_stopping_and_starting_until_the_job_has(places: Pat
     assert job.wait(timeout=10) == -signal.SIGTERM
     for visitor in (at, other.run(), open_page()):  # until the job has saved and ended, for everyone
         assert "stopping…" in progress(visitor) and not [b for b in visitor.button if b.label == "Stop"]
-    os.close(fd)
+    release_kept(fd)
     set_state(folder, "stopped")
     at.run()
     assert "No training job is running." in [c.value for c in at.caption]
@@ -361,7 +360,7 @@ def test_stop_and_resume_say_stopping_and_starting_until_the_job_has(places: Pat
         at.run()
         assert "img/s" in progress(at)
     finally:
-        os.close(fd)
+        release_kept(fd)
 
 
 def test_a_run_offers_resume_as_soon_as_its_job_has_stopped(places: Path) -> None:
@@ -369,7 +368,7 @@ def test_a_run_offers_resume_as_soon_as_its_job_has_stopped(places: Path) -> Non
     folder, fd = live_run(places / "runs", "slow")
     at = open_page()
     assert "img/s" in progress(at)
-    os.close(fd)
+    release_kept(fd)
     folder.status.write_text(json.dumps({"state": "stopped", "updated": time.time(), "epoch": 1, "epochs": 10}))
     at.run()  # no cache cleared here: the snapshot drawn a moment ago still says "running"
     assert "No training job is running." in [c.value for c in at.caption]
@@ -481,7 +480,7 @@ def test_a_visitor_cannot_delete_and_the_running_run_is_not_offered(places: Path
     try:
         at = visitor_page()
     finally:
-        os.close(fd)
+        release_kept(fd)
     assert next(s for s in at.selectbox if s.label == "Run to delete").options == ["done"]
     assert button(at, "Delete").disabled
 
@@ -522,4 +521,4 @@ def test_a_job_whose_run_folder_was_moved_can_still_be_stopped(places: Path) -> 
         assert job.wait(timeout=10) == -signal.SIGTERM
     finally:
         job.kill()
-        os.close(fd)
+        release_kept(fd)
