@@ -90,12 +90,6 @@ def balanced_sample(labels: torch.Tensor, size: int) -> torch.Tensor:
 # ---- image folders and zips -------------------------------------------------------------------
 
 
-def is_image_name(name: PurePosixPath) -> bool:
-    """Whether a file of a folder or zip, by its relative name, is one of its images (not a hidden file, a macOS
-    resource fork nor a README)."""
-    return name.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith((".", "__MACOSX")) for part in name.parts)
-
-
 class _Tree:
     """Image files of a folder or zip, as relative POSIX paths, readable as bytes."""
 
@@ -114,7 +108,11 @@ class _Tree:
             names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
         else:
             raise DataError(f"{path} is neither a folder nor a .zip file")
-        self.files = [PurePosixPath(n) for n in names if is_image_name(PurePosixPath(n))]
+        self.files = [
+            PurePosixPath(n) for n in names
+            if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith((".", "__MACOSX")) for part in PurePosixPath(n).parts)
+        ]
         # A zip often wraps everything in one top folder: look through it.
         self.top = PurePosixPath()
         while (
@@ -454,9 +452,8 @@ def _fingerprint(path: Path, version: tuple) -> str:  # version: part of the cac
     if not path.exists():  # gone since its version was read: raise, so that no hash of nothing is cached
         raise FileNotFoundError(path)
     h = hashlib.sha256()
-    # A folder by its images only: a README or .DS_Store put beside them leaves it the same data.
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
-                                                 if p.is_file() and is_image_name(PurePosixPath(p.relative_to(path))))
+    # A folder by the images the loader reads: a README or .DS_Store put beside them leaves it the same data.
+    files = [path] if path.is_file() else [path / name for name in sorted(_Tree(path).files)]
     for file in files:
         if file != path:
             h.update(os.fsencode(file.relative_to(path).as_posix()))
