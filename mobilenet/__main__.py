@@ -117,24 +117,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_checkpoint(path: str | None) -> Path:
-    """A checkpoint file, a run folder (its best.pt) or, with None, the shipped default model."""
-    if path is None:
-        from .catalog import default_checkpoint
-
-        return default_checkpoint()
-    p = Path(path)
-    if not p.is_dir():
-        return p
-    if RunFolder(p).best.is_file():
-        return RunFolder(p).best
-    files = sorted(p.glob("*.pt"))
-    hint = f"; pass a checkpoint file instead, e.g. --checkpoint {files[0]}" if files else ""
-    raise CheckpointError(f"{p} is a folder but not a training run with a best model (it has no best.pt){hint}")
-
-
 def load_classifier(args: argparse.Namespace, threads: int | None = 1) -> Classifier:
     """The Classifier of --checkpoint on --engine; says on stderr when onnxruntime would have made it faster."""
+    from .catalog import resolve_checkpoint
     from .device import pick_device
     from .engines import fallback_note
     from .infer import Classifier
@@ -182,8 +167,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         try:
             prediction = clf.predict(fetch_url(source) if URL.match(source) else source, args.topk)
-            results.append({"source": source, "top": [{"label": label, "prob": prob} for label, prob in prediction.top],
-                            "ms": round(prediction.ms, 2)})
+            results.append(prediction.to_record(source))
         except ImageError as e:
             results.append({"source": source, "error": str(e)})
     if args.json:
@@ -261,6 +245,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
     if not onnxruntime_available():
         raise EngineError(NEEDS_ONNXRUNTIME)
+    from .catalog import resolve_checkpoint
     from .onnx_export import export_onnx
 
     path = resolve_checkpoint(args.checkpoint)

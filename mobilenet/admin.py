@@ -29,7 +29,6 @@ import streamlit as st
 from . import settings
 from .locks import waiting_lock
 
-ADMIN_ENV = "MOBILENET_ADMIN_PASSWORD"
 SIGN_IN_HINT = "sign in as admin to start, stop or resume training"  # why a visitor's controls are disabled
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")  # a proxy's: the visitor is elsewhere
@@ -49,10 +48,8 @@ log = logging.getLogger(__name__)
 
 def admin_password() -> str | None:
     """The configured admin password (environment first, then the Streamlit secret), or None for local use."""
-    if os.environ.get(ADMIN_ENV):
-        return os.environ[ADMIN_ENV]
-    secret = _secret()
-    return secret if isinstance(secret, str) and secret else None
+    secret = settings.admin_password() or _secret()
+    return (secret.strip() or None) if isinstance(secret, str) else None  # blank counts as unset
 
 
 def _secret() -> object:
@@ -75,11 +72,11 @@ def training_refused() -> str | None:
     if str(st.get_option("server.address") or "") not in LOOPBACK:
         _warn_open_server()
         return (f"Training is switched off: this server is reachable from other machines and has no admin password. "
-                f"The host sets {ADMIN_ENV} (or listens on 127.0.0.1 only) to switch it on.")
+                f"The host sets {settings.ADMIN_PASSWORD_ENV} (or listens on 127.0.0.1 only) to switch it on.")
     if not local_visitor():
         _warn_proxied_server()
         return (f"Training is switched off for visitors from other machines: this server has no admin password. The "
-                f"host sets {ADMIN_ENV} to switch it on.")
+                f"host sets {settings.ADMIN_PASSWORD_ENV} to switch it on.")
     return None
 
 
@@ -91,7 +88,7 @@ def may_train() -> bool:
 
 @functools.cache
 def _warn_open_server() -> None:
-    log.warning("training is off: the server listens beyond loopback and %s is not set", ADMIN_ENV)
+    log.warning("training is off: the server listens beyond loopback and %s is not set", settings.ADMIN_PASSWORD_ENV)
 
 
 @functools.cache
@@ -101,7 +98,8 @@ def _warn_secret_not_text() -> None:
 
 @functools.cache
 def _warn_proxied_server() -> None:
-    log.warning("training is off for visitors through a proxy or from other machines: %s is not set", ADMIN_ENV)
+    log.warning("training is off for visitors through a proxy or from other machines: %s is not set",
+                settings.ADMIN_PASSWORD_ENV)
 
 
 # ---- guesses --------------------------------------------------------------------------------------

@@ -162,6 +162,5 @@ def predictions_json(results: list[Result | Failure]) -> str:
     """The command line's `predict --json` format, plus the out-of-distribution verdict."""
     return json.dumps([
         {"source": r.name, "error": r.message} if isinstance(r, Failure) else
-        {"source": r.name, "top": [{"label": label, "prob": prob} for label, prob in r.prediction.top],
-         "ms": r.prediction.ms, "looks_foreign": r.foreign}
+        {**r.prediction.to_record(r.name), "looks_foreign": r.foreign}
         for r in results], indent=2)

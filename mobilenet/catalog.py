@@ -35,6 +35,20 @@ def default_checkpoint() -> Path:
     return path
 
 
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """A checkpoint file, a run folder (its best.pt) or, with None, the shipped default model."""
+    if path is None:
+        return default_checkpoint()
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    if RunFolder(p).best.is_file():
+        return RunFolder(p).best
+    files = sorted(p.glob("*.pt"))
+    hint = f"; pass a checkpoint file instead, e.g. {files[0]}" if files else ""
+    raise CheckpointError(f"{p} is a folder but not a training run with a best model (it has no best.pt){hint}")
+
+
 # A model's files as they are now: the checkpoint's (mtime_ns, size), then its int8 file's where it has one.
 Version = tuple[int, ...]
 

@@ -23,12 +23,11 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .checkpoint import CheckpointError, ModelCard
 from .checkpoint import load as load_checkpoint
-from .catalog import default_checkpoint
+from .catalog import resolve_checkpoint
 from .device import pick_device
 from .engines import Engine, TorchEngine, choose, onnx_engine
 from .gradcam import class_maps, target_block
 from .intake import ImageError, ImageSource, Limits, load_model_input
-from .runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +56,11 @@ class Prediction:
     @property
     def prob(self) -> float:
         return self.top[0][1]
+
+    def to_record(self, source: str) -> dict:
+        """The `predict --json` record of one image."""
+        return {"source": source, "top": [{"label": label, "prob": prob} for label, prob in self.top],
+                "ms": round(self.ms, 2)}
 
 
 # Class maps kept per classifier, by size (4 KB each at 32×32, 16 MB at 2048×2048): a page's rerun (a slider,
@@ -95,9 +99,7 @@ class Classifier:
         waiting on each other turned a 4 ms forward pass into 50 to 1000 ms. Concurrent requests, each on
         its own thread, use the cores instead.
         """
-        path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
-        if path.is_dir():
-            path = RunFolder(path).best
+        path = resolve_checkpoint(checkpoint)
         model, card = load_checkpoint(path)
         chosen_device = pick_device("cpu" if device == "auto" and engine in ("onnx", "int8") else device)
         name = choose(engine, path, chosen_device)

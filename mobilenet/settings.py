@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+ADMIN_PASSWORD_ENV = "MOBILENET_ADMIN_PASSWORD"
+ALLOW_PRIVATE_URLS_ENV = "MOBILENET_ALLOW_PRIVATE_URLS"
 log = logging.getLogger(__name__)
 
 
@@ -57,3 +59,13 @@ def job_threads() -> int:
 def job_nice() -> int:
     """How much a training job started from the app yields the CPU to visitors (MOBILENET_JOB_NICE, 0-19)."""
     return _whole_number("MOBILENET_JOB_NICE", 10, 0, 19)
+
+
+def admin_password() -> str | None:
+    """The admin password of MOBILENET_ADMIN_PASSWORD, or None (admin.admin_password also asks the Streamlit secret)."""
+    return _setting(ADMIN_PASSWORD_ENV)
+
+
+def private_urls_allowed() -> bool:
+    """The trusted-local-install setting: MOBILENET_ALLOW_PRIVATE_URLS=1 (off unless set)."""
+    return (_setting(ALLOW_PRIVATE_URLS_ENV) or "").lower() in ("1", "true", "yes")

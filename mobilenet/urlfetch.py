@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import os
 import re
 import socket
 import ssl
@@ -24,10 +23,9 @@ from functools import cache
 from http import HTTPStatus
 from urllib.parse import quote, urljoin, urlsplit
 
-from . import intake
+from . import intake, settings
 from .intake import ImageError
 
-ALLOW_PRIVATE_ENV = "MOBILENET_ALLOW_PRIVATE_URLS"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_URL_LENGTH = 2048
@@ -58,11 +56,6 @@ _NUMBER = re.compile(r"0x[0-9a-f]*|[0-9]+")
 
 class URLError(ImageError):
     """A URL that was refused or could not be fetched; the message is fit to show to whoever sent it."""
-
-
-def private_allowed() -> bool:
-    """The trusted-local-install setting: MOBILENET_ALLOW_PRIVATE_URLS=1 (off unless set)."""
-    return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def is_public_address(ip: IPAddress) -> bool:
@@ -210,7 +203,7 @@ def check_url(url: str, allow_private: bool, lookup_timeout: float = 5.0, owner:
     if refused and not allow_private:
         where = "" if literal is not None else f" points to {refused[0]}, which"
         raise URLError(f"{host}{where} is not a public internet address; such URLs are refused (a trusted "
-                       f"local install can allow them with {ALLOW_PRIVATE_ENV}=1)")
+                       f"local install can allow them with {settings.ALLOW_PRIVATE_URLS_ENV}=1)")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return Target(scheme, host, port, quote(path, safe="/?:@!$&'()*+,;=%"), tuple(addresses))
 
@@ -327,7 +320,7 @@ def fetch_url(url: str, *, allow_private: bool | None = None, max_bytes: int = i
     the first request to the image after any redirects. owner (a visitor's address) gets one name lookup at a
     time: a lookup that outlives its timeout keeps a thread until the resolver gives up.
     """
-    allow = private_allowed() if allow_private is None else allow_private
+    allow = settings.private_urls_allowed() if allow_private is None else allow_private
     url = with_scheme(url)  # a redirect's relative Location is joined to the URL as fetched
     deadline = time.monotonic() + read_timeout
     for _ in range(max_redirects + 1):

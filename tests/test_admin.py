@@ -12,7 +12,7 @@ import pytest
 from helpers import FakeClock, isolate_app, make_run
 from streamlit.testing.v1 import AppTest
 
-from mobilenet import admin
+from mobilenet import admin, settings
 from mobilenet.admin import GuessGate, SessionStore, Verdict, client_of
 from mobilenet.jobs import JobManager
 
@@ -231,7 +231,7 @@ def test_an_unreadable_file_starts_empty_and_an_unwritable_one_still_signs_in(tm
 def gated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """An isolated app with an admin password, a gate on a fake clock, and no cookie from the browser."""
     isolate_app(tmp_path, monkeypatch)
-    monkeypatch.setenv(admin.ADMIN_ENV, PASSWORD)
+    monkeypatch.setenv(settings.ADMIN_PASSWORD_ENV, PASSWORD)
     clock = FakeClock()
     gate = GuessGate(clock)
     monkeypatch.setattr(admin, "guess_gate", lambda: gate)
@@ -306,7 +306,7 @@ def test_a_new_password_signs_out_every_browser(gated: FakeClock, monkeypatch: p
     password_field(at).input(PASSWORD).run()
     token = at.session_state[admin.TOKEN_KEY]
     monkeypatch.setattr(admin, "browser_token", lambda: token)
-    monkeypatch.setenv(admin.ADMIN_ENV, "a new password")
+    monkeypatch.setenv(settings.ADMIN_PASSWORD_ENV, "a new password")
     assert start_disabled(open_page())
     at.run()
     assert start_disabled(at)  # the open session too

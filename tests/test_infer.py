@@ -121,6 +121,9 @@ def test_load_a_run_folder_and_a_missing_default(checkpoint_file: Path, tmp_path
     run.mkdir()
     (run / "best.pt").write_bytes(checkpoint_file.read_bytes())
     assert Classifier.load(run, device="cpu", threads=None).classes == data.CIFAR10_CLASSES
+    (run / "best.pt").rename(run / "kept.pt")
+    with pytest.raises(CheckpointError, match=f"not a training run with a best model .*e.g. {run / 'kept.pt'}"):
+        Classifier.load(run, device="cpu", threads=None)
     monkeypatch.setenv("MOBILENET_CHECKPOINTS", str(tmp_path / "none"))
     with pytest.raises(CheckpointError, match="default model"):
         Classifier.load()

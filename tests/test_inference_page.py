@@ -137,6 +137,7 @@ def test_predictions_download_as_the_command_line_writes_them(model: Path) -> No
                                          answers.Upload("x.txt", b"hello")], topk=2, threshold=0.99)
     rows = json.loads(answers.predictions_json(results))
     assert rows[0]["source"] == "a.png" and len(rows[0]["top"]) == 2 and rows[0]["looks_foreign"] is True
+    assert rows[0]["ms"] == round(rows[0]["ms"], 2)  # as `predict --json` writes it
     assert rows[1] == {"source": "x.txt", "error": "not a supported image: use JPEG, PNG, WebP, BMP, GIF or TIFF"}
     table = answers.predictions_table(results)
     assert list(table["rank"].dropna()) == [1, 2] and table["error"].iloc[-1].startswith("not a supported")

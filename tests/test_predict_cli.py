@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import image_bytes, png, save_random_checkpoint, send, Server
 
-from mobilenet import urlfetch
+from mobilenet import settings
 from mobilenet.__main__ import main
 from mobilenet.data import CIFAR10_CLASSES
 
@@ -51,7 +51,7 @@ def test_json_for_good_inputs(model: str, photos: list[str], capsys: pytest.Capt
 def test_any_failure_exits_1_with_an_error_object(model: str, photos: list[str], tmp_path: Path,
                                                   capsys: pytest.CaptureFixture,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(urlfetch.ALLOW_PRIVATE_ENV, raising=False)
+    monkeypatch.delenv(settings.ALLOW_PRIVATE_URLS_ENV, raising=False)
     (tmp_path / "notes.txt").write_text("hello")
     inputs = [photos[0], str(tmp_path / "notes.txt"), str(tmp_path / "missing.png"), "http://127.0.0.1:9/x.png",
               "file:///etc/passwd"]
@@ -68,7 +68,7 @@ def test_a_url_from_a_trusted_local_install(model: str, capsys: pytest.CaptureFi
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     server = Server(routes={"/cat.png": lambda h: send(h, 200, image_bytes(3))})
     try:
-        monkeypatch.setenv(urlfetch.ALLOW_PRIVATE_ENV, "1")
+        monkeypatch.setenv(settings.ALLOW_PRIVATE_URLS_ENV, "1")
         code, results = predict_json(capsys, "--checkpoint", model, server.url("/cat.png"))
     finally:
         server.close()
@@ -97,7 +97,7 @@ def test_a_folder_that_is_not_a_run_says_so(photos: list[str], tmp_path: Path, c
     save_random_checkpoint(tmp_path / "models" / "one.pt")
     assert main(["predict", "--checkpoint", str(tmp_path / "models"), photos[0]]) == 2
     err = capsys.readouterr().err
-    assert "is a folder but not a training run" in err and f"--checkpoint {tmp_path / 'models' / 'one.pt'}" in err
+    assert "is a folder but not a training run" in err and f"e.g. {tmp_path / 'models' / 'one.pt'}" in err
 
 
 def test_a_missing_model_or_bad_option_is_a_usage_error(photos: list[str], tmp_path: Path,
@@ -121,7 +121,7 @@ def test_hostile_inputs_never_give_a_traceback(model: str, tmp_path: Path) -> No
               str(tmp_path / "no-images"), "http://[::1]/", "http://2130706433/", "gopher://localhost/", "http://", "-"]
     result = subprocess.run([sys.executable, "-m", "mobilenet", "predict", "--checkpoint", model, "--", *inputs],
                             capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent,
-                            env={k: v for k, v in os.environ.items() if k != urlfetch.ALLOW_PRIVATE_ENV})
+                            env={k: v for k, v in os.environ.items() if k != settings.ALLOW_PRIVATE_URLS_ENV})
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "Warning" not in result.stderr
     assert result.stdout == "" and len(result.stderr.splitlines()) == len(inputs)

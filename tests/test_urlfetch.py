@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import pytest
 from helpers import SLOW_BODY, SLOW_HEADERS, endless, image_bytes, redirect, send, Server
 
-from mobilenet import urlfetch
+from mobilenet import urlfetch, settings
 from mobilenet.intake import ImageError
 from mobilenet.urlfetch import URLError, fetch_url, is_public_address
 
@@ -28,7 +28,7 @@ PRETEND_PUBLIC = ipaddress.IPv4Address("127.0.0.2")  # a loopback address these 
 
 @pytest.fixture(autouse=True)
 def default_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(urlfetch.ALLOW_PRIVATE_ENV, raising=False)
+    monkeypatch.delenv(settings.ALLOW_PRIVATE_URLS_ENV, raising=False)
 
 
 @pytest.fixture
@@ -193,7 +193,7 @@ def test_a_host_with_many_silent_addresses_is_tried_a_few_times(monkeypatch: pyt
 def test_the_private_setting_allows_loopback_for_a_trusted_install(monkeypatch: pytest.MonkeyPatch,
                                                                    canary: Server) -> None:
     assert fetch_url(canary.url(), allow_private=True) == IMAGE
-    monkeypatch.setenv(urlfetch.ALLOW_PRIVATE_ENV, "1")
+    monkeypatch.setenv(settings.ALLOW_PRIVATE_URLS_ENV, "1")
     assert fetch_url(canary.url(host="localhost")) == IMAGE
     with pytest.raises(URLError):
         fetch_url(canary.url(), allow_private=False)  # an explicit False wins over the setting
@@ -406,6 +406,6 @@ def test_a_url_typed_without_a_scheme_is_https(typed: str, meant: str) -> None:
 
 
 def test_a_private_address_refusal_names_the_setting_that_allows_it(canary: Server) -> None:
-    with pytest.raises(URLError, match=f"allow them with {urlfetch.ALLOW_PRIVATE_ENV}=1"):
+    with pytest.raises(URLError, match=f"allow them with {settings.ALLOW_PRIVATE_URLS_ENV}=1"):
         fetch_url(f"127.0.0.1:{canary.port}/")  # typed without a scheme: https, still refused
     assert not canary.visited
