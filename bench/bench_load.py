@@ -250,13 +250,13 @@ def start_job(runs: Path, images: Path) -> subprocess.Popen:
     from mobilenet.config import TrainConfig
     from mobilenet.jobs import JobManager
 
-    from mobilenet.runs import read_metrics
+    from mobilenet.runs import RunFolder
 
     write_folder(images, per_class=200, splits=("train",))
     JobManager(runs).start(TrainConfig(data=str(images), alpha=0.25, epochs=500, val_size=60, device="cpu",
                                        data_root=str(images.parent / "root")), name="job")
     deadline = time.time() + 180
-    while not read_metrics(runs / "job"):
+    while not RunFolder(runs / "job").read_metrics():
         assert time.time() < deadline, "the job did not start training"
         time.sleep(0.5)
 
@@ -269,9 +269,9 @@ class JobSpeed:
         self.began = self.step(), time.perf_counter()
 
     def step(self) -> int:
-        from mobilenet.runs import read_metrics
+        from mobilenet.runs import RunFolder
 
-        rows = read_metrics(self.runs / "job") if self.runs else []
+        rows = RunFolder(self.runs / "job").read_metrics() if self.runs else []
         return rows[-1].step if rows else 0
 
     def img_per_s(self) -> float | None:

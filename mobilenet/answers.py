@@ -20,9 +20,10 @@ from . import ood
 from .data import IMAGE_SUFFIXES
 from .infer import Classifier, Prediction
 from .intake import ImageError, decode, decodes_smaller, fit_square
+from .settings import PACKAGE_ROOT
 from .visual import OVERLAY_SIDE, enlarge, heatmap_overlay
 
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
+EXAMPLES_DIR = PACKAGE_ROOT / "assets" / "examples"
 MAX_IMAGES = 16  # per request: more are dropped with a warning
 PHOTO_SIDE = 384  # display size of an uploaded photo
 

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, ModelCard
+from .checkpoint import CheckpointError, ModelCard, weights_digest
 
 ENGINES = ("auto", "torch", "onnx", "int8")
 RUNTIMES = {"torch": "PyTorch", "onnx": "ONNX Runtime", "int8": "ONNX Runtime"}
@@ -131,7 +131,6 @@ def fallback_note(checkpoint: Path, device: torch.device) -> str | None:
 
 def onnx_engine(name: str, checkpoint: Path, model: nn.Module, card: ModelCard, threads: int | None) -> OnnxEngine:
     """The "onnx" engine (the fp32 graph, written from the weights) or the "int8" one (the checked file)."""
-    from .checkpoint import weights_digest
     from .infer import fold_batchnorm
     from .onnx_export import graph, read
 

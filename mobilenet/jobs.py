@@ -33,7 +33,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .locks import is_locked, release_kept, try_lock
 from .runs import JOB_LOCK_FD_ENV, DiskFull, RunFolder, RunState, RunStatus, disk_full, run_name
-from .settings import job_nice, job_threads, runs_dir
+from .settings import PACKAGE_ROOT, job_nice, job_threads, runs_dir
 
 log = logging.getLogger(__name__)
 NOT_SAVED = "it ended before its first epoch was saved; start it again"
@@ -171,7 +171,7 @@ class JobManager:
             if cfg is not None:
                 folder.write_config(cfg)
             with open(folder.log, "ab") as output:
-                package_root = str(Path(__file__).resolve().parent.parent)
+                package_root = str(PACKAGE_ROOT)
                 python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
                 env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, JOB_LOCK_FD_ENV: str(fd),
                                     "OMP_NUM_THREADS": str(job_threads())}

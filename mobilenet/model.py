@@ -67,7 +67,6 @@ class MobileNetV1(nn.Module):
         check_stem(stem)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        self.num_classes, self.alpha, self.stem_kind = num_classes, float(alpha), stem
 
         stride, padding = STEM_CONV[stem]
         cin = scaled(STEM_CHANNELS, alpha)

@@ -10,7 +10,7 @@ gets no verdict, only its probabilities.
 
 A model trained on all the images has no validation images, and on its own training images it is
 over-confident: a threshold set there would call too many new images foreign (α=1: it keeps 87% of them,
-not 95%; DEVELOPERS.md). Its validating twin (the
+not 95%; BENCHMARKS.md). Its validating twin (the
 identical recipe with the split held out, mobilenet.shipping.Twin) answers in its place (`calibration`).
 """
 

@@ -5,6 +5,7 @@
     status.json    RunStatus: state, pid of the writer, epoch, epochs, error
     last.pt        the latest state, for resuming; best.pt the best model so far; report.json at the end (the
                    best model's validation, and under LAST_EPOCH the last epoch's)
+    train.log      the output of a job the app started (mobilenet.jobs)
     .writer.lock   flock'd by the one process writing the run (the trainer, from the CLI or an app job)
 
 Readers never trust these files: a malformed one reads as missing (or a row is skipped), never an error.
@@ -329,11 +330,6 @@ class MetricsSummary:
 
 
 _summaries: Memo[MetricsSummary] = Memo(size=4096)
-
-
-def read_metrics(run: Path | str) -> list[MetricsRow]:
-    return RunFolder(run).read_metrics()
-
 
 def metrics_csv(rows: list[MetricsRow]) -> str:
     """Rows as CSV text under a header naming the MetricsRow fields; a value the row lacks is an empty cell."""

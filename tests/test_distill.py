@@ -14,7 +14,7 @@ from mobilenet import checkpoint, distill, train
 from mobilenet.config import TrainConfig
 from mobilenet.data import load, split_train_val
 from mobilenet.evaluate import predict_probs
-from mobilenet.runs import read_metrics
+from mobilenet.runs import RunFolder
 
 from helpers import tiny_config, write_folder
 
@@ -98,7 +98,8 @@ def test_targets_enter_the_loss_with_their_weight(folder: Path, tmp_path: Path, 
     train.train(plain, tmp_path / "plain")
     train.train(config(folder, tmp_path, epochs=1, label_smoothing=0.0, teacher="labels", distill=0.5),
                 tmp_path / "half")
-    a, b = ([r.train_loss for r in read_metrics(tmp_path / run) if r.kind == "epoch"] for run in ("plain", "half"))
+    a, b = ([r.train_loss for r in RunFolder(tmp_path / run).read_metrics() if r.kind == "epoch"]
+            for run in ("plain", "half"))
     assert a == pytest.approx(b, rel=1e-4)
 
 

@@ -16,7 +16,7 @@ GUIDES = ["README.md", "DEPLOY.md", "DEVELOPERS.md", "checkpoints/README.md", "c
 MODULES = sorted(p.stem for p in (ROOT / "mobilenet").glob("*.py") if p.stem != "__init__")
 FILE = re.compile(r"\b(?:mobilenet|app_pages|bench|tests)/[\w./-]+\.(?:py|sh)\b")
 NAME = re.compile(r"\bmobilenet\.(\w+)\.(\w+)|`(\w+)\.(\w+)`")  # mobilenet.module.name, or `module.name`
-SUFFIXES = {"py", "json", "jsonl", "pt", "onnx", "md", "toml"}  # `config.json` is a file
+SUFFIXES = {"py", "json", "jsonl", "pt", "onnx", "md", "toml", "log"}  # `config.json` is a file
 
 
 def _module(name: str) -> object:

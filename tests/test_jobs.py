@@ -21,7 +21,7 @@ from mobilenet.data import DataError
 from mobilenet import jobs
 from mobilenet.jobs import NOT_SAVED, JobError, JobManager
 from mobilenet.locks import release_kept, try_lock
-from mobilenet.runs import RunFolder, RunState, read_metrics
+from mobilenet.runs import RunFolder, RunState
 from mobilenet.train import train
 
 from helpers import CLASSES, class_image, wait_for, write_folder
@@ -143,7 +143,7 @@ def test_one_job_across_managers_then_stop(folder: Path, tmp_path: Path) -> None
     with pytest.raises(JobError, match="already running.*long"):
         second.start(tiny(folder, tmp_path, 1), name="other")
     assert second.active()["run"].endswith("long")
-    wait_for(lambda: second.run_info(run).state == "running" and read_metrics(run))
+    wait_for(lambda: second.run_info(run).state == "running" and RunFolder(run).read_metrics())
     assert second.stop()
     wait_for(lambda: first.active() is None)
     info = first.run_info(run)
@@ -163,7 +163,7 @@ def test_killed_job_shows_interrupted_and_resumes(folder: Path, tmp_path: Path) 
     wait_for(lambda: manager.active() is None, timeout=300)
     info = manager.run_info(run)
     assert info.state == "finished" and info.epoch == 3
-    assert [r.epoch for r in read_metrics(run) if r.kind == "epoch"] == [1, 2, 3]
+    assert [r.epoch for r in RunFolder(run).read_metrics() if r.kind == "epoch"] == [1, 2, 3]
     assert [r.name for r in manager.runs()] == ["victim"]
 
 

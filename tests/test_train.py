@@ -16,7 +16,7 @@ from mobilenet import checkpoint, train
 from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import DataError, ImageSet
 from mobilenet.__main__ import main as cli_main
-from mobilenet.runs import LAST_EPOCH, RunFolder, RunState, read_metrics
+from mobilenet.runs import LAST_EPOCH, RunFolder, RunState
 from mobilenet.device import device_name
 from mobilenet.evaluate import Evaluation, score
 from mobilenet.shipping import card_markdown
@@ -57,7 +57,7 @@ def here() -> str:
 
 
 def epoch_rows(run: Path) -> list[dict]:
-    return [row for row in read_metrics(run) if row.kind == "epoch"]
+    return [row for row in RunFolder(run).read_metrics() if row.kind == "epoch"]
 
 
 def test_loss_falls_and_run_folder_is_complete(folder: Path, tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_loss_falls_and_run_folder_is_complete(folder: Path, tmp_path: Path) -> 
     keys = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s", "elapsed_s", "eta_s"}
     written = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(keys <= set(r) for r in written if r["kind"] == "epoch")
-    assert any(r.kind == "step" for r in read_metrics(tmp_path / "run"))
+    assert any(r.kind == "step" for r in RunFolder(tmp_path / "run").read_metrics())
     run = tmp_path / "run"
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     model, card = checkpoint.load(run / "best.pt")
@@ -203,9 +203,9 @@ def test_the_eta_follows_this_processs_pace_not_the_time_before_a_resume(folder:
     train.train(cfg, run.path, on_step=stop_in_epoch(2))
     week = 7 * 24 * 3600.0  # as if the run had then been paused for a week, or moved to a faster device
     edit_last(run, lambda payload: payload["train_state"]["loop"].update(elapsed_s=week))
-    before = len(read_metrics(run.path))
+    before = len(RunFolder(run.path).read_metrics())
     train.train(cfg, run.path, resume=True)
-    rows = read_metrics(run.path)
+    rows = RunFolder(run.path).read_metrics()
     resumed = [r for r in rows if r.elapsed_s >= week]
     assert len(resumed) >= 4 and len(rows) - len(resumed) <= before
     assert all(r.eta_s < 600 for r in resumed) and resumed[-1].eta_s == 0  # seconds left, not days
@@ -295,7 +295,7 @@ def cli_args(folder: Path, tmp_path: Path, out: Path, epochs: int) -> list[str]:
 def test_sigterm_saves_a_loadable_checkpoint_and_exits_0(folder: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = cli(*cli_args(folder, tmp_path, run, 50))
-    wait_for(lambda: any(r.kind == "step" for r in read_metrics(run)))
+    wait_for(lambda: any(r.kind == "step" for r in RunFolder(run).read_metrics()))
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -309,7 +309,7 @@ def test_kill_9_then_resume_finishes_like_an_uninterrupted_run(folder: Path, tmp
     assert cli(*cli_args(folder, tmp_path, straight, 3)).wait(timeout=300) == 0
     proc = cli(*cli_args(folder, tmp_path, killed, 3))
     wait_for(lambda: len(epoch_rows(killed)) >= 1
-             and any(r.kind == "step" and r.epoch == 2 for r in read_metrics(killed)))
+             and any(r.kind == "step" and r.epoch == 2 for r in RunFolder(killed).read_metrics()))
     proc.kill()
     proc.wait()
     resumed = cli("train", "--resume", str(killed), "--json")
