@@ -13,14 +13,14 @@ import streamlit as st
 from . import catalog, charts, checkpoint, data, evalsets, settings
 from .app_models import models
 from .app_views import for_visitors, link_note
+from .checkpoint import CheckpointError
+from .config import OVERRIDES, RECIPES
 from .data import DataError
 from .display import format_duration, quoted
 from .evalsets import TrainingSource
 from .evaluate import Evaluation
-from .checkpoint import CheckpointError
 from .jobs import JobManager, RunInfo
 from .runs import MetricsRow, RunFolder, RunState, RunStatus, metrics_csv, thinned
-from .config import OVERRIDES, RECIPES, TrainConfig
 
 # ---- training -----------------------------------------------------------------------------------
 
@@ -177,7 +177,7 @@ def failure_reason(run: RunInfo) -> str:
     if not run.error:
         return ""
     reason = for_visitors(run.error)
-    data = str(run.config.get("data", ""))
+    data = run.config.data
     return reason.replace(data, Path(data).name) if Path(data).is_absolute() else reason
 
 
@@ -185,8 +185,8 @@ def runs_table(runs: list[RunInfo] | tuple[RunInfo, ...]) -> pd.DataFrame:
     """Past runs for people, newest first; a failed one says why."""
     return pd.DataFrame([{
         "run": r.name, "state": r.state.value, "epochs": f"{r.epoch}/{r.epochs}",
-        "best validation accuracy": r.best_val_acc, "α": r.config.get("alpha"), "recipe": r.config.get("recipe"),
-        "data": Path(str(r.config.get("data", ""))).name or r.config.get("data"),
+        "best validation accuracy": r.best_val_acc, "α": r.config.alpha, "recipe": r.config.recipe,
+        "data": Path(r.config.data).name or r.config.data,
         "why it failed": failure_reason(r) if r.state is RunState.FAILED else "",
     } for r in runs])
 
@@ -224,7 +224,7 @@ def run_link_note(names: list[str]) -> str | None:
 
 def run_settings(run: RunInfo) -> str:
     """A run's recipe, α, β, stem and epochs, the recipe's values it overrode and its teachers, for people."""
-    cfg = TrainConfig.from_dict(run.config)
+    cfg = run.config
     said = f"recipe {cfg.recipe}, α = {cfg.alpha:g}, β = {cfg.beta:g}, {run.epochs} epochs"
     if cfg.stem != "cifar":
         said += f", the {cfg.stem} stem"

@@ -54,7 +54,7 @@ class RunInfo:
     epoch: int
     epochs: int
     best_val_acc: float | None
-    config: dict
+    config: TrainConfig
     updated: float
     error: str | None = None
 
@@ -264,7 +264,7 @@ class JobManager:
         summary = folder.metrics_summary()
         return RunInfo(folder.name, folder.path, state, status.epoch or summary.epochs,
                        status.epochs or config.effective.epochs,  # a run that failed as it began says none
-                       summary.best_val_acc, config.to_dict(), status.updated, error)
+                       summary.best_val_acc, config, status.updated, error)
 
     def runs(self) -> list[RunInfo]:
         """All readable runs, newest first."""

@@ -146,6 +146,11 @@ class RunStatus:
         except OverflowError:  # a time of 400 digits
             raise ValueError("malformed status") from None
 
+    def to_dict(self) -> dict:
+        values = {"state": self.state.value, "pid": self.pid, "updated": self.updated, "epoch": self.epoch,
+                  "epochs": self.epochs}
+        return values | ({"error": self.error} if self.error else {})
+
 
 def run_name(cfg: TrainConfig) -> str:
     """A new run's folder name: when it started, α and the recipe."""
@@ -231,8 +236,7 @@ class RunFolder:
         self.write_json(self.config, cfg.to_dict())
 
     def set_status(self, state: RunState, epoch: int = 0, epochs: int = 0, error: str | None = None) -> None:
-        status = {"state": state.value, "pid": os.getpid(), "updated": time.time(), "epoch": epoch, "epochs": epochs}
-        self.write_json(self.status, status | ({"error": error} if error else {}))
+        self.write_json(self.status, RunStatus(state, os.getpid(), time.time(), epoch, epochs, error).to_dict())
 
     def clear(self) -> None:
         """Remove what a previous run left (only ever asked for explicitly: see train's overwrite)."""

@@ -378,8 +378,8 @@ def test_training_starts_behind_the_password_updates_live_and_stops(page: Page, 
     progress = main(page).get_by_test_id("stProgress")
     expect(progress).to_contain_text("img/s", timeout=2 * TIMEOUT_MS)  # the job has read the data and trains
     [run] = manager.runs()
-    assert (run.config["alpha"], run.config["batch_size"], run.config["epochs"]) == (0.25, 8, MAX_EPOCHS)
-    assert Path(run.config["data"]).resolve() == server.images.resolve()
+    assert (run.config.alpha, run.config.batch_size, run.config.epochs) == (0.25, 8, MAX_EPOCHS)
+    assert Path(run.config.data).resolve() == server.images.resolve()
     before = page.locator(LIVE_CHART).first.evaluate(SHAPES)  # the loss curve, as querySelector finds it
     page.wait_for_function(f"before => {{ const c = document.querySelector('{LIVE_CHART}'); "
                            f"return c !== null && ({SHAPES})(c) !== before; }}", arg=before)  # redrawn with new rows

@@ -17,6 +17,7 @@ from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 from mobilenet import app_runs, charts
+from mobilenet.config import TrainConfig
 from mobilenet.jobs import RunInfo
 from mobilenet.locks import release_kept, try_lock
 from mobilenet.runs import MetricsRow, RunState, RunStatus
@@ -209,7 +210,8 @@ def test_the_training_page_links_here(runs: Path) -> None:
 
 
 def test_the_progress_bar_counts_epochs_done_as_the_runs_table_does(tmp_path: Path) -> None:
-    info = RunInfo("live", tmp_path, RunState.RUNNING, epoch=2, epochs=4, best_val_acc=None, config={}, updated=0.0)
+    info = RunInfo("live", tmp_path, RunState.RUNNING, epoch=2, epochs=4, best_val_acc=None, config=TrainConfig(),
+                   updated=0.0)
     row = MetricsRow("step", epoch=3, step=250, train_loss=1.0, train_acc=0.5, lr=0.1, img_per_s=170.0,
                      elapsed_s=60.0, eta_s=30.0, total_steps=400)  # half-way through the third of four epochs
     done, text = app_runs.job_progress(info, [row], RunStatus(RunState.RUNNING), stopping=False)
@@ -219,7 +221,8 @@ def test_the_progress_bar_counts_epochs_done_as_the_runs_table_does(tmp_path: Pa
 def test_the_progress_bar_follows_the_runs_own_status_not_the_snapshots(tmp_path: Path) -> None:
     """The runs snapshot may be seconds old: read with it, a run training (or done, its process ending) still
     said "starting… loading data"."""
-    info = RunInfo("live", tmp_path, RunState.LOADING, epoch=0, epochs=4, best_val_acc=None, config={}, updated=0.0)
+    info = RunInfo("live", tmp_path, RunState.LOADING, epoch=0, epochs=4, best_val_acc=None, config=TrainConfig(),
+                   updated=0.0)
     row = MetricsRow("epoch", epoch=4, step=400, train_loss=1.0, train_acc=0.5, lr=0.0, img_per_s=170.0,
                      elapsed_s=60.0, eta_s=0.0, total_steps=400)
     for state, words in [(RunState.RUNNING, "live: 4.0/4 epochs"), (RunState.FINISHED, "live: 4.0/4 epochs"),
