@@ -13,7 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mobilenet import checkpoint, shipping  # noqa: E402
 from mobilenet.catalog import shipped_checkpoints  # noqa: E402
-from mobilenet.checkpoint import CheckpointError  # noqa: E402
+from mobilenet.checkpoint import CheckpointError, ModelCard  # noqa: E402
+from mobilenet.runs import RunFolder  # noqa: E402
 
 
 def weights(path: Path) -> str | None:
@@ -25,11 +26,11 @@ def weights(path: Path) -> str | None:
 
 
 def shipped(run: Path) -> bool:
-    best = weights(run / "best.pt")
+    best = weights(RunFolder(run).best)
     for path in shipped_checkpoints():
         try:
             payload = checkpoint.read(path)
-            twin = shipping.Twin.of(checkpoint.restore(payload, path.name)[1])
+            twin = shipping.Twin.of(ModelCard.from_dict(payload["card"]))
         except CheckpointError:
             continue
         if (twin is not None and twin.run == run.name) or payload["digest"] == best:

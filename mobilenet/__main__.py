@@ -226,7 +226,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     write_cards(Path(args.out).parent)
     twin = Twin.of(card)
     measured = f" (its validating twin {twin.run}'s; it trained on all the images)" if twin else ""
-    print(f"{args.out}: α={card.alpha:g}, validation accuracy {card.training['val_acc']:.2%}{measured}")
+    print(f"{args.out}: α={card.alpha:g}, validation accuracy {card.val_acc:.2%}{measured}")
     return 0
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from . import checkpoint
 from .checkpoint import CheckpointError, ModelCard
 from .engines import int8_file
-from .evalsets import held_out
 from .memo import Memo
 from .runs import RunFolder, RunState
 from .settings import checkpoint_dir, runs_dir
@@ -78,10 +77,10 @@ class ModelEntry:
         if info.get("epochs"):
             epochs = info["epochs"]
             parts.append(f"trained {epochs} epoch{'' if epochs == 1 else 's'} ({info.get('recipe', '?')} recipe)")
-        if info.get("val_acc") is not None and held_out(card):
-            parts.append(f"validation accuracy {info['val_acc']:.1%}")
-        elif info.get("val_acc") is not None:
-            parts.append(f"trained on all its images; {info['val_acc']:.1%} on held-out images with the same recipe")
+        if card.val_acc is not None and card.held_out:
+            parts.append(f"validation accuracy {card.val_acc:.1%}")
+        elif card.val_acc is not None:
+            parts.append(f"trained on all its images; {card.val_acc:.1%} on held-out images with the same recipe")
         return ", ".join(parts)
 
 
@@ -115,7 +114,7 @@ def finished_runs(folder: Path) -> list[RunFolder]:
 
 @lru_cache(maxsize=128)
 def _card(path: Path, version: Version) -> ModelCard:  # version: part of the cache key only
-    return ModelCard.from_dict(checkpoint.read(path)["card"])
+    return checkpoint.read_card(path)
 
 
 # Files refused lately, and why: a damaged file is read and hashed once a minute, not on every page run of every

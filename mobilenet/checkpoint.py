@@ -73,7 +73,7 @@ class ModelCard:
     classes: tuple[str, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    training: dict[str, Any] = field(default_factory=dict)  # epochs, recipe, accuracy, time, … for people
+    training: dict[str, Any] = field(default_factory=dict)  # epochs, recipe, accuracy, time, …: see NUMBERS_FOR_PEOPLE
     tta: str = "none"  # test-time augmentation the model is scored and served with (mobilenet.tta)
     data: TrainingData | None = None
 
@@ -108,6 +108,17 @@ class ModelCard:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def val_acc(self) -> float | None:
+        """Its validation accuracy, or its validating twin's for a model trained on all its images; None: never
+        validated (a run's best.pt copied elsewhere, an old card)."""
+        return self.training.get("val_acc")
+
+    @property
+    def held_out(self) -> bool:
+        """Whether its training held a validation split out (a model without a record of its data may have)."""
+        return self.data is None or self.data.holds_out
 
     @property
     def inference(self) -> InferenceRecipe:
@@ -287,6 +298,11 @@ def read(path: Path | str) -> dict[str, Any]:
     if "card_digest" in payload and card_digest(payload["card"]) != payload["card_digest"]:  # files before had none
         raise CheckpointError(f"{path.name} is damaged or was modified: its card does not match its digest")
     return payload
+
+
+def read_card(path: Path | str) -> ModelCard:
+    """A checkpoint's card, checked, without building its model."""
+    return ModelCard.from_dict(read(path)["card"])
 
 
 def all_finite(state: dict[str, torch.Tensor]) -> bool:

@@ -140,11 +140,6 @@ def training_source(card: ModelCard, root: Path | None = None) -> str | None:
     return next((s for s in here + [str(p) for p in _candidates(root)] if trained_on(card, s)), None)
 
 
-def held_out(card: ModelCard) -> bool:
-    """Whether the model's training held a validation split out (a model without a record may have)."""
-    return card.data is None or card.data.holds_out
-
-
 def describe_source(source: str) -> str:
     return "CIFAR-10" if source == "cifar10" else Path(source).name
 
@@ -168,7 +163,7 @@ def sources(card: ModelCard, root: Path | None = None) -> list[EvalSource]:
     if _cifar_present(root):
         # CIFAR-10's test split is never trained on: the trainer holds its validation split out of train.
         unseen.append(EvalSource("CIFAR-10 test set", "cifar10", "test"))
-    if held_out(card) and (trained := training_source(card, root)) is not None:
+    if card.held_out and (trained := training_source(card, root)) is not None:
         unseen.append(EvalSource(f"validation split held out in training ({describe_source(trained)})", trained, VAL))
     for path in _candidates(root):
         split = evaluation_split(str(path))
@@ -189,7 +184,7 @@ def named(card: ModelCard, source: str, split: str, root: Path | None = None) ->
         data.check_source(source, root)
         data.available_splits(source)  # a damaged .zip, or a file that is none, says so (not "holds no images")
     if split == VAL:
-        if not held_out(card):
+        if not card.held_out:
             raise DataError("this model held no validation split out of its training data: every image of it was "
                             "trained on")
         if card.data is not None and card.data.fingerprint and not trained_on(card, source):

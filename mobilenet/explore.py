@@ -159,7 +159,7 @@ def accuracy_against_cost(models: list[tuple[str, ModelCard]]) -> pd.DataFrame:
     of other classes (a run on a folder of the host's) are left out: their accuracies measure other tasks."""
     rows = []
     for name, card in models:
-        accuracy = card.training.get("val_acc")
+        accuracy = card.val_acc
         if accuracy is None or card.classes != CIFAR10_CLASSES:
             continue
         stats = model_stats(card.alpha, resolution=card.resolution, stem=card.stem, num_classes=card.num_classes)

@@ -85,7 +85,7 @@ def calibration(path: Path, twins: Sequence[Path] = ()) -> Calibration:
     on the twin's split: the twin's run folder is looked up by name among `twins` (CheckpointError without it)."""
     from .shipping import Twin
 
-    card = ModelCard.from_dict(checkpoint.read(path)["card"])
+    card = checkpoint.read_card(path)
     twin = Twin.of(card)
     if twin is None:
         return Calibration(path, card.data)
@@ -94,7 +94,7 @@ def calibration(path: Path, twins: Sequence[Path] = ()) -> Calibration:
         raise CheckpointError(f"{path.name} trained on all the images: its threshold comes from its validating "
                               f"twin's answers on the images the twin held out: give the twin's run folder, "
                               f"{twin.run}")
-    proxy = ModelCard.from_dict(checkpoint.read(folder.best)["card"])
+    proxy = checkpoint.read_card(folder.best)
     split = proxy.data
     fingerprints = {d.fingerprint for d in (split, card.data) if d and d.fingerprint}
     if split is None or len(fingerprints) > 1 or (split.val_size, split.seed) != (twin.val_size, twin.seed) \

@@ -96,7 +96,7 @@ def _last_epoch(twin: RunFolder, report: dict) -> dict:
 
 
 def _card(folder: RunFolder) -> ModelCard:
-    return ModelCard.from_dict(checkpoint.read(folder.best)["card"])
+    return checkpoint.read_card(folder.best)
 
 
 def _value(value: Any) -> str:
@@ -118,7 +118,7 @@ def export(run: Path, out: Path, data_description: str | None = None, validated_
         raise CheckpointError(f"{folder.name} is not a finished run: it has no report.json")
     model, card = checkpoint.load(folder.best)
     twin: dict[str, Any] = {}
-    if card.data is not None and not card.data.holds_out:
+    if not card.held_out:
         if validated_by is None:
             raise CheckpointError(f"{folder.name} trained on all the images and held none out, so it has no validation "
                                   f"accuracy of its own: give the run that validated its recipe with --validated-by "
@@ -151,7 +151,7 @@ def record_data(path: Path, source: str) -> ModelCard:
     """Record in a shipped model's card which data it was trained on: the source by its file name and its
     fingerprint, with the split the card already records. Only the card changes; the weights and their digest
     stay, so the int8 model made from them still matches."""
-    card = ModelCard.from_dict(checkpoint.read(path)["card"])
+    card = checkpoint.read_card(path)
     found = data.fingerprint(source)
     if found is None:
         raise DataError(f"{source} does not exist")
@@ -229,8 +229,7 @@ def _size(card: ModelCard) -> ModelStats:
 
 def _accuracy(card: ModelCard) -> str:
     """Its validation accuracy, or a dash for a model that was never validated (a run's best.pt copied here)."""
-    accuracy = card.training.get("val_acc")
-    return "–" if accuracy is None else f"{accuracy:.2%}"
+    return "–" if card.val_acc is None else f"{card.val_acc:.2%}"
 
 
 def int8_cell(model: OnnxModel | None) -> str:
