@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from mobilenet import admin, app_runs, app_views, settings
+from mobilenet import admin, app_runs, app_views, data, settings
 from mobilenet.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from mobilenet.jobs import JobError, RunInfo
 
@@ -38,11 +38,10 @@ with st.container():  # one slot, whatever it shows: the controls below keep the
 locked = None if allowed else refused or admin.SIGN_IN_HINT.capitalize() + "."  # why the controls are disabled
 
 left, right = st.columns(2)  # no form: the recipe's defaults and the overrides note follow every choice at once
-LAYOUT = "train/<class>/<image> and optionally test/<class>/<image>, or <class>/<image>"
 source = left.selectbox("Data", app_runs.training_data(admin=allowed), format_func=lambda s: s.label,
                         help=f"The image folders and .zip files in {app_views.visible_folder(settings.data_root())}/ "
-                             f"that hold training images ({LAYOUT}), and CIFAR-10.")
-typed = (left.text_input("Data folder", placeholder="/path/to/images or /path/to/images.zip", help=LAYOUT)
+                             f"that hold training images ({data.LAYOUT}), and CIFAR-10.")
+typed = (left.text_input("Data folder", placeholder="/path/to/images or /path/to/images.zip", help=data.LAYOUT)
          if source == app_runs.OTHER_DATA else "")
 recipe = left.selectbox("Recipe", list(RECIPES), index=list(RECIPES).index(DEFAULT_RECIPE),
                         help="fast: this project's recipe; seed: the blog post's, exactly. It sets the defaults below.")

@@ -154,20 +154,16 @@ def overrides_note(recipe: str, overrides: dict) -> str | None:
                for name, value in overrides.items() if value is not None]
     return "overrides: " + ", ".join(changed) if changed else None
 
+
 def data_problem(source: str) -> str | None:
     """Why a training source cannot be used, said for people, or None. CIFAR-10 is checked by the job itself."""
-    if source == "cifar10":
-        return None
     if not source:
         return "Enter the path of an image folder or .zip on the server."
     try:
-        splits = data.available_splits(source)
+        data.check_trainable(source)
     except (DataError, OSError) as e:
         log.info("training data %s refused: %s", source, e)
         return for_visitors(str(e))
-    if "train" not in splits:
-        return (f"{for_visitors(source)} has no training images: expected train/<class>/<image> (and optionally "
-                f"test/<class>/<image>), or <class>/<image>.")
     return None
 
 

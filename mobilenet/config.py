@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .data import CIFAR10
 from .model import STEMS, check_alpha, check_stem, input_resolution
 from .settings import data_root
 from .tta import CIFAR10_NORMALIZATION, SEED_NORMALIZATION, TTA_MODES, Normalization
@@ -73,7 +74,7 @@ _TYPE_WORDS = {"str": "text", "int": "a whole number", "float": "a number", "boo
 
 @dataclass
 class TrainConfig:
-    data: str = _option("cifar10", "'cifar10' or an image folder / .zip with train/<class>/ or <class>/ "
+    data: str = _option(CIFAR10, "'cifar10' or an image folder / .zip with train/<class>/ or <class>/ "
                                    "(default cifar10)")
     recipe: str = _option(DEFAULT_RECIPE, "training recipe (default fast)", choices=tuple(RECIPES))
     epochs: int | None = _option(None, "default: the recipe's")
@@ -163,7 +164,7 @@ class TrainConfig:
         def absolute(path: str) -> str:
             return str(Path(path).resolve())
 
-        return replace(self, data=self.data if self.data == "cifar10" else absolute(self.data),
+        return replace(self, data=self.data if self.data == CIFAR10 else absolute(self.data),
                        data_root=absolute(self.data_root), teacher=",".join(map(absolute, self.teachers)))
 
     @property

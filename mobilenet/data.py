@@ -32,8 +32,10 @@ from .memo import KeyLocks
 CACHE_VERSION = 2  # bump when decoding or resizing changes, so old caches are rebuilt
 CACHE_FOLDER = "cache"  # under the data root: decoded images, teachers' answers (mobilenet.distill)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+CIFAR10 = "cifar10"  # the source that names torchvision's CIFAR-10 under a data root (any other is a folder or .zip)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
+LAYOUT = "train/<class>/<image> (and optionally test/<class>/<image>), or <class>/<image>"  # of a folder or .zip
 
 
 
@@ -215,9 +217,7 @@ def _load_folder(path: Path, split: str, side: int, sample: int | None = None) -
     if not pairs:
         found = ", ".join(tree.splits()) or "none"
         raise DataError(
-            f"{path} has no {split} images (splits found: {found}). Expected train/<class>/<image> "
-            f"and optionally test/<class>/<image>, or <class>/<image>."
-        )
+            f"{path} has no {split} images (splits found: {found}). Expected {LAYOUT}.")
     classes = tuple(sorted({name for _, name in pairs}))
     if unreadable := [name for name in classes if not name.isprintable() or not _is_utf8(name)]:
         names = ", ".join(name.encode("utf-8", "replace").decode().encode("unicode_escape").decode()
@@ -245,14 +245,14 @@ def _load_folder(path: Path, split: str, side: int, sample: int | None = None) -
 
 
 def _load_cifar10(root: Path, split: str, side: int, download: bool) -> ImageSet:
-    from torchvision.datasets import CIFAR10
+    from torchvision import datasets
 
     try:
-        dataset = CIFAR10(str(root), train=split == "train", download=download)
+        dataset = datasets.CIFAR10(str(root), train=split == "train", download=download)
     except RuntimeError as e:
         raise DataError(
-            f"CIFAR-10 was not found in {root / 'cifar-10-batches-py'} ({e}). Allow the download "
-            f"(drop --no-download) on a machine with internet, or copy cifar-10-python.tar.gz from "
+            f"CIFAR-10 was not found in {root / CIFAR10_FOLDER} ({e}). Allow the download "
+            f"(drop --no-download) on a machine with internet, or copy {CIFAR10_ARCHIVE} from "
             f"https://www.cs.toronto.edu/~kriz/cifar.html into {root} and extract it there.",
             in_app=f"CIFAR-10 in {root} is missing or damaged ({e}). Choose an image folder or .zip in {root} "
                    f"instead, or ask the host to put a complete copy of CIFAR-10 there."
@@ -260,10 +260,10 @@ def _load_cifar10(root: Path, split: str, side: int, download: bool) -> ImageSet
     except OSError as e:
         raise DataError(
             f"CIFAR-10 could not be downloaded into {root} ({e}). Without internet, copy "
-            f"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html into {root} "
+            f"{CIFAR10_ARCHIVE} from https://www.cs.toronto.edu/~kriz/cifar.html into {root} "
             f"and extract it there, or train on an image folder or zip with --data PATH.",
             in_app=f"CIFAR-10 could not be downloaded: {_download_failure(e)}. Choose an image folder or .zip in "
-                   f"{root} instead, or ask the host to put CIFAR-10 there (cifar-10-python.tar.gz, extracted)."
+                   f"{root} instead, or ask the host to put CIFAR-10 there ({CIFAR10_ARCHIVE}, extracted)."
         ) from None
     if side == dataset.data.shape[1]:
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
@@ -287,7 +287,7 @@ def _download_failure(error: OSError) -> str:
 
 def _cache_key(source: str, split: str, side: int, sample: int | None) -> str:
     split = split if sample is None else f"{split}-sample{sample}"
-    if source == "cifar10":
+    if source == CIFAR10:
         return f"cifar10-{split}-{side}-v{CACHE_VERSION}"
     path = Path(source).resolve()
     stat = path.stat()
@@ -316,7 +316,7 @@ def load(
         raise DataError(f"split must be one of {SPLITS}, got {split!r}")
     root = data_root() if root is None else Path(root)
     check_source(source, root, download)
-    if source == "cifar10" and sample is not None:  # its images are arrays already: nothing to spare
+    if source == CIFAR10 and sample is not None:  # its images are arrays already: nothing to spare
         full = load(source, split, resolution, root, download, cache)
         return full.subset(balanced_sample(full.labels, sample)) if sample < len(full) else full
     cache_file = root / CACHE_FOLDER / f"{_cache_key(source, split, resolution, sample)}.pt"
@@ -326,7 +326,7 @@ def load(
             return ImageSet(saved["images"], saved["labels"], tuple(saved["classes"]), tuple(saved.get("skipped", ())))
         except Exception:
             cache_file.unlink(missing_ok=True)  # a stale or damaged cache is rebuilt, never trusted
-    if source == "cifar10":
+    if source == CIFAR10:
         data = _load_cifar10(root, split, resolution, download)
     else:
         data = _load_folder(Path(source), split, resolution, sample)
@@ -354,11 +354,11 @@ def cifar10_here(root: Path | str | None = None) -> bool:
 def check_source(source: str, root: Path | str | None = None, download: bool = False) -> None:
     """DataError unless the source can be read now (or, for CIFAR-10, downloaded when allowed)."""
     root = data_root() if root is None else Path(root)
-    if source == "cifar10":
+    if source == CIFAR10:
         if not download and not cifar10_here(root):
             raise DataError(
                 f"CIFAR-10 was not found in {root / CIFAR10_FOLDER} and downloading it is turned off. Allow the "
-                f"download on a machine with internet, or copy cifar-10-python.tar.gz from "
+                f"download on a machine with internet, or copy {CIFAR10_ARCHIVE} from "
                 f"https://www.cs.toronto.edu/~kriz/cifar.html into {root} and extract it there.")
     elif not Path(source).exists():
         raise DataError(f"data source {source!r} not found: give 'cifar10' or an existing folder or .zip",
@@ -366,9 +366,15 @@ def check_source(source: str, root: Path | str | None = None, download: bool = F
 
 
 def available_splits(source: str) -> list[str]:
-    if source == "cifar10":
+    if source == CIFAR10:
         return list(SPLITS)
     return _Tree(Path(source)).splits()
+
+
+def check_trainable(source: str) -> None:
+    """DataError (or OSError) unless the source holds training images; CIFAR-10 always does."""
+    if "train" not in available_splits(source):
+        raise DataError(f"{source} has no training images: expected {LAYOUT}")
 
 
 def split_train_val(full: ImageSet, val_size: int, seed: int, subset: int | None = None) -> tuple[ImageSet, ImageSet]:
@@ -406,8 +412,8 @@ def fingerprint(source: str, version: tuple | None = None, thorough: bool = Fals
     `version`: the source's source_version when the caller has just read it; thorough: look at each file of a
     folder (files_version), so that an image overwritten in place is seen.
     """
-    if source == "cifar10":
-        return "cifar10"
+    if source == CIFAR10:
+        return CIFAR10
     path = Path(source)
     try:
         if version is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import data, settings
 from .checkpoint import ModelCard, TrainingData
-from .data import DataError, ImageSet
+from .data import CIFAR10, DataError, ImageSet
 from .memo import Memo
 
 VAL = "val"  # the validation split held out in training, beside data.SPLITS
@@ -36,7 +36,7 @@ def missing_data_message(root: Path) -> str:
     return (
         f"No evaluation data found in `{root}/`. Download CIFAR-10 into it on a machine with internet "
         f"(`python -c \"from torchvision.datasets import CIFAR10; CIFAR10('{root}', train=False, download=True)\"`, "
-        f"or extract cifar-10-python.tar.gz there), or put an image folder or .zip in it laid out as "
+        f"or extract {data.CIFAR10_ARCHIVE} there), or put an image folder or .zip in it laid out as "
         f"`test/<class>/<image>` or `<class>/<image>`."
     )
 
@@ -80,7 +80,7 @@ def _splits_now(path: Path) -> tuple[str, ...]:
 def evaluation_split(source: str) -> str | None:
     """The one rule, for the app and the command line alike: a source's test split when it has one, else all its
     images (a folder of train/<class>/ or <class>/ only); None when it holds no images."""
-    if source == "cifar10":
+    if source == CIFAR10:
         return "test"
     splits = _splits_now(Path(source))
     return "test" if "test" in splits else (ALL if splits else None)
@@ -92,8 +92,8 @@ def trained_on(card: ModelCard, source: str) -> bool:
     if trained is None:
         return False
     if trained.fingerprint:
-        if source == "cifar10":
-            return trained.fingerprint == "cifar10"
+        if source == CIFAR10:
+            return trained.fingerprint == CIFAR10
         try:
             return data.fingerprint(source, _version(Path(source))) == trained.fingerprint
         except OSError:
@@ -122,7 +122,7 @@ def sources_to_train_on(root: Path | None = None) -> list[TrainingSource]:
     root = settings.data_root() if root is None else root
     here = data.cifar10_here(root)
     cifar = TrainingSource("CIFAR-10 (downloaded)" if here else "CIFAR-10 (downloads about 170 MB when the job starts)",
-                           "cifar10")
+                           CIFAR10)
     found = [TrainingSource(path.name, str(path)) for path in _candidates(root) if "train" in _splits_now(path)]
     return [cifar, *found] if here else [*found, cifar]
 
@@ -134,14 +134,14 @@ def training_source(card: ModelCard, root: Path | None = None) -> str | None:
     trained = card.data
     if trained is None:
         return None
-    if trained.source == "cifar10":
-        return "cifar10" if _cifar_present(root) else None
+    if trained.source == CIFAR10:
+        return CIFAR10 if _cifar_present(root) else None
     here = [trained.source] if Path(trained.source).exists() else []
     return next((s for s in here + [str(p) for p in _candidates(root)] if trained_on(card, s)), None)
 
 
 def describe_source(source: str) -> str:
-    return "CIFAR-10" if source == "cifar10" else Path(source).name
+    return "CIFAR-10" if source == CIFAR10 else Path(source).name
 
 
 def training_note(card: ModelCard) -> str:
@@ -162,7 +162,7 @@ def sources(card: ModelCard, root: Path | None = None) -> list[EvalSource]:
     unseen, seen = [], []
     if _cifar_present(root):
         # CIFAR-10's test split is never trained on: the trainer holds its validation split out of train.
-        unseen.append(EvalSource("CIFAR-10 test set", "cifar10", "test"))
+        unseen.append(EvalSource("CIFAR-10 test set", CIFAR10, "test"))
     if card.held_out and (trained := training_source(card, root)) is not None:
         unseen.append(EvalSource(f"validation split held out in training ({describe_source(trained)})", trained, VAL))
     for path in _candidates(root):
@@ -180,7 +180,7 @@ def sources(card: ModelCard, root: Path | None = None) -> list[EvalSource]:
 def named(card: ModelCard, source: str, split: str, root: Path | None = None) -> EvalSource:
     """The command line's --data and --split as a source, by the app's rule: "val" is the held-out validation
     split; otherwise the test split, or all the images of a folder that has none."""
-    if source != "cifar10":  # CIFAR-10 is checked as it loads: it may be downloaded
+    if source != CIFAR10:  # CIFAR-10 is checked as it loads: it may be downloaded
         data.check_source(source, root)
         data.available_splits(source)  # a damaged .zip, or a file that is none, says so (not "holds no images")
     if split == VAL:

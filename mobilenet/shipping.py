@@ -16,7 +16,7 @@ from . import checkpoint, data, settings
 from .catalog import shipped_order
 from .checkpoint import CheckpointError, ModelCard, TrainingData
 from .config import RECIPES
-from .data import DataError
+from .data import CIFAR10, DataError
 from .evaluate import Evaluation
 from .engines import int8_file
 from .runs import LAST_EPOCH, RunFolder
@@ -155,13 +155,12 @@ def record_data(path: Path, source: str) -> ModelCard:
     found = data.fingerprint(source)
     if found is None:
         raise DataError(f"{source} does not exist")
-    if source != "cifar10" and "train" not in data.available_splits(source):
-        raise DataError(f"{source} holds no training images: expected train/<class>/<image> or <class>/<image>")
+    data.check_trainable(source)
     split = card.data or TrainingData(source, None)
     if split.fingerprint and split.fingerprint != found:
         raise DataError(f"{source} is not the data {path.name} was trained on (fingerprint {found}, its card says "
                         f"{split.fingerprint})")
-    name = source if source == "cifar10" else Path(source).resolve().name  # "." by its name
+    name = source if source == CIFAR10 else Path(source).resolve().name  # "." by its name
     recorded = replace(card, data=replace(split, source=name, fingerprint=found))
     checkpoint.replace_card(path, recorded)
     return recorded

@@ -284,7 +284,7 @@ def test_recording_the_training_data_changes_the_card_only(tmp_path: Path) -> No
     with pytest.raises(DataError, match="setup.py is neither a folder nor a .zip file"):
         shipping.record_data(shipped / "m.pt", str(tmp_path / "setup.py"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="empty holds no training images"):
+    with pytest.raises(DataError, match="empty has no training images"):
         shipping.record_data(shipped / "m.pt", str(tmp_path / "empty"))
 
 
