@@ -9,7 +9,7 @@ import streamlit as st
 from mobilenet import app_models, app_uploads, app_views
 
 st.set_page_config(page_title="MobileNet v1 Studio", page_icon=":material/memory:", layout="wide")
-app_views.one_thread_per_visitor()
+app_views.torch_on_one_thread()
 app_uploads.cap_uploads()
 app_views.keep_choices([*app_uploads.CHOICES, *app_uploads.map_class_keys(), *app_models.EVALUATION_CHOICES])
 page = st.navigation({

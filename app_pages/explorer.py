@@ -22,19 +22,20 @@ st.caption("MobileNet v1 (Howard et al. 2017): how the width multiplier α and t
 
 
 def each_stem_starts_at_its_own_resolution() -> None:
-    st.session_state.resolution = BASE_RESOLUTION[st.session_state.stem]  # β = 1: 64 fits both, but means β = 2 or 0.29
+    # β = 1: 64 fits both stems, but means β = 2 or 0.29
+    st.session_state[explore.RESOLUTION_PARAM] = BASE_RESOLUTION[st.session_state[explore.STEM_PARAM]]
 
 
 left, middle, right = st.columns(3)
 alpha = left.slider("Width multiplier α", explore.ALPHA_MIN, explore.ALPHA_MAX, 1.0, explore.ALPHA_STEP,
-                    key="alpha", bind="query-params", help="Every layer's channels are scaled by α.")
-stem = middle.radio("Stem", STEMS, horizontal=True, key="stem", bind="query-params",
+                    key=explore.ALPHA_PARAM, bind="query-params", help="Every layer's channels are scaled by α.")
+stem = middle.radio("Stem", STEMS, horizontal=True, key=explore.STEM_PARAM, bind="query-params",
                     on_change=each_stem_starts_at_its_own_resolution,
                     help="cifar: the seed's CIFAR-10 network (32×32 input, 10 classes). "
                          "imagenet: the paper's network (224×224 input, 1000 classes).")
 base = BASE_RESOLUTION[stem]
 resolution = right.select_slider(f"Input resolution (β = resolution / {base})", explore.RESOLUTIONS[stem],
-                                 value=base, key="resolution", bind="query-params")
+                                 value=base, key=explore.RESOLUTION_PARAM, bind="query-params")
 
 stats = explore.stats_for(alpha, stem, resolution)
 st.caption(f"α = {alpha:g}, β = {explore.beta(stem, resolution):.4g}: input {resolution}×{resolution}, "

@@ -20,9 +20,9 @@ files, other = st.columns(2)
 returning = app_uploads.UPLOADER_KEY not in st.session_state  # Streamlit drops the uploader's state on leaving the page
 uploaded = files.file_uploader("Upload images", type=app_uploads.UPLOAD_TYPES, accept_multiple_files=True,
                                key=app_uploads.UPLOADER_KEY)
-url = other.text_input("Or paste an image URL", placeholder="https://…", key="image_url").strip()
+url = other.text_input("Or paste an image URL", placeholder="https://…", key=app_uploads.URL_KEY).strip()
 photo = None
-if other.toggle("Take a photo with the camera", key="camera_on"):
+if other.toggle("Take a photo with the camera", key=app_uploads.CAMERA_ON_KEY):
     photo = other.camera_input("Photo", key=app_uploads.CAMERA_KEY)
     if note := app_uploads.lost_photo_note():
         other.warning(note)
@@ -39,7 +39,8 @@ if kept and not uploaded:
 examples = {path.stem: path for path in answers.examples()}
 with st.expander("Or try an example (CIFAR-10 training images: the models have seen them)", expanded=True):
     st.image(answers.example_thumbnails(tuple(examples.values())), caption=list(examples), output_format="PNG")
-    chosen = st.pills("Examples", list(examples), selection_mode="multi", label_visibility="collapsed", key="examples")
+    chosen = st.pills("Examples", list(examples), selection_mode="multi", label_visibility="collapsed",
+                      key=app_uploads.EXAMPLES_KEY)
 
 topk, show_cam, opacity_column = st.columns(3)
 if len(clf.classes) > 1:
@@ -47,8 +48,9 @@ if len(clf.classes) > 1:
     k = topk.slider("Classes to show", 1, len(clf.classes), key=app_uploads.TOP_K_KEY)
 else:
     k = 1
-gradcam = show_cam.toggle("Class activation map: where the network found its evidence", key="gradcam")
-opacity = opacity_column.slider("Map opacity", 0.0, 1.0, step=0.05, disabled=not gradcam, key="map_opacity")
+gradcam = show_cam.toggle("Class activation map: where the network found its evidence", key=app_uploads.GRADCAM_KEY)
+opacity = opacity_column.slider("Map opacity", 0.0, 1.0, step=0.05, disabled=not gradcam,
+                                key=app_uploads.MAP_OPACITY_KEY)
 
 uploads = [*kept, *([answers.Upload(photo.name, photo.getvalue())] if photo else [])]
 uploads += [answers.Upload(path.name, path.read_bytes()) for name, path in examples.items() if name in chosen]
@@ -74,7 +76,8 @@ for i, result in enumerate(results):
     if result.foreign:
         prob, limit = percents_apart(prediction.prob, threshold)
         st.warning(f"Not sure: this does not look like any of the {len(clf.classes)} classes. The top class has "
-                   f"{prob}, below the {limit} that 95% of CIFAR-10 validation images reach.", icon=":material/help:")
+                   f"{prob}, below the {limit} that {ood.KEEP:.0%} of CIFAR-10 validation images reach.",
+                   icon=":material/help:")
     shown, seen, heat, bars = st.columns([3, 2, 3, 4])
     shown.image(result.photo, caption="the photo")
     seen.image(enlarge(prediction.image), caption=f"what the network saw ({side}×{side})")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from mobilenet import admin, app_runs, app_views, data, settings
+from mobilenet import admin, app_runs, app_views, data, explore, settings
 from mobilenet.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from mobilenet.jobs import JobError, RunInfo
 
@@ -46,9 +46,11 @@ typed = (left.text_input("Data folder", placeholder="/path/to/images or /path/to
 recipe = left.selectbox("Recipe", list(RECIPES), index=list(RECIPES).index(DEFAULT_RECIPE),
                         help="fast: this project's recipe; seed: the blog post's, exactly. It sets the defaults below.")
 own = RECIPES[recipe]  # the inputs' keys name the recipe: choosing another one starts them at its values
-batch_size = left.number_input("Batch size", 8, 2048, own.batch_size, step=8, key=f"batch_size-{recipe}")
-alpha = right.slider("α", 0.25, 2.0, 1.0, 0.05, help="width multiplier")
-beta = right.slider("β", 0.5, 2.0, 1.0, 0.125, help="resolution multiplier: input side round(32 × β)")
+batch_size = left.number_input("Batch size", 8, app_runs.MAX_BATCH_SIZE, own.batch_size, step=8,
+                               key=f"batch_size-{recipe}")
+alpha = right.slider("α", explore.ALPHA_MIN, explore.ALPHA_MAX, 1.0, explore.ALPHA_STEP, help="width multiplier")
+beta = right.slider("β", app_runs.BETA_MIN, app_runs.BETA_MAX, 1.0, app_runs.BETA_STEP,
+                    help="resolution multiplier: input side round(32 × β)")
 epochs = right.number_input("Epochs", 1, app_runs.MAX_EPOCHS, own.epochs, key=f"epochs-{recipe}")
 lr = right.number_input("Learning rate", 0.0001, 5.0, own.lr, format="%.4f", key=f"lr-{recipe}")
 overrides = app_runs.recipe_overrides(recipe, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr))
@@ -71,7 +73,7 @@ if start and allowed:
 
 page_snapshot = app_runs.runs_snapshot()
 watching_a_job = page_snapshot.job is not None
-finished = app_runs.finished_runs(page_snapshot)  # as the sidebar's model selector was drawn with them
+finished = app_runs.finished_names(page_snapshot)  # as the sidebar's model selector was drawn with them
 DELETE_KEY = "delete_asked"  # the run this visitor asked to delete, awaiting Confirm or Cancel, in st.session_state
 
 
@@ -105,7 +107,7 @@ def live() -> None:
         st.rerun(scope="app")
     snapshot = app_runs.runs_snapshot()
     job, runs = snapshot.job, snapshot.runs
-    if (job is not None) != watching_a_job or app_runs.finished_runs(snapshot) != finished:
+    if (job is not None) != watching_a_job or app_runs.finished_names(snapshot) != finished:
         st.rerun(scope="app")  # the whole app: the refresh rate follows the job, the model selector its runs
     running = next((r for r in runs if job and str(r.path.resolve()) == job.get("run")), None)
     stopping = bool(job and job.get("stopping"))  # recorded with the job: every visitor sees it

@@ -24,7 +24,10 @@ from .runs import MetricsRow, RunFolder, RunState, RunStatus, metrics_csv, thinn
 
 # ---- training -----------------------------------------------------------------------------------
 
+# The training form's bounds (a job's cost on a shared server); α's are the explorer's.
 MAX_EPOCHS = 200
+MAX_BATCH_SIZE = 2048
+BETA_MIN, BETA_MAX, BETA_STEP = 0.5, 2.0, 0.125
 REFRESH_S = 2.0  # the live view's refresh while a job runs: see BENCHMARKS.md, "Watching, uploading and training"
 IDLE_REFRESH_S = 10.0  # without a job, only to notice one that another visitor starts
 CHART_STEPS = 400  # step rows drawn at most: the curves look the same, and a refresh stays small
@@ -61,7 +64,7 @@ def runs_snapshot() -> RunsSnapshot:
     return snapshot
 
 
-def finished_runs(snapshot: RunsSnapshot) -> frozenset[str]:
+def finished_names(snapshot: RunsSnapshot) -> frozenset[str]:
     """The runs a snapshot shows finished: when they change, the model selector the page was drawn with is out
     of date, and the whole app reruns to list them."""
     return frozenset(r.name for r in snapshot.runs if r.state is RunState.FINISHED)

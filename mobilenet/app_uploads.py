@@ -22,10 +22,14 @@ UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 UPLOADER_KEY = "uploader"
 CAMERA_KEY = "camera"
 TOP_K_KEY = "top_k"
+URL_KEY = "image_url"
+CAMERA_ON_KEY = "camera_on"
+EXAMPLES_KEY = "examples"
+GRADCAM_KEY = "gradcam"
+MAP_OPACITY_KEY = "map_opacity"
 # The Inference page's other choices, by widget key, with their defaults: kept when the visitor opens another page
 # and comes back, as the uploads are (app_views.keep_choices).
-CHOICES = {"image_url": "", "camera_on": False, "examples": [], "gradcam": True, TOP_K_KEY: 5,
-           "map_opacity": 0.6}
+CHOICES = {URL_KEY: "", CAMERA_ON_KEY: False, EXAMPLES_KEY: [], GRADCAM_KEY: True, TOP_K_KEY: 5, MAP_OPACITY_KEY: 0.6}
 # What the uploads a session keeps may weigh together: a dozen phone photos, not 16 files at the 25 MB limit.
 MAX_KEPT_BYTES = 64 * 2**20
 # What a session's uploads may weigh in the server's store as they arrive, before any page has run (a client that

@@ -80,7 +80,7 @@ def show_report_charts(result: Evaluation) -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def one_thread_per_visitor() -> None:
+def torch_on_one_thread() -> None:
     """Once per server, before any page's torch work: one intra-op thread, as Classifier.load sets on a CPU.
 
     Many visitors' small tensors gain nothing from splitting across cores that their page runs share, and a

@@ -22,6 +22,8 @@ from .model import BASE_RESOLUTION, NUM_CLASSES, STEMS, MobileNetV1
 from .stats import ModelStats, model_stats
 
 ALPHA_MIN, ALPHA_MAX, ALPHA_STEP = 0.25, 2.0, 0.05
+# The explorer's link parameters, which are also its widgets' keys.
+ALPHA_PARAM, STEM_PARAM, RESOLUTION_PARAM = "alpha", "stem", "resolution"
 SWEEP_ALPHAS = tuple(0.25 + 0.125 * i for i in range(15))  # 0.25 … 2.0
 # Input sides offered per stem: β from 0.25 to 2 for CIFAR, and steps of 16 that hold the paper's 128…224.
 RESOLUTIONS = {"cifar": tuple(range(8, 65, 4)), "imagenet": tuple(range(64, 449, 16))}
@@ -47,17 +49,18 @@ def link_problems(params: Mapping[str, list[str]]) -> list[str]:
     the link's order (a key given twice reaches a slider as a range, which it drops too; the stem takes the last).
     Empty values count for nothing, as the sliders drop them; the stem's radio takes its last value even when empty,
     and shows its default for it."""
-    stem = (params.get("stem") or [STEMS[0]])[-1] or STEMS[0]
+    stem = (params.get(STEM_PARAM) or [STEMS[0]])[-1] or STEMS[0]
     params = {key: [value for value in values if value] for key, values in params.items()}
     problems = []
     if stem not in STEMS:
         problems.append(f"The link's stem {quoted(stem)} is not one of {', '.join(STEMS)}: showing {STEMS[0]}.")
         stem = STEMS[0]
-    for key, name, default in (("alpha", "α", "α = 1"), ("resolution", "resolution", str(BASE_RESOLUTION[stem]))):
+    for key, name, default in ((ALPHA_PARAM, "α", "α = 1"),
+                               (RESOLUTION_PARAM, "resolution", str(BASE_RESOLUTION[stem]))):
         if len(params.get(key, [])) > 1:
             problems.append(f"The link gives {name} more than once ({', '.join(map(quoted, params[key]))}): "
                             f"showing {default}.")
-    alpha = params.get("alpha", [])
+    alpha = params.get(ALPHA_PARAM, [])
     if len(alpha) == 1:
         try:
             value = float(alpha[0])
@@ -66,7 +69,7 @@ def link_problems(params: Mapping[str, list[str]]) -> list[str]:
         if not ALPHA_MIN <= value <= ALPHA_MAX:
             problems.append(f"The link's α = {quoted(alpha[0])} is outside {ALPHA_MIN:g} to {ALPHA_MAX:g}: "
                             f"showing α = 1.")
-    resolution = params.get("resolution", [])
+    resolution = params.get(RESOLUTION_PARAM, [])
     if len(resolution) == 1 and resolution[0] not in map(str, RESOLUTIONS[stem]):
         sides = RESOLUTIONS[stem]
         problems.append(f"The link's resolution {quoted(resolution[0])} is not offered for the {stem} stem "
