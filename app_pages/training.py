@@ -109,20 +109,20 @@ def live() -> None:
     job, runs = snapshot.job, snapshot.runs
     if (job is not None) != watching_a_job or app_runs.finished_names(snapshot) != finished:
         st.rerun(scope="app")  # the whole app: the refresh rate follows the job, the model selector its runs
-    running = next((r for r in runs if job and str(r.path.resolve()) == job.get("run")), None)
-    stopping = bool(job and job.get("stopping"))  # recorded with the job: every visitor sees it
+    running = next((r for r in runs if job and job.trains(r.path)), None)
+    stopping = bool(job and job.stopping)  # recorded with the job: every visitor sees it
     if running is not None:
         done, text = app_runs.job_progress(running, running.folder.read_metrics(), running.folder.read_status(),
                                            stopping)
         st.progress(done, text=text)
         app_runs.show_run_curves(running)
-    elif job and job.get("pid"):
+    elif job and not job.starting:
         st.caption("A job is training a run that is no longer in the runs folder (moved or renamed).")
     elif job:
         st.caption("A job is starting…")
     else:
         st.caption("No training job is running.")
-    if job and job.get("pid") and not stopping and st.button("Stop", disabled=not allowed, help=locked) and allowed:
+    if job and not job.starting and not stopping and st.button("Stop", disabled=not allowed, help=locked) and allowed:
         try:
             manager.stop(seen=job)
         except JobError as e:

@@ -19,7 +19,7 @@ from .data import DataError
 from .display import format_duration, quoted
 from .evalsets import TrainingSource
 from .evaluate import Evaluation
-from .jobs import JobManager, RunInfo
+from .jobs import Job, JobManager, RunInfo
 from .runs import MetricsRow, RunFolder, RunState, RunStatus, metrics_csv, thinned
 
 # ---- training -----------------------------------------------------------------------------------
@@ -40,7 +40,7 @@ def job_manager() -> JobManager:
 
 @dataclass(frozen=True)
 class RunsSnapshot:
-    job: dict | None
+    job: Job | None
     runs: tuple[RunInfo, ...]
     skipped: tuple[str, ...]  # folders that hold no readable run
 

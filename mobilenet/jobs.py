@@ -27,13 +27,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .config import TrainConfig
 from .locks import is_locked, release_kept, try_lock
 from .runs import JOB_LOCK_FD_ENV, DiskFull, RunFolder, RunState, RunStatus, disk_full, run_name
 from .settings import PACKAGE_ROOT, job_nice, job_threads, runs_dir
+from .values import is_int, is_number
 
 log = logging.getLogger(__name__)
 NOT_SAVED = "it ended before its first epoch was saved; start it again"
@@ -44,6 +45,37 @@ DELETING = ".deleting-"
 
 class JobError(RuntimeError):
     """A refused job action, with a message for the user."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """The running job, as its record says; a job whose record is not (yet, or readably) written is starting."""
+    run: str | None = None  # the resolved path of the run it trains; None: starting
+    pid: int | None = None  # its process, the leader of its process group
+    started: float | None = None
+    stopping: bool = False  # asked to stop: every visitor sees it until the job has ended
+
+    @property
+    def starting(self) -> bool:
+        return self.run is None
+
+    def trains(self, run: Path) -> bool:
+        return self.run == str(run.resolve())
+
+    @classmethod
+    def read(cls, path: Path) -> Job:
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(values, dict) or not isinstance(values.get("run"), str) or not is_int(values.get("pid")):
+            return cls()
+        started = values.get("started")
+        return cls(values["run"], values["pid"], float(started) if is_number(started) else None,
+                   values.get("stopping") is True)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -86,17 +118,9 @@ class JobManager:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         return try_lock(self.lock_path)
 
-    def active(self) -> dict | None:
-        """{"run", "pid", "started"} of the running job, with "stopping": True once it was asked to stop; or None."""
-        if not is_locked(self.lock_path):
-            return None
-        try:
-            job = json.loads(self.job_path.read_text())
-        except (OSError, ValueError):
-            job = None
-        if not isinstance(job, dict) or not isinstance(job.get("run"), str) or not isinstance(job.get("pid"), int):
-            return {"run": "?", "pid": None, "started": None}  # being started right now
-        return job
+    def active(self) -> Job | None:
+        """The running job, or None."""
+        return Job.read(self.job_path) if is_locked(self.lock_path) else None
 
     def start(self, cfg: TrainConfig, name: str | None = None) -> Path:
         """Write the run's config.json, then launch the trainer on exactly that config."""
@@ -123,12 +147,13 @@ class JobManager:
             log.error("cannot take the job lock %s: %s", self.lock_path, e)
             raise JobError("the runs folder cannot be written to; see the server log") from None
         if fd is None:
-            job = self.active() or {}
-            raise JobError(f"a training job is already running ({Path(str(job.get('run', '?'))).name}); stop it first")
+            job = self.active()
+            named = f" ({Path(job.run).name})" if job and job.run else ""
+            raise JobError(f"a training job is already running{named}; stop it first")
         try:
             self._forget_last_job()  # until this job's record is written, it shows as starting
             process = self._spawn(folder, args, cfg, fd)
-            if not self._record({"run": str(run.resolve()), "pid": process.pid, "started": time.time()}):
+            if not self._record(Job(str(run.resolve()), process.pid, time.time())):
                 self._abandon(process, folder, new=cfg is not None)
                 raise JobError("the runs folder cannot be written to; see the server log")
         finally:
@@ -144,10 +169,10 @@ class JobManager:
             log.error("cannot remove the last job's record %s: %s", self.job_path, e)
             raise JobError("the runs folder cannot be written to; see the server log") from None
 
-    def _record(self, job: dict) -> bool:
+    def _record(self, job: Job) -> bool:
         """Write the job's record; False when it cannot be written."""
         try:
-            RunFolder(job["run"]).write_json(self.job_path, job)
+            RunFolder(self.runs_dir).write_json(self.job_path, job.to_dict())
         except OSError as e:
             log.error("cannot record the job in %s: %s", self.job_path, e)
             return False
@@ -187,7 +212,7 @@ class JobManager:
             raise JobError("the disk is full" if isinstance(e, DiskFull) or disk_full(e)
                            else "the run could not be written; see the server log") from None
 
-    def stop(self, seen: dict | None = None) -> bool:
+    def stop(self, seen: Job | None = None) -> bool:
         """Ask the running job to save and stop: SIGTERM to its whole process group; False when none runs.
 
         seen: the job record the visitor's Stop button was drawn for; JobError when another job has started since
@@ -197,19 +222,19 @@ class JobManager:
         it never lands on the record of a job started since.
         """
         job = self.active()
-        if not job or not job.get("pid"):
+        if not job or job.pid is None:
             return False
-        if seen is not None and (seen.get("pid"), seen.get("started")) != (job["pid"], job.get("started")):
+        if seen is not None and (seen.pid, seen.started) != (job.pid, job.started):
             raise JobError("the job this Stop was for has ended, and another has started since: it was not stopped")
         try:
-            os.killpg(int(job["pid"]), signal.SIGTERM)  # the job leads its own session and process group
+            os.killpg(job.pid, signal.SIGTERM)  # the job leads its own session and process group
         except ProcessLookupError:
             return False
         except PermissionError:  # started by another user (a server under another account, sudo)
             log.error("cannot stop the job %s: it belongs to another user", job)
             raise JobError("the job belongs to another user of this machine: stop it there") from None
-        if not job.get("stopping"):
-            self._record(job | {"stopping": True})
+        if not job.stopping:
+            self._record(replace(job, stopping=True))
         return True
 
     def delete(self, run: Path | str) -> None:
@@ -220,9 +245,9 @@ class JobManager:
         if folder.path.is_symlink() or path.parent != self.runs_dir.resolve() or not folder.config.is_file():
             raise JobError(f"{folder.name} is not a run in the runs folder")
         job = self.active()
-        if job is not None and job.get("run") == "?":
+        if job is not None and job.starting:
             raise JobError("a training job is starting; try again in a moment")
-        if job is not None and job.get("run") == str(path):
+        if job is not None and job.trains(path):
             raise JobError(f"{folder.name} is being trained; stop it first")
         try:
             fd = try_lock(folder.lock)  # held while deleting: a trainer that starts on the run meanwhile finds it busy
@@ -249,7 +274,7 @@ class JobManager:
 
     # -- runs --------------------------------------------------------------------------------------
 
-    def run_info(self, run: Path | str, job: dict | None = None) -> RunInfo:
+    def run_info(self, run: Path | str, job: Job | None = None) -> RunInfo:
         """What a run folder says, checked against who writes it; ValueError for a folder that is no run."""
         folder = RunFolder(run)
         status = folder.read_status() or RunStatus(RunState.LOADING)
@@ -257,7 +282,7 @@ class JobManager:
         state, error = status.state, status.error
         if state.live and not folder.writer_alive:
             job = job if job is not None else self.active()
-            starting = job is not None and job.get("run") in ("?", str(folder.path.resolve()))
+            starting = job is not None and (job.starting or job.trains(folder.path))
             state = state if starting else RunState.INTERRUPTED
         if state in (RunState.INTERRUPTED, RunState.STOPPED) and not folder.resumable:
             state, error = RunState.FAILED, NOT_SAVED

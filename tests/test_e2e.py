@@ -111,8 +111,8 @@ def stop_training(runs: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while (job := manager.active()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if job and job.get("pid"):
-        os.kill(int(job["pid"]), signal.SIGKILL)
+    if job and job.pid is not None:
+        os.kill(job.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

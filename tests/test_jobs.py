@@ -19,7 +19,7 @@ from torchvision.datasets import CIFAR10
 from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import DataError
 from mobilenet import jobs
-from mobilenet.jobs import NOT_SAVED, JobError, JobManager
+from mobilenet.jobs import NOT_SAVED, Job, JobError, JobManager
 from mobilenet.locks import release_kept, try_lock
 from mobilenet.runs import RunFolder, RunState
 from mobilenet.train import train
@@ -81,8 +81,8 @@ def held_locks(pid: int) -> list[str]:
 def decoding_job(manager: JobManager, slow_folder: Path, tmp_path: Path) -> tuple[Path, int, list[int]]:
     """A job started on the slow folder, caught while its two workers decode."""
     run = manager.start(tiny(slow_folder, tmp_path, 1), name="loading")
-    wait_for(lambda: (manager.active() or {}).get("pid"))
-    pid = manager.active()["pid"]
+    wait_for(lambda: manager.active() and manager.active().pid)
+    pid = manager.active().pid
     wait_for(lambda: len(children(pid)) >= 2)
     workers = children(pid)
     # They hold neither the job's lock nor the run's: each closes them as its first act after the fork, which a
@@ -142,7 +142,7 @@ def test_one_job_across_managers_then_stop(folder: Path, tmp_path: Path) -> None
     run = first.start(tiny(folder, tmp_path, 50), name="long")
     with pytest.raises(JobError, match="already running.*long"):
         second.start(tiny(folder, tmp_path, 1), name="other")
-    assert second.active()["run"].endswith("long")
+    assert second.active().run.endswith("long")
     wait_for(lambda: second.run_info(run).state == "running" and RunFolder(run).read_metrics())
     assert second.stop()
     wait_for(lambda: first.active() is None)
@@ -155,7 +155,7 @@ def test_killed_job_shows_interrupted_and_resumes(folder: Path, tmp_path: Path) 
     manager = JobManager(tmp_path / "runs")
     run = manager.start(tiny(folder, tmp_path, 3), name="victim")
     wait_for(lambda: (run / "last.pt").exists())  # the first epoch's state is saved
-    os.kill(manager.active()["pid"], signal.SIGKILL)
+    os.kill(manager.active().pid, signal.SIGKILL)
     wait_for(lambda: manager.active() is None)
     info = manager.run_info(run)
     assert info.state == "interrupted" and info.resumable
@@ -186,8 +186,9 @@ def a_run(runs: Path, name: str, epochs: int = 2) -> Path:
 
 def a_job(runs: Path, run: str, pid: int) -> int:
     """The job slot held (by this process) and the job's record naming the run: a job as every page sees it."""
-    fd = try_lock(runs / ".job.lock")
-    (runs / ".job.json").write_text(json.dumps({"run": run, "pid": pid, "started": 0}))
+    manager = JobManager(runs)
+    fd = try_lock(manager.lock_path)
+    manager.job_path.write_text(json.dumps(Job(run, pid, 0).to_dict()))
     return fd
 
 
@@ -259,7 +260,7 @@ def test_delete_refuses_the_run_a_job_trains_or_a_process_writes(tmp_path: Path)
                 manager.delete(written)
         finally:
             release_kept(writer)
-        (runs / ".job.json").unlink()  # a job that is being started: which run it trains is not known yet
+        manager.job_path.unlink()  # a job that is being started: which run it trains is not known yet
         with pytest.raises(JobError, match="starting"):
             manager.delete(other)
     finally:
@@ -286,8 +287,8 @@ def test_a_starting_job_is_never_taken_for_the_last_one(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(manager, "_spawn", spawn)
     manager.start(TrainConfig(data="cifar10", alpha=0.25, epochs=1), name="new")
-    assert seen == [{"run": "?", "pid": None, "started": None}]
-    assert json.loads((runs / ".job.json").read_text())["run"] == str((runs / "new").resolve())
+    assert seen == [Job()] and seen[0].starting
+    assert Job.read(manager.job_path).run == str((runs / "new").resolve())
 
 
 def test_a_job_whose_record_cannot_be_written_is_not_left_running(tmp_path: Path,
@@ -298,7 +299,7 @@ def test_a_job_whose_record_cannot_be_written_is_not_left_running(tmp_path: Path
     write_json = RunFolder.write_json
 
     def job_file_fails(self: RunFolder, path: Path, obj: object) -> None:
-        if path.name == ".job.json":
+        if path == manager.job_path:
             raise OSError(28, "No space left on device")
         write_json(self, path, obj)
 
@@ -354,10 +355,10 @@ def test_stop_is_recorded_with_the_job_for_every_watcher(tmp_path: Path) -> None
     job = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a job: the leader of its own process group
     fd = a_job(runs, str(run.resolve()), job.pid)
     try:
-        assert not JobManager(runs).active().get("stopping")
+        assert not JobManager(runs).active().stopping
         assert JobManager(runs).stop()
         assert job.wait(timeout=10) == -signal.SIGTERM
-        assert JobManager(runs).active()["stopping"] is True  # another server's manager, another visitor's page
+        assert JobManager(runs).active().stopping is True  # another server's manager, another visitor's page
     finally:
         job.kill()
         release_kept(fd)
@@ -369,13 +370,13 @@ def test_a_stop_drawn_for_a_job_that_ended_does_not_stop_the_next(tmp_path: Path
     that one."""
     runs = tmp_path / "runs"
     run = a_run(runs, "next")
-    seen = {"run": str(run.resolve()), "pid": 4194305, "started": 1.0}  # the job the button was drawn for
+    seen = Job(str(run.resolve()), 4194305, 1.0)  # the job the button was drawn for
     job = subprocess.Popen(["sleep", "60"], start_new_session=True)
     fd = a_job(runs, str(run.resolve()), job.pid)
     try:
         with pytest.raises(JobError, match="another has started since: it was not stopped"):
             JobManager(runs).stop(seen=seen)
-        assert job.poll() is None and not JobManager(runs).active().get("stopping")
+        assert job.poll() is None and not JobManager(runs).active().stopping
         assert JobManager(runs).stop(seen=JobManager(runs).active())
         assert job.wait(timeout=10) == -signal.SIGTERM
     finally:
@@ -488,3 +489,18 @@ def test_no_lock_is_held_by_a_child_forked_while_a_delete_or_a_sign_in_has_it(tm
             child.kill()
             child.join()
     assert held == [False, False]
+
+
+@pytest.mark.parametrize("record", ["", "[1]", '{"run": 3, "pid": 7}', '{"run": "/r", "pid": true}',
+                                    '{"run": "/r"}', '{"run": "/r", "pid": "7"}'])
+def test_a_job_record_that_is_not_one_reads_as_a_job_starting(tmp_path: Path, record: str) -> None:
+    (tmp_path / "job.json").write_text(record)
+    assert Job.read(tmp_path / "job.json") == Job() and Job().starting
+
+
+def test_a_job_record_reads_back_as_written(tmp_path: Path) -> None:
+    written = Job(str(tmp_path.resolve()), 4194305, 12.5, stopping=True)
+    (tmp_path / "job.json").write_text(json.dumps(written.to_dict()))
+    assert Job.read(tmp_path / "job.json") == written and written.trains(tmp_path) and not written.starting
+    (tmp_path / "job.json").write_text(json.dumps({"run": "/r", "pid": 7, "started": "noon", "stopping": "yes"}))
+    assert Job.read(tmp_path / "job.json") == Job("/r", 7)  # an odd time or flag is no time, and not stopping

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from mobilenet import app_runs, charts
 from mobilenet.config import TrainConfig
-from mobilenet.jobs import RunInfo
+from mobilenet.jobs import Job, JobManager, RunInfo
 from mobilenet.locks import release_kept, try_lock
 from mobilenet.runs import MetricsRow, RunState, RunStatus
 
@@ -181,8 +181,9 @@ def test_without_runs_the_page_says_where_they_come_from(runs: Path) -> None:
 
 def test_a_running_runs_curves_follow_its_metrics_and_stay_when_it_ends(runs: Path) -> None:
     folder = make_run(runs, "live", epochs=1, state="running")
-    fd = try_lock(runs / ".job.lock")  # a job trains it: the slot held and .job.json naming it
-    (runs / ".job.json").write_text(json.dumps({"run": str(folder.path.resolve()), "pid": 4194305, "started": 0}))
+    manager = JobManager(runs)
+    fd = try_lock(manager.lock_path)  # a job trains it: the slot held and its record naming it
+    manager.job_path.write_text(json.dumps(Job(str(folder.path.resolve()), 4194305, 0).to_dict()))
     try:
         at = open_page()
         assert at.markdown[0].value == "**live**: running, epoch 1/1"

@@ -20,7 +20,7 @@ from mobilenet.app_runs import RunsSnapshot
 from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import CIFAR10_CLASSES, CIFAR10_FOLDER
 from mobilenet.evalsets import TrainingSource
-from mobilenet.jobs import JobManager
+from mobilenet.jobs import Job, JobManager
 from mobilenet.locks import release_kept, try_lock
 from mobilenet.runs import RunFolder, RunState
 
@@ -317,8 +317,9 @@ def live_run(runs: Path, name: str, pid: int = 4194305) -> tuple[RunFolder, int]
                                           "lr": 0.1, "img_per_s": 9.0, "elapsed_s": 10.0, "eta_s": 90.0,
                                           "val_loss": 1.0, "val_acc": 0.5}) + "\n")
     set_state(folder, "running")
-    fd = try_lock(runs / ".job.lock")
-    (runs / ".job.json").write_text(json.dumps({"run": str(folder.path.resolve()), "pid": pid, "started": 0}))
+    manager = JobManager(runs)
+    fd = try_lock(manager.lock_path)
+    manager.job_path.write_text(json.dumps(Job(str(folder.path.resolve()), pid, 0).to_dict()))
     return folder, fd
 
 
