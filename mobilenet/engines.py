@@ -134,8 +134,16 @@ def onnx_engine(name: str, checkpoint: Path, model: nn.Module, card: ModelCard, 
     from .infer import fold_batchnorm
     from .onnx_export import graph, read
 
+    fp32 = graph(fold_batchnorm(model), card)
     if name == "onnx":
-        blob = graph(fold_batchnorm(model), card).SerializeToString()
+        blob = fp32.SerializeToString()
     else:
-        blob = read(int8_file(checkpoint), card, weights_digest(model.state_dict())).model
-    return OnnxEngine(blob, name, threads)
+        blob = read(int8_file(checkpoint), card, weights_digest(model.state_dict()), fp32).model
+    engine = OnnxEngine(blob, name, threads)
+    try:  # one image now: a file that fails as it runs would fail every visitor's request, past the fallback
+        shape = tuple(engine(torch.zeros(1, 3, card.resolution, card.resolution)).shape)
+    except Exception as e:
+        raise EngineError(f"the {name} model does not run ({str(e).splitlines()[0][:200]})") from None
+    if shape != (1, card.num_classes):
+        raise EngineError(f"the {name} model gives {shape} logits, not (1, {card.num_classes})")
+    return engine

@@ -412,16 +412,68 @@ def test_export_onnx_downloads_cifar10_unless_told_not_to(tmp_path: Path, monkey
 
 def test_an_int8_file_onnx_runtime_cannot_run_is_refused_in_words_and_auto_answers_with_torch(
         shipped_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
-    model = onnx.load_model(int8_file(shipped_copy))
-    meta = {p.key: p.value for p in model.metadata_props}
-    del model.graph.node[5]  # stamped as ours, but no longer a graph ONNX Runtime can run
-    stamp(model, "int8", ModelCard.from_dict(json.loads(meta["card"])), meta["weights_digest"],
-          onnx_export.Quantization(**json.loads(meta["quantization"])))
-    int8_file(shipped_copy).write_bytes(model.SerializeToString())
+    restamped(shipped_copy, lambda model: model.graph.node.pop(5))  # no longer a graph ONNX Runtime can run
     with pytest.raises(EngineError, match="ONNX Runtime .* cannot run the int8 model"):
         Classifier.load(shipped_copy, device="cpu", engine="int8")
     assert Classifier.load(shipped_copy, device="cpu", engine="auto").engine == "torch"
     assert "answering with PyTorch" in caplog.text
+
+
+def restamped(shipped: Path, change=lambda model: None, quantization=lambda q: q) -> None:
+    """The int8 file beside `shipped` with `change` applied to its graph and `quantization` to its record, then
+    stamped again as ours: the digests are anyone's to compute."""
+    model = onnx.load_model(int8_file(shipped))
+    meta = {p.key: p.value for p in model.metadata_props}
+    change(model)
+    stamp(model, "int8", ModelCard.from_dict(json.loads(meta["card"])), meta["weights_digest"],
+          quantization(onnx_export.Quantization(**json.loads(meta["quantization"]))))
+    int8_file(shipped).write_bytes(model.SerializeToString())
+
+
+def answers_with_torch(shipped: Path, refusal: str) -> None:
+    with pytest.raises(EngineError if "logits" in refusal else OnnxError, match=refusal):
+        Classifier.load(shipped, device="cpu", engine="int8")
+    assert Classifier.load(shipped, device="cpu", engine="auto").engine == "torch"
+
+
+def test_an_int8_file_whose_layers_are_not_its_networks_is_refused(shipped_copy: Path) -> None:
+    """Stamped again, a graph with other layers passed every check: a stem padded by 200,000 made ONNX Runtime ask
+    for 61 TB on the first request, a few thousand would take gigabytes a request."""
+    def padded(model: onnx.ModelProto) -> None:
+        conv = next(node for node in model.graph.node if node.op_type == "Conv")
+        pads = next(a for a in conv.attribute if a.name == "pads")
+        pads.ints[:] = [2000] * 4
+
+    restamped(shipped_copy, padded)
+    answers_with_torch(shipped_copy, "its layers are not those of the checkpoint's network")
+
+
+def test_an_int8_file_that_answers_for_other_classes_is_refused(shipped_copy: Path) -> None:
+    """A classifier widened to 1,000 outputs under the declared 10 crashed every prediction (an IndexError)."""
+    def widened(model: onnx.ModelProto) -> None:
+        gemm = next(node for node in model.graph.node if node.op_type == "Gemm")
+        for name in gemm.input[1:]:
+            tensor = next(t for t in model.graph.initializer if t.name == name)
+            wide = onnx.numpy_helper.to_array(tensor).repeat(100, axis=0)
+            tensor.CopyFrom(onnx.numpy_helper.from_array(wide, name))
+
+    restamped(shipped_copy, widened)
+    answers_with_torch(shipped_copy, r"gives \(1, 1000\) logits, not \(1, 10\)")
+
+
+def test_an_int8_file_that_loses_too_much_is_refused_where_it_is_read(shipped_copy: Path) -> None:
+    """The 0.5-point rule held only as export-onnx wrote a file: one made by a looser version was served."""
+    restamped(shipped_copy, quantization=lambda q: replace(q, int8_accuracy=q.fp32_accuracy - 0.05))
+    answers_with_torch(shipped_copy, "loses 5.00% of accuracy .* more than the 0.5% allowed")
+
+
+@pytest.mark.parametrize("fp32,int8,images,refused", [(4559, 4534, 5000, False), (4559, 4533, 5000, True),
+                                                      (200, 199, 200, False), (199, 198, 199, True),
+                                                      (400, 398, 400, False), (400, 400, 400, False)])
+def test_the_int8_loss_limit_counts_images(fp32: int, int8: int, images: int, refused: bool) -> None:
+    """Exactly 0.5% passes: 4559/5000 - 4534/5000 is 0.0050000000000000044 in floating point."""
+    q = onnx_export.Quantization(fp32 / images, int8 / images, images, 512, 0)
+    assert q.too_lossy is refused
 
 
 def test_onnx_runtime_engines_run_on_the_cpu_on_a_machine_with_a_gpu(shipped_copy: Path,
@@ -493,17 +545,6 @@ def test_the_app_serves_an_int8_file_written_again(tmp_path: Path, monkeypatch: 
     assert why is None and again is not served and again.engine == "int8"
 
 
-def restamped(shipped: Path, change) -> None:
-    """The int8 file beside `shipped` with `change` applied to its graph, stamped again as export-onnx stamps it
-    (the digests are anyone's to compute)."""
-    model = onnx.load_model(int8_file(shipped))
-    meta = {p.key: p.value for p in model.metadata_props}
-    change(model)
-    stamp(model, "int8", ModelCard.from_dict(json.loads(meta["card"])), meta["weights_digest"],
-          onnx_export.Quantization(**json.loads(meta["quantization"])))
-    int8_file(shipped).write_bytes(model.SerializeToString())
-
-
 def test_sparse_tensors_and_subgraphs_are_refused_even_when_stamped(shipped_copy: Path) -> None:
     def sparse(proto: onnx.ModelProto) -> None:  # ONNX Runtime reads a sparse initializer's external data
         values = helper.make_tensor("secret", onnx.TensorProto.FLOAT, [2], [0.0, 0.0])
@@ -540,10 +581,8 @@ def test_the_app_shows_the_figures_of_an_int8_file_exported_again(tmp_path: Path
     at = AppTest.from_file(APP, default_timeout=60).run()
     q = shipping.int8_model(shipped, checkpoint.read(shipped)).quantization
     assert [c.value for c in at.sidebar.caption if f"int8 {q.int8_accuracy:.2%}" in c.value]
-    model = onnx.load_model(int8_file(shipped))
-    meta = {p.key: p.value for p in model.metadata_props}
-    figures = onnx_export.Quantization(**json.loads(meta["quantization"]) | {"int8_accuracy": 0.8})
-    stamp(model, "int8", ModelCard.from_dict(json.loads(meta["card"])), meta["weights_digest"], figures)
-    int8_file(shipped).write_bytes(model.SerializeToString())  # as export-onnx writes it, on other calibration
+    again = q.fp32_accuracy - 0.0042  # as export-onnx writes it, on other calibration
+    assert f"{again:.2%}" != f"{q.int8_accuracy:.2%}"
+    restamped(shipped, quantization=lambda q: replace(q, int8_accuracy=again))
     at.run()
-    assert [c.value for c in at.sidebar.caption if "int8 80.00%" in c.value]
+    assert [c.value for c in at.sidebar.caption if f"int8 {again:.2%}" in c.value]
