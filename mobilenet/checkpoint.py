@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import glob
 import math
 import os
 import pickle
 import tempfile
+import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -100,6 +102,10 @@ class ModelCard:
                 isinstance(d, list) and len(d) == 3 and isinstance(d[0], str) and is_int(d[1]) and d[1] >= 0
                 and is_finite(d[2]) and d[2] >= 0 for d in devices):
             raise ValueError("the card's devices are malformed: a list of [device, epochs, seconds]")
+        teachers = t.get("teachers")
+        if not isinstance(t.get("recipe"), (str, type(None))) or not (
+                teachers is None or isinstance(teachers, list) and all(isinstance(n, str) for n in teachers)):
+            raise ValueError("the card's recipe must be a name and its teachers a list of names")
         per_class = t.get("per_class", {})
         if not isinstance(per_class, dict) or not all(isinstance(c, str) and _number_or_none(a)
                                                       for c, a in per_class.items()):
@@ -184,6 +190,19 @@ def refuse_to_replace(path: Path, overwrite: bool) -> None:
         raise FileExistsError(errno.EEXIST, "is there already; give --overwrite to replace it", str(path))
 
 
+DEBRIS_AGE_S = 3600  # a temporary file this old is no write in progress (a checkpoint's takes seconds)
+
+
+def _sweep_debris(path: Path) -> None:
+    """Remove the temporary files of earlier writes to path that a kill -9 or a power cut left behind."""
+    for debris in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if time.time() - debris.stat().st_mtime > DEBRIS_AGE_S:
+                debris.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove
+            pass
+
+
 def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> None:
     """write(file) into a temporary file in path's folder, fsync, then rename over path: the old file or the new
     one, never half of one. OSError naming path (not the temporary file) for a folder or a missing parent."""
@@ -192,6 +211,7 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> None:
         raise IsADirectoryError(errno.EISDIR, "is a folder: give a file name", str(path))
     if not path.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such folder", str(path.parent))
+    _sweep_debris(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:  # its folder refuses new files
@@ -258,6 +278,15 @@ def _stored_plainly(path: Path) -> bool:
         return True  # damaged: torch.load says so in words
 
 
+def _unpickler_reason(e: pickle.UnpicklingError) -> str:
+    """What torch's refusal found (its "Unsupported global: …" line), without its advice on loading the file anyway
+    and its terminal escapes."""
+    lines = str(e).splitlines()
+    line = next((line for line in lines if "WeightsUnpickler error:" in line), lines[0] if lines else "")
+    reason = line.split("WeightsUnpickler error:", 1)[-1].split(". Please use", 1)[0].strip()
+    return "".join(c for c in reason if c.isprintable())[:160]
+
+
 def read(path: Path | str) -> dict[str, Any]:
     """The checked payload of a checkpoint file, loaded without executing code."""
     path = Path(path)
@@ -276,7 +305,7 @@ def read(path: Path | str) -> dict[str, Any]:
         raise CheckpointError(
             f"{path.name} is refused: it contains pickled Python objects, not just weights "
             f"(for example a whole model saved with torch.save(net)); loading it could run code. "
-            f"({str(e).splitlines()[0][:120]})"
+            f"({_unpickler_reason(e)})"
         ) from None
     except Exception as e:
         raise CheckpointError(f"{path.name} is not a readable checkpoint ({type(e).__name__}: {e})"[:400]) from None

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -37,8 +38,11 @@ def test_round_trip(tmp_path: Path) -> None:
 def test_pickled_whole_model_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "seed.pt"
     torch.save(MobileNetV1(), path)  # what the seed did
-    with pytest.raises(CheckpointError, match="pickled"):
+    with pytest.raises(CheckpointError, match="pickled") as refused:
         checkpoint.load(path)
+    message = str(refused.value)
+    assert "Unsupported global" in message and "MobileNetV1" in message  # what it holds, in one line
+    assert "can still be loaded" not in message and message.isprintable()  # not torch's way around the refusal
 
 
 class Boom:
@@ -162,6 +166,10 @@ def crafted(tmp_path: Path, change) -> Path:
     (lambda p: p["card"]["training"].update(devices=[["cpu", 2, float("nan")]]), "metadata is incomplete or malformed"),
     (lambda p: p["card"]["training"].update(devices=[["cpu", -2, 1.0]]), "metadata is incomplete or malformed"),
     (lambda p: p["card"]["training"].update(val_acc="high"), "metadata is incomplete or malformed"),
+    (lambda p: p["card"]["training"].update(teachers=[1, 2]), "metadata is incomplete or malformed"),
+    (lambda p: p["card"]["training"].update(recipe=["fast"]), "metadata is incomplete or malformed"),
+    (lambda p: p["state_dict"].pop("classifier.bias") is None, "do not match the architecture"),  # random otherwise
+    (lambda p: p.update(version=2), "format version 2"),
     (lambda p: p["card"].update(resolution=float("inf")), "metadata is incomplete or malformed"),
     (lambda p: p["card"].update(mean=[10**400, 0, 0]), "metadata is incomplete or malformed"),
     (lambda p: p["card"].update(data={"source": "x.zip", "fingerprint": None, "val_size": float("inf")}),
@@ -200,6 +208,19 @@ def test_crash_mid_write_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch) -
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left behind
     checkpoint.load(path)
+
+
+def test_a_kills_debris_goes_with_the_next_write_of_its_file(tmp_path: Path) -> None:
+    """A kill -9 mid-save leaves its temporary file: in checkpoints/ nothing else would ever remove it."""
+    path, _ = saved(tmp_path)
+    old, fresh, other = (tmp_path / name for name in (".model.pt.k1ll.tmp", ".model.pt.n0w.tmp", ".other.pt.k1ll.tmp"))
+    for debris in (old, fresh, other):
+        debris.write_bytes(b"half a checkpoint")
+    long_ago = time.time() - checkpoint.DEBRIS_AGE_S - 60
+    os.utime(old, (long_ago, long_ago))
+    os.utime(other, (long_ago, long_ago))
+    checkpoint.save(path, MobileNetV1(3, 0.5), CARD)
+    assert not old.exists() and fresh.exists() and other.exists()  # a write in progress, another file's
 
 
 def test_train_state_is_kept_for_resuming(tmp_path: Path) -> None:
