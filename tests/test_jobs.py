@@ -239,11 +239,14 @@ def test_delete_refuses_anything_but_a_run_in_the_runs_folder(tmp_path: Path) ->
     elsewhere = a_run(tmp_path, "elsewhere")
     runs.mkdir()
     (runs / "link").symlink_to(elsewhere, target_is_directory=True)
+    inside = a_run(runs, "inside")
+    (runs / "alias").symlink_to(inside, target_is_directory=True)  # resolves into the runs folder: still a link
     (runs / "no-run").mkdir()
-    for target in (elsewhere, runs / "link", runs / ".." / "elsewhere", runs / "no-run", runs, tmp_path):
+    for target in (elsewhere, runs / "link", runs / "alias", runs / ".." / "elsewhere", runs / "no-run", runs,
+                   tmp_path):
         with pytest.raises(JobError, match="is not a run in the runs folder"):
             manager.delete(target)
-    assert (elsewhere / "best.pt").exists() and (runs / "no-run").is_dir()
+    assert (elsewhere / "best.pt").exists() and (inside / "best.pt").exists() and (runs / "no-run").is_dir()
 
 
 def test_delete_refuses_the_run_a_job_trains_or_a_process_writes(tmp_path: Path) -> None:

@@ -120,6 +120,22 @@ def test_redirects_into_private_space_are_refused(location: str, public: Server,
     assert not canary.visited
 
 
+@pytest.mark.parametrize("url,words", [
+    ("gopher://93.184.216.34/", "only http:// and https://"),
+    ("http://127.0.0.1:1@images.example.com/", "user name or password"),
+    ("http://127.0.0.1:1\\@images.example.com/", "backslashes"),
+    ("http://93.184.216.34:0/", "port 0"),
+    ("http://[fe80::1%25eth0]/", "zone"),
+    ("http://0x7f000001/", "unusual way to write an IP address"),
+    ("http://" + "a" * 2100 + ".example/", "longer than 2048"),
+])
+def test_each_refusal_names_its_reason(url: str, words: str) -> None:
+    """The matrix above is refused, but half of it only for its private address (or, without DNS here, an unknown
+    host): each check that comes first must hold on its own."""
+    with pytest.raises(URLError, match=words):
+        urlfetch.check_url(url, False, 1.0)
+
+
 def test_a_redirect_chain_is_checked_at_every_hop(public: Server, canary: Server) -> None:
     public.routes.update({"/a": redirect("/b"), "/b": redirect(public.url("/c")), "/c": redirect(canary.url())})
     with pytest.raises(URLError, match="not a public internet address"):
@@ -200,6 +216,18 @@ def test_the_private_setting_allows_loopback_for_a_trusted_install(monkeypatch: 
     assert len(canary.requests) == 2
 
 
+def declared(length: int, body: bytes, then_wait_s: float = 0.0) -> Callable[[BaseHTTPRequestHandler], None]:
+    """An image answer that declares `length` bytes, sends `body`, waits, and closes."""
+    def route(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "image/png")
+        h.send_header("Content-Length", str(length))
+        h.end_headers()
+        h.wfile.write(body)
+        time.sleep(then_wait_s)
+    return route
+
+
 @pytest.fixture
 def loopback() -> Iterator[Server]:
     server = Server("127.0.0.1")
@@ -218,6 +246,8 @@ def loopback() -> Iterator[Server]:
     (redirect("http://[::1"), "redirected to a malformed address"),
     (SLOW_BODY, "too slow"),
     (SLOW_HEADERS, "too slow"),
+    (declared(1000, b"x" * 10), "broke off"),
+    (declared(10**9, b"", then_wait_s=1), "larger than"),  # told by its headers, before any body
 ])
 def test_bad_answers_are_refused_quickly(route, words: str, loopback: Server) -> None:
     loopback.routes["/x"] = route
@@ -388,11 +418,12 @@ def test_a_process_does_not_wait_for_a_stuck_lookup_to_exit() -> None:
     script = ("import time\nfrom mobilenet import urlfetch\n"
               "urlfetch.resolve = lambda host, port: time.sleep(60)\n"
               "try:\n    urlfetch.fetch_url('http://silent.example/x.png', connect_timeout=0.2)\n"
-              "except urlfetch.URLError as e:\n    print(e)\n")
-    start = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
-    assert done.stdout.strip() == "cannot find the host silent.example: its name servers did not answer within 0.2 s"
-    assert time.monotonic() - start < 20
+              "except urlfetch.URLError as e:\n    print(e)\nprint(time.time())\n")
+    # Timed from the refusal to the exit: importing torch alone took 40-100 s on a loaded 2-core machine.
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    said, refused_at = done.stdout.strip().splitlines()
+    assert said == "cannot find the host silent.example: its name servers did not answer within 0.2 s"
+    assert time.time() - float(refused_at) < 20
 
 
 @pytest.mark.parametrize("typed,meant", [
