@@ -8,8 +8,7 @@ from mobilenet.jobs import RunInfo
 
 st.title("Runs")
 snapshot = app_runs.runs_snapshot()
-for skipped in snapshot.skipped:
-    st.warning(f"{skipped} is left out: it holds no readable run.")
+app_runs.show_skipped(snapshot)
 names = [r.name for r in snapshot.runs]
 if note := app_runs.run_link_note(names):  # before the selector, which drops a name it does not have from the address
     st.warning(note, icon=":material/link_off:")
@@ -40,8 +39,7 @@ def run_view() -> None:
     run = runs_now({chosen})[chosen]
     st.markdown(f"**{run.name}**: {run.state.value}, epoch {run.epoch}/{run.epochs}")
     st.caption(app_runs.run_settings(run))
-    if run.error:
-        st.error(f"{run.name} failed: {app_runs.failure_reason(run)}")
+    app_runs.show_failure(run)
     if result := app_runs.report_of(run):
         st.markdown(f"Validation accuracy {result.accuracy:.2%}")
         app_runs.show_run_report_charts(run)

@@ -130,8 +130,7 @@ def live() -> None:
         else:
             st.rerun()  # the whole page says "stopping…" until the job has saved and ended
 
-    for name in snapshot.skipped:
-        st.warning(f"{name} is left out: it holds no readable run.")
+    app_runs.show_skipped(snapshot)
     if not runs:
         return
     st.subheader("Runs")
@@ -140,8 +139,7 @@ def live() -> None:
     latest = runs[0]
     if latest is not running:
         app_runs.show_run_curves(latest)  # its curves stay when it has ended
-        if latest.error:
-            st.error(f"{latest.name} failed: {app_runs.failure_reason(latest)}")
+        app_runs.show_failure(latest)
         result = app_runs.report_of(latest)
         if result:
             listed = ("it is in the model selector now" if app_runs.in_model_selector(latest)

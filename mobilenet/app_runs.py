@@ -170,6 +170,16 @@ def data_problem(source: str) -> str | None:
     return None
 
 
+def show_skipped(snapshot: RunsSnapshot) -> None:
+    for name in snapshot.skipped:
+        st.warning(f"{name} is left out: it holds no readable run.")
+
+
+def show_failure(run: RunInfo) -> None:
+    if run.error:
+        st.error(f"{run.name} failed: {failure_reason(run)}")
+
+
 def failure_reason(run: RunInfo) -> str:
     """Why a run failed, as visitors may read it: the configured folders by their names, and a data path an admin
     typed outside them by its last part only."""
