@@ -14,7 +14,7 @@ from . import catalog, charts, checkpoint, data, evalsets, settings
 from .app_models import models
 from .app_views import for_visitors, link_note
 from .checkpoint import CheckpointError
-from .config import OVERRIDES, RECIPES
+from .config import OVERRIDES, RECIPES, setting_words
 from .data import DataError
 from .display import format_duration, quoted
 from .evalsets import TrainingSource
@@ -153,7 +153,7 @@ def recipe_overrides(recipe: str, **chosen) -> dict:
 def overrides_note(recipe: str, overrides: dict) -> str | None:
     """"overrides: epochs 30 (recipe: 20), …", or None when every value is the recipe's."""
     own = RECIPES[recipe]
-    changed = [f"{name.replace('_', ' ')} {value:g} (recipe: {getattr(own, name):g})"
+    changed = [f"{setting_words(name, value)} (recipe: {getattr(own, name):g})"
                for name, value in overrides.items() if value is not None]
     return "overrides: " + ", ".join(changed) if changed else None
 
@@ -237,8 +237,7 @@ def run_settings(run: RunInfo) -> str:
     said = f"recipe {cfg.recipe}, α = {cfg.alpha:g}, β = {cfg.beta:g}, {run.epochs} epochs"
     if cfg.stem != "cifar":
         said += f", the {cfg.stem} stem"
-    changed = [f"{name.replace('_', ' ')} {value:g}" if isinstance(value, (int, float)) else f"{name} {value}"
-               for name in OVERRIDES if (value := getattr(cfg, name)) is not None]
+    changed = [setting_words(name, value) for name in OVERRIDES if (value := getattr(cfg, name)) is not None]
     if cfg.teachers:
         names = ", ".join(Path(t).name for t in cfg.teachers)
         changed.append(f"distilled from {names} (weight {cfg.distill:g})")

@@ -54,6 +54,13 @@ RECIPES = {
 DEFAULT_RECIPE = "fast"
 # TrainConfig fields that override the recipe's value when set (None: the recipe's)
 OVERRIDES = ("epochs", "batch_size", "lr", "label_smoothing", "weight_decay", "ema", "cutout", "tta")
+_WORDS = {"ema": "EMA", "cutout": "Cutout", "tta": "test-time augmentation"}
+
+
+def setting_words(name: str, value: object) -> str:
+    """A recipe setting and its value as people read them: "label smoothing 0.2", "EMA 0.999", "epochs 30"."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"{_WORDS.get(name, name.replace('_', ' '))} {value:g}" if number else f"{_WORDS.get(name, name)} {value}"
 
 
 def _option(default: Any, help: str, **argparse: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import checkpoint, data, settings
 from .catalog import shipped_order
 from .checkpoint import CheckpointError, ModelCard, TrainingData
-from .config import RECIPES
+from .config import RECIPES, setting_words
 from .data import CIFAR10, DataError
 from .evaluate import Evaluation
 from .engines import int8_file
@@ -274,10 +274,6 @@ def int8_markdown(model: OnnxModel) -> str:
             f"{q.calibration_images} training images (seed {q.calibration_seed}), {calibrated} |")
 
 
-_CHANGED_WORDS = {"label_smoothing": "label smoothing", "weight_decay": "weight decay", "cutout": "Cutout",
-                  "ema": "EMA"}
-
-
 def _recipe_changes(training: dict) -> str:
     """What a run changed in its recipe or added to it, as the card's training line says it (nothing for a plain
     run; batch size, peak lr and epochs are on the line already)."""
@@ -285,9 +281,9 @@ def _recipe_changes(training: dict) -> str:
     if training.get("teachers"):
         changes.append(f"distilled with weight {training.get('distill')} from {', '.join(training['teachers'])}")
     recipe = RECIPES.get(training.get("recipe"))
-    for key, words in _CHANGED_WORDS.items():
+    for key in ("label_smoothing", "weight_decay", "cutout", "ema"):
         if recipe is not None and training.get(key) is not None and training[key] != getattr(recipe, key):
-            changes.append(f"{words} {training[key]}")
+            changes.append(setting_words(key, training[key]))
     return "".join(f"; {change}" for change in changes)
 
 

@@ -59,7 +59,7 @@ def test_any_run_opens_with_its_settings_report_and_curves(runs: Path) -> None:
     at = open_page(run="older")
     assert at.selectbox[0].value == "older" and not at.warning
     assert at.markdown[0].value == "**older**: finished, epoch 2/2"
-    assert ("recipe fast, α = 0.25, β = 0.25, 2 epochs, the imagenet stem; overrides: epochs 2, cutout 8, distilled "
+    assert ("recipe fast, α = 0.25, β = 0.25, 2 epochs, the imagenet stem; overrides: epochs 2, Cutout 8, distilled "
             "from a.pt, b.pt (weight 0.5)") in [c.value for c in at.caption]
     assert "Validation accuracy 100.00%" in [m.value for m in at.markdown]  # its confusion matrix: all right
     assert titled(at, "accuracy per class") and titled(at, ["confusion matrix", "rows: truth, columns: prediction"])
