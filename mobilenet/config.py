@@ -16,7 +16,7 @@ from typing import Any
 from .data import CIFAR10
 from .model import STEMS, check_alpha, check_stem, input_resolution
 from .settings import data_root
-from .tta import CIFAR10_NORMALIZATION, SEED_NORMALIZATION, TTA_MODES, Normalization
+from .tta import CIFAR10_NORMALIZATION, SEED_NORMALIZATION, TTA_MODES, InferenceRecipe, Normalization
 from .values import is_int, is_of_type
 
 
@@ -37,6 +37,11 @@ class Recipe:
     momentum: float = 0.9
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: none); validated and shipped
     cutout: int = 0  # side of a square erased from each training image (0: none)
+
+    @property
+    def inference(self) -> InferenceRecipe:
+        """How its models are fed when validated and served."""
+        return InferenceRecipe(self.normalization, self.tta)
 
 
 RECIPES = {

@@ -18,7 +18,7 @@ import torch
 
 from . import checkpoint
 from .checkpoint import ModelCard, TrainingData, atomic_torch_save
-from .data import ImageSet
+from .data import CACHE_FOLDER, ImageSet
 from .evaluate import predict_probs
 
 
@@ -62,6 +62,11 @@ def _teacher_probs(model: torch.nn.Module, card: ModelCard, weights: str, images
         file.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(probs, file)
     return probs
+
+
+def cache_folder(data_root: Path | str) -> Path:
+    """Where the teachers' answers are kept, beside the decoded images."""
+    return Path(data_root) / CACHE_FOLDER / "teachers"
 
 
 def soft_targets(teachers: list[str], train_set: ImageSet, held_out: TrainingData | None,

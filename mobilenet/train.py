@@ -27,13 +27,12 @@ import torch.nn.functional as F
 from . import checkpoint
 from .checkpoint import ModelCard, TrainingData
 from .config import Recipe, TrainConfig
-from .data import CACHE_FOLDER, DataError, ImageSet, check_source, fingerprint, load, split_train_val
+from .data import DataError, ImageSet, check_source, fingerprint, load, split_train_val
 from .device import device_name, pick_device
-from .distill import soft_targets
+from .distill import cache_folder, soft_targets
 from .evaluate import Evaluation, evaluate
 from .model import MobileNetV1, feature_sides
 from .runs import LAST_EPOCH, DiskFull, MetricsRow, RunBusy, RunFolder, RunState, disk_full
-from .tta import InferenceRecipe
 
 
 PROBE_IMAGES = 32  # what answers_are_numbers feeds the model at each epoch's end
@@ -221,18 +220,7 @@ def train(
     folder = RunFolder(out)
     if not resume and folder.started and not overwrite:
         raise TrainError(f"{folder.path} already holds a run; resume it, choose another folder, or overwrite it")
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = cfg.device != "cpu" and torch.cuda.is_available()
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    else:
-        rank, world = 0, 1
-        device = pick_device(cfg.device)
+    rank, world, device = _join_processes(cfg.device)
     training = None
     try:
         check_source(cfg.data, cfg.data_root, cfg.download)  # before the folder is made, when it is not there yet
@@ -251,8 +239,20 @@ def train(
             folder.mark_failed(e.in_app if isinstance(e, DataError) else str(e))  # (a finished run stays finished)
         raise e
     finally:
-        if distributed:
+        if world > 1:
             dist.destroy_process_group()
+
+
+def _join_processes(asked: str) -> tuple[int, int, torch.device]:
+    """This process's rank, the number of processes and its device: one process, or each of torchrun's."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, pick_device(asked)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = asked != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
 
 
 class Training:
@@ -284,18 +284,7 @@ class Training:
             self.folder.set_status(RunState.LOADING, *((saved.epoch, saved.epochs) if saved else ()))
         self.train_set, self.val_set = _load_on_device(cfg, self.device, self.rank, self.world)
         self.data_digest = _data_digest(self.train_set, self.val_set)
-        if len(self.train_set.classes) < 2:
-            raise TrainError(f"{cfg.data} holds one class ({self.train_set.classes[0]}): a classifier needs at least "
-                             f"two class folders")
-        counts = torch.bincount(self.train_set.labels.cpu(), minlength=len(self.train_set.classes)).tolist()
-        if empty := [name for name, count in zip(self.train_set.classes, counts) if not count]:
-            held = " once the validation split is held out" if len(self.val_set) else ""
-            raise TrainError(f"{cfg.data} leaves no training images of {', '.join(empty)}{held}: a class the model "
-                             f"never sees cannot be learnt. Add readable images of it, or remove its folder")
-        per_step = min(recipe.batch_size, len(self.train_set)) // self.world
-        if per_step == 1 and min(feature_sides(cfg.stem, cfg.resolution)) == 1:
-            raise TrainError("batch normalisation needs more than one value per channel, and at this input size the "
-                             "last feature map is 1×1: train with a batch of at least 2 images (and per process)")
+        self.check_learnable()
         self.build_model()
         self.steps_per_epoch = max(1, len(self.train_set) // recipe.batch_size)
         self.total_steps = self.steps_per_epoch * recipe.epochs
@@ -306,7 +295,7 @@ class Training:
         else:
             if cfg.teachers:
                 self.targets = soft_targets(cfg.teachers, self.train_set, self.card.data if len(self.val_set) else None,
-                                            cache=Path(cfg.data_root) / CACHE_FOLDER / "teachers")
+                                            cache=cache_folder(cfg.data_root))
             if self.writer:
                 self.folder.clear()
                 self.folder.write_config(cfg)
@@ -330,6 +319,22 @@ class Training:
             return self.finish()  # a stop asked for now is too late: the run is done, its results are being saved
 
     # ---- setting up ------------------------------------------------------------------------------
+
+    def check_learnable(self) -> None:
+        """TrainError unless the data makes a classifier this network can learn."""
+        cfg, train_set = self.cfg, self.train_set
+        if len(train_set.classes) < 2:
+            raise TrainError(f"{cfg.data} holds one class ({train_set.classes[0]}): a classifier needs at least "
+                             f"two class folders")
+        counts = torch.bincount(train_set.labels.cpu(), minlength=len(train_set.classes)).tolist()
+        if empty := [name for name, count in zip(train_set.classes, counts) if not count]:
+            held = " once the validation split is held out" if len(self.val_set) else ""
+            raise TrainError(f"{cfg.data} leaves no training images of {', '.join(empty)}{held}: a class the model "
+                             f"never sees cannot be learnt. Add readable images of it, or remove its folder")
+        per_step = min(self.recipe.batch_size, len(train_set)) // self.world
+        if per_step == 1 and min(feature_sides(cfg.stem, cfg.resolution)) == 1:
+            raise TrainError("batch normalisation needs more than one value per channel, and at this input size the "
+                             "last feature map is 1×1: train with a batch of at least 2 images (and per process)")
 
     def build_model(self) -> None:
         cfg, recipe = self.cfg, self.recipe
@@ -482,7 +487,7 @@ class Training:
     def _validation_guess(self, step_s: float) -> float:
         """Before this process's first validation: its views at a quarter of a training image's time each (α=1
         on the 2-core CPU: 30,000 flip-translate views in 45 s beside 170 training images a second)."""
-        views = len(self.val_set) * InferenceRecipe(self.recipe.normalization, self.recipe.tta).views_per_image
+        views = len(self.val_set) * self.recipe.inference.views_per_image
         return step_s / self.recipe.batch_size * views / 4
 
     def log_step(self) -> None:
@@ -663,7 +668,7 @@ def _sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch
 
 def _validate(model: torch.nn.Module, val_set: ImageSet, recipe: Recipe) -> Evaluation | None:
     """The model on the validation split, fed as it will be served; None without a validation split."""
-    return evaluate(model, val_set, InferenceRecipe(recipe.normalization, recipe.tta)) if len(val_set) else None
+    return evaluate(model, val_set, recipe.inference) if len(val_set) else None
 
 
 def _nll(result: Evaluation) -> float:
