@@ -33,7 +33,7 @@ from mobilenet.checkpoint import ModelCard, TrainingData
 from mobilenet.config import TrainConfig
 from mobilenet.data import CIFAR10_CLASSES
 from mobilenet.model import MobileNetV1
-from mobilenet.runs import MetricsRow, RunFolder
+from mobilenet.runs import MetricsRow, RunFolder, RunState
 from mobilenet.tta import CIFAR10_NORMALIZATION
 
 CLASSES = ("cat", "dog", "ship")
@@ -107,10 +107,10 @@ def save_model(path: Path, alpha: float = 0.25, classes: tuple[str, ...] = CIFAR
 
 
 def save_run(runs: Path, name: str, state: str = "finished") -> Path:
-    folder = runs / name
-    save_model(folder / "best.pt", training={"epochs": 3, "recipe": "seed", "val_acc": 0.42, "data": "cifar10"})
-    (folder / "status.json").write_text(json.dumps({"state": state}))
-    return folder
+    folder = RunFolder(runs / name)
+    save_model(folder.best, training={"epochs": 3, "recipe": "seed", "val_acc": 0.42, "data": "cifar10"})
+    folder.set_status(RunState(state))
+    return folder.path
 
 
 STEPS_PER_EPOCH = 4
