@@ -374,7 +374,7 @@ def available_splits(source: str) -> list[str]:
 def check_trainable(source: str) -> None:
     """DataError (or OSError) unless the source holds training images; CIFAR-10 always does."""
     if "train" not in available_splits(source):
-        raise DataError(f"{source} has no training images: expected {LAYOUT}")
+        raise DataError(f"{source} has no training images: expected {LAYOUT}.")
 
 
 def split_train_val(full: ImageSet, val_size: int, seed: int, subset: int | None = None) -> tuple[ImageSet, ImageSet]:

@@ -134,11 +134,10 @@ def onnx_engine(name: str, checkpoint: Path, model: nn.Module, card: ModelCard, 
     from .infer import fold_batchnorm
     from .onnx_export import graph, read
 
-    fp32 = graph(fold_batchnorm(model), card)
     if name == "onnx":
-        blob = fp32.SerializeToString()
+        blob = graph(fold_batchnorm(model), card).SerializeToString()
     else:
-        blob = read(int8_file(checkpoint), card, weights_digest(model.state_dict()), fp32).model
+        blob = read(int8_file(checkpoint), card, weights_digest(model.state_dict())).model
     engine = OnnxEngine(blob, name, threads)
     try:  # one image now: a file that fails as it runs would fail every visitor's request, past the fallback
         shape = tuple(engine(torch.zeros(1, 3, card.resolution, card.resolution)).shape)

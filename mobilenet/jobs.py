@@ -68,10 +68,13 @@ class Job:
             values = json.loads(path.read_text())
         except (OSError, ValueError):
             return cls()
-        if not isinstance(values, dict) or not isinstance(values.get("run"), str) or not is_int(values.get("pid")):
+        if not isinstance(values, dict) or not isinstance(values.get("run"), str):
+            return cls()
+        pid = values.get("pid")
+        if not (is_int(pid) and pid > 0):  # 0 or -1 would signal the server's own process group, or every process
             return cls()
         started = values.get("started")
-        return cls(values["run"], values["pid"], float(started) if is_number(started) else None,
+        return cls(values["run"], pid, float(started) if is_number(started) else None,
                    values.get("stopping") is True)
 
     def to_dict(self) -> dict:

@@ -13,6 +13,7 @@ or that uses any operator outside a short list of standard ones, so no custom op
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import tempfile
@@ -188,7 +189,14 @@ def skeleton(model: onnx.ModelProto) -> list[tuple[str, list[tuple[str, str]]]]:
             for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear", "Relu")]
 
 
-def read(path: Path, card: ModelCard, weights_digest: str, fp32: onnx.ModelProto | None = None) -> OnnxModel:
+@functools.lru_cache(maxsize=16)
+def _layers(alpha: float, stem: str, resolution: int, num_classes: int) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The skeleton of the network a card describes (its weights play no part)."""
+    card = ModelCard(alpha, stem, resolution, tuple(map(str, range(num_classes))), (0.0,) * 3, (1.0,) * 3)
+    return skeleton(graph(fold_batchnorm(card.build().eval()), card))
+
+
+def read(path: Path, card: ModelCard, weights_digest: str) -> OnnxModel:
     """The checked int8 file made by export-onnx from the checkpoint whose card and weights' digest are given
     (raises OnnxError)."""
     try:
@@ -224,7 +232,7 @@ def read(path: Path, card: ModelCard, weights_digest: str, fp32: onnx.ModelProto
     if meta.get("precision") != "int8" or quantization is None:
         raise OnnxError(f"{path.name} is not an int8 model made by export-onnx (no quantization record)")
     check_interface(model, card, path.name)
-    if fp32 is not None and skeleton(model) != skeleton(fp32):
+    if skeleton(model) != _layers(card.alpha, card.stem, card.resolution, card.num_classes):
         raise OnnxError(f"{path.name} is refused: its layers are not those of the checkpoint's network")
     if quantization.too_lossy:  # made by an older, looser export-onnx, or its record edited
         raise OnnxError(f"{path.name} is refused: {lossy(quantization)}")

@@ -446,6 +446,8 @@ def test_an_int8_file_whose_layers_are_not_its_networks_is_refused(shipped_copy:
 
     restamped(shipped_copy, padded)
     answers_with_torch(shipped_copy, "its layers are not those of the checkpoint's network")
+    with pytest.raises(OnnxError, match="its layers are not"):  # nor does a card show its figures
+        shipping.int8_model(shipped_copy, checkpoint.read(shipped_copy))
 
 
 def test_an_int8_file_that_answers_for_other_classes_is_refused(shipped_copy: Path) -> None:

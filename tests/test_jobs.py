@@ -495,7 +495,8 @@ def test_no_lock_is_held_by_a_child_forked_while_a_delete_or_a_sign_in_has_it(tm
 
 
 @pytest.mark.parametrize("record", ["", "[1]", '{"run": 3, "pid": 7}', '{"run": "/r", "pid": true}',
-                                    '{"run": "/r"}', '{"run": "/r", "pid": "7"}'])
+                                    '{"run": "/r"}', '{"run": "/r", "pid": "7"}',
+                                    '{"run": "/r", "pid": 0}', '{"run": "/r", "pid": -1}'])  # killpg(0): the server
 def test_a_job_record_that_is_not_one_reads_as_a_job_starting(tmp_path: Path, record: str) -> None:
     (tmp_path / "job.json").write_text(record)
     assert Job.read(tmp_path / "job.json") == Job() and Job().starting
