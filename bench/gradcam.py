@@ -55,7 +55,7 @@ def main() -> None:
         model.eval().requires_grad_(False)
         split = card.data or checkpoint.TrainingData(args.data, None)
         _, val, held_out = data.measurement_split(full, split.val_size, split.seed, split.subset)
-        images = val.images[data.stratified_split(val.labels, 1000, seed=0)[1]]
+        images = val.images[data.stratified_split(val.labels, min(1000, len(val) - 1), seed=0)[1]]
         where = "" if held_out else " (its training images: it held none out)"
         x = card.inference.normalization.apply(images)
         with torch.no_grad():

@@ -10,6 +10,7 @@ export OMP_NUM_THREADS=${THREADS:-1}
 name=$1; shift
 [ -x .venv/bin/python ] || { echo "no .venv here: run the README's test install first" >&2; exit 2; }
 [ -f "runs/$name/report.json" ] && exit 0
+mkdir -p runs  # git ignores it: a fresh checkout has none, and the log is written before train makes the run
 if [ -f "runs/$name/last.pt" ]; then
     # a run may have started elsewhere (a GPU lease): its data and device are this machine's
     .venv/bin/python -m mobilenet train --resume "runs/$name" --data "$DATA" --device "${DEVICE:-auto}" --json \

@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mobilenet import checkpoint  # noqa: E402
 from mobilenet.catalog import shipped_checkpoints  # noqa: E402
+from mobilenet.checkpoint import TrainingData  # noqa: E402
 from mobilenet.data import ImageSet, load, split_train_val  # noqa: E402
 from mobilenet.evaluate import evaluate  # noqa: E402
 from mobilenet.runs import RunFolder  # noqa: E402
@@ -39,11 +40,12 @@ def main() -> None:
 
     print("| model | " + " | ".join(TTA_MODES) + " |\n|---|" + "---:|" * len(TTA_MODES))
     for name, model, card in models(args.models, args.last):
-        if not card.data.holds_out:  # its accuracy on images it trained on would say nothing
+        if not card.held_out:  # its accuracy on images it trained on would say nothing
             print(f"| `{name}`: trained on all the images; measure its validating twin instead "
                   f"(`bench/tta.py runs/TWIN`) |" + " |" * len(TTA_MODES))
             continue
-        val_set = val_split(card.data.seed, card.data.val_size, card.data.subset)
+        split = card.data or TrainingData(args.data, None)  # no record: the defaults it would have trained with
+        val_set = val_split(split.seed, split.val_size, split.subset)
         accuracy = [evaluate(model, val_set, InferenceRecipe(card.inference.normalization, tta)).accuracy
                     for tta in TTA_MODES]
         print(f"| `{name}` | " + " | ".join(f"{a:.2%}" for a in accuracy) + " |")
