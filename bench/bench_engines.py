@@ -3,7 +3,8 @@ markdown tables for BENCHMARKS.md.
 
     .venv/bin/python bench/bench_engines.py [--data ../shared/data/cifar10-train-jpeg.zip] [--quick]
 
-Single image: bytes in, top-5 out, with the flip TTA the shipped cards ask for (the seed's path has none), one
+Single image: bytes in, top-5 out, with the test-time augmentation the shipped cards ask for (the seed's path has
+none), one
 thread, contenders taking turns in blocks; beside them decoding alone (mobilenet.intake.decode, a JPEG at the
 reduced DCT scale), the floor under every engine. Batch: predict_batch on 256 CIFAR-sized PNGs, and the network
 alone (Classifier.probabilities on the decoded images, TTA included), what an engine can change. Evaluation: 10,000

@@ -10,4 +10,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 run() { bench/run_once.sh "$@"; }
 run study-a1.0-ema-cutout12 --alpha 1 --epochs 40 --ema 0.999 --cutout 12
-run study-a0.25-distill --alpha 0.25 --epochs 30 --teacher checkpoints/mobilenet_v1_a1.0.pt
+# its teacher was the shipped α=1 of the time (70 epochs, the split held out), kept as teachers/a1.0-fast-70.pt
+run study-a0.25-distill --alpha 0.25 --epochs 30 --teacher checkpoints/in-progress/teachers/a1.0-fast-70.pt
