@@ -8,9 +8,9 @@ architecture its metadata describes. Writes are atomic, so a crash never leaves 
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
-import glob
 import math
 import os
 import pickle

@@ -110,11 +110,8 @@ class _Tree:
             names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
         else:
             raise DataError(f"{path} is neither a folder nor a .zip file")
-        self.files = [
-            PurePosixPath(n) for n in names
-            if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES
-            and not any(part.startswith((".", "__MACOSX")) for part in PurePosixPath(n).parts)
-        ]
+        self.files = [name for name in map(PurePosixPath, names) if name.suffix.lower() in IMAGE_SUFFIXES
+                      and not any(part.startswith((".", "__MACOSX")) for part in name.parts)]
         # A zip often wraps everything in one top folder: look through it.
         self.top = PurePosixPath()
         while (

@@ -335,6 +335,7 @@ class MetricsSummary:
 
 _summaries: Memo[MetricsSummary] = Memo(size=4096)
 
+
 def metrics_csv(rows: list[MetricsRow]) -> str:
     """Rows as CSV text under a header naming the MetricsRow fields; a value the row lacks is an empty cell."""
     text = io.StringIO()
