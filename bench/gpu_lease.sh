@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One short GPU lease (the device tool: 15 minutes, one call of at most 10) spent on the ladder's long runs.
-# The training zip and the teachers travel xz-compressed (the zip's JPEG headers repeat: 52.7 → 15.9 MB), so that
-# they fit the 64 MiB a call may carry; the shipped checkpoints stay behind.
+# The training zip and the teachers travel xz-compressed (the zip's JPEG headers repeat: 52.7 → 15.9 MB), stopped
+# runs' last.pt shrunk by bench/shrink.py (28 → 23 MB), so that they fit the 64 MiB a call may carry; the shipped
+# checkpoints stay behind.
 #   bash bench/gpu_lease.sh prepare     # here: .gpu/ (git-ignored) with the compressed zip and teachers
+#   bash bench/gpu_lease.sh prepare runs/NAME…  # here: the zip and those stopped runs (for resume)
 #   device run: bash bench/gpu_lease.sh run   (carry .gpu; at most 8 files come back from $OUT)
-#   device run: bash bench/gpu_lease.sh resume  (carry .gpu/data and runs/gpu: stopped runs go on there)
+#   device run: bash bench/gpu_lease.sh resume  (carry .gpu: the stopped runs go on there, bench/gpu_check.sh beside)
 #   bash bench/gpu_lease.sh unpack DIR  # here: the runs that came back, from DIR's results.tar.part-*, in runs/gpu
 # On the GPU: a cuda smoke run (fails fast), a 1-GPU torchrun run (epoch time at batch 512, bf16, channels_last),
 # the inference latency, then the ladder's remaining widths with its recipe (twin and full run of each α in ALPHAS,
@@ -20,12 +22,22 @@ TEACHERS4="$TEACHERS3,$T/a1.0-distill3-120.pt"
 ZIP=data/cifar10-train-jpeg.zip
 LADDER=(--epochs 120 --tta flip-translate --val-every 4 --data "$ZIP" --data-root data --device cuda --json)
 
-prepare() {
+prepare() {  # [RUN…]: the zip, and the teachers (for run) or the named stopped runs (for resume)
     grep -qx '/.gpu/' .git/info/exclude || echo /.gpu/ >> .git/info/exclude
-    mkdir -p .gpu/data ".gpu/$T"
+    rm -rf .gpu && mkdir -p .gpu/data
     xz -9e -T2 -c "${DATA:-../shared/data/cifar10-train-jpeg.zip}" > .gpu/$ZIP.xz
-    for t in ${TEACHERS4//,/ }; do xz -6 -T2 -c "$t" > ".gpu/$t.xz"; done
-    du -cb .gpu/$ZIP.xz .gpu/$T/*.xz | tail -1
+    if [ $# = 0 ]; then
+        mkdir -p ".gpu/$T"
+        for t in ${TEACHERS4//,/ }; do xz -6 -T2 -c "$t" > ".gpu/$t.xz"; done
+    fi
+    for run in "$@"; do  # its targets are in last.pt: the teachers stay here; best.pt is chosen again there
+        local to=.gpu/runs/gpu/$(basename "$run")
+        mkdir -p "$to"
+        cp "$run/config.json" "$run/status.json" "$to/"
+        xz -9 -c "$run/metrics.jsonl" > "$to/metrics.jsonl.xz"
+        python3 bench/shrink.py pack "$run/last.pt" "$to/last.pt.sxz"
+    done
+    find .gpu -type f -print0 | du -cb --files0-from=- | tail -1
 }
 
 train() {  # NAME OPTIONS…: one run in the background, its output in runs/NAME.log
@@ -44,11 +56,17 @@ setup() {  # OUT: the log, versions, the carried files unpacked, the zip decoded
     python3 -c "import torch, torchvision; print('torch', torch.__version__, torchvision.__version__, torch.cuda.is_available())"
     python3 - <<'EOF'
 import lzma, pathlib, shutil
-for xz in sorted(pathlib.Path(".gpu").rglob("*.xz")):
-    target = pathlib.Path(*xz.relative_to(".gpu").parts).with_suffix("")
+import sys; sys.path.insert(0, "bench"); import shrink
+for carried in sorted(p for p in pathlib.Path(".gpu").rglob("*") if p.is_file()):
+    target = pathlib.Path(*carried.relative_to(".gpu").parts)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with lzma.open(xz) as src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
+    if carried.suffix == ".sxz":
+        shrink.unpack(carried, target.with_suffix(""))
+    elif carried.suffix == ".xz":
+        with lzma.open(carried) as src, open(target.with_suffix(""), "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    else:
+        shutil.copyfile(carried, target)
 EOF
     python3 -c "from mobilenet import data; data.load('$ZIP', 'train', 32, root='data')" 2>/dev/null
 }
@@ -95,21 +113,21 @@ run() {
     pack "$out" runs
 }
 
-resume() {  # the stopped runs carried in runs/gpu go on, until DEADLINE
+resume() {  # the stopped runs carried in runs/gpu go on until DEADLINE, bench/gpu_check.sh beside them
     local out=${OUT:-bench/results/gpu-lease} deadline=${DEADLINE:-200}
     setup "$out"
+    export OMP_NUM_THREADS=4
     for run in runs/gpu/*/; do
-        OMP_NUM_THREADS=4 python3 -m mobilenet train --resume "$run" --data "$ZIP" --data-root data --device cuda \
+        python3 -m mobilenet train --resume "$run" --data "$ZIP" --data-root data --device "${DEVICE:-cuda}" \
             --json >> "${run%/}.log" 2>&1 &
         echo "$!" > "${run%/}.pid"
     done
-    echo "## $SECONDS s: torchrun, one process: α=0.25, batch 512, lr 0.8, 1 epoch, validated"
-    python3 -m torch.distributed.run --standalone --nproc_per_node=1 -m mobilenet train --out runs/ddp-a0.25-b512 \
-        --data "$ZIP" --data-root data --device cuda --alpha 0.25 --epochs 1 --batch-size 512 --lr 0.8 --json \
-        > runs/ddp-a0.25-b512.log 2>&1
-    tail -n 3 runs/ddp-a0.25-b512.log | cut -c 1-400
+    # its own process group (a negative pid), so that finish stops its trainer too, and its EXIT trap packs
+    OUT=runs/gpu/check DATA=$ZIP DATA_ROOT=data PY=python3 setsid bash bench/gpu_check.sh > runs/gpu/check.log 2>&1 &
+    echo "-$!" > runs/gpu/check.pid
     while running runs/gpu && [ "$SECONDS" -lt "$deadline" ]; do sleep 5; done
     finish runs/gpu
+    cat runs/gpu/check/*.md 2>/dev/null
     pack "$out" runs/gpu
 }
 
@@ -120,18 +138,27 @@ finish() {  # RUNS: stop what still runs there (each saves last.pt) and show how
     for log in "$1"/*.log; do echo "### $log"; tail -n 2 "$log" | cut -c 1-400; done
 }
 
-pack() {  # OUT RUNS: finished runs whole (no last.pt), then unfinished runs' last.pt, while 60 MiB last
+pack() {  # OUT RUNS: finished runs whole (no last.pt), unfinished runs' last.pt (shrunk), tars, while 60 MiB last
     python3 - "$1" "$2" <<'EOF'
 import sys, tarfile, pathlib
+from concurrent.futures import ProcessPoolExecutor
+sys.path.insert(0, "bench")
+import shrink
 out, folder = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 runs = sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in ("smoke", "gpu"))
-small = [f for r in runs for f in r.iterdir() if f.suffix != ".pt"] + sorted(folder.glob("*.log"))
+files = [f for r in runs for f in r.iterdir()]
+small = [f for f in files if f.suffix not in (".pt", ".sxz", ".tar")] + sorted(folder.glob("*.log"))
+packed = [f for f in files if f.suffix == ".tar"]  # bench/gpu_check.sh's runs: after the ladder's states
 runs = [r for r in runs if not r.name.startswith(("speed-", "ddp-"))]  # measurements: their models stay there
 best = [r / "best.pt" for r in runs if (r / "report.json").exists() and (r / "best.pt").exists()]
-last = [r / name for r in runs if not (r / "report.json").exists() for name in ("last.pt", "best.pt")
-        if (r / name).exists()]  # an unfinished run's state and its best validated model so far
+unfinished = [r for r in runs if not (r / "report.json").exists()]
+states = [r / "last.pt" for r in unfinished if (r / "last.pt").exists()]
+with ProcessPoolExecutor() as pool:
+    list(pool.map(shrink.pack, states, [f.with_suffix(".pt.sxz") for f in states]))
+last = [f.with_suffix(".pt.sxz") for f in states]
+last += [r / "best.pt" for r in unfinished if (r / "best.pt").exists()]  # its best validated model so far
 budget, chosen = 60 << 20, []
-for f in small + sorted(best, key=lambda f: f.stat().st_size) + sorted(last, key=lambda f: f.stat().st_size):
+for f in small + sorted(best, key=lambda f: f.stat().st_size) + last + packed:
     if f.stat().st_size <= budget:
         chosen.append(f)
         budget -= f.stat().st_size
@@ -149,6 +176,9 @@ unpack() {
     [ ! -e runs/gpu ] || { echo "runs/gpu holds an earlier lease's runs: move them to runs/ first" >&2; exit 2; }
     mkdir -p runs/gpu
     cat "$1"/results.tar.part-* | tar -x -f - -C runs/gpu
+    for packed in runs/gpu/*/last.pt.sxz; do
+        [ -e "$packed" ] && python3 bench/shrink.py unpack "$packed" "${packed%.sxz}" && rm "$packed"
+    done
     ls runs/gpu
 }
 
