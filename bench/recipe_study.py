@@ -31,6 +31,14 @@ def label(run: Path) -> str:
                       f"lr {recipe.lr:g}", *changed])
 
 
+def labels(runs: list[Path], taken: set[str]) -> dict[Path, str]:
+    """Each run's label; runs whose labels would read alike (they differ in a setting the label leaves out: TTA,
+    seed, β, stem, validation split) or match one from an earlier chart also name their folder."""
+    plain = {run: label(run) for run in dict.fromkeys(runs)}
+    alike = [text for text in plain.values() if list(plain.values()).count(text) > 1 or text in taken]
+    return {run: f"{text} ({run.name})" if text in alike else text for run, text in plain.items()}
+
+
 def earlier(given: str) -> list[dict]:
     """The rows of one run, by its label, in a chart this script saved: for runs whose folders are gone."""
     path, run = given.split(":", 1)
@@ -50,10 +58,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/recipe_study.html"))
     parser.add_argument("--title", default="validation accuracy per epoch: seed recipe against the default")
     args = parser.parse_args()
+    saved = [row for given in args.earlier for row in earlier(given)]
     frame = pd.DataFrame([
-        {"run": label(run), "epoch": row.epoch, "validation accuracy": row.val_acc, "minutes": row.elapsed_s / 60}
-        for run in args.runs for row in RunFolder(run).read_metrics() if row.kind == "epoch"
-    ] + [row for given in args.earlier for row in earlier(given)])
+        {"run": text, "epoch": row.epoch, "validation accuracy": row.val_acc, "minutes": row.elapsed_s / 60}
+        for run, text in labels(args.runs, {row["run"] for row in saved}).items()
+        for row in RunFolder(run).read_metrics() if row.kind == "epoch"
+    ] + saved)
     table = frame.pivot(index="epoch", columns="run", values="validation accuracy")
     print("| epoch | " + " | ".join(table.columns) + " |\n|---:|" + "---:|" * len(table.columns))
     for epoch, values in table.iterrows():
