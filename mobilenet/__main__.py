@@ -100,20 +100,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         for progress in bars:
             progress.close()
-    if report.get("status") == "stopped":
+    if report is None:
         print(f"stopped; resume with: python -m mobilenet train --resume {out}", file=sys.stderr)
-    elif "confusion" not in report:
+    elif report.validation is None:
         print(f"finished: {RunFolder(out).best}, the last epoch's model (no validation split, so no accuracy)",
               file=sys.stderr)
+    elif args.json:
+        measured = report.validation.to_dict()
+        print(json.dumps({"kind": "report", **{k: measured[k] for k in ("accuracy", "n", "per_class", "confusion")}}))
     else:
-        from .evaluate import Evaluation, format_report
+        from .evaluate import format_report
 
-        result = Evaluation.from_report(report)
-        if args.json:
-            print(json.dumps({"kind": "report", **{k: report[k] for k in ("accuracy", "n", "per_class", "confusion")}}))
-        else:
-            print(f"best checkpoint: {RunFolder(out).best}")
-            print(format_report(result))
+        print(f"best checkpoint: {RunFolder(out).best}")
+        print(format_report(report.validation))
     return 0
 
 

@@ -121,12 +121,12 @@ def report_of(run: RunInfo) -> Evaluation | None:
 
 @st.cache_resource(max_entries=64, show_spinner=False)
 def _report(path: Path, identity: tuple[int, int, int]) -> Evaluation | None:  # identity: cache key only
-    report = RunFolder(path.parent).read_report()
     try:
-        return Evaluation.from_report(report) if report and "confusion" in report else None
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-        log.warning("run %s has a malformed report.json: %s", path.parent, e)
+        report = RunFolder(path.parent).read_report()
+    except ValueError as e:
+        log.warning("%s", e)
         return None
+    return report.validation if report else None
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -98,11 +98,6 @@ class RunInfo:
         return RunFolder(self.path)
 
     @property
-    def report(self) -> dict | None:
-        """The finished run's report.json (accuracy, per-class, confusion), if there is one."""
-        return self.folder.read_report()
-
-    @property
     def resumable(self) -> bool:
         return self.state in (RunState.STOPPED, RunState.INTERRUPTED, RunState.FAILED) and self.folder.resumable
 

@@ -3,12 +3,13 @@
     config.json    the TrainConfig (mobilenet.config)
     metrics.jsonl  one MetricsRow per line: "step" rows about once a second, an "epoch" row per epoch
     status.json    RunStatus: state, pid of the writer, epoch, epochs, error
-    last.pt        the latest state, for resuming; best.pt the best model so far; report.json at the end (the
-                   best model's validation, and under LAST_EPOCH the last epoch's)
+    last.pt        the latest state, for resuming; best.pt the best model so far
+    report.json    RunReport, at the end: the best model's validation, and under LAST_EPOCH the last epoch's
     train.log      the output of a job the app started (mobilenet.jobs)
     .writer.lock   flock'd by the one process writing the run (the trainer, from the CLI or an app job)
 
-Readers never trust these files: a malformed one reads as missing (or a row is skipped), never an error.
+Readers never trust these files: a malformed one reads as missing (or a row is skipped), or, where what it
+holds is asked for by name (config, report), as a ValueError that names it; never a crash.
 "A live process writes this run" is exactly "its writer lock is held": the kernel releases it when the
 writer ends, even on kill -9, and no child process of the writer ever holds it (see keep_from_children).
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from .config import TrainConfig
+from .evaluate import Evaluation
 from .locks import is_locked, keep_from_children, release_kept, try_lock
 from .memo import Memo
 from .values import is_finite, is_int, is_number
@@ -150,6 +152,44 @@ class RunStatus:
         values = {"state": self.state.value, "pid": self.pid, "updated": self.updated, "epoch": self.epoch,
                   "epochs": self.epochs}
         return values | ({"error": self.error} if self.error else {})
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """How a finished run ended. validation: its best model on the held-out split; last_epoch: its last epoch's
+    model there, which is what vouches for a full-data run trained with its settings (None in reports written
+    before it was kept). Both None for a run that held out no images; the measures of one process (rank 0) only."""
+    epochs: int
+    best_val_acc: float | None
+    train_time_s: float | None = None
+    device: str | None = None
+    validation: Evaluation | None = None
+    last_epoch: Evaluation | None = None
+
+    @classmethod
+    def from_dict(cls, values: Any) -> RunReport:
+        """ValueError for anything that is not a finished run's report."""
+        if not isinstance(values, dict) or values.get("status") != RunState.FINISHED.value:
+            raise ValueError("not a finished run's report")
+        epochs, best, seconds, device = (values.get(k) for k in ("epochs", "best_val_acc", "train_time_s", "device"))
+        if not (is_int(epochs) and epochs > 0) or not (best is None or is_finite(best)) \
+                or not (seconds is None or is_finite(seconds)) or not (device is None or isinstance(device, str)):
+            raise ValueError("malformed report")
+        last = values.get(LAST_EPOCH)
+        try:
+            validation = Evaluation.from_report(values) if "confusion" in values else None
+            last_epoch = Evaluation.from_report(last) if last is not None else None
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, OverflowError) as e:
+            raise ValueError(f"malformed validation ({e})") from None
+        if last_epoch is not None and validation is None:
+            raise ValueError("malformed report: a last epoch's validation but none of the best model")
+        return cls(epochs, best, seconds, device, validation, last_epoch)
+
+    def to_dict(self) -> dict:
+        values = {"status": RunState.FINISHED.value, "epochs": self.epochs, "best_val_acc": self.best_val_acc,
+                  "train_time_s": self.train_time_s, "device": self.device}
+        values |= self.validation.to_dict() if self.validation else {}
+        return values | ({LAST_EPOCH: self.last_epoch.to_dict()} if self.last_epoch else {})
 
 
 def run_name(cfg: TrainConfig) -> str:
@@ -289,9 +329,14 @@ class RunFolder:
         except ValueError:
             return None
 
-    def read_report(self) -> dict | None:
-        report = self._json(self.report)
-        return report if isinstance(report, dict) else None
+    def read_report(self) -> RunReport | None:
+        """The finished run's report; None when it has none (yet); ValueError naming it when it is malformed."""
+        if not self.report.exists():
+            return None
+        try:
+            return RunReport.from_dict(self._json(self.report))
+        except ValueError as e:
+            raise ValueError(f"{self.name}/report.json: {e}") from None
 
     def read_metrics(self) -> list[MetricsRow]:
         """metrics.jsonl rows, skipping malformed ones (a partly written last line among them).

@@ -19,7 +19,7 @@ from .config import RECIPES, setting_words
 from .data import CIFAR10, DataError
 from .evaluate import Evaluation
 from .engines import int8_file
-from .runs import LAST_EPOCH, RunFolder
+from .runs import RunFolder, RunReport
 from .stats import ModelStats, model_stats
 
 if TYPE_CHECKING:
@@ -52,18 +52,18 @@ class Twin:
             return None
 
 
-def validating_twin(run: Path, twin: Path) -> tuple[Twin, dict]:
+def validating_twin(run: Path, twin: Path) -> tuple[Twin, Evaluation]:
     """`twin` as the validating twin of `run`, a finished run trained on all the images: the record for the card
     and the twin's validation at its last epoch (the model it vouches for is its run's last epoch: the twin's best
     epoch, chosen on its held-out images, would flatter it). The twin is a finished run that held out a validation
     split, trained on the same data (by fingerprint) with identical settings otherwise; CheckpointError naming
     what differs."""
     full, other = RunFolder(run), RunFolder(twin)
-    report = other.read_report()
+    report = _report(other)
     if report is None:
         raise CheckpointError(f"{other.name} cannot validate {full.name}: it is not a finished run (no report.json)")
     split = _card(other).data
-    if split is None or not split.holds_out or not report.get("n"):
+    if split is None or not split.holds_out or report.validation is None or not report.validation.n:
         raise CheckpointError(f"{other.name} cannot validate {full.name}: it held out no validation images either")
     mine, theirs = configs = full.read_config(), other.read_config()
     differences = [f"--{name.replace('_', '-')} {_value(a)} in {full.name}, {_value(b)} in {other.name}"
@@ -79,20 +79,27 @@ def validating_twin(run: Path, twin: Path) -> tuple[Twin, dict]:
     return Twin(other.name, split.val_size, split.seed), _last_epoch(other, report)
 
 
-def _last_epoch(twin: RunFolder, report: dict) -> dict:
+def _last_epoch(twin: RunFolder, report: RunReport) -> Evaluation:
     """The twin's validation at its last epoch: recorded in its report, or, in a report from before that was,
     its best model's when the last epoch validated as high as the best one."""
-    last = report.get(LAST_EPOCH)
-    if isinstance(last, dict):
-        return last
+    if report.last_epoch is not None:
+        return report.last_epoch
     validated = [row for row in twin.read_metrics() if row.kind == "epoch" and row.val_acc is not None]
-    if validated and validated[-1].epoch == report.get("epochs") and validated[-1].val_acc == report.get("accuracy"):
-        return report
+    best_model = report.validation  # a twin's report has one
+    if validated and validated[-1].epoch == report.epochs and validated[-1].val_acc == best_model.accuracy:
+        return best_model
     best = max(validated, key=lambda row: row.val_acc, default=None)
     raise CheckpointError(
         f"{twin.name}'s report gives its best validated epoch{f' ({best.epoch})' if best else ''}, not its last, and "
         f"predates reports that record the last one, whose accuracy is the one that vouches for a model that is its "
         f"run's last epoch: train the twin again with this version")
+
+
+def _report(folder: RunFolder) -> RunReport | None:
+    try:
+        return folder.read_report()
+    except ValueError as e:
+        raise CheckpointError(f"the report.json that measures {folder.name} is malformed ({e})") from None
 
 
 def _card(folder: RunFolder) -> ModelCard:
@@ -113,7 +120,7 @@ def export(run: Path, out: Path, data_description: str | None = None, validated_
     gives and names; a run that held out its own split refuses one."""
     checkpoint.refuse_to_replace(out, overwrite)
     folder = RunFolder(run)
-    report = folder.read_report()
+    report = _report(folder)
     if report is None:
         raise CheckpointError(f"{folder.name} is not a finished run: it has no report.json")
     model, card = checkpoint.load(folder.best)
@@ -123,18 +130,16 @@ def export(run: Path, out: Path, data_description: str | None = None, validated_
             raise CheckpointError(f"{folder.name} trained on all the images and held none out, so it has no validation "
                                   f"accuracy of its own: give the run that validated its recipe with --validated-by "
                                   f"RUN (identical settings but a validation split, e.g. --val-size 5000)")
-        record, report = validating_twin(folder.path, Path(validated_by))
+        record, measured = validating_twin(folder.path, Path(validated_by))
         twin = {TWIN: asdict(record)}
     elif validated_by is not None:
         raise CheckpointError(f"{folder.name} held out its own validation split and is measured on it: "
                               f"--validated-by is for a run trained on all the images (--val-size 0)")
-    if "accuracy" not in report:
+    else:
+        measured = report.validation
+    if measured is None:
         raise CheckpointError(f"{folder.name} held out no images (too few for a validation split), so it has no "
                               f"validation accuracy to ship with")
-    try:  # the figures from the confusion matrix they come from
-        measured = Evaluation.from_report(report)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"the report.json that measures {folder.name} is malformed ({e})") from None
     stats = _size(card)
     training = card.training | {
         "data": data_description or card.training.get("data"), "val_acc": measured.accuracy, "val_n": measured.n,

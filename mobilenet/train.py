@@ -32,7 +32,7 @@ from .device import device_name, pick_device
 from .distill import cache_folder, soft_targets
 from .evaluate import Evaluation, evaluate
 from .model import MobileNetV1, feature_sides
-from .runs import LAST_EPOCH, DiskFull, MetricsRow, RunBusy, RunFolder, RunState, disk_full
+from .runs import DiskFull, MetricsRow, RunBusy, RunFolder, RunReport, RunState, disk_full
 
 
 PROBE_IMAGES = 32  # what answers_are_numbers feeds the model at each epoch's end
@@ -212,8 +212,9 @@ def train(
     overwrite: bool = False,
     on_epoch: Callable[[MetricsRow], None] | None = None,
     on_step: Callable[[MetricsRow], None] | None = None,
-) -> dict:
-    """Train into the run folder `out` (resuming its last.pt when asked); returns the final report.
+) -> RunReport | None:
+    """Train into the run folder `out` (resuming its last.pt when asked); returns the final report, or None when
+    the run was stopped (SIGTERM or SIGINT): its state is saved to resume from.
 
     A folder that already holds a run is refused unless resuming it or, explicitly, overwriting it.
     """
@@ -271,7 +272,7 @@ class Training:
         self.resumed_pace = 0.0  # img/s of the last row before a resume
         self.replacing = False  # the folder still holds the run this one replaces
 
-    def run(self, resume: bool) -> dict:
+    def run(self, resume: bool) -> RunReport | None:
         cfg, recipe = self.cfg, self.recipe
         if recipe.batch_size % self.world:
             raise TrainError(f"batch size {recipe.batch_size} must divide evenly over {self.world} processes")
@@ -314,7 +315,8 @@ class Training:
                     if stopping or epoch_done or time.perf_counter() - self.last_log >= 1:
                         self.log_step()
                     if stopping:
-                        return self.stop()
+                        self.stop()
+                        return None
                 self.end_epoch()
             return self.finish()  # a stop asked for now is too late: the run is done, its results are being saved
 
@@ -591,7 +593,7 @@ class Training:
             checkpoint.save(self.folder.last, self.model, replace(self.card, training=self.summary(status)),
                             train_state)
 
-    def stop(self) -> dict:
+    def stop(self) -> None:
         state = self.state
         if self.world > 1:  # the epoch's sums so far over all ranks: rank 0 saves them, the others resume from 0
             totals = self.totals.clone()
@@ -601,24 +603,23 @@ class Training:
         state.elapsed_s = time.perf_counter() - self.started
         self.save_last(RunState.STOPPED)
         self.set_status(RunState.STOPPED)
-        return {"status": "stopped", "epoch": self.state.epoch, "step": self.state.step_in_epoch}
 
-    def finish(self) -> dict:
+    def finish(self) -> RunReport:
         """The final report: the best model evaluated on the validation split, also written into its card. Without
         a validation split there is nothing to score (the model is the last epoch's): no accuracy, not 0%."""
         best_acc = self.state.best_acc if self.state.best_acc >= 0 else None
-        report = {"status": "finished", "epochs": self.recipe.epochs, "best_val_acc": best_acc}
+        report = RunReport(self.recipe.epochs, best_acc)
         if self.writer:
             best_model, best_card = checkpoint.load(self.folder.best)
-            report |= {"train_time_s": self.state.elapsed_s, "device": device_name(self.device)}
+            report = replace(report, train_time_s=self.state.elapsed_s, device=device_name(self.device))
             training = self.summary(RunState.FINISHED)
             if len(self.val_set):
                 final = self.best_eval or evaluate(best_model.to(self.device), self.val_set, best_card.inference)
                 last = self.last_eval or _validate(self.shipped, self.val_set, self.recipe)
-                report |= final.to_dict() | {LAST_EPOCH: last.to_dict()}
+                report = replace(report, validation=final, last_epoch=last)
                 training |= {"val_acc": final.accuracy, "per_class": final.per_class,
                              "epochs": best_card.training.get("epochs", self.state.epoch)}  # its weights' epoch
-            self.folder.write_json(self.folder.report, report)
+            self.folder.write_json(self.folder.report, report.to_dict())
             checkpoint.save(self.folder.best, best_model, replace(best_card, training=training))
             self.save_last(RunState.FINISHED)
             self.set_status(RunState.FINISHED)

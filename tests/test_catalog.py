@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import save_model, save_run, write_folder, zip_folder
+from helpers import save_model, save_run, write_folder, write_report, zip_folder
 
 from mobilenet import catalog, checkpoint, data, evalsets, memo, shipping
 from mobilenet.checkpoint import CheckpointError, ModelCard, TrainingData
-from mobilenet.data import CIFAR10_CLASSES, DataError, load
-from mobilenet.evaluate import Evaluation
+from mobilenet.data import DataError, load
+from mobilenet.runs import RunFolder
 from mobilenet.stats import model_stats
 
 
@@ -209,8 +208,7 @@ def finished_run(runs: Path, name: str, alpha: float, accuracy: float) -> Path:
         "epochs": 12, "recipe": "fast", "val_acc": 0.0, "data": "/home/someone/cifar.zip", "seed": 0})
     hits = round(accuracy * 480)  # of 480 images a class, the misses taken for the next class
     confusion = torch.diag(torch.full((10,), hits)) + torch.roll(torch.diag(torch.full((10,), 480 - hits)), 1, 1)
-    report = Evaluation(CIFAR10_CLASSES, confusion, torch.empty(0, 0), torch.empty(0)).to_dict()
-    (folder / "report.json").write_text(json.dumps(report))
+    write_report(RunFolder(folder), epochs=12, confusion=confusion)
     return folder
 
 

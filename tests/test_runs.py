@@ -15,7 +15,8 @@ import pytest
 from mobilenet import checkpoint, jobs
 from mobilenet.config import TrainConfig
 from mobilenet.jobs import JobError, JobManager
-from mobilenet.runs import DiskFull, MetricsRow, RunBusy, RunFolder, RunState, metrics_csv, thinned
+from mobilenet.runs import (LAST_EPOCH, DiskFull, MetricsRow, RunBusy, RunFolder, RunReport, RunState, metrics_csv,
+                            thinned)
 from mobilenet.train import train
 
 from helpers import make_run, run_cli, write_folder
@@ -138,7 +139,7 @@ def test_a_half_written_last_line_never_blocks_resume(images: Path, tmp_path: Pa
     with open(folder.metrics, "a") as f:
         f.write('{"kind": "step", "epoch": 3, "step": 9')  # killed mid-write
     report = train(tiny(images, tmp_path, epochs=2), out, resume=True)
-    assert report["status"] == "finished"
+    assert report is not None and report.epochs == 2
     lines = folder.metrics.read_text().splitlines()
     assert all(json.loads(text) for text in lines)
     assert [r.epoch for r in folder.read_metrics() if r.kind == "epoch"] == [1, 2]
@@ -275,8 +276,9 @@ def test_malformed_run_files_leave_that_run_out_and_the_others_shown(tmp_path: P
     (runs / "lost+found").mkdir()  # a folder this server may not read
     found, skipped = JobManager(runs).scan()
     assert sorted(r.name for r in found) == ["bad-metrics", "deep-report", "good", "huge-time"] and skipped == []
-    by_name = {r.name: r for r in found}
-    assert by_name["deep-report"].report is None and len(RunFolder(runs / "bad-metrics").read_metrics()) == 2 * 5
+    assert len(RunFolder(runs / "bad-metrics").read_metrics()) == 2 * 5
+    with pytest.raises(ValueError, match="deep-report/report.json: not a finished run's report"):
+        RunFolder(runs / "deep-report").read_report()
 
 
 def test_two_writers_of_one_json_file_at_once_leave_it_whole(tmp_path: Path) -> None:
@@ -311,3 +313,26 @@ def test_a_status_counts_epochs_in_whole_numbers_from_zero(tmp_path: Path) -> No
         assert folder.read_status() is None, counts
     folder.status.write_text(json.dumps({"state": "stopped", "updated": 1.0, "epoch": 0, "epochs": 3}))
     assert (folder.read_status().epoch, folder.read_status().epochs) == (0, 3)
+
+
+def test_a_report_reads_back_as_written_and_anything_else_is_refused_by_name(tmp_path: Path) -> None:
+    measured = {"accuracy": 0.75, "n": 4, "classes": ["cat", "dog"], "per_class": {"cat": 1.0, "dog": 0.5},
+                "confusion": [[2, 0], [1, 1]]}
+    written = {"status": "finished", "epochs": 3, "best_val_acc": 0.75, "train_time_s": 12.5, "device": "CPU"}
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.write_json(folder.report, written | measured | {LAST_EPOCH: measured})
+    report = folder.read_report()
+    assert (report.epochs, report.best_val_acc, report.validation.accuracy, report.last_epoch.n) == (3, 0.75, 0.75, 4)
+    assert report.to_dict() == written | measured | {LAST_EPOCH: measured}
+    assert RunReport.from_dict(written).validation is None  # a run that held out no images
+    assert RunReport.from_dict(written | measured).last_epoch is None  # written before the last epoch was kept
+    for malformed in (written | {"status": "stopped"}, written | {"epochs": 0}, written | {"epochs": True},
+                      written | {"best_val_acc": "high"}, written | {"device": 3}, written | {LAST_EPOCH: measured},
+                      written | measured | {"confusion": [[2, 0]]}, written | measured | {LAST_EPOCH: {"n": 4}},
+                      [written]):
+        folder.write_json(folder.report, malformed)
+        with pytest.raises(ValueError, match="run/report.json: "):
+            folder.read_report()
+    folder.report.unlink()
+    assert folder.read_report() is None  # not finished (yet)

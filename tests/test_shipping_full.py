@@ -4,6 +4,7 @@ says so, and its "not sure" threshold comes from the twin."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import dataclass, replace
@@ -73,9 +74,9 @@ def test_a_full_data_model_ships_with_its_twins_validation_accuracy(runs: Runs, 
     assert "(its validating twin twin's; it trained on all the images)" in capsys.readouterr().out
 
     card = checkpoint.load(shipped / "full.pt")[1]
-    report = RunFolder(runs.twin).read_report()[LAST_EPOCH]  # the twin's last epoch vouches for the full run's
+    last = RunFolder(runs.twin).read_report().last_epoch  # the twin's last epoch vouches for the full run's
     t = card.training
-    assert (t["val_acc"], t["val_n"], t["per_class"]) == (report["accuracy"], VAL_SIZE, report["per_class"])
+    assert (t["val_acc"], t["val_n"], t["per_class"]) == (last.accuracy, VAL_SIZE, last.per_class)
     assert t[TWIN] == {"run": "twin", "val_size": VAL_SIZE, "seed": 0, "this_model": ALL_IMAGES}
     assert Twin.of(card) == Twin("twin", VAL_SIZE, 0) and Twin.of(checkpoint.load(shipped / "validated.pt")[1]) is None
     assert card.data.val_size == 0 and t["data"] == "three classes"
@@ -83,11 +84,11 @@ def test_a_full_data_model_ships_with_its_twins_validation_accuracy(runs: Runs, 
 
     readme = (shipped / "README.md").read_text()
     overview = [line for line in readme.splitlines() if line.startswith("| `")]
-    assert overview[0].endswith(f"| {report['accuracy']:.2%}† | – |")  # full.pt
-    own = RunFolder(runs.twin).read_report()["accuracy"]
+    assert overview[0].endswith(f"| {last.accuracy:.2%}† | – |")  # full.pt
+    own = RunFolder(runs.twin).read_report().validation.accuracy
     assert overview[1].endswith(f"| {own:.2%} | – |")  # validated.pt: its best epoch on its own split, unmarked
     assert "† Measured on its validating twin: the identical recipe with a seeded validation split held out." in readme
-    assert (f"| validation accuracy | {report['accuracy']:.2%} on {VAL_SIZE} held-out images (seeded, stratified; "
+    assert (f"| validation accuracy | {last.accuracy:.2%} on {VAL_SIZE} held-out images (seeded, stratified; "
             f"seed 0) with flip TTA, measured on run `twin` at its last epoch, the identical recipe with them held "
             f"out; this model trained on all the images, these included, and is its last epoch, with no selection |"
             ) in readme
@@ -98,21 +99,24 @@ def test_the_twins_last_epoch_vouches_for_the_full_run_not_its_best(runs: Runs, 
     would flatter it. A report from before reports recorded the last epoch is taken only where the two agree."""
     twin = copy_run(runs.twin, tmp_path / "twin")
     folder = RunFolder(twin)
-    report = folder.read_report()
+    report = json.loads(folder.report.read_text())
     worse = [[0] * 3 for _ in range(3)]
     worse[0][1], worse[1][1], worse[2][2] = 4, 4, 4  # 8 of 12 right
     last = {"accuracy": 8 / 12, "n": 12, "classes": report["classes"], "per_class": {"cat": 0.0, "dog": 1.0,
             "ship": 1.0}, "confusion": worse}
-    folder.write_json(folder.report, report | {"accuracy": 11 / 12, LAST_EPOCH: last})
+    folder.write_json(folder.report, report | {LAST_EPOCH: last})
     card = shipping.export(runs.full, tmp_path / "out.pt", validated_by=twin)
     assert card.training["val_acc"] == pytest.approx(8 / 12) and card.training["per_class"] == last["per_class"]
 
     rows = [row for row in folder.read_metrics() if row.kind == "epoch"]
-    del report[LAST_EPOCH]
-    folder.write_json(folder.report, report | {"accuracy": rows[-1].val_acc})  # its last epoch was its best
+    last_epoch = report.pop(LAST_EPOCH)
+    as_before = report | {key: last_epoch[key] for key in ("accuracy", "n", "per_class", "confusion")}
+    folder.write_json(folder.report, as_before)  # a report from before LAST_EPOCH, whose last epoch was its best
     again = shipping.export(runs.full, tmp_path / "out.pt", validated_by=twin, overwrite=True)
     assert again.training["val_acc"] == rows[-1].val_acc
-    folder.write_json(folder.report, report | {"accuracy": rows[-1].val_acc + 0.01})  # an earlier epoch's
+    all_right = [[4 if i == j else 0 for j in range(3)] for i in range(3)]
+    earlier = all_right if rows[-1].val_acc < 1 else worse
+    folder.write_json(folder.report, as_before | {"confusion": earlier})  # an earlier epoch was its best
     with pytest.raises(CheckpointError, match="report gives its best validated epoch .*, not its last, and predates"):
         shipping.export(runs.full, tmp_path / "out.pt", validated_by=twin, overwrite=True)
 

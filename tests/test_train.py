@@ -16,7 +16,7 @@ from mobilenet import checkpoint, train
 from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import DataError, ImageSet
 from mobilenet.__main__ import main as cli_main
-from mobilenet.runs import LAST_EPOCH, RunFolder, RunState
+from mobilenet.runs import RunFolder, RunState
 from mobilenet.device import device_name
 from mobilenet.evaluate import Evaluation, score
 from mobilenet.shipping import card_markdown
@@ -65,10 +65,11 @@ def test_loss_falls_and_run_folder_is_complete(folder: Path, tmp_path: Path) -> 
     rows = epoch_rows(tmp_path / "run")
     assert [r.epoch for r in rows] == list(range(1, 9))
     assert rows[-1].train_loss < rows[0].train_loss
-    assert report["accuracy"] >= 0.9  # three easy classes; chance is 1/3
-    assert set(report) >= {"per_class", "confusion", "n"}
-    assert sum(map(sum, report["confusion"])) == report["n"] == 24
-    assert report[LAST_EPOCH]["accuracy"] == rows[-1].val_acc and report[LAST_EPOCH]["n"] == 24  # whichever was best
+    measured, last = report.validation, report.last_epoch
+    assert measured.accuracy >= 0.9  # three easy classes; chance is 1/3
+    assert int(measured.confusion.sum()) == measured.n == 24
+    assert last.accuracy == rows[-1].val_acc and last.n == 24  # whichever epoch was best
+    assert RunFolder(tmp_path / "run").read_report().to_dict() == report.to_dict()  # what train returned
     keys = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s", "elapsed_s", "eta_s"}
     written = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(keys <= set(r) for r in written if r["kind"] == "epoch")
@@ -76,7 +77,7 @@ def test_loss_falls_and_run_folder_is_complete(folder: Path, tmp_path: Path) -> 
     run = tmp_path / "run"
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     model, card = checkpoint.load(run / "best.pt")
-    assert card.training["val_acc"] == report["accuracy"] and card.classes == ("cat", "dog", "ship")
+    assert card.training["val_acc"] == measured.accuracy and card.classes == ("cat", "dog", "ship")
     assert "train_state" not in checkpoint.read(run / "best.pt")  # shipped files stay small
 
 
@@ -87,9 +88,9 @@ def test_the_report_is_the_best_epochs_own_validation_not_a_second_pass(folder: 
     monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: passes.append(1) or real(*args, **kwargs))
     report = train.train(config(folder, tmp_path, epochs=2), tmp_path / "run")
     assert len(passes) == 2  # one per epoch
-    assert report["accuracy"] == max(row.val_acc for row in epoch_rows(tmp_path / "run"))
+    assert report.validation.accuracy == max(row.val_acc for row in epoch_rows(tmp_path / "run"))
     stored = checkpoint.read(tmp_path / "run" / "best.pt")["card"]["training"]
-    assert stored["val_acc"] == report["accuracy"] and sum(map(sum, report["confusion"])) == 24
+    assert stored["val_acc"] == report.validation.accuracy and report.validation.n == 24
 
 
 def test_the_best_models_card_gives_the_epoch_of_its_weights(folder: Path, tmp_path: Path,
@@ -119,8 +120,8 @@ def test_without_validation_the_model_is_the_last_epochs(folder: Path, tmp_path:
     assert all(torch.equal(best["state_dict"][k], average[k]) for k in average)
     assert best["card"]["training"]["epochs"] == 2
     # nothing was scored: no accuracy anywhere rather than 0% on 0 images
-    assert best["card"]["training"]["val_acc"] is None and report["best_val_acc"] is None
-    assert "accuracy" not in report and "accuracy" not in json.loads((run / "report.json").read_text())
+    assert best["card"]["training"]["val_acc"] is None and report.best_val_acc is None
+    assert report.validation is None and "accuracy" not in json.loads((run / "report.json").read_text())
 
 
 def test_seed_recipe_is_the_seed() -> None:
@@ -178,7 +179,7 @@ def test_stop_then_resume_matches_an_uninterrupted_run(folder: Path, tmp_path: P
             os.kill(os.getpid(), signal.SIGTERM)
 
     stopped = train.train(cfg, tmp_path / "resumed", on_step=stop_mid_epoch_two)
-    assert stopped["status"] == "stopped"
+    assert stopped is None
     assert json.loads((tmp_path / "resumed" / "status.json").read_text())["state"] == "stopped"
     train.train(cfg, tmp_path / "resumed", resume=True)
 
@@ -223,8 +224,8 @@ def test_a_run_carried_without_its_best_model_chooses_it_again_and_finishes(fold
     edit_last(run, lambda payload: payload["train_state"]["loop"].update(best_acc=1.0))
     run.best.unlink()
     report = train.train(cfg, run.path, resume=True)
-    assert report["status"] == "finished" and report["best_val_acc"] < 1.0
-    assert checkpoint.load(run.best)[1].training["val_acc"] == report["best_val_acc"]
+    assert report.best_val_acc < 1.0
+    assert checkpoint.load(run.best)[1].training["val_acc"] == report.best_val_acc
 
 
 def test_a_run_moved_between_devices_says_how_many_epochs_each_trained(folder: Path, tmp_path: Path) -> None:
@@ -469,7 +470,7 @@ def test_overwriting_keeps_the_old_run_until_the_new_ones_data_and_teachers_are_
     assert {name: (run.path / name).read_bytes() for name in kept} == kept
     assert run.read_status().state is RunState.STOPPED and run.read_status().error is None
     train.train(config(folder, tmp_path, epochs=1), run.path, overwrite=True)
-    assert not int8.exists() and run.read_report()["epochs"] == 1  # no int8 model of other weights left beside it
+    assert not int8.exists() and run.read_report().epochs == 1  # no int8 model of other weights left beside it
 
 
 def test_a_damaged_zip_is_a_message(tmp_path: Path) -> None:
@@ -528,7 +529,7 @@ def test_files_beside_the_images_do_not_stop_a_resume(folder: Path, tmp_path: Pa
     train.train(cfg, run.path, on_step=lambda row: os.kill(os.getpid(), signal.SIGTERM))
     (images / ".DS_Store").write_bytes(b"finder")
     (images / "train" / "README.txt").write_text("where these came from")
-    assert train.train(cfg, run.path, resume=True)["status"] == "finished"
+    assert train.train(cfg, run.path, resume=True) is not None  # finished
 
 
 def test_any_whole_seed_gives_its_own_streams_and_small_seeds_keep_theirs() -> None:
@@ -585,7 +586,7 @@ def test_a_stop_while_the_finished_run_saves_its_results_lets_it_finish(folder: 
 
     monkeypatch.setattr(train.Training, "finish", stopped_meanwhile)
     report = train.train(config(folder, tmp_path, epochs=1), tmp_path / "run")
-    assert report["status"] == "finished" and RunFolder(tmp_path / "run").read_status().state is RunState.FINISHED
+    assert report is not None and RunFolder(tmp_path / "run").read_status().state is RunState.FINISHED
 
 
 def test_one_class_is_no_classifier(tmp_path: Path) -> None:
@@ -620,7 +621,7 @@ def test_a_run_resumed_at_an_epochs_end_logs_the_pace_it_had(folder: Path, tmp_p
         return len(calls) == 12 or stop_agreed(stop, world, device)  # 6 steps an epoch
 
     monkeypatch.setattr(train, "_stop_agreed", stop_on_the_last_step_of_epoch_two)
-    assert train.train(cfg, run)["status"] == "stopped"
+    assert train.train(cfg, run) is None  # stopped
     monkeypatch.setattr(train, "_stop_agreed", stop_agreed)
     train.train(cfg, run, resume=True)
     second = next(r for r in epoch_rows(run) if r.epoch == 2)

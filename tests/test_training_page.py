@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FakeClock, isolate_app, save_model, write_folder, zip_folder
+from helpers import FakeClock, isolate_app, save_model, write_folder, write_report, zip_folder
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from mobilenet import admin, app_models, app_runs, catalog, settings
 from mobilenet.app_runs import RunsSnapshot
 from mobilenet.config import RECIPES, TrainConfig
-from mobilenet.data import CIFAR10_CLASSES, CIFAR10_FOLDER
+from mobilenet.data import CIFAR10_FOLDER
 from mobilenet.evalsets import TrainingSource
 from mobilenet.jobs import Job, JobManager
 from mobilenet.locks import release_kept, try_lock
@@ -154,10 +154,7 @@ def finished_run(runs: Path, name: str, updated: float) -> RunFolder:
     folder.metrics.write_text(json.dumps({"kind": "epoch", "epoch": 1, "step": 5, "train_loss": 1.0, "train_acc": 0.5,
                                           "lr": 0.1, "img_per_s": 9.0, "elapsed_s": 1.0, "eta_s": 0.0,
                                           "val_loss": 1.0, "val_acc": 0.5}) + "\n")
-    classes = list(CIFAR10_CLASSES)
-    folder.report.write_text(json.dumps({"status": "finished", "accuracy": 0.5, "n": 10, "classes": classes,
-                                         "per_class": {c: 0.5 for c in classes},
-                                         "confusion": [[1 if i == j else 0 for j in range(10)] for i in range(10)]}))
+    write_report(folder, epochs=1)
     folder.status.write_text(json.dumps({"state": "finished", "pid": 1, "updated": updated, "epoch": 1, "epochs": 1}))
     return folder
 
@@ -192,10 +189,8 @@ def test_a_run_on_a_hundred_classes_is_shown_and_can_be_deleted(places: Path) ->
     """Its 10,000-cell confusion matrix was refused by Altair (over 5,000 rows): the page failed for every visitor
     while it was the newest run, before drawing its Delete button."""
     folder = finished_run(places / "runs", "hundred", updated=1000.0)
-    classes = [f"class{i:03d}" for i in range(100)]
-    folder.report.write_text(json.dumps({"status": "finished", "accuracy": 0.5, "n": 1000, "classes": classes,
-                                         "per_class": {c: 0.5 for c in classes},
-                                         "confusion": [[10 * (i == j) for j in range(100)] for i in range(100)]}))
+    write_report(folder, epochs=1, classes=tuple(f"class{i:03d}" for i in range(100)),
+                 confusion=torch.eye(100, dtype=torch.int64) * 10)
     at = open_page()
     assert len(at.get("vega_lite_chart")) >= 2  # per-class accuracy and confusion matrix
     button(at, "Delete")
