@@ -20,9 +20,18 @@ T=checkpoints/in-progress/teachers
 TEACHERS3="$T/a1.0-fast-70.pt,$T/a1.0-fast-40.pt,$T/a1.0-cutout12-40.pt"
 TEACHERS4="$TEACHERS3,$T/a1.0-distill3-120.pt"
 ZIP=data/cifar10-train-jpeg.zip
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}  # here; the GPU machine has no .venv
 LADDER=(--epochs 120 --tta flip-translate --val-every 4 --data "$ZIP" --data-root data --device cuda --json)
 
 prepare() {  # [RUN…]: the zip, and the teachers (for run) or the named stopped runs (for resume)
+    local run to carried code
+    for run in "$@"; do
+        for file in config.json status.json metrics.jsonl last.pt; do
+            [ -f "$run/$file" ] || { echo "$run has no $file: not a stopped run" >&2; exit 2; }
+        done
+        [ ! -f "$run/.writer.lock" ] || flock -n "$run/.writer.lock" true \
+            || { echo "$run is being trained here: stop it first (bench/carry.sh save)" >&2; exit 2; }
+    done
     grep -qx '/.gpu/' .git/info/exclude || echo /.gpu/ >> .git/info/exclude
     rm -rf .gpu && mkdir -p .gpu/data
     xz -9e -T2 -c "${DATA:-../shared/data/cifar10-train-jpeg.zip}" > .gpu/$ZIP.xz
@@ -31,13 +40,16 @@ prepare() {  # [RUN…]: the zip, and the teachers (for run) or the named stoppe
         for t in ${TEACHERS4//,/ }; do xz -6 -T2 -c "$t" > ".gpu/$t.xz"; done
     fi
     for run in "$@"; do  # its targets are in last.pt: the teachers stay here; best.pt is chosen again there
-        local to=.gpu/runs/gpu/$(basename "$run")
+        to=.gpu/runs/gpu/$(basename "$run")
         mkdir -p "$to"
         cp "$run/config.json" "$run/status.json" "$to/"
         xz -9 -c "$run/metrics.jsonl" > "$to/metrics.jsonl.xz"
-        python3 bench/shrink.py pack "$run/last.pt" "$to/last.pt.sxz"
+        "$PY" bench/shrink.py pack "$run/last.pt" "$to/last.pt.sxz" || exit 1
     done
-    find .gpu -type f -print0 | du -cb --files0-from=- | tail -1
+    carried=$(find .gpu -type f -print0 | du -cb --files0-from=- | tail -1 | cut -f1)
+    code=$(git ls-files -z -- ':!checkpoints' | du -cb --files0-from=- | tail -1 | cut -f1)
+    echo "$carried bytes in .gpu, $code of code: $((carried + code)) of the $((64 << 20)) a call carries"
+    [ $((carried + code)) -le $((64 << 20)) ] || { echo "too much for one call: carry fewer runs" >&2; exit 2; }
 }
 
 train() {  # NAME OPTIONS…: one run in the background, its output in runs/NAME.log
@@ -115,6 +127,7 @@ run() {
 
 resume() {  # the stopped runs carried in runs/gpu go on until DEADLINE, bench/gpu_check.sh beside them
     local out=${OUT:-bench/results/gpu-lease} deadline=${DEADLINE:-200}
+    [ -d .gpu/runs/gpu ] || { echo "no runs carried: bench/gpu_lease.sh prepare runs/NAME… first" >&2; exit 2; }
     setup "$out"
     export OMP_NUM_THREADS=4
     for run in runs/gpu/*/; do
@@ -141,19 +154,19 @@ finish() {  # RUNS: stop what still runs there (each saves last.pt) and show how
 pack() {  # OUT RUNS: finished runs whole (no last.pt), unfinished runs' last.pt (shrunk), tars, while 60 MiB last
     python3 - "$1" "$2" <<'EOF'
 import sys, tarfile, pathlib
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, "bench")
 import shrink
 out, folder = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 runs = sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in ("smoke", "gpu"))
-files = [f for r in runs for f in r.iterdir()]
+files = [f for r in runs for f in r.iterdir() if f.is_file()]  # gpu_check.sh's run folders are in its runs.tar
 small = [f for f in files if f.suffix not in (".pt", ".sxz", ".tar")] + sorted(folder.glob("*.log"))
 packed = [f for f in files if f.suffix == ".tar"]  # bench/gpu_check.sh's runs: after the ladder's states
 runs = [r for r in runs if not r.name.startswith(("speed-", "ddp-"))]  # measurements: their models stay there
 best = [r / "best.pt" for r in runs if (r / "report.json").exists() and (r / "best.pt").exists()]
 unfinished = [r for r in runs if not (r / "report.json").exists()]
 states = [r / "last.pt" for r in unfinished if (r / "last.pt").exists()]
-with ProcessPoolExecutor() as pool:
+with ThreadPoolExecutor() as pool:  # lzma lets go of the GIL while it compresses
     list(pool.map(shrink.pack, states, [f.with_suffix(".pt.sxz") for f in states]))
 last = [f.with_suffix(".pt.sxz") for f in states]
 last += [r / "best.pt" for r in unfinished if (r / "best.pt").exists()]  # its best validated model so far
@@ -177,7 +190,7 @@ unpack() {
     mkdir -p runs/gpu
     cat "$1"/results.tar.part-* | tar -x -f - -C runs/gpu
     for packed in runs/gpu/*/last.pt.sxz; do
-        [ -e "$packed" ] && python3 bench/shrink.py unpack "$packed" "${packed%.sxz}" && rm "$packed"
+        [ -e "$packed" ] && "$PY" bench/shrink.py unpack "$packed" "${packed%.sxz}" && rm "$packed"
     done
     ls runs/gpu
 }

@@ -36,7 +36,9 @@ def labels(runs: list[Path], taken: set[str]) -> dict[Path, str]:
     seed, β, stem, validation split) or match one from an earlier chart also name their folder."""
     plain = {run: label(run) for run in dict.fromkeys(runs)}
     alike = [text for text in plain.values() if list(plain.values()).count(text) > 1 or text in taken]
-    return {run: f"{text} ({run.name})" if text in alike else text for run, text in plain.items()}
+    names = [run.name for run in plain]
+    return {run: f"{text} ({run.name if names.count(run.name) == 1 else run})" if text in alike else text
+            for run, text in plain.items()}
 
 
 def earlier(given: str) -> list[dict]:

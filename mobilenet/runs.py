@@ -170,17 +170,20 @@ class RunReport:
     def from_dict(cls, values: Any) -> RunReport:
         """ValueError for anything that is not a finished run's report."""
         if not isinstance(values, dict) or values.get("status") != RunState.FINISHED.value:
-            raise ValueError("not a finished run's report")
+            raise ValueError("unreadable, or not a finished run's report")
         epochs, best, seconds, device = (values.get(k) for k in ("epochs", "best_val_acc", "train_time_s", "device"))
         if not (is_int(epochs) and epochs > 0) or not (best is None or is_finite(best)) \
                 or not (seconds is None or is_finite(seconds)) or not (device is None or isinstance(device, str)):
             raise ValueError("malformed report")
         last = values.get(LAST_EPOCH)
         try:
-            validation = Evaluation.from_report(values) if "confusion" in values else None
+            measured = any(key in values for key in ("accuracy", "n", "classes", "per_class", "confusion"))
+            validation = Evaluation.from_report(values) if measured else None
             last_epoch = Evaluation.from_report(last) if last is not None else None
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError, OverflowError) as e:
             raise ValueError(f"malformed validation ({e})") from None
+        if validation is not None and not validation.n:  # reports before 1bce45e scored 0 of 0 held-out images
+            validation = last_epoch = None
         if last_epoch is not None and validation is None:
             raise ValueError("malformed report: a last epoch's validation but none of the best model")
         return cls(epochs, best, seconds, device, validation, last_epoch)

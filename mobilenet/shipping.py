@@ -99,7 +99,7 @@ def _report(folder: RunFolder) -> RunReport | None:
     try:
         return folder.read_report()
     except ValueError as e:
-        raise CheckpointError(f"the report.json that measures {folder.name} is malformed ({e})") from None
+        raise CheckpointError(f"cannot measure {folder.name}: {e}") from None
 
 
 def _card(folder: RunFolder) -> ModelCard:

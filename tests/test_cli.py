@@ -189,7 +189,7 @@ def test_a_run_with_a_malformed_report_is_not_exported(tmp_path: Path) -> None:
     report = json.loads((run / "report.json").read_text())
     (run / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "confusion"}))
     result = run_cli("export", str(run), str(tmp_path / "m.pt"))
-    assert result.returncode == 2 and "report.json that measures run is malformed" in result.stderr
+    assert result.returncode == 2 and "cannot measure run: run/report.json: malformed validation" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "m.pt").exists()
 
 

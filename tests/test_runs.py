@@ -277,7 +277,7 @@ def test_malformed_run_files_leave_that_run_out_and_the_others_shown(tmp_path: P
     found, skipped = JobManager(runs).scan()
     assert sorted(r.name for r in found) == ["bad-metrics", "deep-report", "good", "huge-time"] and skipped == []
     assert len(RunFolder(runs / "bad-metrics").read_metrics()) == 2 * 5
-    with pytest.raises(ValueError, match="deep-report/report.json: not a finished run's report"):
+    with pytest.raises(ValueError, match="deep-report/report.json: unreadable, or not a finished"):
         RunFolder(runs / "deep-report").read_report()
 
 
@@ -327,10 +327,12 @@ def test_a_report_reads_back_as_written_and_anything_else_is_refused_by_name(tmp
     assert report.to_dict() == written | measured | {LAST_EPOCH: measured}
     assert RunReport.from_dict(written).validation is None  # a run that held out no images
     assert RunReport.from_dict(written | measured).last_epoch is None  # written before the last epoch was kept
+    none_held_out = measured | {"n": 0, "per_class": {"cat": None, "dog": None}, "confusion": [[0, 0], [0, 0]]}
+    assert RunReport.from_dict(written | none_held_out).validation is None  # as reports before 1bce45e said it
     for malformed in (written | {"status": "stopped"}, written | {"epochs": 0}, written | {"epochs": True},
                       written | {"best_val_acc": "high"}, written | {"device": 3}, written | {LAST_EPOCH: measured},
-                      written | measured | {"confusion": [[2, 0]]}, written | measured | {LAST_EPOCH: {"n": 4}},
-                      [written]):
+                      written | measured | {"confusion": [[2, 0]]}, written | {"accuracy": 0.75, "n": 4},
+                      written | measured | {LAST_EPOCH: {"n": 4}}, [written]):
         folder.write_json(folder.report, malformed)
         with pytest.raises(ValueError, match="run/report.json: "):
             folder.read_report()
