@@ -63,7 +63,7 @@ def validating_twin(run: Path, twin: Path) -> tuple[Twin, Evaluation]:
     if report is None:
         raise CheckpointError(f"{other.name} cannot validate {full.name}: it is not a finished run (no report.json)")
     split = _card(other).data
-    if split is None or not split.holds_out or report.validation is None or not report.validation.n:
+    if split is None or not split.holds_out or report.validation is None:  # (a report of 0 images has none)
         raise CheckpointError(f"{other.name} cannot validate {full.name}: it held out no validation images either")
     mine, theirs = configs = full.read_config(), other.read_config()
     differences = [f"--{name.replace('_', '-')} {_value(a)} in {full.name}, {_value(b)} in {other.name}"
