@@ -10,7 +10,6 @@ if __name__ == "__main__":  # Ctrl-C while torch loads (most of a predict's seco
 
 import argparse
 import json
-import os
 import re
 import warnings
 from dataclasses import replace
@@ -101,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         for progress in bars:
             progress.close()
-    if int(os.environ.get("RANK", "0")):  # torchrun's other processes: rank 0 says how it ended
+    if train.process_rank():
         return 0
     if report is None:
         print(f"stopped; resume with: python -m mobilenet train --resume {out}", file=sys.stderr)

@@ -244,6 +244,11 @@ def train(
             dist.destroy_process_group()
 
 
+def process_rank() -> int:
+    """This process's rank among torchrun's (0 when it runs alone): rank 0 writes the run and says how it ended."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _join_processes(asked: str) -> tuple[int, int, torch.device]:
     """This process's rank, the number of processes and its device: one process, or each of torchrun's."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -252,8 +257,8 @@ def _join_processes(asked: str) -> tuple[int, int, torch.device]:
     use_cuda = asked != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    dist.init_process_group("nccl" if use_cuda else "gloo")  # (its env:// rendezvous reads the same RANK)
+    return process_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
 
 
 class Training:

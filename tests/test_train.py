@@ -333,6 +333,9 @@ def test_torchrun_two_processes_gloo(folder: Path, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    reports = [line for line in result.stdout.splitlines() if '"kind": "report"' in line]
+    assert len(reports) == 1 and json.loads(reports[0])["n"] == 24  # rank 0 alone says how it ended
+    assert "no validation" not in result.stderr  # (rank 1, which did not validate, would have said so)
     rows = epoch_rows(run)
     assert len(rows) == 1  # one writer, no duplicated rows
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
