@@ -1,30 +1,20 @@
 #!/usr/bin/env bash
-# One short GPU lease (the device tool: 15 minutes, one call of at most 10) spent on the ladder's long runs.
-# The training zip and the teachers travel xz-compressed (the zip's JPEG headers repeat: 52.7 → 15.9 MB), stopped
-# runs' last.pt shrunk by bench/shrink.py (28 → 23 MB), so that they fit the 64 MiB a call may carry; the shipped
-# checkpoints stay behind.
-#   bash bench/gpu_lease.sh prepare     # here: .gpu/ (git-ignored) with the compressed zip and teachers
-#   bash bench/gpu_lease.sh prepare runs/NAME…  # here: the zip and those stopped runs (for resume)
-#   device run: bash bench/gpu_lease.sh run   (carry .gpu; at most 8 files come back from $OUT)
-#   device run: bash bench/gpu_lease.sh resume  (carry .gpu: the stopped runs go on there, bench/gpu_check.sh beside)
+# One short GPU lease (the device tool: 15 minutes, one call of at most 10) spent on the ladder's stopped runs.
+# The training zip travels xz-compressed (its JPEG headers repeat: 52.7 → 15.9 MB) and the runs' last.pt shrunk by
+# bench/shrink.py (28 → 23 MB), so that they fit the 64 MiB a call may carry; the shipped checkpoints stay behind.
+#   bash bench/gpu_lease.sh prepare runs/NAME…  # here: .gpu/ (git-ignored) with the zip and those stopped runs
+#   device run: bash bench/gpu_lease.sh resume  (carry .gpu: the runs go on there, bench/gpu_check.sh beside them;
+#               at most 8 files come back from $OUT)
 #   bash bench/gpu_lease.sh unpack DIR  # here: the runs that came back, from DIR's results.tar.part-*, in runs/gpu
-# On the GPU: a cuda smoke run (fails fast), a 1-GPU torchrun run (epoch time at batch 512, bf16, channels_last),
-# the inference latency, then the ladder's remaining widths with its recipe (twin and full run of each α in ALPHAS,
-# default "0.5 0.75", three teachers) and a second α=1 generation's twin distilled from four teachers, started once
-# no α=0.5 run is going.
-# At DEADLINE seconds the runs still going are stopped (they save last.pt, to resume anywhere). SPEED=1 first times
-# two epochs of α=1 eager and with --compile (about two minutes): whether compiling the step pays on the GPU.
+# At DEADLINE seconds the runs still going are stopped (they save last.pt, to resume anywhere).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-T=checkpoints/in-progress/teachers
-TEACHERS3="$T/a1.0-fast-70.pt,$T/a1.0-fast-40.pt,$T/a1.0-cutout12-40.pt"
-TEACHERS4="$TEACHERS3,$T/a1.0-distill3-120.pt"
 ZIP=data/cifar10-train-jpeg.zip
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}  # here; the GPU machine has no .venv
-LADDER=(--epochs 120 --tta flip-translate --val-every 4 --data "$ZIP" --data-root data --device cuda --json)
 
-prepare() {  # [RUN…]: the zip, and the teachers (for run) or the named stopped runs (for resume)
+prepare() {  # RUN…: the zip and the named stopped runs
     local run to carried code
+    [ $# -gt 0 ] || { echo "name the stopped runs to carry: bench/gpu_lease.sh prepare runs/NAME…" >&2; exit 2; }
     for run in "$@"; do
         for file in config.json status.json metrics.jsonl last.pt; do
             [ -f "$run/$file" ] || { echo "$run has no $file: not a stopped run" >&2; exit 2; }
@@ -35,10 +25,6 @@ prepare() {  # [RUN…]: the zip, and the teachers (for run) or the named stoppe
     grep -qx '/.gpu/' .git/info/exclude || echo /.gpu/ >> .git/info/exclude
     rm -rf .gpu && mkdir -p .gpu/data
     xz -9e -T2 -c "${DATA:-../shared/data/cifar10-train-jpeg.zip}" > .gpu/$ZIP.xz
-    if [ $# = 0 ]; then
-        mkdir -p ".gpu/$T"
-        for t in ${TEACHERS4//,/ }; do xz -6 -T2 -c "$t" > ".gpu/$t.xz"; done
-    fi
     for run in "$@"; do  # its targets are in last.pt: the teachers stay here; best.pt is chosen again there
         to=.gpu/runs/gpu/$(basename "$run")
         mkdir -p "$to"
@@ -50,12 +36,6 @@ prepare() {  # [RUN…]: the zip, and the teachers (for run) or the named stoppe
     code=$(git ls-files -z -- ':!checkpoints' | du -cb --files0-from=- | tail -1 | cut -f1)
     echo "$carried bytes in .gpu, $code of code: $((carried + code)) of the $((64 << 20)) a call carries"
     [ $((carried + code)) -le $((64 << 20)) ] || { echo "too much for one call: carry fewer runs" >&2; exit 2; }
-}
-
-train() {  # NAME OPTIONS…: one run in the background, its output in runs/NAME.log
-    local name=$1; shift
-    python3 -m mobilenet train --out "runs/$name" "$@" > "runs/$name.log" 2>&1 &
-    echo "$!" > "runs/$name.pid"
 }
 
 running() { for p in "$1"/*.pid; do kill -0 "$(cat "$p")" 2>/dev/null && return 0; done; return 1; }
@@ -81,48 +61,6 @@ for carried in sorted(p for p in pathlib.Path(".gpu").rglob("*") if p.is_file())
         shutil.copyfile(carried, target)
 EOF
     python3 -c "from mobilenet import data; data.load('$ZIP', 'train', 32, root='data')" 2>/dev/null
-}
-
-run() {
-    local out=${OUT:-bench/results/gpu-lease} deadline=${DEADLINE:-470}
-    setup "$out"
-    echo "## $SECONDS s: smoke"
-    python3 -m mobilenet train --out runs/smoke --data "$ZIP" --data-root data --device cuda --alpha 0.25 --epochs 1 \
-        --subset 2000 --val-size 0 --teacher "$T/a1.0-fast-40.pt" --json | tail -n 2 || { pack "$out" runs; exit 1; }
-    echo "## $SECONDS s: torchrun, one process: α=1, batch 512, lr 0.8, 3 epochs"
-    python3 -m torch.distributed.run --standalone --nproc_per_node=1 -m mobilenet train --out runs/ddp-a1.0-b512 \
-        --data "$ZIP" --data-root data --device cuda --alpha 1 --epochs 3 --batch-size 512 --lr 0.8 --val-every 1 \
-        --json > runs/ddp-a1.0-b512.log 2>&1
-    tail -n 4 runs/ddp-a1.0-b512.log
-    echo "## $SECONDS s: inference"
-    python3 bench/gpu_inference.py --device cuda --model "$T/a1.0-distill3-120.pt"
-    if [ "${SPEED:-0}" = 1 ]; then  # is a step launch-bound? eager against --compile, 2 epochs of α=1 each
-        for mode in eager compile; do
-            echo "## $SECONDS s: α=1, batch 128, 2 epochs, $mode"
-            python3 -m mobilenet train --out "runs/speed-$mode" --data "$ZIP" --data-root data --device cuda --alpha 1 \
-                --epochs 2 --val-every 2 $([ $mode = compile ] && echo --compile) --json > "runs/speed-$mode.log" 2>&1
-            grep '"kind": "epoch"' "runs/speed-$mode.log" | cut -c 1-220
-        done
-    fi
-    echo "## $SECONDS s: the ladder"
-    for alpha in ${ALPHAS-0.5 0.75}; do  # ALPHAS="": none of the ladder, only the second generation
-        train "twin-a$alpha-distill3-120" --alpha "$alpha" "${LADDER[@]}" --teacher "$TEACHERS3"
-        train "full-a$alpha-distill3-120" --alpha "$alpha" "${LADDER[@]}" --teacher "$TEACHERS3" --val-size 0
-    done
-    local second=0
-    while [ "$SECONDS" -lt "$deadline" ] && { [ $second = 0 ] || running runs; }; do
-        if [ $second = 0 ] && ! kill -0 "$(cat runs/twin-a0.5-distill3-120.pid 2>/dev/null)" 2>/dev/null \
-                && ! kill -0 "$(cat runs/full-a0.5-distill3-120.pid 2>/dev/null)" 2>/dev/null; then
-            echo "## $SECONDS s: no α=0.5 run going; the second α=1 generation's twin"
-            train twin-a1.0-distill4-120 --alpha 1 "${LADDER[@]}" --teacher "$TEACHERS4"
-            second=1
-        fi
-        sleep 5
-    done
-    finish runs
-    python3 bench/time_to_accuracy.py runs/ddp-a1.0-b512 runs/twin-*/ --target 0.90
-    python3 bench/time_to_accuracy.py runs/twin-*/ --target 0.92
-    pack "$out" runs
 }
 
 resume() {  # the stopped runs carried in runs/gpu go on until DEADLINE, bench/gpu_check.sh beside them
@@ -158,11 +96,10 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, "bench")
 import shrink
 out, folder = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-runs = sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in ("smoke", "gpu"))
+runs = sorted(p for p in folder.iterdir() if p.is_dir())
 files = [f for r in runs for f in r.iterdir() if f.is_file()]  # gpu_check.sh's run folders are in its runs.tar
 small = [f for f in files if f.suffix not in (".pt", ".sxz", ".tar")] + sorted(folder.glob("*.log"))
 packed = [f for f in files if f.suffix == ".tar"]  # bench/gpu_check.sh's runs: after the ladder's states
-runs = [r for r in runs if not r.name.startswith(("speed-", "ddp-"))]  # measurements: their models stay there
 best = [r / "best.pt" for r in runs if (r / "report.json").exists() and (r / "best.pt").exists()]
 unfinished = [r for r in runs if not (r / "report.json").exists()]
 states = [r / "last.pt" for r in unfinished if (r / "last.pt").exists()]
@@ -195,4 +132,4 @@ unpack() {
     ls runs/gpu
 }
 
-"${1:?usage: bench/gpu_lease.sh prepare|run|resume|unpack DIR}" "${@:2}"
+"${1:?usage: bench/gpu_lease.sh prepare RUN…|resume|unpack DIR}" "${@:2}"
