@@ -35,6 +35,9 @@ _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # not a stuffed 0xFF 0x
 # Python, keeping some of each: a photo has tens of them, a GIF with an XMP packet a few thousand, and 25 MB of empty
 # ones took 6 to 19 s of CPU and up to 0.9 GB to open. They are counted, cheaply, before anything is opened.
 MAX_BLOCKS = 10_000
+# Pillow decodes a run-length-compressed BMP in Python, pixel by pixel: 0.2-0.5 s a megapixel, from a file of a few
+# kilobytes. Real ones are small (icons, old screenshots).
+MAX_RLE_PIXELS = 1_000_000
 _large_decodes = threading.BoundedSemaphore(2)
 
 
@@ -102,6 +105,9 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
         raise ImageError(f"image dimensions are too large: at most {limits.max_pixels / 1e6:.0f} megapixels are "
                          f"accepted") from None
     _check_size(img.size, limits)
+    if img.format == "BMP" and img.tile and img.tile[0][0] == "bmp_rle" and img.width * img.height > MAX_RLE_PIXELS:
+        raise ImageError(f"run-length-compressed BMPs of over {MAX_RLE_PIXELS / 1e6:.0f} megapixel are not accepted "
+                         f"(they take seconds to decode): save it as PNG or JPEG")
     return img
 
 
@@ -153,46 +159,61 @@ def decodes_smaller(data: bytes) -> bool:
 
 
 def jpeg_layout(data: bytes) -> tuple[int, int]:
-    """(blocks, scans) of a JPEG's bytes, counted up to MAX_BLOCKS + 1 and MAX_JPEG_SCANS + 1: its markers (fill
-    bytes too) and its scans; metadata segments are skipped whole (an EXIF thumbnail has a scan of its own)."""
+    """(blocks, scans) of a JPEG's bytes, counted up to MAX_BLOCKS + 1 and MAX_JPEG_SCANS + 1, walked as the readers
+    walk them: up to its first scan as Pillow does, in Python (each marker, fill and stray byte a block; segments
+    skipped whole: an EXIF thumbnail has a scan of its own), then from marker to marker as libjpeg does, to its end."""
     blocks, scans, i = 0, 0, 2
-    while i + 4 <= len(data) and blocks <= MAX_BLOCKS and scans <= MAX_JPEG_SCANS and data[i] == 0xFF:
-        marker = data[i + 1]
-        if marker == 0xD9:  # the end of the image
-            break
+    while i + 1 < len(data) and blocks <= MAX_BLOCKS and scans <= MAX_JPEG_SCANS:
         blocks += 1
-        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # fill, or a marker without a length
-            i += 1 if marker == 0xFF else 2
-            continue
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-        if marker == 0xDA:  # a scan: its header, then its data up to the next marker
-            scans += 1
-            found = _JPEG_MARKER.search(data, i)
-            if found is None:
+        marker = data[i + 1]
+        if data[i] != 0xFF:  # a stray byte: Pillow steps over it, libjpeg over all of them to the next marker
+            found = _JPEG_MARKER.search(data, i) if scans else None
+            if scans and found is None:
                 break
-            i = found.start()
+            i = found.start() if found else i + 1
+        elif marker == 0xFF:  # fill
+            i += 1
+        elif scans and marker == 0xD9:  # the end of the image (before its first scan, Pillow reads on)
+            break
+        elif not scans and 0x01 <= marker < 0xC0:  # a marker Pillow refuses
+            break
+        elif marker in (0x00, 0x01, 0xC8) or 0xD0 <= marker <= 0xD9 or (not scans and 0xF0 <= marker <= 0xFD):
+            i += 2  # a marker without a length
+        else:
+            i += 2 + max(2, int.from_bytes(data[i + 2:i + 4], "big"))  # a length below 2 is read as none
+            if marker == 0xDA:  # a scan: its header, then its data up to the next marker
+                scans += 1
+                found = _JPEG_MARKER.search(data, i)
+                if found is None:
+                    break
+                i = found.start()
     return blocks, scans
 
 
 def _png_blocks(data: bytes) -> int:
-    """The chunks before a PNG's image data, counted up to MAX_BLOCKS + 1."""
+    """A PNG's chunks up to its end, counted up to MAX_BLOCKS + 1: Pillow reads each in Python, those after the image
+    data too (a real 25 MB PNG, in libpng's 8 KB chunks, has about 3,200)."""
     blocks, i = 0, 8
-    while i + 8 <= len(data) and blocks <= MAX_BLOCKS and data[i + 4:i + 8] != b"IDAT":
+    while i + 8 <= len(data) and blocks <= MAX_BLOCKS:
         blocks += 1
+        if data[i + 4:i + 8] == b"IEND":
+            break
         i += 12 + int.from_bytes(data[i:i + 4], "big")  # length, type, data, CRC
     return blocks
 
 
 def _gif_blocks(data: bytes) -> int:
-    """The extensions and their sub-blocks before a GIF's first image, counted up to MAX_BLOCKS + 1."""
+    """The extensions, their sub-blocks and stray bytes before a GIF's first image (Pillow skips a stray byte and
+    reads on), counted up to MAX_BLOCKS + 1."""
     if len(data) < 13:
         return 0
     blocks, i = 0, 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # after the global colour table
-    while i + 1 < len(data) and blocks <= MAX_BLOCKS and data[i] == 0x21:  # an extension: introducer, label
-        i += 2
-        while i < len(data) and data[i] and blocks <= MAX_BLOCKS:
-            blocks += 1
-            i += 1 + data[i]
+    while i < len(data) and blocks <= MAX_BLOCKS and data[i] not in (0x2C, 0x3B):  # not an image, not the end
+        if data[i] == 0x21:  # an extension: introducer, label, then its sub-blocks up to an empty one
+            i += 2
+            while i < len(data) and data[i] and blocks <= MAX_BLOCKS:
+                blocks += 1
+                i += 1 + data[i]
         blocks += 1
         i += 1
     return blocks

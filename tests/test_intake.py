@@ -435,8 +435,11 @@ def test_a_jpeg_of_too_many_scans_is_refused_before_decoding() -> None:
     head, scans = _scans(real)
     assert jpeg_layout(real)[1] == len(scans) > 1 and decode(real).size == (64, 48)
     repeated = head + b"".join(scans) + scans[-1] * MAX_JPEG_SCANS + b"\xff\xd9"
-    with pytest.raises(ImageError, match=f"more than {MAX_JPEG_SCANS} scans"):
-        decode(repeated)
+    after_app0 = 4 + int.from_bytes(head[4:6], "big")
+    stray_byte = repeated[:after_app0] + b"\x00" + repeated[after_app0:]  # a count that stopped there let it in
+    for data in (repeated, stray_byte):
+        with pytest.raises(ImageError, match=f"more than {MAX_JPEG_SCANS} scans"):
+            decode(data)
 
 
 def test_a_jpeg_counts_the_scans_of_its_image_not_of_its_thumbnail() -> None:
@@ -450,24 +453,36 @@ def test_a_jpeg_counts_the_scans_of_its_image_not_of_its_thumbnail() -> None:
 
 
 def _padded(kind: str, size: int = 4 * 1024 * 1024) -> bytes:
-    """A tiny image of `kind` padded to `size` bytes with empty metadata blocks before its picture."""
-    if kind == "jpeg":
+    """A tiny image of `kind` padded to `size` bytes with empty metadata blocks (or, for -stray-byte, bytes of no
+    block; -length-0, a segment whose length is 0; -end-first, an end-of-image marker) before its picture, or for
+    PNG's -after-image and -empty-image-data, empty chunks or empty image-data chunks after it."""
+    if kind.startswith("jpeg"):
         real = encode(solid(RED, (64, 64)), "JPEG")
-        return real[:2] + b"\xff\xfe\x00\x02" * (size // 4) + real[2:]  # empty COM segments
-    if kind == "png":
+        after_app0 = 4 + int.from_bytes(real[4:6], "big")
+        first = {"jpeg": b"", "jpeg-stray-byte": b"\x00", "jpeg-length-0": b"\xff\xe2\x00\x00",
+                 "jpeg-end-first": b"\xff\xd9"}[kind]
+        stray = kind == "jpeg-stray-byte"
+        return (real[:after_app0] + first + (b"\x00" * size if stray else b"\xff\xfe\x00\x02" * (size // 4))
+                + real[after_app0:])  # empty COM segments
+    if kind.startswith("png"):
         real = encode(solid(RED, (64, 64)), "PNG")
-        chunk = struct.pack(">I", 0) + b"prIv" + struct.pack(">I", zlib.crc32(b"prIv"))
-        return real[:33] + chunk * (size // len(chunk)) + real[33:]  # after IHDR
+        name = b"IDAT" if kind == "png-empty-image-data" else b"prIv"
+        chunks = (struct.pack(">I", 0) + name + struct.pack(">I", zlib.crc32(name))) * (size // 12)
+        return real[:33] + chunks + real[33:] if kind == "png" else real[:-12] + chunks + real[-12:]  # (IEND)
     real = encode(solid(RED, (64, 64)).convert("P"), "GIF")
     head = 13 + 3 * 2 ** ((real[10] & 7) + 1)
     if kind == "gif":
         return real[:head] + b"\x21\xfe\x01X\x00" * (size // 5) + real[head:]  # one-byte comment extensions
+    if kind == "gif-stray-byte":
+        return real[:head] + b"\x00" * size + real[head:]
     return real[:head] + b"\x21\xfe" + b"\x01X" * (size // 2) + b"\x00" + real[head:]  # one comment of them all
 
 
-@pytest.mark.parametrize("kind", ["jpeg", "png", "gif", "gif-comment"])
+@pytest.mark.parametrize("kind", ["jpeg", "jpeg-stray-byte", "jpeg-length-0", "jpeg-end-first", "png",
+                                  "png-after-image", "png-empty-image-data", "gif", "gif-comment", "gif-stray-byte"])
 def test_a_small_image_padded_with_empty_metadata_is_refused_before_it_is_opened(kind: str) -> None:
-    """Pillow reads each block in Python: 24 MB of empty ones took 6 to 19 s of CPU and up to 0.9 GB to open."""
+    """Pillow reads each block in Python, and steps over a byte it does not expect: 24 MB of empty blocks or stray
+    bytes took 5 to 31 s of CPU and up to 0.9 GB to open, and a count that stopped at such a byte let them through."""
     padded = _padded(kind)
     start = time.process_time()
     with pytest.raises(ImageError, match="more than 10,000 blocks of metadata"):
@@ -486,4 +501,37 @@ def test_metadata_blocks_of_real_files_pass() -> None:
                     for _ in range(100))
     png_file = encode(solid(RED, (64, 64)), "PNG")
     assert decode(png_file[:33] + text + png_file[33:]).getpixel((0, 0)) == RED
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    png_file = encode(noise, "PNG")
+    image_data = png_file[41:-16]  # one IDAT chunk: after IHDR and its own length and type, before its CRC and IEND
+    assert png_file[37:41] == b"IDAT" and 3000 < len(image_data) // 4 < 10_000
+    chunks = b"".join(struct.pack(">I", len(part)) + b"IDAT" + part + struct.pack(">I", zlib.crc32(b"IDAT" + part))
+                      for part in (image_data[i:i + 4] for i in range(0, len(image_data), 4)))
+    assert np.array_equal(np.asarray(decode(png_file[:33] + chunks + png_file[-12:])), np.asarray(noise))
     assert decode(encode(solid(RED, (64, 48)), "JPEG", progressive=True)).size == (64, 48)
+
+
+def _run_length_bmp(width: int, height: int) -> bytes:
+    """An 8-bit run-length-compressed BMP: each row one run of palette colour 1 (red), then an end-of-line code."""
+    rows = bytearray()
+    for _ in range(height):
+        for left in range(width, 0, -255):
+            rows += bytes([min(255, left), 1])
+        rows += b"\0\0"
+    rows += b"\0\1"  # the end of the bitmap
+    palette = bytes([0, 0, 0, 0]) + bytes([0, 0, 255, 0]) + bytes(4 * 254)  # BGRx: black, red, then black
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 2835, 2835, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + info + palette + bytes(rows)
+
+
+def test_a_run_length_compressed_bmp_decodes_when_small_and_is_refused_when_large() -> None:
+    """Pillow decodes them in Python, pixel by pixel: 60 megapixels from a 32 KB file took 29 s of CPU."""
+    from mobilenet.intake import MAX_RLE_PIXELS
+
+    small = decode(_run_length_bmp(64, 48))
+    assert small.size == (64, 48) and small.getpixel((10, 10)) == RED
+    start = time.process_time()
+    with pytest.raises(ImageError, match="run-length-compressed BMPs of over 1 megapixel"):
+        decode(_run_length_bmp(MAX_RLE_PIXELS // 1000 + 1, 1000))
+    assert time.process_time() - start < 0.5
