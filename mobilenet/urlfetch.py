@@ -186,7 +186,7 @@ def check_url(url: str, allow_private: bool, lookup_timeout: float = 5.0, owner:
     if port == 0:
         raise URLError("port 0 is not a valid port")
     try:
-        host = parts.hostname.encode("idna").decode("ascii").lower()
+        host = parts.hostname.encode("idna").decode("ascii").lower().removesuffix(".")  # example.com. = example.com
     except UnicodeError:
         raise URLError(f"{parts.hostname!r} is not a valid host name") from None
     literal = _ip_literal(host)

@@ -85,7 +85,7 @@ SSRF = [
     "http://images.example.com@127.0.0.1:{port}/", "http://127.0.0.1:{port}@images.example.com/",
     "http://127.0.0.1:{port}\\@images.example.com/", "http://127.0.0.1:{port}/\r\nX: y", " http://127.0.0.1:{port}/",
     "http:/127.0.0.1:{port}/", "http:127.0.0.1:{port}/", "//127.0.0.1:{port}/", "127.0.0.1:{port}/",
-    "http://%31%32%37.0.0.1:{port}/", "http://[::1:{port}/",
+    "http://%31%32%37.0.0.1:{port}/", "http://[::1:{port}/", "http://127.0.0.1.:{port}/",
     # other schemes
     "ftp://127.0.0.1:{port}/", "file:///etc/passwd", "file://localhost/etc/passwd", "gopher://127.0.0.1:{port}/_GET",
     "dict://127.0.0.1:{port}/", "data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)",
@@ -189,6 +189,12 @@ def test_the_connection_goes_to_the_checked_address(monkeypatch: pytest.MonkeyPa
         assert public.requests[0][1]["Host"] == f"rebind.example:{public.port}"
     finally:
         canary.close()
+
+
+def test_a_host_name_may_end_in_a_dot(monkeypatch: pytest.MonkeyPatch, public: Server) -> None:
+    resolver(monkeypatch, [str(PRETEND_PUBLIC)])
+    assert fetch_url(f"http://images.example.com.:{public.port}/img") == IMAGE
+    assert public.requests[0][1]["Host"] == f"images.example.com:{public.port}"
 
 
 def test_a_host_with_many_silent_addresses_is_tried_a_few_times(monkeypatch: pytest.MonkeyPatch) -> None:
