@@ -349,10 +349,28 @@ from mobilenet import train
 from mobilenet.config import TrainConfig
 cfg, out, stop_at = TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], int(sys.argv[3])
 if stop_at:  # every rank agrees to stop after its step stop_at, as on a SIGTERM
-    steps = iter(range(1, 10**6))
-    train._stop_agreed = lambda stop, world, device: next(steps) == stop_at
+    train._stop_agreed = lambda stop, world, device, step: step == stop_at
 train.train(cfg, out, resume=Path(out, "last.pt").exists())
 """
+
+
+def test_several_processes_agree_on_a_stop_only_every_few_steps() -> None:
+    """Agreeing waits for the device's queued work: at every step it would stall a GPU's pipeline."""
+    import torch.distributed as dist
+
+    stop, cpu = train.StopRequest(), torch.device("cpu")
+    stop.requested = True
+    every = train.STOP_AGREED_EVERY
+    assert not any(train._stop_agreed(stop, 2, cpu, step) for step in range(1, every))  # no group asked
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        assert train._stop_agreed(stop, 2, cpu, every)
+        stop.requested = False
+        assert not train._stop_agreed(stop, 2, cpu, 2 * every)
+    finally:
+        dist.destroy_process_group()
+    stop.requested = True
+    assert train._stop_agreed(stop, 1, cpu, 5)  # one process stops at the step it got the signal
 
 
 def test_two_processes_stopped_mid_epoch_resume_with_the_epochs_whole_sums(folder: Path, tmp_path: Path) -> None:
@@ -616,12 +634,10 @@ def test_a_class_left_without_training_images_is_refused_in_words(tmp_path: Path
 def test_a_run_resumed_at_an_epochs_end_logs_the_pace_it_had(folder: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     run, cfg = tmp_path / "run", config(folder, tmp_path, epochs=3)
-    calls = []
     stop_agreed = train._stop_agreed
 
-    def stop_on_the_last_step_of_epoch_two(stop, world, device) -> bool:
-        calls.append(1)
-        return len(calls) == 12 or stop_agreed(stop, world, device)  # 6 steps an epoch
+    def stop_on_the_last_step_of_epoch_two(stop, world, device, step) -> bool:
+        return step == 12 or stop_agreed(stop, world, device, step)  # 6 steps an epoch
 
     monkeypatch.setattr(train, "_stop_agreed", stop_on_the_last_step_of_epoch_two)
     assert train.train(cfg, run) is None  # stopped
