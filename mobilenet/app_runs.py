@@ -114,8 +114,11 @@ def downloadable(path: Path) -> bool:
 
 
 def report_of(run: RunInfo) -> Evaluation | None:
-    """A finished run's results, or None when its report.json is missing or malformed, or it validated nothing;
-    read once per version of the file for all visitors."""
+    """A finished run's results, or None when it has not finished (a run killed while finishing may have written its
+    report), its report.json is missing or malformed, or it validated nothing; read once per version of the file for
+    all visitors."""
+    if run.state is not RunState.FINISHED:
+        return None
     return _report(run.folder.report, _identity(run.folder.report))
 
 

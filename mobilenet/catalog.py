@@ -104,10 +104,11 @@ class Catalog:
 
 
 def finished_runs(folder: Path) -> list[RunFolder]:
-    """Runs whose training finished and left a best.pt, sorted by name."""
+    """Runs whose training finished and left a best.pt, sorted by name (not hidden folders: a run being deleted is
+    renamed to one first)."""
     if not folder.is_dir():
         return []
-    runs = [RunFolder(p) for p in sorted(folder.iterdir()) if p.is_dir()]
+    runs = [RunFolder(p) for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     return [run for run in runs if (status := run.read_status()) and status.state is RunState.FINISHED
             and run.best.is_file()]
 

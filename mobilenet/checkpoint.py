@@ -29,6 +29,10 @@ from .values import is_finite, is_int, is_number
 
 FORMAT = "mobilenet-v1-checkpoint"
 FORMAT_VERSION = 1
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64)  # int64: BN's step count
+# A card is a hundred-odd values (a few per class). Pickle stores a repeated object once, so a small file can hold
+# a list of itself nested 30 deep: 2**30 values to hash. They are counted, repeats too, up to this many.
+MAX_CARD_VALUES = 100_000
 
 
 class CheckpointError(ValueError):
@@ -274,8 +278,23 @@ def _stored_plainly(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             return all(entry.compress_type == zipfile.ZIP_STORED for entry in archive.infolist())
-    except (zipfile.BadZipFile, OSError):
-        return True  # damaged: torch.load says so in words
+    except Exception:  # zipfile raises BadZipFile, UnicodeDecodeError, NotImplementedError… for a damaged index
+        raise CheckpointError(f"{path.name} is damaged: its index of contents cannot be read") from None
+
+
+def _values_within(value: Any, limit: int) -> bool:
+    """Whether a card of dicts and lists holds at most limit values, counting each repeat of an object."""
+    stack, count = [value], 0
+    while stack:
+        count += 1
+        if count > limit:
+            return False
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack += [*value.keys(), *value.values()]
+        elif isinstance(value, (list, tuple)):
+            stack += value
+    return True
 
 
 def _unpickler_reason(e: pickle.UnpicklingError) -> str:
@@ -316,9 +335,17 @@ def read(path: Path | str) -> dict[str, Any]:
             f"{path.name} has format version {payload.get('version')}; this program reads {FORMAT_VERSION}")
     if not isinstance(payload.get("card"), dict):
         raise CheckpointError(f"{path.name} holds no model card")
+    if not _values_within(payload["card"], MAX_CARD_VALUES):
+        raise CheckpointError(f"{path.name} is refused: its card holds more than {MAX_CARD_VALUES:,} values")
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(k, str) and _plain(v) for k, v in state.items()):
         raise CheckpointError(f"{path.name} holds no weights")
+    odd = sorted({str(t.dtype).removeprefix("torch.") for t in state.values() if t.dtype not in WEIGHT_DTYPES})
+    if odd:
+        raise CheckpointError(f"{path.name} holds weights of a type this network does not use ({', '.join(odd)})")
+    if sum(t.numel() * t.element_size() for t in state.values()) > path.stat().st_size:
+        raise CheckpointError(f"{path.name} is refused: its weights share their storage (torch.save of a model "
+                              f"stores each of them once)")
     if weights_digest(state) != payload.get("digest"):
         raise CheckpointError(f"{path.name} is damaged or was modified: its weights do not match their digest")
     if not all_finite(state):

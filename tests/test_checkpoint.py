@@ -177,12 +177,50 @@ def crafted(tmp_path: Path, change) -> Path:
     (lambda p: p["state_dict"].update({"classifier.bias": torch.zeros(10, device="meta")}), "holds no weights"),
     (lambda p: p["state_dict"]["classifier.bias"].copy_(torch.tensor(float("nan"))) is None, "not numbers .NaN"),
     (lambda p: p["state_dict"]["stem.1.running_var"].copy_(torch.tensor(float("inf"))) is None, "not numbers .NaN"),
+    (lambda p: p["state_dict"].update({"classifier.bias": p["state_dict"]["classifier.bias"].to(torch.float8_e4m3fn)}),
+     "a type this network does not use .float8_e4m3fn."),  # (isfinite cannot read it)
+    # a megabyte stored once, hashed once a name: 200 names were 11 s of reading
+    (lambda p: p["state_dict"].update({f"again.{i}": max(p["state_dict"].values(), key=torch.Tensor.numel)
+                                       for i in range(20)}), "share their storage"),
 ])
 @pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
 def test_crafted_checkpoints_are_refused_in_words(tmp_path: Path, change, words: str) -> None:
     path = crafted(tmp_path, lambda payload: change(payload) and None)
     with pytest.raises(CheckpointError, match=words):
         checkpoint.load(path)
+
+
+def test_a_card_of_nested_repeats_is_refused_before_it_is_walked(tmp_path: Path) -> None:
+    """Pickle stores a repeated object once: 30 levels of [x, x] are 2**30 values to hash, in a file of a few
+    hundred bytes more."""
+    path, _ = saved(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    repeats: list = []
+    for _ in range(30):
+        repeats = [repeats, repeats]
+    payload["card"]["training"]["notes"] = repeats
+    torch.save(payload, path)
+    start = time.process_time()
+    with pytest.raises(CheckpointError, match="more than 100,000 values"):
+        checkpoint.read(path)
+    assert time.process_time() - start < 1
+
+
+@pytest.mark.parametrize("damage", ["version", "name"])
+def test_a_damaged_index_of_contents_is_refused_in_words(tmp_path: Path, damage: str) -> None:
+    """zipfile raised NotImplementedError for a version field it does not know and UnicodeDecodeError for a name that
+    is not UTF-8: not CheckpointError, so one damaged byte in a checkpoint folder broke every page of the app."""
+    path, _ = saved(tmp_path)
+    blob = bytearray(path.read_bytes())
+    entry = blob.find(b"PK\x01\x02")  # the first entry of the central directory
+    if damage == "version":
+        blob[entry + 6] = 255  # version needed to extract: "25.5"
+    else:
+        blob[entry + 9] |= 0x08  # flags: bit 11, the name is UTF-8
+        blob[entry + 46] = 0x9B  # its first byte: not UTF-8
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="damaged: its index of contents cannot be read"):
+        checkpoint.read(path)
 
 
 def test_other_torch_files_are_refused(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from torchvision.datasets import CIFAR10
 
 from mobilenet.config import RECIPES, TrainConfig
 from mobilenet.data import DataError
-from mobilenet import jobs
+from mobilenet import catalog, jobs
 from mobilenet.jobs import NOT_SAVED, Job, JobError, JobManager
 from mobilenet.locks import release_kept, try_lock
 from mobilenet.runs import RunFolder, RunState
@@ -218,6 +218,7 @@ def test_a_delete_that_fails_part_way_leaves_no_half_run(tmp_path: Path, monkeyp
     assert not run.exists() and [r.name for r in manager.runs()] == ["kept"] and manager.scan()[1] == []
     leftovers = list(runs.glob(f"{jobs.DELETING}done-*"))
     assert len(leftovers) == 1 and (leftovers[0] / "best.pt").exists()
+    assert [run.path.name for run in catalog.finished_runs(runs)] == ["kept"]  # nor is it among the models
     monkeypatch.setattr(shutil, "rmtree", remove)
     manager.delete(kept)  # the next delete removes them
     assert sorted(p.name for p in runs.iterdir() if not p.name.startswith(".job")) == []

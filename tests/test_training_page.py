@@ -383,6 +383,17 @@ def test_a_finished_run_is_said_to_be_in_the_model_selector_only_when_it_is(plac
     assert len(said) == 1 and said[0].endswith("; its checkpoint does not load, so it is not in the model selector.")
 
 
+def test_a_run_killed_while_finishing_is_not_shown_as_finished(places: Path) -> None:
+    """It wrote its report, then was killed before its status said finished: the page gave its accuracy and said its
+    checkpoint did not load (it loads; the run is not finished)."""
+    folder = finished_run(places / "runs", "killed", updated=time.time())
+    folder.last.write_bytes(folder.best.read_bytes())  # (the last epoch's state, as resume reads it, in a real run)
+    folder.status.write_text(json.dumps({"state": "running", "updated": time.time(), "epoch": 1, "epochs": 1}))
+    at = open_page()
+    assert at.dataframe[0].value["state"].tolist() == ["interrupted"]
+    assert not [m.value for m in at.markdown if "validation accuracy" in m.value]
+
+
 def test_a_run_that_finishes_while_the_page_is_open_reruns_the_whole_app(places: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The run finishes between the page's draw (its model selector without the run) and the live view's refresh:
