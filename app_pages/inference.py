@@ -67,6 +67,8 @@ if dropped:
     st.warning(dropped)
 
 results = app_uploads.answers_for(clf, uploads, k, threshold)
+app_uploads.forget_map_classes_but({app_uploads.map_class_key(i, r) for i, r in enumerate(results)
+                                    if isinstance(r, answers.Result)})
 for i, result in enumerate(results):
     if isinstance(result, answers.Failure):
         st.error(f"**{result.name}**: {result.message}")
@@ -82,10 +84,8 @@ for i, result in enumerate(results):
     shown.image(result.photo, caption="the photo")
     seen.image(enlarge(prediction.image), caption=f"what the network saw ({side}×{side})")
     if gradcam:
-        # Keyed by the image and its answer: another model's answer, or another image in this place, starts
-        # from its own top class instead of inheriting a choice made for a different one.
         label = heat.selectbox("Map for class", clf.classes, index=clf.classes.index(prediction.label),
-                               key=f"{app_uploads.MAP_CLASS_PREFIX}{i}-{hash(result.upload):x}-{prediction.label}")
+                               key=app_uploads.map_class_key(i, result))
         overlay = answers.heatmap(clf, result, label, opacity)
         if overlay is None:
             heat.info(f"Nothing in this image speaks for {label}: its map is zero everywhere.")

@@ -49,6 +49,20 @@ def map_class_keys() -> list[str]:
     return [key for key in st.session_state if isinstance(key, str) and key.startswith(MAP_CLASS_PREFIX)]
 
 
+def map_class_key(place: int, result: Result) -> str:
+    """The key of an answer's "Map for class" choice: another model's answer, or another image in this place, starts
+    from its own top class instead of inheriting a choice made for a different one."""
+    return f"{MAP_CLASS_PREFIX}{place}-{hash(result.upload):x}-{result.prediction.label}"
+
+
+def forget_map_classes_but(keys: set[str]) -> None:
+    """Forget the map classes chosen for answers no longer shown: a key an image and top class would otherwise pile
+    up over a long session, and be kept on every page run of every page."""
+    for key in map_class_keys():
+        if key not in keys:
+            del st.session_state[key]
+
+
 def default_choices() -> None:
     """The page's part, before its widgets: each choice at its default until the visitor makes it."""
     for key, default in CHOICES.items():

@@ -122,6 +122,24 @@ def test_every_result_has_its_own_time_a_map_for_any_class_and_downloads() -> No
     assert [b.label for b in at.get("download_button")] == ["Download predictions (CSV)", "Download predictions (JSON)"]
 
 
+def test_map_class_choices_are_kept_for_the_answers_shown_only() -> None:
+    """One key an image and top class, never removed: a long session piled them up, each kept on every page run."""
+    at = inference_page()
+    for seed in range(1, 6):  # one image after another, each replacing the last
+        at.file_uploader[0].set_value([(f"{seed}.png", image_bytes(seed=seed, size=(60, 40)), "image/png")]).run()
+        assert not at.exception
+        assert len(map_class_keys(at)) == 1
+    at.selectbox(map_class_keys(at)[0]).set_value("truck").run()
+    at.switch_page("app_pages/explorer.py").run()
+    at.switch_page("app_pages/inference.py").run()  # the choice for the image shown stays
+    assert [s.value for s in at.selectbox if s.label == "Map for class"] == ["truck"]
+
+
+def map_class_keys(at: AppTest) -> list[str]:
+    """The map-class keys in the session (AppTest lists its state only through its private part)."""
+    return [key for key in at.session_state._state.filtered_state if key.startswith(app_uploads.MAP_CLASS_PREFIX)]
+
+
 def test_the_first_16_images_and_the_names_of_the_rest() -> None:
     uploads = [answers.Upload(f"{i}.png", b"") for i in range(18)]
     kept, message = answers.first_images(uploads)
