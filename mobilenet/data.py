@@ -26,7 +26,7 @@ from PIL import Image
 
 from .checkpoint import atomic_torch_save
 from .settings import data_root
-from .intake import ImageError, fit_square, load_model_array, to_uint8_array
+from .intake import MAX_BYTES, ImageError, fit_square, load_model_array, to_uint8_array
 from .memo import KeyLocks
 
 CACHE_VERSION = 2  # bump when decoding or resizing changes, so old caches are rebuilt
@@ -99,12 +99,14 @@ class _Tree:
         self.path = path
         if not path.exists():
             raise DataError(f"{path} not found: give an existing image folder or .zip file")
+        if not (path.is_dir() or path.is_file()):  # a pipe or a device would block the reads below
+            raise DataError(f"{path} is neither a folder nor a .zip file")
         try:
             self.zip = zipfile.ZipFile(path) if zipfile.is_zipfile(path) else None
         except (zipfile.BadZipFile, zlib.error, EOFError, ValueError):  # its end record intact, its directory not
             raise DataError(f"{path} is a damaged .zip file: its list of files cannot be read") from None
-        if self.zip is not None:  # Windows' own zips (PowerShell 5's Compress-Archive) separate with backslashes
-            self.members = {n.replace("\\", "/"): n for n in self.zip.namelist() if not n.endswith(("/", "\\"))}
+        if self.zip is not None:
+            self.members = {_member_name(m): m for m in self.zip.infolist() if not m.filename.endswith(("/", "\\"))}
             names = list(self.members)
         elif path.is_dir():
             names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
@@ -112,14 +114,14 @@ class _Tree:
             raise DataError(f"{path} is neither a folder nor a .zip file")
         self.files = [name for name in map(PurePosixPath, names) if name.suffix.lower() in IMAGE_SUFFIXES
                       and not any(part.startswith((".", "__MACOSX")) for part in name.parts)]
-        # A zip often wraps everything in one top folder: look through it.
+        # A zip often wraps everything in one top folder: look through it (past loose files beside the folder).
         self.top = PurePosixPath()
-        while (
-            len({f.parts[len(self.top.parts)] for f in self.files}) == 1
-            and all(len(f.parts) > len(self.top.parts) + 2 for f in self.files)
-            and self.files[0].parts[len(self.top.parts)] not in SPLITS
-        ):
-            self.top /= self.files[0].parts[len(self.top.parts)]
+        while True:
+            depth = len(self.top.parts)
+            folders = {f.parts[depth] for f in self.files if len(f.parts) > depth + 1}
+            if len(folders) != 1 or folders & set(SPLITS) or not any(len(f.parts) > depth + 2 for f in self.files):
+                break  # several folders, or a split, or one class folder of images
+            self.top /= folders.pop()
         # train/<class>/<image>; a class folder that happens to be named train holds its images directly.
         self.has_splits = any(len(f.parts) == len(self.top.parts) + 3 and f.parts[len(self.top.parts)] in SPLITS
                               for f in self.files)
@@ -128,7 +130,12 @@ class _Tree:
         """A file's bytes; none for one that cannot be read (a damaged or encrypted member, a compression zipfile
         lacks, a file gone), which then counts as an unreadable image."""
         try:
-            return self.zip.read(self.members[str(name)]) if self.zip is not None else (self.path / name).read_bytes()
+            if self.zip is not None:
+                member = self.members[str(name)]
+                return self.zip.read(member) if member.file_size <= MAX_BYTES else b""
+            with open(self.path / name, "rb") as f:
+                data = f.read(MAX_BYTES + 1)
+            return data if len(data) <= MAX_BYTES else b""  # (as intake refuses it: before it is all in memory)
         except (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError, OSError):
             return b""
 
@@ -146,6 +153,19 @@ class _Tree:
 
     def splits(self) -> list[str]:
         return [s for s in SPLITS if self.split_files(s)]
+
+
+def _member_name(member: zipfile.ZipInfo) -> str:
+    """A zip member's path as a folder's would read: "./cat//1.png" and Windows' "cat\\1.png" (PowerShell 5's
+    Compress-Archive) as "cat/1.png", and UTF-8 names that Info-ZIP (zip on Linux and macOS) stored without saying
+    so, which zipfile then reads as cp437, as UTF-8."""
+    name = member.filename
+    if not member.flag_bits & 0x800:
+        try:
+            name = name.encode("cp437").decode("utf-8")
+        except UnicodeError:  # cp437 indeed
+            pass
+    return str(PurePosixPath(name.replace("\\", "/")))
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -208,6 +228,16 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
+def _classes(pairs: list[tuple[PurePosixPath, str]]) -> tuple[str, ...]:
+    """The class names of a split's (file, class) pairs, in the order of the model's outputs."""
+    return tuple(sorted({name for _, name in pairs}))
+
+
+def training_classes(source: str) -> tuple[str, ...]:
+    """The classes a model trained on this source answers with, in order."""
+    return CIFAR10_CLASSES if source == CIFAR10 else _classes(_Tree(Path(source)).split_files("train"))
+
+
 def _load_folder(path: Path, split: str, side: int, sample: int | None = None) -> ImageSet:
     tree = _Tree(path)
     pairs = tree.split_files(split)
@@ -215,7 +245,7 @@ def _load_folder(path: Path, split: str, side: int, sample: int | None = None) -
         found = ", ".join(tree.splits()) or "none"
         raise DataError(
             f"{path} has no {split} images (splits found: {found}). Expected {LAYOUT}.")
-    classes = tuple(sorted({name for _, name in pairs}))
+    classes = _classes(pairs)
     if unreadable := [name for name in classes if not name.isprintable() or not _is_utf8(name)]:
         names = ", ".join(name.encode("utf-8", "replace").decode().encode("unicode_escape").decode()
                           for name in unreadable)
@@ -292,7 +322,7 @@ def _cache_key(source: str, split: str, side: int, sample: int | None) -> str:
     if path.is_dir():  # a folder's own mtime misses edits inside its class folders
         identity += "".join(f"|{file}:{size}:{mtime}" for file, size, mtime in files_version(path))
     digest = hashlib.sha256(os.fsencode(identity)).hexdigest()[:16]  # a name that is not UTF-8 as its bytes
-    return f"{path.stem}-{split}-{side}-{digest}"
+    return f"{path.stem[:64]}-{split}-{side}-{digest}"  # (the digest tells sources apart; a name has 255 bytes)
 
 
 def load(

@@ -107,7 +107,7 @@ def _candidates(root: Path) -> list[Path]:
         return []
     skipped = (data.CACHE_FOLDER, data.CIFAR10_FOLDER)
     return [p for p in sorted(root.iterdir()) if not p.name.startswith(".") and p.name not in skipped
-            and (p.is_dir() or p.suffix.lower() == ".zip")]
+            and (p.is_dir() or p.suffix.lower() == ".zip" and p.is_file())]
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,9 @@ def record_data(path: Path, source: str) -> ModelCard:
     if found is None:
         raise DataError(f"{source} does not exist")
     data.check_trainable(source)
+    if (classes := data.training_classes(source)) != card.classes:
+        raise DataError(f"{source} is not the data {path.name} was trained on: its classes are {', '.join(classes)}; "
+                        f"the model's are {', '.join(card.classes)}")
     split = card.data or TrainingData(source, None)
     if split.fingerprint and split.fingerprint != found:
         raise DataError(f"{source} is not the data {path.name} was trained on (fingerprint {found}, its card says "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import save_model, save_run, write_folder, write_report, zip_folder
+from helpers import CLASSES, save_model, save_run, write_folder, write_report, zip_folder
 
 from mobilenet import catalog, checkpoint, data, evalsets, memo, shipping
 from mobilenet.checkpoint import CheckpointError, ModelCard, TrainingData
@@ -264,7 +264,8 @@ def test_export_refuses_an_unfinished_run(tmp_path: Path) -> None:
 
 def test_recording_the_training_data_changes_the_card_only(tmp_path: Path) -> None:
     shipped = tmp_path / "checkpoints"
-    save_model(shipped / "m.pt", training={"data": "CIFAR-10 as JPEG: a long description", "val_size": 7, "seed": 2})
+    save_model(shipped / "m.pt", classes=CLASSES,
+               training={"data": "CIFAR-10 as JPEG: a long description", "val_size": 7, "seed": 2})
     digest = checkpoint.read(shipped / "m.pt")["digest"]
     source = zip_folder(write_folder(tmp_path / "trained", 2, splits=("train",)), tmp_path / "trained.zip")
     card = shipping.record_data(shipped / "m.pt", str(source))
@@ -284,6 +285,8 @@ def test_recording_the_training_data_changes_the_card_only(tmp_path: Path) -> No
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty has no training images"):
         shipping.record_data(shipped / "m.pt", str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="cifar10 is not the data m.pt was trained on: its classes are airplane, "):
+        shipping.record_data(shipped / "m.pt", "cifar10")  # (a model of cat, dog and ship)
 
 
 @pytest.mark.parametrize("readme,kept", [

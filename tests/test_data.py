@@ -19,7 +19,7 @@ from mobilenet import data
 from mobilenet.data import DataError, stratified_split
 from mobilenet.tta import SEED_NORMALIZATION
 
-from helpers import CLASSES, write_cifar_archive, write_folder, zip_folder
+from helpers import CLASSES, image_bytes, write_cifar_archive, write_folder, zip_folder
 
 
 def check_imageset(images: data.ImageSet, n: int, side: int = 32, classes=CLASSES) -> None:
@@ -299,3 +299,57 @@ def test_a_class_folder_whose_name_is_not_text_is_refused_in_words(tmp_path: Pat
     os.rename(folder / "train" / "cat", os.fsencode(folder / "train") + b"/caf\xe9")
     with pytest.raises(DataError, match=r"these are not text: caf\?\. Rename them"):
         data.load(str(folder), "train", root=tmp_path / "root")
+
+
+def _image_zip(target: Path, names: list[str]) -> Path:
+    with zipfile.ZipFile(target, "w") as z:
+        for i, name in enumerate(names):
+            z.writestr(name, image_bytes(seed=i, size=(8, 8)))
+    return target
+
+
+def test_zip_member_names_are_read_as_a_folders(tmp_path: Path) -> None:
+    """"./cat/1.png" and "dog//1.png" (tools that keep a leading ./) ended in a KeyError traceback; Info-ZIP (zip on
+    Linux and macOS) stores UTF-8 names without saying so, which made "café" a class named "caf├⌐"."""
+    odd = _image_zip(tmp_path / "odd.zip", ["./cat/1.png", "./cat/2.png", "dog//1.png", "dog//2.png"])
+    loaded = data.load(str(odd), "train", root=tmp_path / "root")
+    assert loaded.classes == ("cat", "dog") and len(loaded.labels) == 4
+    info_zip = tmp_path / "info-zip.zip"
+    blob = _image_zip(tmp_path / "plain.zip", ["cafXY/1.png", "dog/1.png"]).read_bytes()
+    assert b"cafXY" in blob and zipfile.ZipFile(tmp_path / "plain.zip").infolist()[0].flag_bits & 0x800 == 0
+    info_zip.write_bytes(blob.replace(b"cafXY", "café".encode()))  # UTF-8 bytes, no UTF-8 flag
+    assert data.load(str(info_zip), "train", root=tmp_path / "root").classes == ("café", "dog")
+
+
+def test_a_loose_file_beside_a_zips_wrapper_folder_is_looked_past(tmp_path: Path) -> None:
+    names = [f"mydata/{split}/{c}/{i}.png" for split in ("train", "test") for c in ("cat", "dog") for i in range(2)]
+    wrapped = _image_zip(tmp_path / "stray.zip", [*names, "mydata/preview.png"])
+    assert data.available_splits(str(wrapped)) == ["train", "test"]
+    assert data.load(str(wrapped), "test", root=tmp_path / "root").classes == ("cat", "dog")
+
+
+def test_a_member_too_large_to_be_an_image_is_skipped_unread(tmp_path: Path) -> None:
+    """A 1 MB zip can hold a gigabyte of zeros: it was read whole into memory before intake refused it."""
+    bomb = _image_zip(tmp_path / "bomb.zip", ["cat/1.png", "dog/1.png", "dog/2.png"])
+    with zipfile.ZipFile(bomb, "a", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("cat/big.png", bytes(data.MAX_BYTES + 1))
+    read = []
+    real = zipfile.ZipFile.read
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zipfile.ZipFile, "read", lambda self, member, *a: read.append(member) or real(self, member, *a))
+        loaded = data.load(str(bomb), "train", root=tmp_path / "root")
+    assert loaded.skipped == ("cat/big.png",) and len(loaded.labels) == 3
+    assert all(member.filename != "cat/big.png" for member in read)
+
+
+def test_a_folder_with_a_long_name_is_cached_under_a_shorter_one(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / ("d" * 240), per_class=2, splits=("",))
+    assert len(data.load(str(folder), "train", root=tmp_path / "root").labels) == 6
+    assert len(list((tmp_path / "root" / data.CACHE_FOLDER).glob("d*-train-32-*.pt"))) == 1
+
+
+def test_a_pipe_named_like_a_zip_is_refused_not_waited_on(tmp_path: Path) -> None:
+    pipe = tmp_path / "data.zip"
+    os.mkfifo(pipe)
+    with pytest.raises(DataError, match="neither a folder nor a .zip file"):
+        data.available_splits(str(pipe))
