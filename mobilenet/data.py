@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 from urllib.error import HTTPError, URLError
 
 import numpy as np
@@ -109,7 +110,8 @@ class _Tree:
             self.members = {_member_name(m): m for m in self.zip.infolist() if not m.filename.endswith(("/", "\\"))}
             names = list(self.members)
         elif path.is_dir():
-            names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+            names = [Path(parent, name).relative_to(path).as_posix() for parent, files in _walk(path)
+                     for name in files if os.path.isfile(os.path.join(parent, name))]
         else:
             raise DataError(f"{path} is neither a folder nor a .zip file")
         self.files = [name for name in map(PurePosixPath, names) if name.suffix.lower() in IMAGE_SUFFIXES
@@ -468,8 +470,8 @@ def files_version(folder: Path) -> tuple[tuple[str, int, int], ...]:
     """What changes when any file of a folder does, an image overwritten in place included: each file's path, size
     and time, at a stat of each (source_version is the cheap one)."""
     version = []
-    for parent, _, names in sorted(os.walk(folder)):
-        for name in sorted(names):
+    for parent, names in _walk(folder):
+        for name in names:
             try:
                 st = os.stat(os.path.join(parent, name))
             except OSError:  # gone since the walk, or a link to nothing: no image to decode either
@@ -484,7 +486,21 @@ def source_version(path: Path) -> tuple:
     stat = path.stat()
     if not path.is_dir():
         return stat.st_size, stat.st_mtime_ns
-    return tuple((folder, os.stat(folder).st_mtime_ns) for folder, _, _ in os.walk(path))
+    return tuple((folder, os.stat(folder).st_mtime_ns) for folder, _ in _walk(path))
+
+
+def _walk(folder: Path) -> Iterator[tuple[str, list[str]]]:
+    """(folder, its file names) for a folder and every folder in it, sorted, linked ones too (a class folder linked
+    in from elsewhere), each real folder once (a link to a folder above would loop)."""
+    seen = set()
+    for parent, folders, names in os.walk(folder, followlinks=True):
+        st = os.stat(parent)
+        if (st.st_dev, st.st_ino) in seen:
+            folders[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        folders.sort()
+        yield parent, sorted(names)
 
 
 _hashing = KeyLocks()

@@ -367,3 +367,17 @@ def test_a_pipe_named_like_a_zip_is_refused_not_waited_on(tmp_path: Path) -> Non
     os.mkfifo(pipe)
     with pytest.raises(DataError, match="neither a folder nor a .zip file"):
         data.available_splits(str(pipe))
+
+
+def test_a_linked_class_folder_is_read_and_a_loop_of_links_ends(tmp_path: Path) -> None:
+    """A class folder linked in from elsewhere was left out without a word: a model of the other classes only."""
+    images = write_folder(tmp_path / "elsewhere", per_class=2, splits=("",))
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    for name in CLASSES[1:]:
+        (folder / name).symlink_to(images / name)
+    (folder / CLASSES[0]).symlink_to(images / CLASSES[0])
+    (images / CLASSES[0] / "loop").symlink_to(folder)  # back up to the folder being read: not read again
+    loaded = data.load(str(folder), "train", root=tmp_path / "root")
+    assert loaded.classes == CLASSES and len(loaded.labels) == 6
+    assert data.fingerprint(str(folder), thorough=True) is not None
