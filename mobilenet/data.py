@@ -27,7 +27,7 @@ from PIL import Image
 
 from .checkpoint import atomic_torch_save
 from .settings import data_root
-from .intake import MAX_BYTES, ImageError, fit_square, load_model_array, to_uint8_array
+from .intake import MAX_BYTES, ImageError, fit_square, load_model_array, read_source, to_uint8_array
 from .memo import KeyLocks
 
 CACHE_VERSION = 2  # bump when decoding or resizing changes, so old caches are rebuilt
@@ -132,13 +132,11 @@ class _Tree:
         """A file's bytes; none for one that cannot be read (a damaged or encrypted member, a compression zipfile
         lacks, a file gone), which then counts as an unreadable image."""
         try:
-            if self.zip is not None:
-                member = self.members[str(name)]
-                return self.zip.read(member) if member.file_size <= MAX_BYTES else b""
-            with open(self.path / name, "rb") as f:
-                data = f.read(MAX_BYTES + 1)
-            return data if len(data) <= MAX_BYTES else b""  # (as intake refuses it: before it is all in memory)
-        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError, OSError):
+            if self.zip is None:
+                return read_source(self.path / name)  # (at most MAX_BYTES of it: intake refuses more)
+            member = self.members[str(name)]
+            return self.zip.read(member) if member.file_size <= MAX_BYTES else b""
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError, OSError, ImageError):
             return b""
 
     def split_files(self, split: str) -> list[tuple[PurePosixPath, str]]:
